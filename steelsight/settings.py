@@ -1,0 +1,42 @@
+"""Settings in one typed place, read from STEELSIGHT_* variables (or a .env file)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Everything steelsight writes lives under ``home``; the other paths derive from it."""
+
+    model_config = SettingsConfigDict(env_prefix="STEELSIGHT_", env_file=".env", extra="ignore")
+
+    home: Path = Field(
+        default=Path(".steelsight"),
+        description="Data directory: warehouse, MLflow store, landing, quarantine.",
+    )
+
+    @property
+    def warehouse_dir(self) -> Path:
+        return self.home.resolve() / "warehouse"
+
+    @property
+    def landing_dir(self) -> Path:
+        return self.home.resolve() / "landing"
+
+    @property
+    def quarantine_dir(self) -> Path:
+        return self.home.resolve() / "quarantine"
+
+    @property
+    def mlflow_dir(self) -> Path:
+        return self.home.resolve() / "mlflow"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process's settings, read once; tests clear the cache to override them."""
+    return Settings()
