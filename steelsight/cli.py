@@ -1,0 +1,158 @@
+"""The ``steelsight`` command line."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.table import Table
+
+from steelsight.runtime import configure_environment
+from steelsight.settings import get_settings
+
+app = typer.Typer(
+    help="steelsight: steel-sheet surface inspection, from camera archives to DuckDB tables.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+warehouse_app = typer.Typer(
+    help="Look after the warehouse (DuckDB views over Parquet).", no_args_is_help=True
+)
+app.add_typer(warehouse_app, name="warehouse")
+console = Console()
+
+DEFAULT_SAMPLE = Path("../shared/data/severstal-sample")
+
+
+@app.callback()
+def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False):
+    """Set up logging and the libraries' environment before any command runs."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(message)s",
+        handlers=[RichHandler(console=Console(stderr=True), show_path=False)],
+    )
+    configure_environment(get_settings())
+
+
+def _warehouse():
+    from warehouse.store import Warehouse
+
+    return Warehouse(get_settings().warehouse_dir).ensure()
+
+
+def print_table(rows, title: str | None = None) -> None:
+    """Print an Arrow table as a rich table."""
+    table = Table(title=title)
+    for name in rows.column_names:
+        table.add_column(name, overflow="fold")
+    for row in rows.to_pylist():
+        table.add_row(*("" if v is None else str(v) for v in row.values()))
+    console.print(table)
+
+
+@app.command("import-labels")
+def import_labels(
+    paths: Annotated[list[Path], typer.Argument(help="Severstal or NEU-DET dataset folders.")],
+) -> None:
+    """Import labelled datasets (Severstal train.csv + train_images/, or NEU-DET images/ +
+    annotations/) into the warehouse. Importing a folder again replaces its rows.
+
+    Bad rows and files go to the ingest_errors table with the reason; the rest is taken
+    in. Exits with 1 when a folder gave nothing at all.
+    """
+    from tasks.labels import SourceError, import_label_source
+
+    warehouse = _warehouse()
+    summary = Table(title="Import")
+    for column in ("folder", "kind", "status", "images", "labels", "errors"):
+        summary.add_column(column)
+    failed = False
+    for path in paths:
+        try:
+            s = import_label_source(path, warehouse)
+        except SourceError as error:
+            console.print(f"[red]error:[/red] {error}")
+            failed = True
+            continue
+        failed |= s.status == "failed"
+        summary.add_row(s.path, s.kind, s.status, str(s.n_images), str(s.n_labels), str(s.n_errors))
+        if s.n_errors:
+            errors = warehouse.query(
+                "SELECT source, source_row, field, reason FROM ingest_errors "
+                "WHERE archive_id = ? ORDER BY error_index LIMIT 10",
+                [s.archive_id],
+            )
+            print_table(errors, title=f"First errors of {s.path} (all in ingest_errors)")
+    console.print(summary)
+    if failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def sql(query: Annotated[str, typer.Argument(help="A SQL query over the warehouse's views.")]):
+    """Run a SQL query over the warehouse and print the rows."""
+    print_table(_warehouse().query(query))
+
+
+@warehouse_app.command("info")
+def warehouse_info() -> None:
+    """Where the warehouse is, and how many rows each table holds."""
+    from warehouse.schema import TABLES
+
+    warehouse = _warehouse()
+    console.print(f"catalogue: {warehouse.catalogue_path}\nparquet:   {warehouse.parquet_dir}")
+    table = Table()
+    for column in ("table", "rows", "what it holds"):
+        table.add_column(column)
+    for name, count in warehouse.row_counts().items():
+        table.add_row(name, f"{count:,d}", TABLES[name].description)
+    console.print(table)
+
+
+@warehouse_app.command("check")
+def warehouse_check() -> None:
+    """Check unique keys, required values and references in every table; exit 1 on failure."""
+    from warehouse.checks import run_checks
+
+    with _warehouse().connect() as con:
+        results = run_checks(con)
+    for r in results:
+        mark = "[green]ok[/green]" if r.ok else f"[red]{r.failing_rows} rows fail[/red]"
+        console.print(f"{r.table:14s} {r.check:40s} {mark}")
+    if not all(r.ok for r in results):
+        raise typer.Exit(1)
+
+
+@app.command()
+def demo(
+    data: Annotated[
+        Path, typer.Option(help="A Severstal-format folder to import.")
+    ] = DEFAULT_SAMPLE,
+) -> None:
+    """The demo on embedded defaults: import the real Severstal sample, print a summary."""
+    from tasks.labels import import_label_source
+
+    warehouse = _warehouse()
+    s = import_label_source(data, warehouse)
+    console.print(
+        f"imported {s.path}: {s.n_images} images, {s.n_labels} labels, "
+        f"{s.n_errors} errors ({s.status})"
+    )
+    print_table(
+        warehouse.query(
+            "SELECT class_id, class_name, n_labels, n_images, mean_area FROM label_summary "
+            "WHERE archive_id = ? ORDER BY class_id",
+            [s.archive_id],
+        ),
+        title="Defect labels per class",
+    )
+    console.print(f"warehouse: {warehouse.catalogue_path} (open it with duckdb or Python)")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,45 @@
+"""Checking that bytes are a whole, decodable image, and reading its size."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+_JPEG = b"\xff\xd8\xff"
+_PNG = b"\x89PNG\r\n\x1a\n"
+
+
+class ImageError(ValueError):
+    """Bytes that are not a whole image; the message says what is wrong."""
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    width: int
+    height: int
+    channels: int
+
+
+def image_info(data: bytes) -> ImageInfo:
+    """Size and channels of a JPEG or PNG, after checking it is complete and decodes.
+
+    A truncated JPEG decodes in OpenCV with only a warning (the missing part comes out
+    grey), so completeness is checked from the end-of-image marker first.
+    """
+    if not data:
+        raise ImageError("the file is empty: copy it again from the recorder")
+    if data.startswith(_JPEG):
+        if not data.rstrip(b"\x00").endswith(b"\xff\xd9"):
+            raise ImageError("the JPEG is truncated (no end-of-image marker): copy it again")
+    elif data.startswith(_PNG):
+        if b"IEND" not in data[-16:]:
+            raise ImageError("the PNG is truncated (no IEND chunk): copy it again")
+    else:
+        raise ImageError(f"not a JPEG or PNG image (starts with {data[:8]!r})")
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if image is None:
+        raise ImageError("the image data is corrupt and does not decode")
+    channels = 1 if image.ndim == 2 else int(image.shape[2])
+    return ImageInfo(width=int(image.shape[1]), height=int(image.shape[0]), channels=channels)

@@ -1,0 +1,216 @@
+"""The warehouse's tables as code: Arrow schemas, keys, and what each column means.
+
+Every table is stored as Parquet files, one file per archive and import, and read
+through a view that shows only each archive's committed import (see warehouse.store).
+Each table therefore carries ``archive_id`` and ``import_id``; its key is given
+without ``import_id``, because the views show one import per archive.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+import pyarrow as pa
+
+# Bump when a table's columns change: the catalogue's views are rebuilt then.
+SCHEMA_VERSION = 1
+
+
+def col(name: str, dtype: pa.DataType, doc: str, nullable: bool = False) -> pa.Field:
+    return pa.field(name, dtype, nullable=nullable, metadata={"doc": doc})
+
+
+ARCHIVE_ID = col("archive_id", pa.string(), "The archive (recording or dataset) the row came from.")
+IMPORT_ID = col("import_id", pa.string(), "The import that wrote the row; one is committed.")
+TIMESTAMP = pa.timestamp("us", tz="UTC")
+
+
+def _bbox(prefix: str = "") -> list[pa.Field]:
+    what = "0-based pixel index, inclusive"
+    return [
+        col(f"{prefix}x_min", pa.int32(), f"Box left column ({what}).", nullable=True),
+        col(f"{prefix}y_min", pa.int32(), f"Box top row ({what}).", nullable=True),
+        col(f"{prefix}x_max", pa.int32(), f"Box right column ({what}).", nullable=True),
+        col(f"{prefix}y_max", pa.int32(), f"Box bottom row ({what}).", nullable=True),
+    ]
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """One warehouse table: its schema, its key and the tables its rows point to."""
+
+    name: str
+    description: str
+    schema: pa.Schema
+    key: tuple[str, ...]
+    # column(s) here -> (table, column(s) there): every value must exist there.
+    references: dict[tuple[str, ...], tuple[str, tuple[str, ...]]] = field(default_factory=dict)
+
+    @property
+    def not_null(self) -> tuple[str, ...]:
+        return tuple(f.name for f in self.schema if not f.nullable)
+
+    def empty(self) -> pa.Table:
+        return self.schema.empty_table()
+
+
+ARCHIVES = TableSpec(
+    name="archives",
+    description=(
+        "One row per archive steelsight has taken in: a labelled dataset, a camera "
+        "recording. Its import_id is the committed import of the archive's rows."
+    ),
+    schema=pa.schema(
+        [
+            ARCHIVE_ID,
+            IMPORT_ID,
+            col(
+                "kind", pa.string(), "severstal | neu-det (datasets); video | frames (recordings)."
+            ),
+            col("path", pa.string(), "Absolute path the archive was read from."),
+            col("content_sha256", pa.string(), "Hash over the archive's files and their hashes."),
+            col("status", pa.string(), "ok | partial (some rows rejected) | failed (none taken)."),
+            col("n_images", pa.int32(), "Images or frames taken in."),
+            col("n_labels", pa.int32(), "Labels taken in."),
+            col("n_errors", pa.int32(), "Rows in ingest_errors for this import."),
+            col("imported_at", TIMESTAMP, "When this import was committed (UTC)."),
+            col("steelsight_version", pa.string(), "Version of steelsight that wrote it."),
+        ]
+    ),
+    key=("archive_id",),
+)
+
+IMAGES = TableSpec(
+    name="images",
+    description="One row per readable image of an archive, labelled or not.",
+    schema=pa.schema(
+        [
+            ARCHIVE_ID,
+            IMPORT_ID,
+            col("image_id", pa.string(), "File name of the image, as the labels name it."),
+            col("path", pa.string(), "Absolute path of the image file."),
+            col("width", pa.int32(), "Width in pixels."),
+            col("height", pa.int32(), "Height in pixels."),
+            col("channels", pa.int8(), "Colour channels stored in the file (1 or 3)."),
+            col("sha256", pa.string(), "SHA-256 of the file's bytes."),
+        ]
+    ),
+    key=("archive_id", "image_id"),
+    references={("archive_id",): ("archives", ("archive_id",))},
+)
+
+LABELS = TableSpec(
+    name="labels",
+    description=(
+        "Ground truth: one row per mask (Severstal, RLE per image and class) or box "
+        "(NEU-DET, Pascal VOC), with its area and bounding box."
+    ),
+    schema=pa.schema(
+        [
+            ARCHIVE_ID,
+            IMPORT_ID,
+            col("image_id", pa.string(), "The image the label belongs to."),
+            col("label_index", pa.int32(), "Position of the label within its image (0-based)."),
+            col("class_id", pa.int16(), "Class number in the dataset's class list."),
+            col("class_name", pa.string(), "Class name in the plant's words."),
+            col("geometry", pa.string(), "mask (rle holds it) | box (the box is the label)."),
+            col(
+                "rle",
+                pa.string(),
+                "Severstal RLE: column-major, 1-indexed start/length pairs.",
+                nullable=True,
+            ),
+            col("area", pa.int64(), "Labelled pixels (a box's whole area for boxes)."),
+            *_bbox(),
+            col("source_row", pa.int64(), "Row (CSV, 1 = header) or object index (XML)."),
+        ]
+    ),
+    key=("archive_id", "image_id", "label_index"),
+    references={
+        ("archive_id", "image_id"): ("images", ("archive_id", "image_id")),
+    },
+)
+
+DEFECTS = TableSpec(
+    name="defects",
+    description=(
+        "Model predictions: one row per defect found on a frame (connected region of "
+        "one class), with its mask, size, position on the sheet and score."
+    ),
+    schema=pa.schema(
+        [
+            ARCHIVE_ID,
+            IMPORT_ID,
+            col("frame_id", pa.string(), "The frame (or image) the defect was found on."),
+            col("defect_index", pa.int32(), "Position of the defect within its frame."),
+            col("sheet_id", pa.string(), "The sheet it lies on, when known.", nullable=True),
+            col("class_id", pa.int16(), "Predicted class number."),
+            col("class_name", pa.string(), "Predicted class name."),
+            col("rle", pa.string(), "Severstal RLE of the defect's mask."),
+            col("area", pa.int64(), "Defect pixels."),
+            *_bbox(),
+            col("x_mm", pa.float64(), "Position along the sheet, mm from its head.", nullable=True),
+            col(
+                "y_mm", pa.float64(), "Position across the sheet, mm from its edge.", nullable=True
+            ),
+            col("score", pa.float32(), "Model confidence in [0, 1]."),
+            col("model_version", pa.string(), "Registered model version that predicted it."),
+        ]
+    ),
+    key=("archive_id", "frame_id", "defect_index"),
+    references={("archive_id",): ("archives", ("archive_id",))},
+)
+
+SHEETS = TableSpec(
+    name="sheets",
+    description=(
+        "One row per sheet seen in a recording: who it is (from its marking imprint), "
+        "where it was seen, and a summary of its defects with a grade."
+    ),
+    schema=pa.schema(
+        [
+            ARCHIVE_ID,
+            IMPORT_ID,
+            col("sheet_index", pa.int32(), "Order of the sheet within the recording."),
+            col("sheet_id", pa.string(), "Identified sheet ID, or 'unknown'."),
+            col("similarity", pa.float32(), "Imprint similarity of the match.", nullable=True),
+            col("first_frame", pa.int64(), "First frame showing the sheet."),
+            col("last_frame", pa.int64(), "Last frame showing the sheet."),
+            col("length_mm", pa.float64(), "Measured length.", nullable=True),
+            col("n_defects", pa.int32(), "Defects found on the sheet."),
+            col("defect_area_ratio", pa.float64(), "Defect pixels / sheet pixels."),
+            col("grade", pa.string(), "Grade from the configured rules."),
+            col("model_versions", pa.string(), "Models that produced the row (JSON)."),
+        ]
+    ),
+    key=("archive_id", "sheet_index"),
+    references={("archive_id",): ("archives", ("archive_id",))},
+)
+
+INGEST_ERRORS = TableSpec(
+    name="ingest_errors",
+    description=(
+        "Everything that could not be taken in, with where it was and what to do: one "
+        "row per rejected file or row. Together with the other tables nothing is lost."
+    ),
+    schema=pa.schema(
+        [
+            ARCHIVE_ID,
+            IMPORT_ID,
+            col("error_index", pa.int32(), "Position of the error within its import."),
+            col("source", pa.string(), "File the problem is in (absolute path)."),
+            col("source_row", pa.int64(), "Row (CSV, 1 = header) or object index.", nullable=True),
+            col("field", pa.string(), "Column or element at fault.", nullable=True),
+            col("error_kind", pa.string(), "Short machine-readable kind, e.g. invalid_rle."),
+            col("reason", pa.string(), "What is wrong and what to do about it."),
+        ]
+    ),
+    key=("archive_id", "error_index"),
+    references={("archive_id",): ("archives", ("archive_id",))},
+)
+
+# Name -> spec. Read-only: copy a spec (dataclasses.replace) to derive another.
+TABLES: MappingProxyType[str, TableSpec] = MappingProxyType(
+    {t.name: t for t in (ARCHIVES, IMAGES, LABELS, DEFECTS, SHEETS, INGEST_ERRORS)}
+)

@@ -1,0 +1,223 @@
+"""The one door to the warehouse: Parquet files, the DuckDB catalogue, atomic commits.
+
+Layout under the warehouse directory::
+
+    parquet/<table>/<archive_id>~<import_id>.parquet   rows of one import of one archive
+    parquet/archives/<archive_id>.parquet              the archive's row: the commit marker
+    parquet/<table>/_schema.parquet                    no rows; keeps every table readable
+    steelsight.duckdb                                  views for analysts (no data inside)
+
+An import writes its files for every table under a new import_id, then replaces the
+archive's row (one atomic rename): that is the commit. The views show, per archive,
+only the rows of the import its archive row names, so readers see the old import or
+the new one whole, never a mix, and a crash before the commit leaves the previous
+state readable. Files of superseded imports are removed after the commit.
+
+The pipeline never needs the DuckDB file to write data, so an analyst who keeps it
+open blocks nothing; readers inside steelsight use an in-memory connection with the
+same views.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from collections.abc import Mapping
+from importlib import resources
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from warehouse.schema import SCHEMA_VERSION, TABLES, TableSpec
+
+log = logging.getLogger(__name__)
+
+CATALOGUE_NAME = "steelsight.duckdb"
+PLACEHOLDER_NAME = "_schema.parquet"
+
+
+class WarehouseError(RuntimeError):
+    """Rows that do not fit a table's schema, or a warehouse that cannot be written."""
+
+
+def new_import_id() -> str:
+    return uuid.uuid4().hex[:16]
+
+
+def _sql_string(value: str) -> str:
+    """A SQL string literal. Only for our own paths in view DDL, which takes no parameters."""
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _write_atomic(table: pa.Table, path: Path) -> None:
+    """Write a Parquet file under a temporary name, flush it to disk, then rename it."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        pq.write_table(table, tmp, compression="zstd")
+        with tmp.open("rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def conform(spec: TableSpec, rows: pa.Table) -> pa.Table:
+    """The rows in the table's column order and types; WarehouseError names what does not fit."""
+    missing = [name for name in spec.schema.names if name not in rows.column_names]
+    extra = [name for name in rows.column_names if name not in spec.schema.names]
+    if missing or extra:
+        raise WarehouseError(f"{spec.name}: missing columns {missing}, unknown columns {extra}")
+    try:
+        rows = rows.select(spec.schema.names).cast(spec.schema)
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as error:
+        raise WarehouseError(f"{spec.name}: rows do not fit the schema: {error}") from error
+    for name in spec.not_null:
+        if rows.column(name).null_count:
+            raise WarehouseError(f"{spec.name}.{name} must not be null")
+    return rows
+
+
+def view_statements(parquet_dir: Path) -> list[str]:
+    """DDL for one view per table (committed imports only) and the views in views.sql."""
+
+    def files(table: str) -> str:
+        return _sql_string(str(parquet_dir / table / "*.parquet"))
+
+    statements = [
+        f"CREATE OR REPLACE VIEW archives AS SELECT * FROM read_parquet({files('archives')})"
+    ]
+    for name in TABLES:
+        if name == "archives":
+            continue
+        statements.append(
+            f"CREATE OR REPLACE VIEW {name} AS SELECT t.* FROM read_parquet({files(name)}) AS t "
+            "SEMI JOIN archives AS a ON t.archive_id = a.archive_id AND t.import_id = a.import_id"
+        )
+    sql = resources.files("warehouse").joinpath("views.sql").read_text()
+    statements += [s.strip() for s in sql.split(";") if s.strip()]
+    return statements
+
+
+class Warehouse:
+    """Parquet tables and their DuckDB catalogue under one directory."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root).resolve()
+        self.parquet_dir = self.root / "parquet"
+        self.catalogue_path = self.root / CATALOGUE_NAME
+
+    # -- set-up ---------------------------------------------------------------------------
+    def ensure(self) -> Warehouse:
+        """Create the folders, the empty placeholders and the catalogue's views if missing."""
+        for spec in TABLES.values():
+            folder = self.parquet_dir / spec.name
+            folder.mkdir(parents=True, exist_ok=True)
+            placeholder = folder / PLACEHOLDER_NAME
+            if not placeholder.exists() or pq.read_schema(placeholder) != spec.schema:
+                _write_atomic(spec.empty(), placeholder)
+        self._ensure_catalogue()
+        return self
+
+    def _ensure_catalogue(self) -> None:
+        wanted = (str(SCHEMA_VERSION), str(self.parquet_dir))
+        try:
+            with duckdb.connect(str(self.catalogue_path), read_only=True) as con:
+                found = con.execute(
+                    "SELECT max(value) FILTER (key = 'schema_version'), "
+                    "max(value) FILTER (key = 'parquet_dir') FROM steelsight_meta"
+                ).fetchall()[0]
+            if tuple(found) == wanted:
+                return
+        except duckdb.Error:
+            pass  # no catalogue yet, an older one, or one held open: try to (re)write it
+        try:
+            with duckdb.connect(str(self.catalogue_path)) as con:
+                con.execute("BEGIN")
+                for statement in view_statements(self.parquet_dir):
+                    con.execute(statement)
+                con.execute("CREATE OR REPLACE TABLE steelsight_meta (key VARCHAR, value VARCHAR)")
+                con.execute(
+                    "INSERT INTO steelsight_meta VALUES ('schema_version', ?), ('parquet_dir', ?)",
+                    list(wanted),
+                )
+                con.execute("COMMIT")
+        except duckdb.IOException as error:
+            log.warning(
+                "catalogue %s is held by another process, its views were not refreshed (%s); "
+                "data is written all the same: close the other session and run again",
+                self.catalogue_path,
+                error,
+            )
+
+    # -- writing --------------------------------------------------------------------------
+    def write_import(self, archive_id: str, import_id: str, tables: Mapping[str, pa.Table]) -> None:
+        """Write one import's rows for the given tables (not yet visible: see commit)."""
+        for name, rows in tables.items():
+            if name == "archives":
+                raise WarehouseError("the archives row is written by commit(), not write_import()")
+            spec = TABLES[name]
+            rows = conform(spec, rows)
+            ours = pc.and_(
+                pc.equal(rows["archive_id"], archive_id), pc.equal(rows["import_id"], import_id)
+            )
+            if rows.num_rows and not pc.all(ours).as_py():
+                raise WarehouseError(f"{name}: rows of another archive or import")
+            _write_atomic(rows, self.parquet_dir / name / f"{archive_id}~{import_id}.parquet")
+
+    def commit(self, archive_row: Mapping[str, object]) -> None:
+        """Make an import visible: replace the archive's row, then drop superseded files."""
+        row = conform(TABLES["archives"], pa.Table.from_pylist([dict(archive_row)]))
+        archive_id = row["archive_id"][0].as_py()
+        import_id = row["import_id"][0].as_py()
+        _write_atomic(row, self.parquet_dir / "archives" / f"{archive_id}.parquet")
+        self._remove_other_imports(archive_id, keep=import_id)
+
+    def import_archive(
+        self, archive_row: Mapping[str, object], tables: Mapping[str, pa.Table]
+    ) -> None:
+        """Write every table of one import and commit it: the whole import, or none of it.
+
+        A table without rows in this import gets no file; the views then show it empty
+        for this archive, since they only show rows of the committed import.
+        """
+        archive_id, import_id = str(archive_row["archive_id"]), str(archive_row["import_id"])
+        self.write_import(archive_id, import_id, {n: t for n, t in tables.items() if t.num_rows})
+        self.commit(archive_row)
+
+    def _remove_other_imports(self, archive_id: str, keep: str) -> None:
+        for spec in TABLES.values():
+            folder = self.parquet_dir / spec.name
+            for path in folder.glob(f"{archive_id}~*.parquet"):
+                if path.stem.split("~", 1)[1] != keep:
+                    path.unlink(missing_ok=True)
+            for path in folder.glob(f".{archive_id}~*.tmp"):
+                path.unlink(missing_ok=True)
+
+    # -- reading --------------------------------------------------------------------------
+    def connect(self) -> duckdb.DuckDBPyConnection:
+        """An in-memory DuckDB connection with the warehouse's views (takes no file lock)."""
+        con = duckdb.connect()
+        for statement in view_statements(self.parquet_dir):
+            con.execute(statement)
+        return con
+
+    def row_counts(self) -> dict[str, int]:
+        """Committed rows per table."""
+        with self.connect() as con:
+            return {
+                name: con.sql(f'SELECT count(*) FROM "{name}"').fetchall()[0][0] for name in TABLES
+            }
+
+    def query(self, sql: str, params: list | None = None) -> pa.Table:
+        """Run one parameterised query over the views and return its rows."""
+        with self.connect() as con:
+            return con.sql(sql, params=params or None).to_arrow_table()
