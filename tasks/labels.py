@@ -246,5 +246,5 @@ def import_label_source(path: Path, warehouse: Warehouse) -> ImportSummary:
 
 @task(name="import-label-source", task_run_name="import {path}")
 def import_label_source_task(path: str, warehouse_dir: str) -> ImportSummary:
-    """Prefect task: import one dataset folder into the warehouse at warehouse_dir."""
-    return import_label_source(Path(path), Warehouse(Path(warehouse_dir)).ensure())
+    """Prefect task: import one folder into the (already prepared) warehouse at warehouse_dir."""
+    return import_label_source(Path(path), Warehouse(Path(warehouse_dir)))

@@ -66,11 +66,15 @@ ARCHIVES = TableSpec(
             ARCHIVE_ID,
             IMPORT_ID,
             col(
-                "kind", pa.string(), "severstal | neu-det (datasets); video | frames (recordings)."
+                "kind",
+                pa.string(),
+                "severstal or neu-det (datasets); video or frames (recordings).",
             ),
             col("path", pa.string(), "Absolute path the archive was read from."),
             col("content_sha256", pa.string(), "Hash over the archive's files and their hashes."),
-            col("status", pa.string(), "ok | partial (some rows rejected) | failed (none taken)."),
+            col(
+                "status", pa.string(), "ok, partial (some rows rejected) or failed (nothing taken)."
+            ),
             col("n_images", pa.int32(), "Images or frames taken in."),
             col("n_labels", pa.int32(), "Labels taken in."),
             col("n_errors", pa.int32(), "Rows in ingest_errors for this import."),
@@ -114,7 +118,7 @@ LABELS = TableSpec(
             col("label_index", pa.int32(), "Position of the label within its image (0-based)."),
             col("class_id", pa.int16(), "Class number in the dataset's class list."),
             col("class_name", pa.string(), "Class name in the plant's words."),
-            col("geometry", pa.string(), "mask (rle holds it) | box (the box is the label)."),
+            col("geometry", pa.string(), "mask (rle holds it) or box (the box is the label)."),
             col(
                 "rle",
                 pa.string(),
@@ -214,3 +218,28 @@ INGEST_ERRORS = TableSpec(
 TABLES: MappingProxyType[str, TableSpec] = MappingProxyType(
     {t.name: t for t in (ARCHIVES, IMAGES, LABELS, DEFECTS, SHEETS, INGEST_ERRORS)}
 )
+
+
+def describe_markdown() -> str:
+    """docs/warehouse.md: every table with its key, references and columns."""
+    lines = [
+        "# Warehouse tables",
+        "",
+        "Generated from `warehouse/schema.py` (`python -m warehouse.schema > docs/warehouse.md`).",
+        "Every table is a view over Parquet files that shows each archive's committed import;",
+        "`import_id` tells imports apart. Analysts' views (`label_summary`, `image_labels`,",
+        "`ingest_error_report`) are defined in `warehouse/views.sql`.",
+    ]
+    for spec in TABLES.values():
+        lines += ["", f"## {spec.name}", "", spec.description, "", f"Key: `{', '.join(spec.key)}`."]
+        for here, (other, there) in spec.references.items():
+            lines.append(f"References: `{', '.join(here)}` → `{other}({', '.join(there)})`.")
+        lines += ["", "| column | type | null | meaning |", "| --- | --- | --- | --- |"]
+        for f in spec.schema:
+            doc = f.metadata[b"doc"].decode()
+            lines.append(f"| `{f.name}` | {f.type} | {'yes' if f.nullable else 'no'} | {doc} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(describe_markdown(), end="")

@@ -76,14 +76,13 @@ def conform(spec: TableSpec, rows: pa.Table) -> pa.Table:
     extra = [name for name in rows.column_names if name not in spec.schema.names]
     if missing or extra:
         raise WarehouseError(f"{spec.name}: missing columns {missing}, unknown columns {extra}")
-    try:
-        rows = rows.select(spec.schema.names).cast(spec.schema)
-    except (pa.ArrowInvalid, pa.ArrowTypeError) as error:
-        raise WarehouseError(f"{spec.name}: rows do not fit the schema: {error}") from error
     for name in spec.not_null:
         if rows.column(name).null_count:
             raise WarehouseError(f"{spec.name}.{name} must not be null")
-    return rows
+    try:
+        return rows.select(spec.schema.names).cast(spec.schema)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, ValueError) as error:
+        raise WarehouseError(f"{spec.name}: rows do not fit the schema: {error}") from error
 
 
 def view_statements(parquet_dir: Path) -> list[str]:
@@ -127,18 +126,23 @@ class Warehouse:
         self._ensure_catalogue()
         return self
 
-    def _ensure_catalogue(self) -> None:
-        wanted = (str(SCHEMA_VERSION), str(self.parquet_dir))
+    def _catalogue_is_current(self) -> bool:
+        wanted = [(str(SCHEMA_VERSION), str(self.parquet_dir))]
         try:
             with duckdb.connect(str(self.catalogue_path), read_only=True) as con:
-                found = con.execute(
-                    "SELECT max(value) FILTER (key = 'schema_version'), "
-                    "max(value) FILTER (key = 'parquet_dir') FROM steelsight_meta"
-                ).fetchall()[0]
-            if tuple(found) == wanted:
-                return
+                return (
+                    con.sql(
+                        "SELECT max(value) FILTER (key = 'schema_version'), "
+                        "max(value) FILTER (key = 'parquet_dir') FROM steelsight_meta"
+                    ).fetchall()
+                    == wanted
+                )
         except duckdb.Error:
-            pass  # no catalogue yet, an older one, or one held open: try to (re)write it
+            return False  # no catalogue yet, an older one, or one held open elsewhere
+
+    def _ensure_catalogue(self) -> None:
+        if self._catalogue_is_current():
+            return
         try:
             with duckdb.connect(str(self.catalogue_path)) as con:
                 con.execute("BEGIN")
@@ -147,9 +151,13 @@ class Warehouse:
                 con.execute("CREATE OR REPLACE TABLE steelsight_meta (key VARCHAR, value VARCHAR)")
                 con.execute(
                     "INSERT INTO steelsight_meta VALUES ('schema_version', ?), ('parquet_dir', ?)",
-                    list(wanted),
+                    [str(SCHEMA_VERSION), str(self.parquet_dir)],
                 )
                 con.execute("COMMIT")
+        except duckdb.TransactionException:
+            # Another writer in this process got there first; fine if it wrote the same.
+            if not self._catalogue_is_current():
+                raise
         except duckdb.IOException as error:
             log.warning(
                 "catalogue %s is held by another process, its views were not refreshed (%s); "

@@ -1,0 +1,99 @@
+"""The command line as a user runs it: real processes, a real STEELSIGHT_HOME."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from tests.helpers import copy_severstal, truncate
+from warehouse.schema import describe_markdown
+
+REPO = Path(__file__).resolve().parents[2]
+STEELSIGHT = Path(sys.executable).parent / "steelsight"
+
+pytestmark = pytest.mark.e2e
+
+
+def run(home: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "STEELSIGHT_HOME": str(home), "COLUMNS": "200"}
+    return subprocess.run(
+        [str(STEELSIGHT), *args], env=env, cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+
+
+def test_every_command_has_help(tmp_path: Path) -> None:
+    for command in (
+        [],
+        ["import-labels"],
+        ["sql"],
+        ["warehouse"],
+        ["warehouse", "info"],
+        ["warehouse", "check"],
+        ["demo"],
+    ):
+        result = run(tmp_path, *command, "--help")
+        assert result.returncode == 0, result.stderr
+        assert "Usage: steelsight" in result.stdout
+
+
+def test_import_a_good_and_a_corrupt_copy_then_check(shared_data: Path, tmp_path: Path) -> None:
+    corrupt = copy_severstal(shared_data, tmp_path / "corrupt-copy")
+    truncate(next(iter(sorted((corrupt / "train_images").iterdir()))))
+    text = (corrupt / "train.csv").read_text().splitlines()
+    text[1] = text[1].rsplit(",", 1)[0] + ",1 2 3"  # odd number of values
+    (corrupt / "train.csv").write_text("\n".join(text) + "\n")
+
+    home = tmp_path / "home"
+    result = run(home, "import-labels", str(shared_data / "severstal-sample"), str(corrupt))
+    assert result.returncode == 0, result.stderr
+    assert "partial" in result.stdout and "ok" in result.stdout
+    assert "odd number of values" in result.stdout  # the first errors are shown
+    assert run(home, "warehouse", "check").returncode == 0
+
+    with duckdb.connect(str(home / "warehouse" / "steelsight.duckdb"), read_only=True) as con:
+        assert con.sql("SELECT count(*) FROM archives").fetchall() == [(2,)]
+        kinds = con.sql("SELECT DISTINCT error_kind FROM ingest_errors ORDER BY 1").fetchall()
+    assert ("invalid_rle",) in kinds and ("unreadable_image",) in kinds
+
+
+def test_exit_code_is_1_when_nothing_could_be_imported(tmp_path: Path) -> None:
+    folder = tmp_path / "nothing"
+    (folder / "train_images").mkdir(parents=True)
+    (folder / "train.csv").write_text("not,the,header\n")
+    result = run(tmp_path / "home", "import-labels", str(folder))
+    assert result.returncode == 1
+    assert "failed" in result.stdout
+    result = run(tmp_path / "home", "import-labels", str(tmp_path / "does-not-exist"))
+    assert result.returncode == 1 and "is not a folder" in result.stdout + result.stderr
+
+
+def test_demo_imports_the_sample_and_prints_the_summary(shared_data: Path, tmp_path: Path) -> None:
+    result = run(tmp_path / "home", "demo", "--data", str(shared_data / "severstal-sample"))
+    assert result.returncode == 0, result.stderr
+    assert "20 images, 19 labels, 0 errors" in result.stdout
+    assert re.search(r"3\s*│\s*scratches\s*│\s*9\s*│", result.stdout)
+
+
+def test_readme_queries_run_and_return_rows(shared_data: Path, tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    imported = run(
+        home, "import-labels", str(shared_data / "severstal-sample"), str(shared_data / "neu-det")
+    )
+    assert imported.returncode == 0, imported.stderr
+    queries = re.findall(r"```sql\n(.*?)```", (REPO / "README.md").read_text(), re.S)
+    assert len(queries) == 3
+    with duckdb.connect(str(home / "warehouse" / "steelsight.duckdb"), read_only=True) as con:
+        for query in queries:
+            assert con.sql(query).fetchall(), query
+    result = run(home, "sql", "SELECT count(*) AS n FROM ingest_error_report")
+    assert result.returncode == 0 and "0" in result.stdout
+
+
+def test_warehouse_doc_is_generated_from_the_schema() -> None:
+    assert (REPO / "docs" / "warehouse.md").read_text() == describe_markdown()
