@@ -172,8 +172,9 @@ def rle_decode(rle: str, shape: Sequence[int] = DEFAULT_SHAPE) -> np.ndarray:
 def rle_decode_many(rles: Sequence[str], shape: Sequence[int] = DEFAULT_SHAPE) -> np.ndarray:
     """Decode many RLE strings of one shape into an (N, height, width) uint8 array.
 
-    Parses, validates and paints all masks at once. On bad input raises RLEError
-    whose message starts with the index of the offending string.
+    Parses, validates and paints all masks at once; each mask is Fortran-ordered, as
+    rle_decode's. On bad input raises RLEError whose message starts with the index of
+    the offending string.
     """
     height, width = _check_shape(shape)
     n_pixels = height * width
