@@ -13,7 +13,7 @@ UV_VERSION := 0.13.8
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet uv==$(UV_VERSION)
-	$(BIN)/uv pip install --python $(BIN)/python --compile-bytecode -e '.[dev]'
+	$(BIN)/uv pip install --python $(BIN)/python --compile-bytecode -C editable_mode=compat -e '.[dev]'
 	touch $(STAMP)
 
 install: $(STAMP)

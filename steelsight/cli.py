@@ -129,6 +129,65 @@ def warehouse_check() -> None:
 
 
 @app.command()
+def simulate(
+    out: Annotated[Path, typer.Option(help="Folder to write the recordings into.")],
+    sheets: Annotated[int, typer.Option(min=1, help="Sheets passing the line.")] = 10,
+    seed: Annotated[int, typer.Option(help="Same seed and parameters, same recording.")] = 0,
+    config: Annotated[
+        Path | None, typer.Option(help="YAML/JSON file of twin parameters (twin/config.py).")
+    ] = None,
+    archive_format: Annotated[
+        str | None, typer.Option("--format", help="video (FFV1 .mkv) or frames (JPEG folder).")
+    ] = None,
+    distortion: Annotated[
+        float | None, typer.Option(help="Marking distortion, 0 clean .. 1 strong.")
+    ] = None,
+    fault: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Recorder fault to write (repeatable): truncated-video, "
+            "corrupt-frame, dropped-frames, missing-manifest, invalid-manifest."
+        ),
+    ] = None,
+) -> None:
+    """Simulate the rolling line: an inspection-camera recording and a marking-station
+    archive with ground truth (defect masks as RLE, marking boxes, sheet IDs)."""
+    import yaml
+    from pydantic import ValidationError
+    from rich.progress import MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    from twin.config import TwinConfig
+    from twin.recorder import simulate as run_twin
+
+    values = yaml.safe_load(config.read_text()) if config else {}
+    overrides = {
+        "archive_format": archive_format,
+        "distortion": distortion,
+        "faults": tuple(fault) if fault else None,
+    }
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        twin_config = TwinConfig(**values)
+    except ValidationError as error:
+        console.print(f"[red]invalid twin parameters[/red] ({config or 'command line'}):\n{error}")
+        raise typer.Exit(2) from None
+    columns = (*Progress.get_default_columns()[:-1], MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console) as progress:
+        bar = progress.add_task("rendering frames", total=None)
+        recording = run_twin(
+            twin_config,
+            sheets,
+            seed,
+            out,
+            lambda done, total: progress.update(bar, completed=done, total=total),
+        )
+    console.print(
+        f"{recording.n_sheets} sheets, {recording.n_frames} frames\n"
+        f"inspection camera: {recording.inspection}\nmarking station:   {recording.station}"
+    )
+
+
+@app.command()
 def demo(
     data: Annotated[
         Path, typer.Option(help="A Severstal-format folder to import.")

@@ -1,0 +1,188 @@
+"""The digital twin: deterministic, its ground truth matches its pictures, faults happen."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+from tasks.core.images import ImageError, image_info
+from tasks.rle import rle_decode
+from twin.config import Fault, TwinConfig
+from twin.recorder import simulate
+
+SMALL = {"sheet_length_mm": {"low": 900, "high": 1200}, "gap_mm": {"low": 200, "high": 300}}
+
+
+def read_video(path: Path) -> list[np.ndarray]:
+    capture = cv2.VideoCapture(str(path))
+    frames = []
+    while True:
+        ok, frame = capture.read()
+        if not ok:
+            return frames
+        frames.append(frame[:, :, 0])
+
+
+def read_frames(archive: Path) -> dict[str, np.ndarray]:
+    """Frames by frame id, from either kind of archive."""
+    index = [r["frame_id"] for r in csv.DictReader((archive / "frame_index.csv").open())]
+    if (archive / "video.mkv").exists():
+        return dict(zip(index, read_video(archive / "video.mkv"), strict=True))
+    return {
+        i: cv2.imread(str(archive / "frames" / f"{i}.jpg"), cv2.IMREAD_GRAYSCALE) for i in index
+    }
+
+
+def ground_truth(archive: Path, name: str) -> list[dict]:
+    return list(csv.DictReader((archive / "ground_truth" / name).open()))
+
+
+def digest(folder: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.fixture(scope="module")
+def recording(tmp_path_factory) -> Path:
+    """Six sheets with plenty of defects, as a lossless video."""
+    config = TwinConfig(**SMALL, class_rates={1: 0.5, 2: 0.4, 3: 0.6, 4: 0.4})
+    return simulate(config, 6, seed=11, out=tmp_path_factory.mktemp("twin")).inspection
+
+
+def test_same_seed_same_recording_other_seed_another(tmp_path: Path) -> None:
+    config = TwinConfig(**SMALL)
+    first = simulate(config, 2, seed=5, out=tmp_path / "a")
+    second = simulate(config, 2, seed=5, out=tmp_path / "b")
+    other = simulate(config, 2, seed=6, out=tmp_path / "c")
+    gt = [digest(r.inspection / "ground_truth") for r in (first, second, other)]
+    assert gt[0] == gt[1] and gt[0] != gt[2]
+    frames = [read_frames(r.inspection) for r in (first, second, other)]
+    assert frames[0].keys() == frames[1].keys()
+    assert all(np.array_equal(frames[0][k], frames[1][k]) for k in frames[0])
+    assert not all(
+        np.array_equal(a, b) for a, b in zip(frames[0].values(), frames[2].values(), strict=False)
+    )
+    assert digest(first.station) == digest(second.station)  # JPEG bytes too
+
+
+def test_defect_masks_mark_pixels_that_differ_from_the_surface_around(recording: Path) -> None:
+    frames = read_frames(recording)
+    contrast: dict[int, list[float]] = {1: [], 2: [], 3: [], 4: []}
+    for row in ground_truth(recording, "defects.csv"):
+        mask = np.ascontiguousarray(rle_decode(row["EncodedPixels"], (256, 1600)))
+        assert mask.any()
+        image = frames[row["ImageId"]].astype(np.float32)
+        ring = cv2.dilate(mask, np.ones((9, 9), np.uint8)).astype(bool) & ~mask.astype(bool)
+        contrast[int(row["ClassId"])].append(abs(image[mask > 0].mean() - image[ring].mean()))
+    for class_id, values in contrast.items():
+        assert len(values) >= 3, f"class {class_id}: too few masks to judge"
+        assert np.median(values) > 12, f"class {class_id}: median contrast {np.median(values):.1f}"
+
+
+def test_marking_boxes_hold_the_paint(recording: Path) -> None:
+    frames = read_frames(recording)
+    boxes = ground_truth(recording, "markings.csv")
+    assert boxes
+    for box in boxes:
+        image = frames[box["frame_id"]].astype(np.float32)
+        x0, y0, x1, y1 = (int(box[k]) for k in ("x_min", "y_min", "x_max", "y_max"))
+        inside = image[y0 : y1 + 1, x0 : x1 + 1]
+        beside = image[y0 : y1 + 1, x1 + 20 : x1 + 20 + (x1 - x0)]  # same rows, further along
+        surface = np.median(beside)
+        painted = np.mean(np.abs(inside - surface) > 60)
+        untouched = np.mean(np.abs(beside - surface) > 60)
+        assert painted > 0.04 and untouched < 0.02, (box, painted, untouched)
+    # YOLO labels say the same, normalised
+    first = boxes[0]
+    label = (
+        (recording / "ground_truth" / "markings" / f"{first['frame_id']}.txt").read_text().split()
+    )
+    cls, cx, cy, w, h = label[0], *map(float, label[1:5])
+    x0, y0, x1, y1 = (int(first[k]) for k in ("x_min", "y_min", "x_max", "y_max"))
+    assert cls == "0"
+    assert abs(cx * 1600 - (x0 + x1 + 1) / 2) < 1 and abs(cy * 256 - (y0 + y1 + 1) / 2) < 1
+    assert abs(w * 1600 - (x1 - x0 + 1)) < 1 and abs(h * 256 - (y1 - y0 + 1)) < 1
+
+
+def test_every_frame_is_accounted_for_and_sheets_agree_with_the_station(recording: Path) -> None:
+    manifest = json.loads((recording / "manifest.json").read_text())
+    frames = read_frames(recording)
+    assert manifest["frame_count"] == len(frames) and manifest["twin"]["seed"] == 11
+    assert all(f.shape == (256, 1600) for f in frames.values())
+    station = recording.with_name(recording.name.replace("inspection", "station"))
+    known = {r["sheet_id"] for r in csv.DictReader((station / "sheets.csv").open())}
+    seen = {r["sheet_id"] for r in ground_truth(recording, "sheets.csv")}
+    assert len(known) == 6 and seen == known
+    for picture in (station / "frames").iterdir():
+        assert image_info(picture.read_bytes()).width == 640
+
+
+@pytest.mark.parametrize("archive_format", ["video", "frames"])
+def test_each_fault_produces_what_it_names(tmp_path: Path, archive_format: str) -> None:
+    faults = [Fault.dropped_frames, Fault.corrupt_frame]
+    if archive_format == "video":
+        faults.append(Fault.truncated_video)
+    config = TwinConfig(**SMALL, archive_format=archive_format, faults=tuple(faults))
+    archive = simulate(config, 3, seed=2, out=tmp_path).inspection
+    applied = {
+        f["fault"]: f for f in json.loads((archive / "ground_truth/faults.json").read_text())
+    }
+    manifest = json.loads((archive / "manifest.json").read_text())
+
+    numbers = [int(r["frame_number"]) for r in csv.DictReader((archive / "frame_index.csv").open())]
+    gap = sorted(set(range(numbers[0], numbers[-1] + 1)) - set(numbers))
+    assert gap == applied["dropped-frames"]["frames"] and len(gap) >= 2
+    assert manifest["frame_count"] == len(numbers)
+    if archive_format == "video":
+        assert len(read_video(archive / "video.mkv")) < manifest["frame_count"]
+        assert applied["truncated-video"]["bytes_kept"] < applied["truncated-video"]["bytes"]
+    else:
+        with pytest.raises(ImageError):
+            image_info((archive / applied["corrupt-frame"]["file"]).read_bytes())
+
+
+def test_corrupt_video_loses_frames(tmp_path: Path) -> None:
+    clean = simulate(TwinConfig(**SMALL), 3, seed=4, out=tmp_path / "clean").inspection
+    broken = simulate(
+        TwinConfig(**SMALL, faults=(Fault.corrupt_frame,)), 3, seed=4, out=tmp_path / "broken"
+    ).inspection
+    good, bad = read_video(clean / "video.mkv"), read_video(broken / "video.mkv")
+    assert len(bad) < len(good) or any(
+        not np.array_equal(a, b) for a, b in zip(good, bad, strict=False)
+    )
+
+
+@pytest.mark.parametrize("fault", [Fault.missing_manifest, Fault.invalid_manifest])
+def test_manifest_faults(tmp_path: Path, fault: Fault) -> None:
+    archive = simulate(TwinConfig(**SMALL, faults=(fault,)), 1, seed=1, out=tmp_path).inspection
+    path = archive / "manifest.json"
+    if fault == Fault.missing_manifest:
+        assert not path.exists()
+    else:
+        with pytest.raises(json.JSONDecodeError):
+            json.loads(path.read_text())
+
+
+def test_configuration_rejects_unknown_keys_and_bad_values(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match="sheet_lenght"):
+        TwinConfig(sheet_lenght=3)
+    with pytest.raises(ValidationError, match=r"class_rates keys must be 1\.\.4"):
+        TwinConfig(class_rates={5: 0.1})
+    with pytest.raises(ValueError, match="truncated-video fault needs archive_format 'video'"):
+        simulate(
+            TwinConfig(archive_format="frames", faults=(Fault.truncated_video,)),
+            1,
+            0,
+            tmp_path / "out",
+        )
+    assert not (tmp_path / "out").exists()
