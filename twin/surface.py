@@ -63,11 +63,11 @@ def _window(size: tuple[int, int]) -> np.ndarray:
 
 def pits(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Class 1: a group of small round pits or rolled-in scale grains."""
-    radius = int(rng.integers(12, 50))
+    radius = int(rng.integers(20, 90))
     mask = _window((2 * radius + 16, 2 * radius + 16))
-    for _ in range(int(rng.integers(3, 16))):
+    for _ in range(int(rng.integers(6, 40))):
         cy, cx = rng.normal(radius + 8, radius / 2, 2).clip(6, 2 * radius + 9).astype(int)
-        axes = (int(rng.integers(2, 7)), int(rng.integers(2, 7)))
+        axes = (int(rng.integers(2, 10)), int(rng.integers(2, 10)))
         cv2.ellipse(mask, (int(cx), int(cy)), axes, float(rng.uniform(0, 180)), 0, 360, 1, -1)
     bright = rng.random() < 0.5  # rolled-in scale shines, pits are dark
     amplitude = rng.uniform(45, 90) if bright else -rng.uniform(35, 60)
@@ -76,36 +76,43 @@ def pits(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
 
 def fine_scratches(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Class 2: one to three fine, short scratches at any angle."""
-    size = int(rng.integers(40, 90))
+    size = int(rng.integers(60, 180))
     mask = _window((size, size))
-    for _ in range(int(rng.integers(1, 4))):
+    for _ in range(int(rng.integers(2, 9))):
         p0 = rng.integers(2, size - 2, 2)
         angle, length = rng.uniform(0, np.pi), rng.uniform(15, size * 0.8)
         p1 = (p0 + length * np.array([np.cos(angle), np.sin(angle)])).clip(1, size - 2)
-        cv2.line(mask, tuple(int(v) for v in p0), tuple(int(v) for v in p1), 1, 1)
+        cv2.line(
+            mask, tuple(int(v) for v in p0), tuple(int(v) for v in p1), 1, int(rng.integers(1, 3))
+        )
     return mask.astype(bool), np.full(mask.shape, rng.uniform(30, 60), np.float32)
 
 
 def scratches(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Class 3: scratches and lines, mostly along the rolling direction, any length."""
-    length = int(np.exp(rng.uniform(np.log(40), np.log(1500))))
-    thickness = int(rng.integers(2, 6))
-    lean = np.tan(np.deg2rad(rng.normal(0, 6)))
-    width = int(abs(lean) * length) + 4 * thickness + 12
-    mask = _window((length + 2 * thickness + 4, width))
-    points = int(max(2, length // 60))
-    ys = np.linspace(thickness + 2, length + thickness + 1, points)
-    x0 = 2 * thickness + 6 + (width - 4 * thickness - 12 if lean < 0 else 0)
-    xs = x0 + lean * (ys - ys[0]) + rng.normal(0, 1.0, points).cumsum().clip(-3, 3)
-    polyline = np.stack([xs, ys], 1).round().astype(np.int32)
-    cv2.polylines(mask, [polyline], False, 1, thickness)
+    """Class 3: a group of scratches and lines, mostly along the rolling direction, any length."""
+    length = int(np.exp(rng.uniform(np.log(60), np.log(1500))))
+    lines = int(rng.integers(1, 9))
+    band = int(rng.integers(10, 60)) * lines
+    lean = np.tan(np.deg2rad(rng.normal(0, 5)))
+    width = band + int(abs(lean) * length) + 24
+    mask = _window((length + 16, width))
+    for _ in range(lines):
+        thickness = int(rng.integers(2, 7))
+        extent = int(length * rng.uniform(0.4, 1.0))
+        y0 = int(rng.integers(6, length - extent + 7))
+        points = int(max(2, extent // 60))
+        ys = np.linspace(y0, y0 + extent, points)
+        x0 = rng.uniform(10, band + 10) + (width - band - 24 if lean < 0 else 0)
+        xs = x0 + lean * (ys - ys[0]) + rng.normal(0, 1.0, points).cumsum().clip(-3, 3)
+        polyline = np.stack([xs, ys], 1).round().astype(np.int32)
+        cv2.polylines(mask, [polyline], False, 1, thickness)
     amplitude = -rng.uniform(25, 55) if rng.random() < 0.7 else rng.uniform(30, 60)
     return mask.astype(bool), np.full(mask.shape, amplitude, np.float32)
 
 
 def patches(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Class 4: a large patch or rolling film with torn, uneven edges and its own texture."""
-    h, w = int(rng.integers(80, 260)), int(rng.integers(80, 360))
+    h, w = int(rng.integers(100, 420)), int(rng.integers(120, 640))
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     radial = ((yy - h / 2) / (h / 2)) ** 2 + ((xx - w / 2) / (w / 2)) ** 2
     torn = smooth_noise(rng, (h, w), (18, 18)) * 0.35 + smooth_noise(rng, (h, w), (5, 5)) * 0.12
@@ -122,7 +129,7 @@ SHAPES: dict[int, Callable[[np.random.Generator], tuple[np.ndarray, np.ndarray]]
     4: patches,
 }
 # Mean rows a defect of each class spans, to turn a share of frames into a count.
-MEAN_EXTENT_ROWS = {1: 70, 2: 60, 3: 330, 4: 170}
+MEAN_EXTENT_ROWS = {1: 90, 2: 60, 3: 300, 4: 260}
 
 
 def place_defects(

@@ -97,3 +97,30 @@ def test_readme_queries_run_and_return_rows(shared_data: Path, tmp_path: Path) -
 
 def test_warehouse_doc_is_generated_from_the_schema() -> None:
     assert (REPO / "docs" / "warehouse.md").read_text() == describe_markdown()
+
+
+def test_simulate_writes_both_archives_and_rejects_unknown_parameters(tmp_path: Path) -> None:
+    out = tmp_path / "recordings"
+    result = run(
+        tmp_path / "home",
+        "simulate",
+        "--out",
+        str(out),
+        "--sheets",
+        "2",
+        "--seed",
+        "3",
+        "--format",
+        "frames",
+        "--fault",
+        "dropped-frames",
+    )
+    assert result.returncode == 0, result.stderr
+    assert "2 sheets" in result.stdout
+    inspection, station = sorted(out.iterdir())
+    assert (inspection / "manifest.json").exists() and (inspection / "frames").is_dir()
+    assert len(list((station / "frames").iterdir())) == 2
+    config = tmp_path / "twin.yaml"
+    config.write_text("sheet_lenght_mm: {low: 1, high: 2}\n")
+    result = run(tmp_path / "home", "simulate", "--out", str(out), "--config", str(config))
+    assert result.returncode == 2 and "sheet_lenght_mm" in result.stdout
