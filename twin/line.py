@@ -169,15 +169,18 @@ def frames(
     step = config.frame_step_px
     n_frames = int(np.ceil(total_lines / step))
     rendered: dict[int, Sheet] = {}
+    passed = 0  # sheets wholly behind the current frame; frames only move forward
     for index in range(n_frames):
         first = round(index * step)
         image = background(config, first, seed)
         masks = {c: np.zeros((h, w), bool) for c in CLASS_IDS}
         frame = Frame(index, image, {})
-        for plan in plans:
+        while passed < len(plans) and plans[passed].start_px + plans[passed].length_px <= first:
+            passed += 1
+        for plan in plans[passed:]:
+            if plan.start_px >= first + h:
+                break
             r0, r1 = max(first, plan.start_px), min(first + h, plan.start_px + plan.length_px)
-            if r0 >= r1:
-                continue
             if plan.index not in rendered:
                 rendered = {i: s for i, s in rendered.items() if i >= plan.index - 1}
                 rendered[plan.index] = render_sheet(config, plan, seed)
