@@ -131,7 +131,7 @@ class Frame:
     new_sheets: list[Sheet] = field(default_factory=list)  # sheets first seen in this frame
 
 
-def background(config: TwinConfig, first_line: int, seed: int) -> np.ndarray:
+def background(config: TwinConfig, first_line: int) -> np.ndarray:
     """The empty roller table: dark, with a bright roller every 400 mm along the line."""
     lines = first_line + np.arange(config.frame_height)
     pitch, roller = config.px(400), config.px(90)
@@ -172,7 +172,7 @@ def frames(
     passed = 0  # sheets wholly behind the current frame; frames only move forward
     for index in range(n_frames):
         first = round(index * step)
-        image = background(config, first, seed)
+        image = background(config, first)
         masks = {c: np.zeros((h, w), bool) for c in CLASS_IDS}
         frame = Frame(index, image, {})
         while passed < len(plans) and plans[passed].start_px + plans[passed].length_px <= first:

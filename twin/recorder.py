@@ -31,6 +31,7 @@ from twin.config import TWIN_VERSION, Fault, TwinConfig
 from twin.line import Frame, frames, plan_line, rng_for, station_picture
 
 FAULTS = 5  # purpose of the fault stream
+STATION_LEAD_S = 2.0  # the marking station photographs a sheet this long before inspection
 
 
 def frame_id(number: int) -> str:
@@ -229,7 +230,7 @@ def _record(
                     [
                         frame_id(number),
                         sheet.plan.sheet_id,
-                        _timestamp(config, frame.index / config.fps - 2.0),
+                        _timestamp(config, frame.index / config.fps - STATION_LEAD_S),
                     ]
                 )
                 station_markings.writerow([frame_id(number), sheet.plan.sheet_id, *box])

@@ -24,6 +24,7 @@ import logging
 import os
 import uuid
 from collections.abc import Mapping
+from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 
@@ -101,9 +102,14 @@ def view_statements(parquet_dir: Path) -> list[str]:
             f"CREATE OR REPLACE VIEW {name} AS SELECT t.* FROM read_parquet({files(name)}) AS t "
             "SEMI JOIN archives AS a ON t.archive_id = a.archive_id AND t.import_id = a.import_id"
         )
+    return statements + list(_analyst_views())
+
+
+@lru_cache
+def _analyst_views() -> tuple[str, ...]:
+    """The statements of views.sql, read once per process."""
     sql = resources.files("warehouse").joinpath("views.sql").read_text()
-    statements += [s.strip() for s in sql.split(";") if s.strip()]
-    return statements
+    return tuple(s.strip() for s in sql.split(";") if s.strip())
 
 
 class Warehouse:
