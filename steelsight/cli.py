@@ -187,6 +187,228 @@ def simulate(
     )
 
 
+KIND_HELP = "segmentation (U-Net + gate, Severstal classes) or classification (NEU classes)."
+ModelKind = Annotated[str, typer.Argument(help=KIND_HELP)]
+
+
+def _check_kind(kind: str) -> str:
+    if kind not in ("segmentation", "classification"):
+        console.print(f"[red]error:[/red] unknown kind {kind!r}: segmentation or classification")
+        raise typer.Exit(2)
+    return kind
+
+
+def print_metrics(kind: str, report: dict, title: str) -> None:
+    """The headline metric and the per-class table of an evaluation report."""
+    if kind == "segmentation":
+        console.print(
+            f"{title}: mean Dice [bold]{report['mean_dice']:.4f}[/bold] over {report['images']} "
+            f"images (an empty prediction scores {report['empty_score']:.4f})"
+        )
+        columns = (
+            "dice",
+            "iou",
+            "dice_defective",
+            "images_with_class",
+            "precision",
+            "recall",
+            "f1",
+        )
+    else:
+        console.print(
+            f"{title}: accuracy [bold]{report['accuracy']:.4f}[/bold] over {report['images']} "
+            f"images, macro F1 {report['macro_f1']:.4f}"
+        )
+        columns = ("precision", "recall", "f1", "support")
+    table = Table()
+    table.add_column("class")
+    for column in columns:
+        table.add_column(column, justify="right")
+    for name, row in report["per_class"].items():
+        cells = [
+            "" if row[c] is None else f"{row[c]:.4f}" if isinstance(row[c], float) else str(row[c])
+            for c in columns
+        ]
+        table.add_row(name, *cells)
+    console.print(table)
+    if "confusion" in report:
+        labels = report["confusion"]["labels"]
+        confusion = Table(title="confusion (rows true, columns predicted)")
+        confusion.add_column("")
+        for label in labels:
+            confusion.add_column(label[:10], justify="right")
+        for label, row in zip(labels, report["confusion"]["matrix"], strict=True):
+            confusion.add_row(label, *map(str, row))
+        console.print(confusion)
+
+
+@app.command()
+def train(
+    kind: ModelKind,
+    data: Annotated[
+        Path,
+        typer.Option(
+            help="Severstal folder or twin archive (segmentation); "
+            "NEU-DET or class folders (classification)."
+        ),
+    ],
+    size: Annotated[
+        str, typer.Option(help="tiny (seconds, tests), default (2 CPU cores, <= 20 min) or gpu.")
+    ] = "default",
+    device: Annotated[
+        str | None, typer.Option(help="auto, cpu or cuda (default: settings).")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of initialisation and sampling.")] = 0,
+    encoder_weights: Annotated[
+        Path | None, typer.Option(help="Local torchvision ResNet state dict to start from.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Train, score on the fixed holdout, register in MLflow; the new version becomes
+    champion only if it beats the current champion on the same holdout."""
+    import json
+
+    from flows.retrain import retrain
+
+    _check_kind(kind)
+    if size not in ("tiny", "default", "gpu"):
+        console.print(f"[red]error:[/red] unknown size {size!r}: tiny, default or gpu")
+        raise typer.Exit(2)
+    result = retrain(
+        kind=kind,
+        data=str(data.resolve()),
+        size=size,
+        device=device,
+        seed=seed,
+        encoder_weights=str(encoder_weights) if encoder_weights else None,
+    )
+    if as_json:
+        print(json.dumps(result))
+        return
+    print_metrics(kind, result["holdout"], f"version {result['version']} on the holdout")
+    mark = "[green]champion[/green]" if result["promoted"] else "[yellow]not promoted[/yellow]"
+    console.print(f"{mark}: {result['reason']} (trained in {result['training_seconds']:.0f} s)")
+
+
+@app.command()
+def evaluate(
+    kind: ModelKind,
+    data: Annotated[Path, typer.Option(help="Labelled folder to score on.")],
+    model: Annotated[str, typer.Option(help="champion, another alias, or a version.")] = "champion",
+    split: Annotated[
+        str, typer.Option(help="all, or holdout (the fixed holdout of DATA).")
+    ] = "all",
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print one JSON object on stdout.")
+    ] = False,
+) -> None:
+    """Score a registered model on a labelled folder: Severstal (train.csv + train_images/),
+    a twin archive, NEU-DET (images/ + annotations/) or class folders."""
+    import json
+
+    from models.registry import RegistryError, load_model
+    from tasks.labels import SourceError
+    from tasks.training import evaluate as run_evaluation
+    from tasks.training import prepare
+
+    _check_kind(kind)
+    if split not in ("all", "holdout"):
+        console.print(f"[red]error:[/red] unknown split {split!r}: all or holdout")
+        raise typer.Exit(2)
+    try:
+        loaded = load_model(get_settings(), kind, model)
+        if split == "holdout":
+            labelled = prepare(kind, data).part("holdout")
+        else:
+            from tasks.datasets import load_classification, load_segmentation
+
+            loader = load_segmentation if kind == "segmentation" else load_classification
+            labelled = loader(data)
+        report = run_evaluation(kind, loaded, labelled).report
+    except (RegistryError, SourceError, ValueError) as error:
+        console.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(1) from None
+    report = {"model": model, "data": str(data), "split": split, **report}
+    if as_json:
+        print(json.dumps(report))
+    else:
+        print_metrics(kind, report, f"{model} on {data} ({split})")
+
+
+def _registry_action(action):
+    from models.registry import RegistryError, connect
+
+    try:
+        return action(connect(get_settings()))
+    except RegistryError as error:
+        console.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(1) from None
+
+
+KindOption = Annotated[str, typer.Option("--kind", help=KIND_HELP)]
+
+
+@app.command()
+def promote(
+    version: Annotated[int, typer.Argument(help="The version to make champion.")],
+    kind: KindOption = "segmentation",
+    reason: Annotated[str, typer.Option(help="Why, for the record.")] = "promoted by hand",
+) -> None:
+    """Make a registered version the champion (recorded in the alias's history)."""
+    import getpass
+
+    from models.registry import promote as run_promote
+
+    _check_kind(kind)
+    _registry_action(
+        lambda client: run_promote(client, kind, version, reason, by=getpass.getuser())
+    )
+    console.print(f"{kind} version {version} is champion")
+
+
+@app.command()
+def rollback(kind: KindOption = "segmentation") -> None:
+    """Give the champion alias back to the version that held it before."""
+    import getpass
+
+    from models.registry import rollback as run_rollback
+
+    _check_kind(kind)
+    current, previous = _registry_action(
+        lambda client: run_rollback(client, kind, by=getpass.getuser())
+    )
+    console.print(f"{kind} champion: version {current} -> version {previous}")
+
+
+@app.command()
+def models(kind: KindOption = "segmentation") -> None:
+    """The registered versions of a model, newest first, and which one is champion."""
+    from models.registry import model_name, versions
+
+    _check_kind(kind)
+    rows = _registry_action(lambda client: versions(client, kind))
+    table = Table(title=f"{model_name(kind)} ({get_settings().tracking_uri})")
+    for column in (
+        "version",
+        "champion",
+        "holdout score",
+        "champion's score then",
+        "decision",
+        "created",
+    ):
+        table.add_column(column)
+    for r in rows:
+        table.add_row(
+            str(r["version"]),
+            "champion" if r["champion"] else "",
+            r["holdout_score"],
+            r["champion_score_at_registration"],
+            r["decision"],
+            r["created"],
+        )
+    console.print(table)
+
+
 @app.command()
 def demo(
     data: Annotated[

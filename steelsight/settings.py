@@ -19,6 +19,18 @@ class Settings(BaseSettings):
         description="Data directory: warehouse, MLflow store, landing, quarantine.",
     )
 
+    mlflow_tracking_uri: str | None = Field(
+        default=None,
+        description="MLflow tracking server or store; default a SQLite store under home/mlflow.",
+    )
+    device: str = Field(
+        default="auto", description="Where models run: auto (GPU when present), cpu, cuda, cuda:N."
+    )
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.mlflow_tracking_uri or f"sqlite:///{self.mlflow_dir / 'mlflow.db'}"
+
     @property
     def warehouse_dir(self) -> Path:
         return self.home.resolve() / "warehouse"

@@ -1,0 +1,68 @@
+"""The retrain flow: train a model, score it on a fixed holdout, register it, and make it
+the champion only if it beats the current champion on that same holdout."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from prefect import flow, get_run_logger
+
+from steelsight.settings import get_settings
+from tasks.training import (
+    champion_score_task,
+    evaluate_task,
+    plots_folder,
+    prepare_task,
+    register_task,
+    train_task,
+)
+
+
+@flow(name="retrain", log_prints=False)
+def retrain(
+    kind: str = "segmentation",
+    data: str = ".steelsight/twin/line-1-inspection-s0",
+    size: str = "default",
+    device: str | None = None,
+    seed: int = 0,
+    encoder_weights: str | None = None,
+    overrides: dict | None = None,
+) -> dict:
+    """kind: segmentation or classification; data: a Severstal folder or twin archive
+    (segmentation), a NEU-DET or class-folder dataset (classification); size: tiny,
+    default or gpu; device: auto, cpu or cuda (default from settings)."""
+    logger = get_run_logger()
+    settings = get_settings()
+    device = device or settings.device
+    prepared = prepare_task(kind, Path(data))
+    result = train_task(kind, prepared, size, device, seed, overrides, encoder_weights)
+    model = result.segmenter if kind == "segmentation" else result.classifier
+    holdout = prepared.part("holdout")
+    plots = plots_folder(settings)
+    try:
+        evaluation = evaluate_task(kind, model, holdout, plots)
+        champion = champion_score_task(settings, kind, holdout)
+        registration = register_task(settings, prepared, result, size, evaluation, champion)
+    finally:
+        shutil.rmtree(plots, ignore_errors=True)
+    logger.info(
+        "%s version %d: holdout %s %.4f; %s",
+        kind,
+        registration.version,
+        "mean Dice" if kind == "segmentation" else "accuracy",
+        registration.score,
+        registration.reason,
+    )
+    return {
+        "kind": kind,
+        "version": registration.version,
+        "run_id": registration.run_id,
+        "score": registration.score,
+        "champion_before": registration.champion_before,
+        "champion_score": registration.champion_score,
+        "promoted": registration.promoted,
+        "reason": registration.reason,
+        "training_seconds": round(result.seconds, 1),
+        "holdout": evaluation.report,
+    }

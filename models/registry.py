@@ -1,0 +1,321 @@
+"""The MLflow model registry: which model the plant runs, and how that changes.
+
+Each kind of model has one registered name. A new version takes the ``champion`` alias
+only when it scores better than the current champion on the same holdout; both scores
+are written on the version. People move the alias with ``promote`` and ``rollback``; the
+alias's history is a tag on the registered model, so a rollback knows where to go back.
+
+Models are logged as MLflow pyfunc models wrapping a folder of JSON + weights, so they
+load with ``mlflow.pyfunc.load_model("models:/steelsight-segmentation@champion")`` as
+well as through ``load_model`` here.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from types import MappingProxyType
+
+import mlflow
+import numpy as np
+from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature
+from mlflow.pyfunc import PythonModel
+from mlflow.tracking import MlflowClient
+from mlflow.types import Schema, TensorSpec
+
+from steelsight.settings import Settings
+
+log = logging.getLogger(__name__)
+
+CHAMPION = "champion"
+HISTORY_TAG = "champion_history"
+MODEL_NAMES = MappingProxyType(
+    {"segmentation": "steelsight-segmentation", "classification": "steelsight-classifier"}
+)
+SCORES = MappingProxyType({"segmentation": "mean_dice", "classification": "accuracy"})
+PIP_REQUIREMENTS = ["torch==2.15.0", "numpy==2.4.6", "opencv-python-headless==5.0.0.93"]
+
+
+class RegistryError(RuntimeError):
+    """A registry action that cannot be done as asked (unknown version, nothing to roll back)."""
+
+
+def model_name(kind: str) -> str:
+    if kind not in MODEL_NAMES:
+        raise RegistryError(f"unknown model kind {kind!r}: choose one of {', '.join(MODEL_NAMES)}")
+    return MODEL_NAMES[kind]
+
+
+def connect(settings: Settings) -> MlflowClient:
+    """Point MLflow at the configured store (a SQLite file under home by default)."""
+    settings.mlflow_dir.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(settings.tracking_uri)
+    return MlflowClient(settings.tracking_uri)
+
+
+def experiment_id(client: MlflowClient, settings: Settings, kind: str) -> str:
+    """The kind's experiment, created with its artifacts under home (not ./mlruns)."""
+    name = model_name(kind)
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    location = (settings.mlflow_dir / "artifacts" / name).as_uri()
+    return client.create_experiment(name, artifact_location=location)
+
+
+# -- pyfunc wrappers: what MLflow stores and loads --
+
+
+class SegmenterModel(PythonModel):
+    """pyfunc: grey frames (N, H, W) uint8 → defect masks (N, C, H, W) uint8."""
+
+    def load_context(self, context) -> None:
+        from models.segmentation.segmenter import Segmenter
+
+        self.model = Segmenter.load(Path(context.artifacts["bundle"]), _device())
+
+    def predict(self, context, model_input, params=None):
+        return self.model.predict(np.asarray(model_input, dtype=np.uint8)).masks.astype(np.uint8)
+
+
+class ClassifierModel(PythonModel):
+    """pyfunc: grey pictures (N, H, W) uint8 → class probabilities (N, K) float32."""
+
+    def load_context(self, context) -> None:
+        from models.classifier.classifier import Classifier
+
+        self.model = Classifier.load(Path(context.artifacts["bundle"]), _device())
+
+    def predict(self, context, model_input, params=None):
+        return self.model.predict_proba(np.asarray(model_input, dtype=np.uint8)).astype(np.float32)
+
+
+def _device() -> str:
+    from steelsight.settings import get_settings
+
+    return get_settings().device
+
+
+def _signature(kind: str, n_classes: int) -> ModelSignature:
+    images = Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1), "frames")])
+    if kind == "segmentation":
+        out = Schema([TensorSpec(np.dtype(np.uint8), (-1, n_classes, -1, -1), "masks")])
+    else:
+        out = Schema([TensorSpec(np.dtype(np.float32), (-1, n_classes), "probabilities")])
+    return ModelSignature(inputs=images, outputs=out)
+
+
+@dataclass(frozen=True)
+class Registration:
+    kind: str
+    version: int
+    run_id: str
+    score: float
+    champion_before: int | None
+    champion_score: float | None
+    promoted: bool
+    reason: str
+
+
+def _flatten(prefix: str, value, out: dict[str, float]) -> dict[str, float]:
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _flatten(f"{prefix}.{k}" if prefix else str(k), v, out)
+    elif isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value):
+        out[prefix.replace(" ", "_")] = float(value)
+    return out
+
+
+def log_model(
+    client: MlflowClient,
+    settings: Settings,
+    kind: str,
+    model,
+    params: dict,
+    history: list[dict],
+    holdout: dict,
+    artifacts: Path | None,
+    tags: dict[str, str],
+) -> tuple[int, str]:
+    """One MLflow run with parameters, per-epoch and holdout metrics, plots and the model;
+    the model registered as a new version. Returns (version, run id)."""
+    name = model_name(kind)
+    mlflow.set_tracking_uri(settings.tracking_uri)
+    with mlflow.start_run(experiment_id=experiment_id(client, settings, kind), tags=tags) as run:
+        mlflow.log_params(params)
+        for row in history:
+            mlflow.log_metrics(
+                {k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"])
+            )
+        mlflow.log_metrics(
+            _flatten("holdout", {k: v for k, v in holdout.items() if k != "confusion"}, {})
+        )
+        mlflow.log_dict(holdout, "holdout_metrics.json")
+        if artifacts is not None and artifacts.is_dir():
+            mlflow.log_artifacts(str(artifacts), "plots")
+        with tempfile.TemporaryDirectory() as tmp:
+            bundle = model.save(Path(tmp) / "bundle")
+            config = model.config()
+            info = mlflow.pyfunc.log_model(
+                name="model",
+                python_model=SegmenterModel() if kind == "segmentation" else ClassifierModel(),
+                artifacts={"bundle": str(bundle)},
+                signature=_signature(kind, len(config.get("classes") or config.get("class_names"))),
+                registered_model_name=name,
+                pip_requirements=PIP_REQUIREMENTS,
+                metadata={"steelsight": config},
+            )
+    version = int(info.registered_model_version)
+    return version, run.info.run_id
+
+
+def champion_version(client: MlflowClient, kind: str) -> int | None:
+    try:
+        return int(client.get_model_version_by_alias(model_name(kind), CHAMPION).version)
+    except MlflowException:
+        return None
+
+
+def _history(client: MlflowClient, name: str) -> list[int]:
+    try:
+        tags = client.get_registered_model(name).tags
+    except MlflowException:
+        return []
+    return [int(v) for v in json.loads(tags.get(HISTORY_TAG, "[]"))]
+
+
+def promote(
+    client: MlflowClient, kind: str, version: int, reason: str, by: str = "steelsight"
+) -> None:
+    """Give ``version`` the champion alias and remember it in the alias's history."""
+    name = model_name(kind)
+    try:
+        client.get_model_version(name, str(version))
+    except MlflowException:
+        raise RegistryError(
+            f"{name} has no version {version}: `steelsight models` lists them"
+        ) from None
+    client.set_registered_model_alias(name, CHAMPION, str(version))
+    history = _history(client, name)
+    if not history or history[-1] != version:
+        history.append(version)
+    client.set_registered_model_tag(name, HISTORY_TAG, json.dumps(history))
+    stamp = datetime.now(UTC).isoformat(timespec="seconds")
+    client.set_model_version_tag(name, str(version), "promoted", f"{stamp} by {by}: {reason}")
+    log.info("%s version %d is champion (%s)", name, version, reason)
+
+
+def rollback(client: MlflowClient, kind: str, by: str = "steelsight") -> tuple[int, int]:
+    """Move the champion alias back to the version that held it before. (from, to)."""
+    name = model_name(kind)
+    history = _history(client, name)
+    current = champion_version(client, kind)
+    if current is None:
+        raise RegistryError(f"{name} has no champion: nothing to roll back")
+    while history and history[-1] != current:
+        history.pop()  # the alias was moved outside steelsight; its record ends here
+    if len(history) < 2:
+        raise RegistryError(
+            f"{name} version {current} is the first champion: nothing to roll back to"
+        )
+    history.pop()
+    previous = history[-1]
+    client.set_registered_model_alias(name, CHAMPION, str(previous))
+    client.set_registered_model_tag(name, HISTORY_TAG, json.dumps(history))
+    stamp = datetime.now(UTC).isoformat(timespec="seconds")
+    client.set_model_version_tag(
+        name, str(current), "rolled_back", f"{stamp} by {by}: back to {previous}"
+    )
+    log.info("%s champion rolled back from version %d to %d", name, current, previous)
+    return current, previous
+
+
+def decide(score: float, champion_score: float | None) -> tuple[bool, str]:
+    """Promote only on a strictly better holdout score (or when there is no champion)."""
+    if champion_score is None:
+        return True, "first model: no champion to beat"
+    if score > champion_score:
+        return True, f"holdout {score:.4f} beats champion's {champion_score:.4f}"
+    return False, f"holdout {score:.4f} does not beat champion's {champion_score:.4f}"
+
+
+def record_decision(
+    client: MlflowClient,
+    kind: str,
+    version: int,
+    run_id: str,
+    score: float,
+    champion_before: int | None,
+    champion_score: float | None,
+    holdout_digest: str,
+) -> Registration:
+    """Write both scores on the new version and move the alias if it wins."""
+    name = model_name(kind)
+    promoted, reason = decide(score, champion_score)
+    tags = {
+        "holdout_score": f"{score:.6f}",
+        "holdout_metric": SCORES[kind],
+        "holdout_digest": holdout_digest,
+        "champion_version_at_registration": "" if champion_before is None else str(champion_before),
+        "champion_score_at_registration": "" if champion_score is None else f"{champion_score:.6f}",
+        "decision": reason,
+    }
+    for key, value in tags.items():
+        client.set_model_version_tag(name, str(version), key, value)
+    if promoted:
+        promote(client, kind, version, reason, by="retrain")
+    else:
+        log.info("%s version %d stays a challenger: %s", name, version, reason)
+    return Registration(
+        kind, version, run_id, score, champion_before, champion_score, promoted, reason
+    )
+
+
+def model_uri(kind: str, ref: str | int) -> str:
+    """``champion`` (or another alias) or a version number → a models:/ URI."""
+    ref = str(ref)
+    return (
+        f"models:/{model_name(kind)}/{ref}"
+        if ref.isdigit()
+        else f"models:/{model_name(kind)}@{ref}"
+    )
+
+
+def load_model(settings: Settings, kind: str, ref: str | int = CHAMPION):
+    """The Segmenter or Classifier behind an alias or version."""
+    connect(settings)
+    try:
+        pyfunc = mlflow.pyfunc.load_model(model_uri(kind, ref))
+    except MlflowException as error:
+        raise RegistryError(
+            f"cannot load {model_uri(kind, ref)} from {settings.tracking_uri}: {error.message}; "
+            "train one with `steelsight train` or list them with `steelsight models`"
+        ) from None
+    return pyfunc.unwrap_python_model().model
+
+
+def versions(client: MlflowClient, kind: str) -> list[dict]:
+    """Every version of a kind, newest first, with its scores and aliases."""
+    name = model_name(kind)
+    champion = champion_version(client, kind)
+    rows = []
+    for v in client.search_model_versions(f"name = '{name}'"):
+        rows.append(
+            {
+                "version": int(v.version),
+                "champion": int(v.version) == champion,
+                "holdout_score": v.tags.get("holdout_score", ""),
+                "champion_score_at_registration": v.tags.get("champion_score_at_registration", ""),
+                "decision": v.tags.get("decision", ""),
+                "created": datetime.fromtimestamp(v.creation_timestamp / 1000, UTC).isoformat(
+                    timespec="seconds"
+                ),
+                "run_id": v.run_id,
+            }
+        )
+    return sorted(rows, key=lambda r: -r["version"])

@@ -1,0 +1,141 @@
+"""A trained segmentation model with everything needed to use it: network, preprocessing,
+class list and post-processing thresholds; saved as a folder of JSON + weights.
+
+Loading never unpickles code: the weights are a plain state dict read with
+``weights_only=True`` and the network is rebuilt from the JSON spec.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from models.devices import autocast, resolve_device
+from models.preprocess import Preprocess
+from models.segmentation.network import UNetResNet, UNetSpec
+from tasks.core.postprocess import Thresholds, remove_small_components
+
+FORMAT = "steelsight-segmenter/1"
+
+
+@dataclass(frozen=True)
+class Prediction:
+    masks: np.ndarray  # (N, C, H, W) bool, after gate, thresholds and minimum areas
+    gate: np.ndarray  # (N, C) float32 gate probabilities
+    scores: np.ndarray  # (N, C) float32 mean pixel probability inside each kept mask (0 if none)
+
+
+class Segmenter:
+    def __init__(
+        self,
+        net: UNetResNet,
+        spec: UNetSpec,
+        preprocess: Preprocess,
+        classes: dict[int, str],
+        thresholds: Thresholds,
+        frame_shape: tuple[int, int],
+        device: torch.device | str = "cpu",
+    ) -> None:
+        self.device = resolve_device(str(device))
+        self.net = net.to(self.device).eval()
+        self.spec = spec
+        self.preprocess = preprocess
+        self.classes = dict(classes)
+        self.thresholds = thresholds
+        self.frame_shape = tuple(frame_shape)
+
+    @property
+    def area_scale(self) -> float:
+        """Full-resolution pixels per model-resolution pixel."""
+        h, w = self.frame_shape
+        return (h * w) / (self.preprocess.height * self.preprocess.width)
+
+    @torch.inference_mode()
+    def probabilities(
+        self, images: np.ndarray, batch_size: int = 16
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Gate (N, C) and pixel probabilities (N, C, h, w) at the model's resolution."""
+        gates, pixels = [], []
+        for start in range(0, len(images), batch_size):
+            x = torch.from_numpy(self.preprocess(images[start : start + batch_size])).to(
+                self.device
+            )
+            with autocast(self.device):
+                mask_logits, gate_logits = self.net(x)
+            gates.append(torch.sigmoid(gate_logits.float()).cpu().numpy())
+            pixels.append(torch.sigmoid(mask_logits.float()).cpu().numpy())
+        return np.concatenate(gates), np.concatenate(pixels)
+
+    @torch.inference_mode()
+    def predict(self, images: np.ndarray, batch_size: int = 16) -> Prediction:
+        """Defect masks at the frames' full resolution, for (N, H, W) uint8 frames."""
+        if images.ndim != 3 or images.dtype != np.uint8:
+            raise ValueError(
+                f"expected grey uint8 frames (N, H, W), got {images.dtype} {images.shape}"
+            )
+        t = self.thresholds
+        pixel_thresholds = torch.tensor(t.pixel, device=self.device).view(1, -1, 1, 1)
+        masks, gates, scores = [], [], []
+        for start in range(0, len(images), batch_size):
+            batch = images[start : start + batch_size]
+            x = torch.from_numpy(self.preprocess(batch)).to(self.device)
+            with autocast(self.device):
+                mask_logits, gate_logits = self.net(x)
+            probs = torch.sigmoid(
+                F.interpolate(mask_logits.float(), size=batch.shape[1:], mode="bilinear")
+            )
+            gate = torch.sigmoid(gate_logits.float())
+            keep = gate >= torch.tensor(t.gate, device=self.device)
+            binary = (probs >= pixel_thresholds) & keep[:, :, None, None]
+            binary_np = binary.cpu().numpy()
+            for i, j in zip(*np.nonzero(binary_np.any(axis=(2, 3))), strict=True):
+                binary_np[i, j] = remove_small_components(binary_np[i, j], t.min_area[j])
+            kept = torch.from_numpy(binary_np).to(self.device)
+            area = kept.sum(dim=(2, 3)).clamp(min=1)
+            scores.append(((probs * kept).sum(dim=(2, 3)) / area).cpu().numpy())
+            masks.append(binary_np)
+            gates.append(gate.cpu().numpy())
+        return Prediction(np.concatenate(masks), np.concatenate(gates), np.concatenate(scores))
+
+    def config(self) -> dict:
+        return {
+            "format": FORMAT,
+            "network": {**asdict(self.spec), "decoder_channels": list(self.spec.decoder_channels)},
+            "preprocess": self.preprocess.to_dict(),
+            "classes": {str(k): v for k, v in self.classes.items()},
+            "thresholds": self.thresholds.to_dict(),
+            "frame_shape": list(self.frame_shape),
+        }
+
+    def save(self, folder: Path) -> Path:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "segmenter.json").write_text(json.dumps(self.config(), indent=2) + "\n")
+        state = {k: v.detach().cpu() for k, v in self.net.state_dict().items()}
+        torch.save(state, folder / "weights.pt")
+        return folder
+
+    @staticmethod
+    def load(folder: Path, device: torch.device | str = "cpu") -> Segmenter:
+        config = json.loads((folder / "segmenter.json").read_text())
+        if config.get("format") != FORMAT:
+            raise ValueError(f"{folder}: format {config.get('format')!r}, expected {FORMAT!r}")
+        net_config = config["network"]
+        spec = UNetSpec(**{**net_config, "decoder_channels": tuple(net_config["decoder_channels"])})
+        net = UNetResNet(spec)
+        net.load_state_dict(
+            torch.load(folder / "weights.pt", map_location="cpu", weights_only=True)
+        )
+        return Segmenter(
+            net,
+            spec,
+            Preprocess(**config["preprocess"]),
+            {int(k): v for k, v in config["classes"].items()},
+            Thresholds.from_dict(config["thresholds"]),
+            tuple(config["frame_shape"]),
+            device,
+        )

@@ -1,0 +1,208 @@
+"""Loading labelled data for training and evaluation, from any folder steelsight knows.
+
+Segmentation: a Severstal folder (train.csv + train_images/) or a twin inspection archive
+(manifest.json, frames, ground_truth/defects.csv in the Severstal layout). Classification:
+a NEU-DET folder (images/ + annotations/, the class from each image's boxes) or a folder
+of class folders (``<class>/*.jpg``, seed 002's layout). Labels go through the same
+parsers as the warehouse import; a row that is bad there is skipped here with a warning
+naming it, and the rest is used.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from models.data import ClassificationData, SegmentationData
+from tasks.core.labels import (
+    NEU_CLASSES,
+    SEVERSTAL_CLASSES,
+    LabelFileError,
+    parse_severstal_csv,
+    read_csv_rows,
+)
+from tasks.labels import READERS, SourceError
+from tasks.recordings import RecordingError, read_frames, read_manifest
+
+log = logging.getLogger(__name__)
+TWIN_SPLIT_BLOCK = 8  # consecutive frames (about 2 m of line) that share a split
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
+
+
+def dataset_kind(path: Path) -> str:
+    """severstal, twin, neu-det or class-folders."""
+    if not path.is_dir():
+        raise SourceError(f"{path} is not a folder")
+    if (path / "manifest.json").is_file() and (path / "ground_truth" / "defects.csv").is_file():
+        return "twin"
+    if (path / "train.csv").is_file() and (path / "train_images").is_dir():
+        return "severstal"
+    if (path / "images").is_dir() and (path / "annotations").is_dir():
+        return "neu-det"
+    subfolders = [p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    if subfolders and all(
+        any(f.suffix.lower() in IMAGE_SUFFIXES for f in p.iterdir()) for p in subfolders
+    ):
+        return "class-folders"
+    raise SourceError(
+        f"{path} is not a dataset steelsight knows: expected a Severstal folder (train.csv + "
+        "train_images/), a twin inspection archive (manifest.json + ground_truth/defects.csv), "
+        "a NEU-DET folder (images/ + annotations/) or one folder of images per class"
+    )
+
+
+def _warn_errors(errors: list[dict]) -> None:
+    for e in errors[:10]:
+        log.warning("skipped %s row %s: %s", e["source"], e["source_row"], e["reason"])
+    if len(errors) > 10:
+        log.warning(
+            "... and %d more label errors (steelsight import-labels lists them)", len(errors) - 10
+        )
+
+
+def _rles_by_image(labels: list[dict]) -> dict[str, dict[int, str]]:
+    out: dict[str, dict[int, str]] = {}
+    for label in labels:
+        out.setdefault(label["image_id"], {})[label["class_id"]] = label["rle"]
+    return out
+
+
+def _severstal(path: Path) -> SegmentationData:
+    images, parsed, _ = READERS["severstal"](path)
+    _warn_errors(parsed.errors)
+    readable = [i for i in images if i.info is not None]
+    shapes = Counter((i.info.height, i.info.width) for i in readable)
+    if len(shapes) > 1:
+        raise SourceError(f"{path}: images of several sizes {dict(shapes)}; one size per dataset")
+    rles = _rles_by_image(parsed.labels)
+    pixels = np.stack([cv2.imread(str(i.path), cv2.IMREAD_GRAYSCALE) for i in readable])
+    ids = [i.image_id for i in readable]
+    return SegmentationData(
+        str(path), ids, pixels, [rles.get(i, {}) for i in ids], SEVERSTAL_CLASSES
+    )
+
+
+def _twin(path: Path) -> SegmentationData:
+    ids, frames = [], []
+    try:
+        for frame_id, frame in read_frames(path):
+            ids.append(frame_id)
+            frames.append(frame)
+    except RecordingError as error:
+        if not frames:
+            raise SourceError(str(error)) from None
+        log.warning("%s; training on the %d frames before it", error, len(frames))
+    pixels = np.stack(frames)
+    shape = pixels.shape[1:]
+    csv_path = path / "ground_truth" / "defects.csv"
+    try:
+        rows = read_csv_rows(csv_path.read_bytes(), str(csv_path))
+        parsed = parse_severstal_csv(rows, dict.fromkeys(ids, shape), str(csv_path))
+    except LabelFileError as error:
+        raise SourceError(str(error)) from None
+    _warn_errors(parsed.errors)
+    rles = _rles_by_image(parsed.labels)
+    name = read_manifest(path).get("camera_id", path.name)
+    groups = [f"{name}:{int(i.rsplit('_', 1)[1]) // TWIN_SPLIT_BLOCK}" for i in ids]
+    return SegmentationData(
+        str(path), ids, pixels, [rles.get(i, {}) for i in ids], SEVERSTAL_CLASSES, groups
+    )
+
+
+def load_segmentation(path: Path) -> SegmentationData:
+    kind = dataset_kind(path)
+    if kind == "severstal":
+        data = _severstal(path)
+    elif kind == "twin":
+        data = _twin(path)
+    else:
+        raise SourceError(f"{path} is a {kind} folder: segmentation needs Severstal or twin masks")
+    log.info(
+        "%s: %d images of %dx%d, %d masks",
+        path,
+        len(data),
+        data.images.shape[2],
+        data.images.shape[1],
+        sum(len(r) for r in data.rles),
+    )
+    return data
+
+
+def _resize_to(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    if image.shape == shape:
+        return image
+    return cv2.resize(image, (shape[1], shape[0]), interpolation=cv2.INTER_AREA)
+
+
+def _image_class(stem: str, found: set[str]) -> str | None:
+    """An image's single class: its boxes' class, or where its boxes name several, the one
+    its file is named after (NEU's own image-level label, as in NEU-CLS)."""
+    if len(found) == 1:
+        return next(iter(found))
+    named = [name for name in found if stem.startswith(f"{name}_")]
+    return named[0] if len(named) == 1 else None
+
+
+def _neu_det(path: Path) -> ClassificationData:
+    images, parsed, _ = READERS["neu-det"](path)
+    _warn_errors(parsed.errors)
+    classes_of: dict[str, set[str]] = {}
+    for label in parsed.labels:
+        classes_of.setdefault(label["image_id"], set()).add(label["class_name"])
+    names = list(NEU_CLASSES.values())
+    ids, pixels, labels, skipped, mixed = [], [], [], [], 0
+    for image in images:
+        name = _image_class(image.path.stem, classes_of.get(image.image_id, set()))
+        if name is None:
+            skipped.append(image.path.name)
+            continue
+        mixed += len(classes_of[image.image_id]) > 1
+        ids.append(image.image_id)
+        pixels.append(cv2.imread(str(image.path), cv2.IMREAD_GRAYSCALE))
+        labels.append(names.index(name))
+    if mixed:
+        log.info(
+            "%d images also show boxes of another class; labelled by their file's class", mixed
+        )
+    if skipped:
+        log.warning("skipped %d images whose class is unclear (e.g. %s)", len(skipped), skipped[:3])
+    shape = Counter(p.shape for p in pixels).most_common(1)[0][0]
+    pixels = [_resize_to(p, shape) for p in pixels]
+    return ClassificationData(str(path), ids, np.stack(pixels), np.array(labels), names)
+
+
+def _class_folders(path: Path) -> ClassificationData:
+    names = sorted(p.name for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
+    ids, pixels, labels = [], [], []
+    for k, name in enumerate(names):
+        for file in sorted((path / name).iterdir()):
+            if file.suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            image = cv2.imread(str(file), cv2.IMREAD_GRAYSCALE)
+            if image is None:
+                log.warning("skipped %s: not a readable image", file)
+                continue
+            ids.append(f"{name}/{file.name}")
+            pixels.append(image)
+            labels.append(k)
+    shape = Counter(p.shape for p in pixels).most_common(1)[0][0]
+    pixels = [_resize_to(p, shape) for p in pixels]
+    return ClassificationData(str(path), ids, np.stack(pixels), np.array(labels), names)
+
+
+def load_classification(path: Path) -> ClassificationData:
+    kind = dataset_kind(path)
+    if kind == "neu-det":
+        data = _neu_det(path)
+    elif kind == "class-folders":
+        data = _class_folders(path)
+    else:
+        raise SourceError(
+            f"{path} is a {kind} folder: classification needs NEU-DET or class folders"
+        )
+    log.info("%s: %d images in %d classes", path, len(data), len(data.class_names))
+    return data
