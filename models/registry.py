@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
+import warnings
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -69,6 +70,8 @@ def experiment_id(client: MlflowClient, settings: Settings, kind: str) -> str:
 
 
 # -- pyfunc wrappers: what MLflow stores and loads --
+# Inputs are checked by the signature below (uint8 tensors), not by predict's type hints.
+warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method.*")
 
 
 class SegmenterModel(PythonModel):
@@ -158,7 +161,9 @@ def log_model(
         mlflow.log_dict(holdout, "holdout_metrics.json")
         if artifacts is not None and artifacts.is_dir():
             mlflow.log_artifacts(str(artifacts), "plots")
-        with tempfile.TemporaryDirectory() as tmp:
+        with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+            # No input example on purpose: one frame is 400 kB of JSON; the signature is set.
+            warnings.filterwarnings("ignore", message=".*input example was not provided.*")
             bundle = model.save(Path(tmp) / "bundle")
             config = model.config()
             info = mlflow.pyfunc.log_model(

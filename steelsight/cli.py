@@ -36,6 +36,7 @@ def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug lo
         format="%(message)s",
         handlers=[RichHandler(console=Console(stderr=True), show_path=False)],
     )
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # Prefect's API calls, one per line
     configure_environment(get_settings())
 
 

@@ -1,0 +1,132 @@
+"""Training, the holdout comparison and the champion alias, end to end on real components:
+a twin recording, the retrain flow under a Prefect test server, a SQLite MLflow store."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+from prefect.testing.utilities import prefect_test_harness
+
+from flows.retrain import retrain
+from models import registry
+from steelsight.settings import get_settings
+from tasks.datasets import load_segmentation
+from tasks.training import prepare
+from twin.config import TwinConfig
+from twin.recorder import simulate
+
+pytestmark = pytest.mark.slow
+STEELSIGHT = Path(sys.executable).parent / "steelsight"
+# More defects per frame than the plant's rates, so that a model trained for a minute on a
+# CPU has enough of each class to learn from.
+BUSY_LINE = TwinConfig(class_rates={1: 0.5, 2: 0.3, 3: 0.8, 4: 0.5})
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory):
+    """One STEELSIGHT_HOME, one Prefect test server and one twin recording for the module."""
+    root = tmp_path_factory.mktemp("retrain")
+    recording = simulate(BUSY_LINE, n_sheets=16, seed=5, out=root / "twin")
+    with pytest.MonkeyPatch.context() as mp, prefect_test_harness(server_startup_timeout=120):
+        mp.setenv("STEELSIGHT_HOME", str(root / "home"))
+        get_settings.cache_clear()
+        yield recording.inspection, root / "home"
+        get_settings.cache_clear()
+
+
+@pytest.fixture(scope="module")
+def first(world):
+    archive, _ = world
+    return retrain(kind="segmentation", data=str(archive), size="tiny", device="cpu")
+
+
+def test_tiny_model_learns_and_becomes_champion(first) -> None:
+    holdout = first["holdout"]
+    assert first["version"] == 1 and first["promoted"]
+    # Clearly above what predicting "no defect" everywhere scores on the same frames.
+    assert holdout["mean_dice"] >= holdout["empty_score"] + 0.04, holdout
+    found = [name for name, row in holdout["per_class"].items() if (row["dice_defective"] or 0) > 0.2]
+    assert found, holdout["per_class"]
+
+
+def test_champion_reloads_with_identical_predictions(world, first) -> None:
+    archive, _ = world
+    settings = get_settings()
+    frames = prepare("segmentation", archive).part("holdout").images[:4]
+    segmenter = registry.load_model(settings, "segmentation", "champion")
+    direct = segmenter.predict(frames).masks
+    pyfunc = mlflow.pyfunc.load_model("models:/steelsight-segmentation@champion")
+    assert np.array_equal(pyfunc.predict(frames), direct.astype(np.uint8))
+    again = registry.load_model(settings, "segmentation", 1).predict(frames).masks
+    assert np.array_equal(again, direct)
+    version = registry.connect(settings).get_model_version("steelsight-segmentation", "1")
+    assert float(version.tags["holdout_score"]) == pytest.approx(first["score"], abs=1e-6)
+    config = pyfunc.metadata.metadata["steelsight"]
+    assert config["classes"] == {"1": "pits", "2": "fine_scratches", "3": "scratches", "4": "patches"}
+    assert len(config["thresholds"]["gate"]) == 4
+
+
+@pytest.fixture(scope="module")
+def worse(world, first):
+    archive, _ = world
+    # One epoch from scratch: a deliberately worse model on the same data and holdout.
+    return retrain(
+        kind="segmentation", data=str(archive), size="tiny", device="cpu", overrides={"epochs": 1}
+    )
+
+
+def test_worse_model_does_not_take_the_alias(world, first, worse) -> None:
+    assert worse["version"] == 2 and not worse["promoted"]
+    assert worse["score"] < first["score"]
+    assert worse["champion_before"] == 1
+    # the champion was re-scored on the same holdout: the score it was registered with
+    assert worse["champion_score"] == pytest.approx(first["score"], abs=1e-9)
+    client = registry.connect(get_settings())
+    assert registry.champion_version(client, "segmentation") == 1
+    tags = client.get_model_version("steelsight-segmentation", "2").tags
+    assert float(tags["holdout_score"]) == pytest.approx(worse["score"], abs=1e-6)
+    assert float(tags["champion_score_at_registration"]) == pytest.approx(first["score"], abs=1e-6)
+
+
+def run(home: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "STEELSIGHT_HOME": str(home), "COLUMNS": "200"}
+    return subprocess.run([str(STEELSIGHT), *args], env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.e2e
+def test_people_promote_roll_back_and_list(world, first, worse) -> None:
+    archive, home = world
+    client = registry.connect(get_settings())
+    promoted = run(home, "promote", "2", "--reason", "night shift trial")
+    assert promoted.returncode == 0, promoted.stderr
+    assert registry.champion_version(client, "segmentation") == 2
+    back = run(home, "rollback")
+    assert back.returncode == 0, back.stderr
+    assert "version 2 -> version 1" in back.stdout
+    assert registry.champion_version(client, "segmentation") == 1
+    nothing = run(home, "rollback")
+    assert nothing.returncode == 1 and "nothing to roll back" in nothing.stdout
+    missing = run(home, "promote", "9")
+    assert missing.returncode == 1 and "has no version 9" in missing.stdout
+    listing = run(home, "models")
+    assert listing.returncode == 0 and "champion" in listing.stdout
+    evaluated = run(home, "evaluate", "segmentation", "--data", str(archive), "--split", "holdout", "--json")
+    assert evaluated.returncode == 0, evaluated.stderr
+    import json
+
+    report = json.loads(evaluated.stdout)
+    assert report["mean_dice"] == pytest.approx(first["score"], abs=1e-9)
+    assert set(report["per_class"]) == {"pits", "fine_scratches", "scratches", "patches"}
+
+
+def test_twin_archive_loads_with_its_masks(world) -> None:
+    archive, _ = world
+    data = load_segmentation(archive)
+    assert data.images.shape[1:] == (256, 1600)
+    assert data.presence().any(axis=0).all()  # the busy line shows every class

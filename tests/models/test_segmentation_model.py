@@ -1,0 +1,95 @@
+"""The segmentation network, its save/load, the dataset loaders and the fixed split."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torchvision.models import resnet18
+
+from models.data import split_by_group
+from models.encoders import build_resnet, load_encoder_weights
+from models.preprocess import Preprocess
+from models.segmentation.network import UNetResNet, UNetSpec
+from models.segmentation.segmenter import Segmenter
+from tasks.core.postprocess import Thresholds
+from tasks.datasets import load_segmentation
+from tasks.labels import SourceError
+
+
+def small_segmenter(seed: int = 0) -> Segmenter:
+    torch.manual_seed(seed)
+    spec = UNetSpec(encoder="resnet10", n_classes=4)
+    thresholds = Thresholds((0.3,) * 4, (0.5,) * 4, (0, 16, 0, 64))
+    return Segmenter(
+        UNetResNet(spec), spec, Preprocess(64, 128, 0.4, 0.2),
+        {1: "a", 2: "b", 3: "c", 4: "d"}, thresholds, (128, 256),
+    )
+
+
+def test_network_gives_full_size_masks_and_one_gate_per_class() -> None:
+    net = UNetResNet(UNetSpec(encoder="resnet10", n_classes=3)).eval()
+    masks, gate = net(torch.zeros(2, 1, 64, 96))
+    assert masks.shape == (2, 3, 64, 96) and gate.shape == (2, 3)
+
+
+def test_unknown_encoder_is_named() -> None:
+    with pytest.raises(ValueError, match="unknown encoder 'resnet99'"):
+        build_resnet("resnet99")
+
+
+def test_local_rgb_weights_are_folded_into_the_grey_channel(tmp_path: Path) -> None:
+    reference = resnet18(weights=None)  # a local file, as a plant would bring one
+    path = tmp_path / "resnet18.pt"
+    torch.save(reference.state_dict(), path)
+    grey = build_resnet("resnet18")
+    load_encoder_weights(grey, path)
+    folded = reference.conv1.weight.sum(dim=1, keepdim=True)
+    assert torch.equal(grey.conv1.weight, folded)
+    assert torch.equal(grey.layer4[1].conv2.weight, reference.layer4[1].conv2.weight)
+    with pytest.raises(ValueError, match="not a matching ResNet"):
+        load_encoder_weights(build_resnet("resnet34"), path)
+
+
+def test_saved_segmenter_predicts_identically_after_loading(tmp_path: Path) -> None:
+    segmenter = small_segmenter()
+    frames = np.random.default_rng(1).integers(0, 256, (3, 128, 256), dtype=np.uint8)
+    before = segmenter.predict(frames)
+    loaded = Segmenter.load(segmenter.save(tmp_path / "bundle"))
+    after = loaded.predict(frames)
+    assert np.array_equal(before.masks, after.masks)
+    assert np.array_equal(before.gate, after.gate)
+    assert loaded.thresholds == segmenter.thresholds and loaded.classes == segmenter.classes
+    assert before.masks.shape == (3, 4, 128, 256)
+
+
+def test_predict_rejects_colour_or_float_frames() -> None:
+    with pytest.raises(ValueError, match="grey uint8 frames"):
+        small_segmenter().predict(np.zeros((1, 128, 256, 3), np.uint8))
+
+
+def test_split_is_fixed_and_keeps_groups_together() -> None:
+    groups = [f"g{i // 4}" for i in range(400)]
+    first, second = split_by_group(groups), split_by_group(list(groups))
+    assert all(np.array_equal(first[k], second[k]) for k in first)
+    where = {i: name for name, index in first.items() for i in index}
+    assert len(where) == 400
+    for g in range(100):
+        assert len({where[i] for i in range(4 * g, 4 * g + 4)}) == 1
+    assert 0.1 < len(first["holdout"]) / 400 < 0.3
+
+
+def test_loads_the_real_severstal_sample(shared_data: Path) -> None:
+    data = load_segmentation(shared_data / "severstal-sample")
+    assert data.images.shape == (20, 256, 1600)
+    assert data.presence().sum(axis=0).tolist() == [5, 3, 9, 2]
+    # masks decode to the labelled area: the sum over classes equals the RLE run lengths
+    runs = sum(sum(map(int, rle.split()[1::2])) for r in data.rles for rle in r.values())
+    assert int(data.masks(range(20)).sum()) == runs
+
+
+def test_a_folder_of_nothing_known_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(SourceError, match="not a dataset steelsight knows"):
+        load_segmentation(tmp_path)
