@@ -83,7 +83,7 @@ class SegmenterModel(PythonModel):
         self.model = Segmenter.load(Path(context.artifacts["bundle"]), _device())
 
     def predict(self, context, model_input, params=None):
-        return self.model.predict(np.asarray(model_input, dtype=np.uint8)).masks.astype(np.uint8)
+        return self.model.predict(_frames(model_input)).masks.astype(np.uint8)
 
 
 class ClassifierModel(PythonModel):
@@ -95,7 +95,16 @@ class ClassifierModel(PythonModel):
         self.model = Classifier.load(Path(context.artifacts["bundle"]), _device())
 
     def predict(self, context, model_input, params=None):
-        return self.model.predict_proba(np.asarray(model_input, dtype=np.uint8)).astype(np.float32)
+        return self.model.predict_proba(_frames(model_input)).astype(np.float32)
+
+
+def _frames(model_input) -> np.ndarray:
+    """The one tensor of a pyfunc input (MLflow hands named tensors over as a dict)."""
+    if isinstance(model_input, dict):
+        if len(model_input) != 1:
+            raise ValueError(f"expected one tensor of frames, got {sorted(model_input)}")
+        model_input = next(iter(model_input.values()))
+    return np.asarray(model_input, dtype=np.uint8)
 
 
 def _device() -> str:
@@ -105,11 +114,11 @@ def _device() -> str:
 
 
 def _signature(kind: str, n_classes: int) -> ModelSignature:
-    images = Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1), "frames")])
+    images = Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1))])
     if kind == "segmentation":
-        out = Schema([TensorSpec(np.dtype(np.uint8), (-1, n_classes, -1, -1), "masks")])
+        out = Schema([TensorSpec(np.dtype(np.uint8), (-1, n_classes, -1, -1))])
     else:
-        out = Schema([TensorSpec(np.dtype(np.float32), (-1, n_classes), "probabilities")])
+        out = Schema([TensorSpec(np.dtype(np.float32), (-1, n_classes))])
     return ModelSignature(inputs=images, outputs=out)
 
 

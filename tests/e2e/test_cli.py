@@ -36,6 +36,11 @@ def test_every_command_has_help(tmp_path: Path) -> None:
         ["warehouse", "info"],
         ["warehouse", "check"],
         ["demo"],
+        ["train"],
+        ["evaluate"],
+        ["promote"],
+        ["rollback"],
+        ["models"],
     ):
         result = run(tmp_path, *command, "--help")
         assert result.returncode == 0, result.stderr

@@ -45,7 +45,9 @@ def test_class_weights_favour_the_rare_class() -> None:
 def test_saved_classifier_predicts_identically(tmp_path: Path) -> None:
     torch.manual_seed(0)
     spec = ClassifierSpec("resnet10", 3)
-    classifier = Classifier(ResNetClassifier(spec), spec, Preprocess(64, 64, 0.5, 0.2), ["a", "b", "c"])
+    classifier = Classifier(
+        ResNetClassifier(spec), spec, Preprocess(64, 64, 0.5, 0.2), ["a", "b", "c"]
+    )
     pictures = np.random.default_rng(0).integers(0, 256, (5, 200, 200), dtype=np.uint8)
     loaded = Classifier.load(classifier.save(tmp_path / "bundle"))
     assert np.array_equal(loaded.predict_proba(pictures), classifier.predict_proba(pictures))
@@ -55,7 +57,12 @@ def test_saved_classifier_predicts_identically(tmp_path: Path) -> None:
 def test_tiny_classifier_learns_neu(shared_data: Path, tmp_path: Path) -> None:
     data = load_classification(copy_neu_subset(shared_data, tmp_path / "neu", per_class=30))
     split = data.splits()
-    result = fit(data.subset(split["train"]), data.subset(split["validation"]), recipe_for("tiny", epochs=8), "cpu")
+    result = fit(
+        data.subset(split["train"]),
+        data.subset(split["validation"]),
+        recipe_for("tiny", epochs=8),
+        "cpu",
+    )
     holdout = data.subset(split["holdout"])
     accuracy = float((result.classifier.predict(holdout.images) == holdout.labels).mean())
     assert accuracy >= 0.5, accuracy  # chance is 1/6

@@ -51,7 +51,9 @@ def test_tiny_model_learns_and_becomes_champion(first) -> None:
     assert first["version"] == 1 and first["promoted"]
     # Clearly above what predicting "no defect" everywhere scores on the same frames.
     assert holdout["mean_dice"] >= holdout["empty_score"] + 0.04, holdout
-    found = [name for name, row in holdout["per_class"].items() if (row["dice_defective"] or 0) > 0.2]
+    found = [
+        name for name, row in holdout["per_class"].items() if (row["dice_defective"] or 0) > 0.2
+    ]
     assert found, holdout["per_class"]
 
 
@@ -68,7 +70,12 @@ def test_champion_reloads_with_identical_predictions(world, first) -> None:
     version = registry.connect(settings).get_model_version("steelsight-segmentation", "1")
     assert float(version.tags["holdout_score"]) == pytest.approx(first["score"], abs=1e-6)
     config = pyfunc.metadata.metadata["steelsight"]
-    assert config["classes"] == {"1": "pits", "2": "fine_scratches", "3": "scratches", "4": "patches"}
+    assert config["classes"] == {
+        "1": "pits",
+        "2": "fine_scratches",
+        "3": "scratches",
+        "4": "patches",
+    }
     assert len(config["thresholds"]["gate"]) == 4
 
 
@@ -96,7 +103,9 @@ def test_worse_model_does_not_take_the_alias(world, first, worse) -> None:
 
 def run(home: Path, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "STEELSIGHT_HOME": str(home), "COLUMNS": "200"}
-    return subprocess.run([str(STEELSIGHT), *args], env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [str(STEELSIGHT), *args], env=env, capture_output=True, text=True, timeout=300
+    )
 
 
 @pytest.mark.e2e
@@ -116,7 +125,9 @@ def test_people_promote_roll_back_and_list(world, first, worse) -> None:
     assert missing.returncode == 1 and "has no version 9" in missing.stdout
     listing = run(home, "models")
     assert listing.returncode == 0 and "champion" in listing.stdout
-    evaluated = run(home, "evaluate", "segmentation", "--data", str(archive), "--split", "holdout", "--json")
+    evaluated = run(
+        home, "evaluate", "segmentation", "--data", str(archive), "--split", "holdout", "--json"
+    )
     assert evaluated.returncode == 0, evaluated.stderr
     import json
 

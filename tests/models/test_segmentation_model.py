@@ -24,8 +24,12 @@ def small_segmenter(seed: int = 0) -> Segmenter:
     spec = UNetSpec(encoder="resnet10", n_classes=4)
     thresholds = Thresholds((0.3,) * 4, (0.5,) * 4, (0, 16, 0, 64))
     return Segmenter(
-        UNetResNet(spec), spec, Preprocess(64, 128, 0.4, 0.2),
-        {1: "a", 2: "b", 3: "c", 4: "d"}, thresholds, (128, 256),
+        UNetResNet(spec),
+        spec,
+        Preprocess(64, 128, 0.4, 0.2),
+        {1: "a", 2: "b", 3: "c", 4: "d"},
+        thresholds,
+        (128, 256),
     )
 
 
