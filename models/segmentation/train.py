@@ -11,6 +11,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 from types import MappingProxyType
 
 import cv2
@@ -194,8 +195,6 @@ def fit(
     spec = UNetSpec(encoder=recipe.encoder, n_classes=len(train.classes))
     net = UNetResNet(spec)
     if encoder_weights:
-        from pathlib import Path
-
         load_encoder_weights(net.encoder, Path(encoder_weights))
     net.to(dev)
     x = torch.from_numpy(pre(train.images))
