@@ -308,6 +308,7 @@ def evaluate(
     import json
 
     from models.registry import RegistryError, load_model
+    from tasks.datasets import load
     from tasks.labels import SourceError
     from tasks.training import evaluate as run_evaluation
     from tasks.training import prepare
@@ -318,13 +319,7 @@ def evaluate(
         raise typer.Exit(2)
     try:
         loaded = load_model(get_settings(), kind, model)
-        if split == "holdout":
-            labelled = prepare(kind, data).part("holdout")
-        else:
-            from tasks.datasets import load_classification, load_segmentation
-
-            loader = load_segmentation if kind == "segmentation" else load_classification
-            labelled = loader(data)
+        labelled = prepare(kind, data).part("holdout") if split == "holdout" else load(kind, data)
         report = run_evaluation(kind, loaded, labelled).report
     except (RegistryError, SourceError, ValueError) as error:
         console.print(f"[red]error:[/red] {error}")

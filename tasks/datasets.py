@@ -138,6 +138,15 @@ def _resize_to(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return cv2.resize(image, (shape[1], shape[0]), interpolation=cv2.INTER_AREA)
 
 
+def _classification_data(
+    path: Path, ids: list[str], pixels: list[np.ndarray], labels: list[int], names: list[str]
+) -> ClassificationData:
+    """Pictures brought to the folder's most common size, stacked with their labels."""
+    shape = Counter(p.shape for p in pixels).most_common(1)[0][0]
+    pixels = [_resize_to(p, shape) for p in pixels]
+    return ClassificationData(str(path), ids, np.stack(pixels), np.array(labels), names)
+
+
 def _image_class(stem: str, found: set[str]) -> str | None:
     """An image's single class: its boxes' class, or where its boxes name several, the one
     its file is named after (NEU's own image-level label, as in NEU-CLS)."""
@@ -170,9 +179,7 @@ def _neu_det(path: Path) -> ClassificationData:
         )
     if skipped:
         log.warning("skipped %d images whose class is unclear (e.g. %s)", len(skipped), skipped[:3])
-    shape = Counter(p.shape for p in pixels).most_common(1)[0][0]
-    pixels = [_resize_to(p, shape) for p in pixels]
-    return ClassificationData(str(path), ids, np.stack(pixels), np.array(labels), names)
+    return _classification_data(path, ids, pixels, labels, names)
 
 
 def _class_folders(path: Path) -> ClassificationData:
@@ -189,9 +196,7 @@ def _class_folders(path: Path) -> ClassificationData:
             ids.append(f"{name}/{file.name}")
             pixels.append(image)
             labels.append(k)
-    shape = Counter(p.shape for p in pixels).most_common(1)[0][0]
-    pixels = [_resize_to(p, shape) for p in pixels]
-    return ClassificationData(str(path), ids, np.stack(pixels), np.array(labels), names)
+    return _classification_data(path, ids, pixels, labels, names)
 
 
 def load_classification(path: Path) -> ClassificationData:
@@ -206,3 +211,12 @@ def load_classification(path: Path) -> ClassificationData:
         )
     log.info("%s: %d images in %d classes", path, len(data), len(data.class_names))
     return data
+
+
+def load(kind: str, path: Path) -> SegmentationData | ClassificationData:
+    """The labelled data of a folder, for a segmentation or a classification model."""
+    if kind == "segmentation":
+        return load_segmentation(path)
+    if kind == "classification":
+        return load_classification(path)
+    raise ValueError(f"unknown model kind {kind!r}: segmentation or classification")

@@ -29,9 +29,9 @@ def read_manifest(archive: Path) -> dict:
         raise RecordingError(f"{path} is not valid JSON ({error})") from None
 
 
-def frame_ids(archive: Path) -> list[str]:
+def frame_ids(archive: Path, manifest: dict | None = None) -> list[str]:
     """Frame ids in recording order, from frame_index.csv."""
-    manifest = read_manifest(archive)
+    manifest = read_manifest(archive) if manifest is None else manifest
     path = archive / manifest.get("files", {}).get("frame_index", "frame_index.csv")
     with path.open(newline="") as f:
         return [row["frame_id"] for row in csv.DictReader(f)]
@@ -41,7 +41,7 @@ def read_frames(archive: Path) -> Iterator[tuple[str, np.ndarray]]:
     """(frame_id, grey frame (H, W) uint8) in recording order."""
     manifest = read_manifest(archive)
     files = manifest.get("files", {})
-    ids = frame_ids(archive)
+    ids = frame_ids(archive, manifest)
     if "video" in files:
         video = archive / files["video"]
         capture = cv2.VideoCapture(str(video))

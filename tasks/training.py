@@ -19,10 +19,9 @@ from prefect.cache_policies import NO_CACHE
 from models import registry
 from models.data import ClassificationData, SegmentationData, digest_ids
 from steelsight.settings import Settings
-from tasks.datasets import load_classification, load_segmentation
+from tasks.datasets import load
 
 log = logging.getLogger(__name__)
-KINDS = ("segmentation", "classification")
 
 
 @dataclass
@@ -48,9 +47,7 @@ class Evaluation:
 
 
 def prepare(kind: str, path: Path) -> Prepared:
-    if kind not in KINDS:
-        raise ValueError(f"unknown model kind {kind!r}: choose one of {', '.join(KINDS)}")
-    data = load_segmentation(path) if kind == "segmentation" else load_classification(path)
+    data = load(kind, path)
     split = data.splits()
     empty = [name for name, index in split.items() if len(index) == 0]
     if empty:
@@ -72,25 +69,16 @@ def train(
     encoder_weights: str | None = None,
 ):
     if kind == "segmentation":
-        from models.segmentation.train import fit, recipe_for
+        from models.segmentation import train as trainer
 
-        return fit(
-            prepared.part("train"),
-            prepared.part("validation"),
-            recipe_for(size, **(overrides or {})),
-            device,
-            seed,
-            encoder_weights,
-        )
-    from models.classifier.train import fit, recipe_for
+        extra = {"encoder_weights": encoder_weights}
+    else:
+        from models.classifier import train as trainer
 
-    return fit(
-        prepared.part("train"),
-        prepared.part("validation"),
-        recipe_for(size, **(overrides or {})),
-        device,
-        seed,
-    )
+        extra = {}
+    recipe = trainer.recipe_for(size, **(overrides or {}))
+    train_part, validation_part = prepared.part("train"), prepared.part("validation")
+    return trainer.fit(train_part, validation_part, recipe, device, seed, **extra)
 
 
 def evaluate(kind: str, model, data, plots_dir: Path | None = None) -> Evaluation:

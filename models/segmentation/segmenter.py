@@ -55,6 +55,12 @@ class Segmenter:
         h, w = self.frame_shape
         return (h * w) / (self.preprocess.height * self.preprocess.width)
 
+    def _forward(self, batch: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mask and gate logits for a batch of uint8 frames."""
+        x = torch.from_numpy(self.preprocess(batch)).to(self.device)
+        with autocast(self.device):
+            return self.net(x)
+
     @torch.inference_mode()
     def probabilities(
         self, images: np.ndarray, batch_size: int = 16
@@ -62,11 +68,7 @@ class Segmenter:
         """Gate (N, C) and pixel probabilities (N, C, h, w) at the model's resolution."""
         gates, pixels = [], []
         for start in range(0, len(images), batch_size):
-            x = torch.from_numpy(self.preprocess(images[start : start + batch_size])).to(
-                self.device
-            )
-            with autocast(self.device):
-                mask_logits, gate_logits = self.net(x)
+            mask_logits, gate_logits = self._forward(images[start : start + batch_size])
             gates.append(torch.sigmoid(gate_logits.float()).cpu().numpy())
             pixels.append(torch.sigmoid(mask_logits.float()).cpu().numpy())
         return np.concatenate(gates), np.concatenate(pixels)
@@ -80,17 +82,16 @@ class Segmenter:
             )
         t = self.thresholds
         pixel_thresholds = torch.tensor(t.pixel, device=self.device).view(1, -1, 1, 1)
+        gate_thresholds = torch.tensor(t.gate, device=self.device)
         masks, gates, scores = [], [], []
         for start in range(0, len(images), batch_size):
             batch = images[start : start + batch_size]
-            x = torch.from_numpy(self.preprocess(batch)).to(self.device)
-            with autocast(self.device):
-                mask_logits, gate_logits = self.net(x)
+            mask_logits, gate_logits = self._forward(batch)
             probs = torch.sigmoid(
                 F.interpolate(mask_logits.float(), size=batch.shape[1:], mode="bilinear")
             )
             gate = torch.sigmoid(gate_logits.float())
-            keep = gate >= torch.tensor(t.gate, device=self.device)
+            keep = gate >= gate_thresholds
             binary = (probs >= pixel_thresholds) & keep[:, :, None, None]
             binary_np = binary.cpu().numpy()
             for i, j in zip(*np.nonzero(binary_np.any(axis=(2, 3))), strict=True):

@@ -235,19 +235,21 @@ def fit(
     segmenter = Segmenter(
         net, spec, pre, dict(train.classes), Thresholds.neutral(spec.n_classes), (h, w), dev
     )
-    thresholds, val_dice = calibrate(segmenter, validation)
+    thresholds, val_dice = calibrate(segmenter, validation, vy.numpy())
     segmenter.thresholds = thresholds
     return TrainingResult(
         segmenter, recipe, history, time.perf_counter() - started, str(dev), val_dice
     )
 
 
-def calibrate(segmenter: Segmenter, validation: SegmentationData) -> tuple[Thresholds, float]:
+def calibrate(
+    segmenter: Segmenter, validation: SegmentationData, soft_targets: np.ndarray
+) -> tuple[Thresholds, float]:
     """Per class: the gate threshold with the best image-level F1, then the pixel threshold
-    and minimum area with the best mean Dice (at the model's resolution) given that gate."""
+    and minimum area with the best mean Dice (at the model's resolution) given that gate.
+    ``soft_targets`` are the validation masks at the model's input size (``_targets``)."""
     gate, pixels = segmenter.probabilities(validation.images)
-    pre = segmenter.preprocess
-    truth = _targets(validation, pre) >= 0.5
+    truth = soft_targets >= 0.5
     presence = validation.presence()
     n_classes = len(segmenter.classes)
     gates, pixel_t, areas, dice = [], [], [], []
