@@ -8,7 +8,9 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger
 
+from models import registry
 from steelsight.settings import get_settings
+from tasks import identity_training as identity
 from tasks.training import (
     champion_score_task,
     evaluate_task,
@@ -29,12 +31,15 @@ def retrain(
     encoder_weights: str | None = None,
     overrides: dict | None = None,
 ) -> dict:
-    """kind: segmentation or classification; data: a Severstal folder or twin archive
-    (segmentation), a NEU-DET or class-folder dataset (classification); size: tiny,
-    default or gpu; device: auto, cpu or cuda (default from settings)."""
+    """kind: segmentation, classification, marking or imprint; data: a Severstal folder or
+    twin archive (segmentation), a NEU-DET or class-folder dataset (classification), a
+    marking-station + inspection archive pair or a folder of pairs (marking, imprint);
+    size: tiny, default or gpu; device: auto, cpu or cuda (default from settings)."""
     logger = get_run_logger()
     settings = get_settings()
     device = device or settings.device
+    if kind in ("marking", "imprint"):
+        return _retrain_identity(kind, data, size, device, seed, overrides)
     prepared = prepare_task(kind, Path(data))
     result = train_task(kind, prepared, size, device, seed, overrides, encoder_weights)
     model = result.segmenter if kind == "segmentation" else result.classifier
@@ -65,4 +70,41 @@ def retrain(
         "reason": registration.reason,
         "training_seconds": round(result.seconds, 1),
         "holdout": evaluation.report,
+    }
+
+
+def _retrain_identity(
+    kind: str, data: str, size: str, device: str, seed: int, overrides: dict | None
+) -> dict:
+    logger = get_run_logger()
+    settings = get_settings()
+    workdir = plots_folder(settings)
+    try:
+        prepared = identity.prepare_task(kind, Path(data), workdir, size)
+        trained = identity.train_task(prepared, size, device, seed, workdir, overrides)
+        holdout = prepared.holdout()
+        report = identity.evaluate_task(kind, trained.model, holdout)
+        champion = identity.champion_score_task(settings, kind, holdout)
+        registration = identity.register_task(settings, prepared, trained, size, report, champion)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    logger.info(
+        "%s version %d: holdout %s %.4f; %s",
+        kind,
+        registration.version,
+        registry.SCORES[kind],
+        registration.score,
+        registration.reason,
+    )
+    return {
+        "kind": kind,
+        "version": registration.version,
+        "run_id": registration.run_id,
+        "score": registration.score,
+        "champion_before": registration.champion_before,
+        "champion_score": registration.champion_score,
+        "promoted": registration.promoted,
+        "reason": registration.reason,
+        "training_seconds": round(trained.seconds, 1),
+        "holdout": report,
     }

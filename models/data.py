@@ -19,7 +19,7 @@ from tasks.core.rle import rle_decode
 SPLITS = ("train", "validation", "holdout")
 
 
-def _unit_hash(key: str) -> float:
+def unit_hash(key: str) -> float:
     digest = hashlib.sha256(key.encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2**64
 
@@ -28,7 +28,7 @@ def split_by_group(
     groups: Sequence[str], holdout: float = 0.2, validation: float = 0.15
 ) -> dict[str, np.ndarray]:
     """Indices per split; all items of a group land in the same split."""
-    u = np.array([_unit_hash(g) for g in groups])
+    u = np.array([unit_hash(g) for g in groups])
     return {
         "holdout": np.flatnonzero(u < holdout),
         "validation": np.flatnonzero((u >= holdout) & (u < holdout + validation)),
@@ -44,7 +44,7 @@ def split_stratified(
     out: dict[str, list[int]] = {s: [] for s in SPLITS}
     for label in np.unique(labels):
         members = np.flatnonzero(labels == label)
-        members = members[np.argsort([_unit_hash(keys[i]) for i in members], kind="stable")]
+        members = members[np.argsort([unit_hash(keys[i]) for i in members], kind="stable")]
         n_hold = round(len(members) * holdout)
         n_val = round(len(members) * validation)
         out["holdout"] += members[:n_hold].tolist()

@@ -36,10 +36,31 @@ log = logging.getLogger(__name__)
 CHAMPION = "champion"
 HISTORY_TAG = "champion_history"
 MODEL_NAMES = MappingProxyType(
-    {"segmentation": "steelsight-segmentation", "classification": "steelsight-classifier"}
+    {
+        "segmentation": "steelsight-segmentation",
+        "classification": "steelsight-classifier",
+        "marking": "steelsight-marking",
+        "imprint": "steelsight-imprint",
+    }
 )
-SCORES = MappingProxyType({"segmentation": "mean_dice", "classification": "accuracy"})
-PIP_REQUIREMENTS = ["torch==2.15.0", "numpy==2.4.6", "opencv-python-headless==5.0.0.93"]
+# The holdout metric a challenger must beat the champion on.
+SCORES = MappingProxyType(
+    {
+        "segmentation": "mean_dice",
+        "classification": "accuracy",
+        "marking": "map50",
+        "imprint": "identified",  # right ID given at the operating threshold
+    }
+)
+_BASE_REQUIREMENTS = ["numpy==2.4.6", "opencv-python-headless==5.0.0.93"]
+PIP_REQUIREMENTS = MappingProxyType(
+    {
+        "segmentation": ["torch==2.15.0", *_BASE_REQUIREMENTS],
+        "classification": ["torch==2.15.0", *_BASE_REQUIREMENTS],
+        "marking": ["torch==2.15.0", "ultralytics==8.4.190", *_BASE_REQUIREMENTS],
+        "imprint": ["keras==3.15.1", "torch==2.15.0", *_BASE_REQUIREMENTS],
+    }
+)
 
 
 class RegistryError(RuntimeError):
@@ -70,11 +91,13 @@ def experiment_id(client: MlflowClient, settings: Settings, kind: str) -> str:
 
 
 # -- pyfunc wrappers: what MLflow stores and loads --
-# Inputs are checked by the signature below (uint8 tensors), not by predict's type hints.
-warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method.*")
+class _Wrapper(PythonModel):
+    # Inputs are checked by the tensor signature (uint8 frames), not by predict's type
+    # hints; this attribute is MLflow's own switch for that (it also stops its warning).
+    _skip_type_hint_validation = True
 
 
-class SegmenterModel(PythonModel):
+class SegmenterModel(_Wrapper):
     """pyfunc: grey frames (N, H, W) uint8 → defect masks (N, C, H, W) uint8."""
 
     def load_context(self, context) -> None:
@@ -86,7 +109,7 @@ class SegmenterModel(PythonModel):
         return self.model.predict(_frames(model_input)).masks.astype(np.uint8)
 
 
-class ClassifierModel(PythonModel):
+class ClassifierModel(_Wrapper):
     """pyfunc: grey pictures (N, H, W) uint8 → class probabilities (N, K) float32."""
 
     def load_context(self, context) -> None:
@@ -96,6 +119,44 @@ class ClassifierModel(PythonModel):
 
     def predict(self, context, model_input, params=None):
         return self.model.predict_proba(_frames(model_input)).astype(np.float32)
+
+
+class MarkingModel(_Wrapper):
+    """pyfunc: grey pictures (N, H, W) uint8 → markings (M, 6) float32: picture index,
+    x_min, y_min, x_max, y_max, score."""
+
+    def load_context(self, context) -> None:
+        from models.identity.detector import MarkingDetector
+
+        self.model = MarkingDetector.load(Path(context.artifacts["bundle"]), _device())
+
+    def predict(self, context, model_input, params=None):
+        found = self.model.detect(list(_frames(model_input)))
+        rows = [np.c_[np.full(len(f), i, np.float32), f] for i, f in enumerate(found)]
+        return np.concatenate(rows).astype(np.float32) if rows else np.zeros((0, 6), np.float32)
+
+
+class ImprintPyfunc(_Wrapper):
+    """pyfunc: marking crops (N, 48, 192) uint8 → L2-normalised embeddings (N, D) float32.
+    Runs on the process's Keras backend (torch unless KERAS_BACKEND says otherwise)."""
+
+    def load_context(self, context) -> None:
+        from models.identity.imprint import ImprintModel
+
+        self.model = ImprintModel.load(Path(context.artifacts["bundle"]))
+
+    def predict(self, context, model_input, params=None):
+        return self.model.embed(_frames(model_input))
+
+
+WRAPPERS = MappingProxyType(
+    {
+        "segmentation": SegmenterModel,
+        "classification": ClassifierModel,
+        "marking": MarkingModel,
+        "imprint": ImprintPyfunc,
+    }
+)
 
 
 def _frames(model_input) -> np.ndarray:
@@ -113,13 +174,17 @@ def _device() -> str:
     return get_settings().device
 
 
-def _signature(kind: str, n_classes: int) -> ModelSignature:
+def _signature(kind: str, config: dict) -> ModelSignature:
     images = Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1))])
     if kind == "segmentation":
-        out = Schema([TensorSpec(np.dtype(np.uint8), (-1, n_classes, -1, -1))])
+        out = TensorSpec(np.dtype(np.uint8), (-1, len(config["classes"]), -1, -1))
+    elif kind == "classification":
+        out = TensorSpec(np.dtype(np.float32), (-1, len(config["class_names"])))
+    elif kind == "marking":
+        out = TensorSpec(np.dtype(np.float32), (-1, 6))
     else:
-        out = Schema([TensorSpec(np.dtype(np.float32), (-1, n_classes))])
-    return ModelSignature(inputs=images, outputs=out)
+        out = TensorSpec(np.dtype(np.float32), (-1, int(config["dim"])))
+    return ModelSignature(inputs=images, outputs=Schema([out]))
 
 
 @dataclass(frozen=True)
@@ -177,11 +242,11 @@ def log_model(
             config = model.config()
             info = mlflow.pyfunc.log_model(
                 name="model",
-                python_model=SegmenterModel() if kind == "segmentation" else ClassifierModel(),
+                python_model=WRAPPERS[kind](),
                 artifacts={"bundle": str(bundle)},
-                signature=_signature(kind, len(config.get("classes") or config.get("class_names"))),
+                signature=_signature(kind, config),
                 registered_model_name=name,
-                pip_requirements=PIP_REQUIREMENTS,
+                pip_requirements=PIP_REQUIREMENTS[kind],
                 metadata={"steelsight": config},
             )
     version = int(info.registered_model_version)
@@ -301,7 +366,8 @@ def model_uri(kind: str, ref: str | int) -> str:
 
 
 def load_model(settings: Settings, kind: str, ref: str | int = CHAMPION):
-    """The Segmenter or Classifier behind an alias or version."""
+    """The model behind an alias or version: Segmenter, Classifier, MarkingDetector or
+    ImprintModel."""
     connect(settings)
     try:
         pyfunc = mlflow.pyfunc.load_model(model_uri(kind, ref))

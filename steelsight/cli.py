@@ -188,13 +188,17 @@ def simulate(
     )
 
 
-KIND_HELP = "segmentation (U-Net + gate, Severstal classes) or classification (NEU classes)."
+KIND_HELP = (
+    "segmentation (U-Net + gate, Severstal classes), classification (NEU classes), "
+    "marking (YOLO marking detector) or imprint (Keras sheet re-identification)."
+)
+KINDS = ("segmentation", "classification", "marking", "imprint")
 ModelKind = Annotated[str, typer.Argument(help=KIND_HELP)]
 
 
-def _check_kind(kind: str) -> str:
-    if kind not in ("segmentation", "classification"):
-        console.print(f"[red]error:[/red] unknown kind {kind!r}: segmentation or classification")
+def _check_kind(kind: str, kinds: tuple[str, ...] = KINDS) -> str:
+    if kind not in kinds:
+        console.print(f"[red]error:[/red] unknown kind {kind!r}: {', '.join(kinds)}")
         raise typer.Exit(2)
     return kind
 
@@ -250,7 +254,8 @@ def train(
         Path,
         typer.Option(
             help="Severstal folder or twin archive (segmentation); "
-            "NEU-DET or class folders (classification)."
+            "NEU-DET or class folders (classification); a marking-station + inspection "
+            "archive pair, or a folder of pairs (marking, imprint)."
         ),
     ],
     size: Annotated[
@@ -286,7 +291,12 @@ def train(
     if as_json:
         print(json.dumps(result))
         return
-    print_metrics(kind, result["holdout"], f"version {result['version']} on the holdout")
+    if kind in ("marking", "imprint"):
+        print_identity_metrics(
+            kind, result["holdout"], f"version {result['version']} on the holdout"
+        )
+    else:
+        print_metrics(kind, result["holdout"], f"version {result['version']} on the holdout")
     mark = "[green]champion[/green]" if result["promoted"] else "[yellow]not promoted[/yellow]"
     console.print(f"{mark}: {result['reason']} (trained in {result['training_seconds']:.0f} s)")
 
@@ -302,9 +312,18 @@ def evaluate(
     as_json: Annotated[
         bool, typer.Option("--json", help="Print one JSON object on stdout.")
     ] = False,
+    leave_out: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            max=0.9,
+            help="identity: share of sheets kept out of the registry, to test unknowns.",
+        ),
+    ] = 0.0,
 ) -> None:
     """Score a registered model on a labelled folder: Severstal (train.csv + train_images/),
-    a twin archive, NEU-DET (images/ + annotations/) or class folders."""
+    a twin archive, NEU-DET (images/ + annotations/) or class folders; ``identity`` scores
+    the marking detector and imprint model together on a station + inspection pair."""
     import json
 
     from models.registry import RegistryError, load_model
@@ -313,7 +332,10 @@ def evaluate(
     from tasks.training import evaluate as run_evaluation
     from tasks.training import prepare
 
-    _check_kind(kind)
+    if kind == "identity":
+        _evaluate_identity(data, model, leave_out, as_json)
+        return
+    _check_kind(kind, ("segmentation", "classification", "identity"))
     if split not in ("all", "holdout"):
         console.print(f"[red]error:[/red] unknown split {split!r}: all or holdout")
         raise typer.Exit(2)
@@ -329,6 +351,104 @@ def evaluate(
         print(json.dumps(report))
     else:
         print_metrics(kind, report, f"{model} on {data} ({split})")
+
+
+def print_identity_metrics(kind: str, report: dict, title: str) -> None:
+    if kind == "marking":
+        console.print(
+            f"{title}: marking mAP50 [bold]{report['map50']:.4f}[/bold] over "
+            f"{report['pictures']} pictures ({report['markings']} markings), precision "
+            f"{report['precision']:.4f}, recall {report['recall']:.4f}"
+        )
+        return
+    console.print(
+        f"{title}: identified [bold]{report['identified']:.4f}[/bold], rank-1 "
+        f"{report['rank1']:.4f}, FAR {report['far']:.4f}, FRR {report['frr']:.4f} at "
+        f"threshold {report['threshold']:.3f} ({report['mated_queries']} registered and "
+        f"{report['non_mated_queries']} unknown queries, "
+        f"{report['registered_sheets']} sheets registered)"
+    )
+
+
+def _evaluate_identity(data: Path, model: str, leave_out: float, as_json: bool) -> None:
+    import json
+
+    from rich.progress import Progress
+
+    from models.registry import RegistryError
+    from tasks.identify import evaluate_identity, load_models
+    from tasks.identity import IdentityDataError, find_pairs
+
+    settings = get_settings()
+    try:
+        pairs = find_pairs(data)
+        if len(pairs) != 1:
+            raise IdentityDataError(
+                f"{data} holds {len(pairs)} archive pairs: pass one pair's folder or archive"
+            )
+        models = load_models(settings, model, model)
+        with Progress(console=console, transient=True, disable=as_json) as progress:
+            bar = progress.add_task("identifying", total=None)
+            report = evaluate_identity(
+                pairs[0],
+                models,
+                _warehouse(),
+                leave_out,
+                progress=lambda n: progress.update(bar, completed=n),
+            )
+    except (RegistryError, IdentityDataError, ValueError) as error:
+        console.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(1) from None
+    if as_json:
+        print(json.dumps(report))
+        return
+    s, d = report["per_sheet"], report["detection"]
+    console.print(
+        f"identity on {pairs[0].name}: marking {report['models']['marking']}, imprint "
+        f"{report['models']['imprint']}; {report['registered_sheets']} sheets registered"
+    )
+    table = Table()
+    for column in ("figure", "per sheet", "per detection"):
+        table.add_column(column, justify="right" if column != "figure" else "left")
+    p = report["per_detection"]
+    for name in ("rank1", "identified", "far", "frr", "fpir"):
+        table.add_row(name, f"{s[name]:.4f}", f"{p[name]:.4f}")
+    table.add_row("queries", str(s["queries"]), str(p["queries"]))
+    table.add_row("wrong IDs", str(s["wrong_ids"]), str(p["wrong_ids"]))
+    console.print(table)
+    console.print(
+        f"threshold {s['threshold']:.3f}; marking mAP50 {d['map50']:.4f} (precision "
+        f"{d['precision']:.4f}, recall {d['recall']:.4f}); markings not detected: "
+        f"{s['marking_not_detected']} of {s['sheets']} sheets; {report['frames_per_s']:.1f} "
+        f"frames/s, {report['sheets_per_s']:.2f} sheets/s; matching "
+        f"{report['match_ms_per_query']:.3f} ms per query"
+    )
+
+
+@app.command("register-sheets")
+def register_sheets(
+    station: Annotated[Path, typer.Argument(help="A marking-station archive.")],
+    marking: Annotated[str, typer.Option(help="Detector alias or version.")] = "champion",
+    imprint: Annotated[str, typer.Option(help="Imprint model alias or version.")] = "champion",
+) -> None:
+    """Register a marking station's sheets for identification: their imprint embeddings
+    go to the warehouse's sheet_references table (re-running replaces them)."""
+    from models.registry import RegistryError
+    from tasks.identify import load_models, register_station
+    from tasks.identity import IdentityDataError
+    from tasks.recordings import RecordingError
+
+    try:
+        models = load_models(get_settings(), marking, imprint)
+        done = register_station(station, models, _warehouse())
+    except (RegistryError, IdentityDataError, RecordingError) as error:
+        console.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(1) from None
+    console.print(
+        f"registered {done.references} of {done.sheets} sheets from {station} "
+        f'({done.errors} without a marking found: see `steelsight sql "select * from '
+        f'ingest_errors"`) in {done.seconds:.1f} s'
+    )
 
 
 def _registry_action(action):

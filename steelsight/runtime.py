@@ -24,6 +24,9 @@ def configure_environment(settings: Settings) -> None:
         "YOLO_AUTOINSTALL": "0",
         "YOLO_CONFIG_DIR": str(home / "ultralytics"),
         "ORT_DISABLE_TELEMETRY": "1",
+        # Keras runs on torch in steelsight's processes (TensorFlow must not share a
+        # process with torch); imprint training starts its own TensorFlow process.
+        "KERAS_BACKEND": "torch",
     }
     for name, value in defaults.items():
         os.environ.setdefault(name, value)

@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
+
+# As the command line sets them (steelsight.runtime), before any test imports Keras or
+# ultralytics: Keras on torch in this process, ultralytics' settings in a private folder.
+os.environ.setdefault("KERAS_BACKEND", "torch")
+os.environ.setdefault("YOLO_CONFIG_DIR", tempfile.mkdtemp(prefix="steelsight-yolo-"))
+os.environ.setdefault("YOLO_OFFLINE", "1")
+os.environ.setdefault("YOLO_AUTOINSTALL", "0")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("STEELSIGHT_SHARED_DATA", REPO.parent / "shared" / "data"))

@@ -14,7 +14,7 @@ from types import MappingProxyType
 import pyarrow as pa
 
 # Bump when a table's columns change: the catalogue's views are rebuilt then.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 def col(name: str, dtype: pa.DataType, doc: str, nullable: bool = False) -> pa.Field:
@@ -68,7 +68,8 @@ ARCHIVES = TableSpec(
             col(
                 "kind",
                 pa.string(),
-                "severstal or neu-det (datasets); video or frames (recordings).",
+                "severstal or neu-det (datasets); video or frames (recordings); "
+                "marking-station (sheet references).",
             ),
             col("path", pa.string(), "Absolute path the archive was read from."),
             col("content_sha256", pa.string(), "Hash over the archive's files and their hashes."),
@@ -192,6 +193,35 @@ SHEETS = TableSpec(
     references={("archive_id",): ("archives", ("archive_id",))},
 )
 
+SHEET_REFERENCES = TableSpec(
+    name="sheet_references",
+    description=(
+        "The reference registry for identification: one row per sheet the marking station "
+        "photographed, with its L2 sheet ID and the imprint embedding of its marking. "
+        "Inspection matches marking crops against these rows by nearest neighbour."
+    ),
+    schema=pa.schema(
+        [
+            ARCHIVE_ID,
+            IMPORT_ID,
+            col("sheet_id", pa.string(), "The sheet's ID from the L2 system (sheets.csv)."),
+            col("frame_id", pa.string(), "The station picture the imprint was taken from."),
+            col("captured_at", TIMESTAMP, "When the station took the picture (UTC)."),
+            *_bbox(),
+            col("detection_score", pa.float32(), "Marking detector confidence."),
+            col(
+                "embedding",
+                pa.list_(pa.float32()),
+                "L2-normalised imprint embedding; cosine similarity is a dot product.",
+            ),
+            col("model_version", pa.string(), "steelsight-imprint version that embedded it."),
+            col("detector_version", pa.string(), "steelsight-marking version that found it."),
+        ]
+    ),
+    key=("archive_id", "sheet_id"),
+    references={("archive_id",): ("archives", ("archive_id",))},
+)
+
 INGEST_ERRORS = TableSpec(
     name="ingest_errors",
     description=(
@@ -216,7 +246,10 @@ INGEST_ERRORS = TableSpec(
 
 # Name -> spec. Read-only: copy a spec (dataclasses.replace) to derive another.
 TABLES: MappingProxyType[str, TableSpec] = MappingProxyType(
-    {t.name: t for t in (ARCHIVES, IMAGES, LABELS, DEFECTS, SHEETS, INGEST_ERRORS)}
+    {
+        t.name: t
+        for t in (ARCHIVES, IMAGES, LABELS, DEFECTS, SHEETS, SHEET_REFERENCES, INGEST_ERRORS)
+    }
 )
 
 

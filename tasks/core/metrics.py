@@ -152,3 +152,75 @@ def best_f1_threshold(scores: np.ndarray, positive: np.ndarray) -> tuple[float, 
         f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
     best = int(np.argmax(f1))
     return float(thresholds[best]), float(f1[best])
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of every box in a (n, 4) with every box in b (m, 4); boxes are inclusive pixel
+    corners (x_min, y_min, x_max, y_max)."""
+    a, b = np.asarray(a, np.float64).reshape(-1, 4), np.asarray(b, np.float64).reshape(-1, 4)
+    x0 = np.maximum(a[:, None, 0], b[None, :, 0])
+    y0 = np.maximum(a[:, None, 1], b[None, :, 1])
+    x1 = np.minimum(a[:, None, 2], b[None, :, 2])
+    y1 = np.minimum(a[:, None, 3], b[None, :, 3])
+    inter = np.clip(x1 - x0 + 1, 0, None) * np.clip(y1 - y0 + 1, 0, None)
+    area_a = (a[:, 2] - a[:, 0] + 1) * (a[:, 3] - a[:, 1] + 1)
+    area_b = (b[:, 2] - b[:, 0] + 1) * (b[:, 3] - b[:, 1] + 1)
+    union = area_a[:, None] + area_b[None, :] - inter
+    return np.where(union > 0, inter / np.maximum(union, 1e-9), 0.0)
+
+
+def match_detections(
+    predicted: np.ndarray, truth: np.ndarray, iou: float = 0.5
+) -> tuple[np.ndarray, np.ndarray]:
+    """Greedy matching, highest score first: per prediction the truth index it hits (-1
+    for a false detection), and per truth whether it was found."""
+    predicted = np.asarray(predicted, np.float64).reshape(-1, 5)
+    truth = np.asarray(truth, np.float64).reshape(-1, 4)
+    hit = np.full(len(predicted), -1, dtype=np.int64)
+    found = np.zeros(len(truth), dtype=bool)
+    if not len(predicted) or not len(truth):
+        return hit, found
+    overlaps = box_iou(predicted[:, :4], truth)
+    for i in np.argsort(-predicted[:, 4], kind="stable"):
+        candidates = np.where(~found & (overlaps[i] >= iou), overlaps[i], -1.0)
+        j = int(candidates.argmax())
+        if candidates[j] >= iou:
+            hit[i], found[j] = j, True
+    return hit, found
+
+
+def detection_report(
+    predicted: Sequence[np.ndarray], truth: Sequence[np.ndarray], iou: float = 0.5
+) -> dict:
+    """Single-class detection figures over a set of pictures: AP at the IoU (area under
+    the all-point interpolated precision-recall curve, as VOC 2010+ and COCO's AP50),
+    and precision/recall of the detections as given."""
+    scores, correct = [], []
+    n_truth = 0
+    for p, t in zip(predicted, truth, strict=True):
+        hit, _ = match_detections(p, t, iou)
+        scores.append(np.asarray(p, np.float64).reshape(-1, 5)[:, 4])
+        correct.append(hit >= 0)
+        n_truth += len(np.asarray(t).reshape(-1, 4))
+    s = np.concatenate(scores) if scores else np.zeros(0)
+    c = np.concatenate(correct) if correct else np.zeros(0, bool)
+    order = np.argsort(-s, kind="stable")
+    tp = np.cumsum(c[order])
+    fp = np.cumsum(~c[order])
+    recall = tp / max(n_truth, 1)
+    precision = tp / np.maximum(tp + fp, 1)
+    # all-point interpolation: precision made monotone, integrated over recall steps
+    r = np.concatenate([[0.0], recall, [1.0]])
+    p = np.concatenate([[1.0], precision, [0.0]])
+    p = np.maximum.accumulate(p[::-1])[::-1]
+    steps = np.flatnonzero(r[1:] != r[:-1])
+    ap = float(np.sum((r[steps + 1] - r[steps]) * p[steps + 1])) if n_truth else float("nan")
+    n_tp = int(c.sum())
+    return {
+        "map50" if iou == 0.5 else f"ap{int(iou * 100)}": ap,
+        "pictures": len(truth),
+        "markings": n_truth,
+        "detections": len(s),
+        "precision": n_tp / len(s) if len(s) else float("nan"),
+        "recall": n_tp / n_truth if n_truth else float("nan"),
+    }

@@ -1,0 +1,1 @@
+"""Sheet identity: the marking detector (YOLO), the imprint embedding (Keras) and matching."""

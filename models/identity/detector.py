@@ -1,0 +1,183 @@
+"""The marking detector: Ultralytics YOLO trained from a model yaml on the line's own
+pictures (no pretrained download), run batched on grey frames.
+
+Import ``models.identity.offline`` is done here before ultralytics, so every path that
+reaches YOLO goes through the offline configuration.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from models.devices import resolve_device
+from models.identity import offline
+
+FORMAT = "steelsight-marking-detector/1"
+ARCHITECTURE = Path(__file__).with_name("marking-yolov8.yaml")
+
+
+@dataclass(frozen=True)
+class DetectorRecipe:
+    scale: str  # of models/identity/marking-yolov8.yaml: t, n or s; weights start random
+    imgsz: int
+    epochs: int
+    batch: int
+    max_images: int  # training pictures at most (positives first, then empty frames)
+    conf: float = 0.25  # detections below this score are dropped at prediction
+
+    def to_params(self) -> dict:
+        return asdict(self)
+
+
+SIZES = {
+    # tests: a few minutes of CPU
+    "tiny": DetectorRecipe("t", imgsz=256, epochs=3, batch=16, max_images=64),
+    # CPU, 2 cores: about a quarter of an hour
+    "default": DetectorRecipe("t", imgsz=416, epochs=25, batch=16, max_images=600),
+    # one GPU
+    "gpu": DetectorRecipe("s", imgsz=640, epochs=100, batch=64, max_images=20000),
+}
+
+
+def recipe_for(size: str, **overrides) -> DetectorRecipe:
+    if size not in SIZES:
+        raise ValueError(f"unknown size {size!r}: choose one of {', '.join(SIZES)}")
+    return replace(SIZES[size], **overrides)
+
+
+def _config_dir() -> Path:
+    from steelsight.settings import get_settings
+
+    return get_settings().home.resolve() / "ultralytics"
+
+
+def _ultralytics_device(device: str) -> str:
+    resolved = resolve_device(device)
+    if resolved.type == "cuda":
+        return str(resolved.index or 0)
+    return "cpu"
+
+
+def _bgr(image: np.ndarray) -> np.ndarray:
+    return np.repeat(image[:, :, None], 3, axis=2) if image.ndim == 2 else image
+
+
+class MarkingDetector:
+    """YOLO weights plus the settings they were trained with."""
+
+    def __init__(self, weights: Path, imgsz: int, conf: float, device: str = "auto") -> None:
+        ultralytics = offline.prepare(_config_dir())
+        self.weights = Path(weights)
+        self.imgsz = imgsz
+        self.conf = conf
+        self.device = _ultralytics_device(device)
+        self.yolo = ultralytics.YOLO(str(self.weights), task="detect")
+
+    def detect(self, images: list[np.ndarray], batch: int = 32) -> list[np.ndarray]:
+        """Per image, its markings as rows (x_min, y_min, x_max, y_max, score), best first."""
+        found: list[np.ndarray] = []
+        for start in range(0, len(images), batch):
+            chunk = [_bgr(im) for im in images[start : start + batch]]
+            results = self.yolo.predict(
+                chunk, imgsz=self.imgsz, conf=self.conf, device=self.device, verbose=False
+            )
+            for result in results:
+                boxes = result.boxes
+                rows = np.concatenate(
+                    [boxes.xyxy.cpu().numpy(), boxes.conf.cpu().numpy()[:, None]], axis=1
+                ).astype(np.float32)
+                found.append(rows[np.argsort(-rows[:, 4])] if len(rows) else rows.reshape(0, 5))
+        return found
+
+    def config(self) -> dict:
+        return {"format": FORMAT, "imgsz": self.imgsz, "conf": self.conf, "classes": ["marking"]}
+
+    def save(self, folder: Path) -> Path:
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(self.weights, folder / "weights.pt")
+        (folder / "detector.json").write_text(json.dumps(self.config(), indent=2) + "\n")
+        return folder
+
+    @staticmethod
+    def load(folder: Path, device: str = "auto") -> MarkingDetector:
+        config = json.loads((folder / "detector.json").read_text())
+        if config.get("format") != FORMAT:
+            raise ValueError(f"{folder}: format {config.get('format')!r}, expected {FORMAT!r}")
+        return MarkingDetector(folder / "weights.pt", config["imgsz"], config["conf"], device)
+
+
+@dataclass
+class DetectorTraining:
+    detector: MarkingDetector
+    recipe: DetectorRecipe
+    history: list[dict]
+    seconds: float
+    device: str
+
+
+def _history(results_csv: Path) -> list[dict]:
+    if not results_csv.exists():
+        return []
+    with results_csv.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    keep = {
+        "train/box_loss": "train_box_loss",
+        "train/cls_loss": "train_cls_loss",
+        "metrics/mAP50(B)": "val_map50",
+        "metrics/mAP50-95(B)": "val_map50_95",
+    }
+    return [
+        {
+            "epoch": int(float(r["epoch"])),
+            **{new: float(r[old]) for old, new in keep.items() if old in r},
+        }
+        for r in rows
+    ]
+
+
+def fit(
+    dataset_yaml: Path, recipe: DetectorRecipe, device: str, seed: int, workdir: Path
+) -> DetectorTraining:
+    """Train YOLO on a dataset written by ``tasks.identity.write_yolo_dataset``."""
+    ultralytics = offline.prepare(_config_dir())
+    workdir.mkdir(parents=True, exist_ok=True)
+    architecture = workdir / f"marking-yolov8{recipe.scale}.yaml"
+    shutil.copyfile(ARCHITECTURE, architecture)
+    yolo = ultralytics.YOLO(str(architecture), task="detect")
+    started = time.perf_counter()
+    yolo.train(
+        data=str(dataset_yaml),
+        epochs=recipe.epochs,
+        imgsz=recipe.imgsz,
+        batch=recipe.batch,
+        device=_ultralytics_device(device),
+        workers=0,
+        seed=seed,
+        deterministic=True,
+        pretrained=False,
+        amp=False,  # the AMP check downloads a checkpoint; bf16 is not needed for a small net
+        plots=False,
+        project=str(workdir),
+        name="train",
+        exist_ok=True,
+        verbose=False,
+        fliplr=0.0,  # a mirrored marking is not a marking
+        mosaic=1.0,
+        close_mosaic=max(1, recipe.epochs // 5),
+    )
+    seconds = time.perf_counter() - started
+    run = workdir / "train"
+    weights = run / "weights" / "best.pt"
+    if not weights.exists():
+        weights = run / "weights" / "last.pt"
+    detector = MarkingDetector(weights, recipe.imgsz, recipe.conf, device)
+    return DetectorTraining(
+        detector, recipe, _history(run / "results.csv"), seconds, _ultralytics_device(device)
+    )

@@ -1,0 +1,381 @@
+"""Identifying sheets from their marking imprint: register the marking station's sheets
+in the warehouse, find markings in inspection frames, match them, and score it all
+against the recorder's ground truth.
+
+Data flows one way: pictures → detector boxes → crops → embeddings → either reference
+rows (station) or matches against those rows (inspection).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from importlib.metadata import version
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from models.data import unit_hash
+from models.identity.crops import marking_crop
+from models.identity.matching import Matches, ReferenceIndex, identification_report
+from tasks.core.metrics import detection_report, match_detections
+from tasks.identity import ArchivePair, csv_rows, marking_boxes, station_pictures
+from tasks.labels import archive_id_for
+from tasks.recordings import read_frames
+from warehouse.schema import TABLES
+from warehouse.store import Warehouse, new_import_id
+
+log = logging.getLogger(__name__)
+BATCH = 32  # pictures per detector call
+
+
+@dataclass(frozen=True)
+class Models:
+    """The two identity models and their registered versions."""
+
+    detector: object  # models.identity.detector.MarkingDetector
+    imprint: object  # models.identity.imprint.ImprintModel
+    detector_version: str
+    imprint_version: str
+
+
+def _batches(items: Iterable, size: int) -> Iterator[list]:
+    batch: list = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+@dataclass
+class Found:
+    """Markings found in a stream of pictures: one row per detection."""
+
+    frame_ids: list[str] = field(default_factory=list)
+    boxes: list[np.ndarray] = field(default_factory=list)  # (5,) x0, y0, x1, y1, score
+    crops: list[np.ndarray] = field(default_factory=list)
+    per_frame: dict[str, np.ndarray] = field(default_factory=dict)  # all detections per frame
+    pictures: int = 0
+
+
+def find_markings(
+    pictures: Iterable[tuple[str, np.ndarray]], models: Models, best_only: bool = False
+) -> Found:
+    """Detect markings in (frame_id, picture) pairs, batched, and cut their crops.
+    ``best_only`` keeps each picture's highest-scoring marking (a station picture shows
+    one sheet)."""
+    found = Found()
+    margin, size = models.imprint.margin, models.imprint.crop_size
+    for batch in _batches(pictures, BATCH):
+        detections = models.detector.detect([image for _, image in batch], batch=BATCH)
+        for (frame_id, image), rows in zip(batch, detections, strict=True):
+            found.pictures += 1
+            found.per_frame[frame_id] = rows
+            for row in rows[:1] if best_only else rows:
+                found.frame_ids.append(frame_id)
+                found.boxes.append(row)
+                found.crops.append(marking_crop(image, row[:4], size, margin))
+    return found
+
+
+def _embed(found: Found, models: Models) -> np.ndarray:
+    if not found.crops:
+        return np.zeros((0, int(models.imprint.config()["dim"])), np.float32)
+    return models.imprint.embed(np.stack(found.crops))
+
+
+def _station_hash(station: Path) -> str:
+    digest = hashlib.sha256((station / "sheets.csv").read_bytes())
+    for path in sorted((station / "frames").glob("*.jpg")):
+        digest.update(path.name.encode())
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class Registered:
+    archive_id: str
+    sheets: int
+    references: int
+    errors: int
+    seconds: float
+
+
+def station_markings(
+    station: Path, models: Models, leave_out: float = 0.0, ground_truth: bool = False
+) -> tuple[Found, dict[str, dict]]:
+    """The marking of every station picture (its best detection, or with ``ground_truth``
+    the box the recorder wrote) and the station's sheets.csv rows by frame id.
+    ``leave_out`` skips that share of sheets (by a stable hash), for open-set tests."""
+    rows = {r["frame_id"]: r for r in csv_rows(station / "sheets.csv")}
+    kept = (
+        (frame_id, image)
+        for frame_id, sheet_id, image in station_pictures(station)
+        if unit_hash(sheet_id) >= leave_out
+    )
+    if not ground_truth:
+        return find_markings(kept, models, best_only=True), rows
+    truth = marking_boxes(station)
+    found = Found()
+    for frame_id, image in kept:
+        found.pictures += 1
+        boxes = np.array([[*m["box"], 1.0] for m in truth.get(frame_id, [])], np.float32)
+        found.per_frame[frame_id] = boxes.reshape(-1, 5)
+        for box in boxes[:1]:
+            found.frame_ids.append(frame_id)
+            found.boxes.append(box)
+            found.crops.append(
+                marking_crop(image, box[:4], models.imprint.crop_size, models.imprint.margin)
+            )
+    return found, rows
+
+
+def register_station(
+    station: Path,
+    models: Models,
+    warehouse: Warehouse,
+    leave_out: float = 0.0,
+    ground_truth: bool = False,
+) -> Registered:
+    """Embed every station picture's marking and store it with its sheet ID in
+    ``sheet_references`` (one import of the station archive: re-running replaces it).
+    A picture where no marking is found goes to ``ingest_errors`` with the reason."""
+    started = time.perf_counter()
+    station = Path(station).resolve()
+    found, rows = station_markings(station, models, leave_out, ground_truth)
+    embeddings = _embed(found, models)
+    archive_id, import_id = archive_id_for(station), new_import_id()
+    ids = {"archive_id": archive_id, "import_id": import_id}
+    references = [
+        {
+            **ids,
+            "sheet_id": rows[frame_id]["sheet_id"],
+            "frame_id": frame_id,
+            "captured_at": datetime.fromisoformat(rows[frame_id]["timestamp"]),
+            "x_min": round(box[0]),
+            "y_min": round(box[1]),
+            "x_max": round(box[2]),
+            "y_max": round(box[3]),
+            "detection_score": float(box[4]),
+            "embedding": embedding.tolist(),
+            "model_version": models.imprint_version,
+            "detector_version": "ground-truth" if ground_truth else models.detector_version,
+        }
+        for frame_id, box, embedding in zip(found.frame_ids, found.boxes, embeddings, strict=True)
+    ]
+    seen = set(found.frame_ids)
+    missing = [f for f in found.per_frame if f not in seen]
+    errors = [
+        {
+            **ids,
+            "error_index": n,
+            "source": str(station / "frames" / f"{frame_id}.jpg"),
+            "source_row": None,
+            "field": None,
+            "error_kind": "no_marking_found",
+            "reason": f"no marking found on sheet {rows[frame_id]['sheet_id']}'s station "
+            "picture: the sheet cannot be identified later; check the picture and the "
+            "station's camera",
+        }
+        for n, frame_id in enumerate(missing)
+    ]
+    status = "failed" if not references else ("partial" if errors else "ok")
+    warehouse.import_archive(
+        {
+            **ids,
+            "kind": "marking-station",
+            "path": str(station),
+            "content_sha256": _station_hash(station),
+            "status": status,
+            "n_images": found.pictures,
+            "n_labels": len(references),
+            "n_errors": len(errors),
+            "imported_at": datetime.now(UTC),
+            "steelsight_version": version("steelsight"),
+        },
+        {
+            "sheet_references": pa.Table.from_pylist(references, TABLES["sheet_references"].schema),
+            "ingest_errors": pa.Table.from_pylist(errors, TABLES["ingest_errors"].schema),
+        },
+    )
+    seconds = time.perf_counter() - started
+    log.info(
+        "registered %d sheets of %s (%d without a marking found) in %.1f s",
+        len(references),
+        station,
+        len(errors),
+        seconds,
+    )
+    return Registered(archive_id, found.pictures, len(references), len(errors), seconds)
+
+
+def reference_index(warehouse: Warehouse, imprint_version: str) -> ReferenceIndex:
+    """Every registered sheet embedded by this imprint version, ready to search."""
+    table = warehouse.query(
+        "SELECT sheet_id, embedding FROM sheet_references WHERE model_version = ? "
+        "ORDER BY archive_id, sheet_id",
+        [imprint_version],
+    )
+    if not table.num_rows:
+        return ReferenceIndex([], np.zeros((0, 1), np.float32))
+    flat = pa.compute.list_flatten(table["embedding"]).to_numpy()
+    embeddings = flat.reshape(table.num_rows, -1).astype(np.float32)
+    return ReferenceIndex(table["sheet_id"].to_pylist(), embeddings)
+
+
+def evaluate_identity(
+    pair: ArchivePair,
+    models: Models,
+    warehouse: Warehouse,
+    leave_out: float = 0.0,
+    progress=None,
+) -> dict:
+    """Register the pair's station, identify every marking the detector finds in the
+    inspection frames, and score it against the ground truth.
+
+    Per sheet, the query is the sheet's most complete detected marking (the tallest box:
+    a marking cut by the frame edge is shorter), as the inspect flow does.
+    """
+    registered = register_station(pair.station, models, warehouse, leave_out)
+    index = reference_index(warehouse, models.imprint_version)
+    station_ids = {r["sheet_id"] for r in csv_rows(pair.station / "sheets.csv")}
+    in_registry = {s for s in station_ids if unit_hash(s) >= leave_out}
+
+    truth = marking_boxes(pair.inspection)
+    started = time.perf_counter()
+    found = find_markings(_counted(read_frames(pair.inspection), progress), models)
+    embeddings = _embed(found, models)
+    matches = index.match(embeddings, models.imprint.threshold) if len(index) else None
+    seconds = time.perf_counter() - started
+
+    # which ground-truth marking each detection is (IoU >= 0.5), per frame
+    truth_of: list[str | None] = []
+    for frame_id, box in zip(found.frame_ids, found.boxes, strict=True):
+        gt = truth.get(frame_id, [])
+        hit, _ = match_detections(box[None], np.array([m["box"] for m in gt]).reshape(-1, 4))
+        truth_of.append(gt[hit[0]]["sheet_id"] if hit[0] >= 0 else None)
+    frame_ids = list(found.per_frame)
+    detection = detection_report(
+        [found.per_frame[f] for f in frame_ids],
+        [np.array([m["box"] for m in truth.get(f, [])]).reshape(-1, 4) for f in frame_ids],
+    )
+
+    # per sheet: the tallest detected marking of each sheet the camera saw
+    best: dict[str, int] = {}
+    for i, sheet in enumerate(truth_of):
+        if sheet is not None:
+            height = found.boxes[i][3] - found.boxes[i][1]
+            if (
+                sheet not in best
+                or height > found.boxes[best[sheet]][3] - found.boxes[best[sheet]][1]
+            ):
+                best[sheet] = i
+    seen_sheets = sorted({m["sheet_id"] for ms in truth.values() for m in ms})
+    if matches is None:
+        raise ValueError(f"no sheet of {pair.station} could be registered: no marking found")
+    chosen = [best[s] for s in seen_sheets if s in best]
+    sheet_matches = _subset(matches, chosen)
+    per_sheet = identification_report(
+        [truth_of[i] for i in chosen], in_registry, sheet_matches, models.imprint.threshold
+    )
+    # sheets whose marking was never detected count as unidentified
+    missed = [s for s in seen_sheets if s not in best]
+    mated_missed = sum(s in in_registry for s in missed)
+    mated = per_sheet["mated_queries"] + mated_missed
+    per_sheet.update(
+        {
+            "sheets": len(seen_sheets),
+            "marking_not_detected": len(missed),
+            "identified": (per_sheet["identified"] * per_sheet["mated_queries"]) / max(mated, 1),
+            "frr": (per_sheet["frr"] * per_sheet["mated_queries"] + mated_missed) / max(mated, 1),
+            "rank1": (per_sheet["rank1"] * per_sheet["mated_queries"]) / max(mated, 1),
+            "mated_queries": mated,
+        }
+    )
+    per_detection = identification_report(
+        [t if t is not None else "<no marking>" for t in truth_of],
+        in_registry,
+        matches,
+        models.imprint.threshold,
+    )
+    return {
+        "data": {"station": str(pair.station), "inspection": str(pair.inspection)},
+        "models": {"marking": models.detector_version, "imprint": models.imprint_version},
+        "registered_sheets": len(index),
+        "station": {
+            "pictures": registered.sheets,
+            "references": registered.references,
+            "no_marking_found": registered.errors,
+            "seconds": round(registered.seconds, 2),
+        },
+        "per_sheet": per_sheet,
+        "per_detection": per_detection,
+        "detection": detection,
+        "frames": found.pictures,
+        "seconds": round(seconds, 2),
+        "frames_per_s": found.pictures / seconds if seconds else float("nan"),
+        "sheets_per_s": len(seen_sheets) / seconds if seconds else float("nan"),
+        "match_ms_per_query": _match_time(index, embeddings),
+    }
+
+
+def _subset(matches, index: list[int]):
+    return Matches(
+        [matches.sheet_ids[i] for i in index],
+        [matches.nearest[i] for i in index],
+        matches.similarity[np.asarray(index, dtype=np.int64)],
+    )
+
+
+def _counted(frames: Iterable, progress) -> Iterator:
+    for n, item in enumerate(frames, 1):
+        if progress:
+            progress(n)
+        yield item
+
+
+def _match_time(index: ReferenceIndex, queries: np.ndarray, repeats: int = 5) -> float:
+    """Median milliseconds to match one query against the whole registry."""
+    if not len(queries) or not len(index):
+        return float("nan")
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        for q in queries[:50]:
+            index.search(q[None])
+        times.append((time.perf_counter() - started) / min(50, len(queries)) * 1000)
+    return float(np.median(times))
+
+
+def load_models(settings, marking: str = "champion", imprint: str = "champion") -> Models:
+    """The registered detector and imprint model (alias or version) with their versions."""
+    from models import registry
+
+    client = registry.connect(settings)
+
+    def resolved(kind: str, ref: str) -> str:
+        if str(ref).isdigit():
+            return str(ref)
+        try:
+            return client.get_model_version_by_alias(registry.model_name(kind), ref).version
+        except Exception:
+            raise registry.RegistryError(
+                f"{registry.model_name(kind)} has no {ref!r} version: train one with "
+                f"`steelsight train {kind} --data DIR`"
+            ) from None
+
+    marking_version, imprint_version = resolved("marking", marking), resolved("imprint", imprint)
+    return Models(
+        registry.load_model(settings, "marking", marking_version),
+        registry.load_model(settings, "imprint", imprint_version),
+        marking_version,
+        imprint_version,
+    )

@@ -1,0 +1,298 @@
+"""Reading a line's identity data: the marking station's pictures and the inspection
+camera's frames, with the marking boxes and sheet IDs the recorder wrote beside them.
+
+A recording comes as a pair of archives written by one run of the line (the twin names
+them ``<line>-station-s<seed>`` and ``<line>-inspection-s<seed>``): the station's picture
+of each sheet with its L2 sheet ID (``sheets.csv``) and the inspection camera's frames.
+Ground-truth marking boxes are in each archive's ``ground_truth/markings.csv``.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from models.data import split_by_group, unit_hash
+from models.identity.crops import marking_crop
+from tasks.recordings import RecordingError, read_frames, read_manifest
+
+
+class IdentityDataError(ValueError):
+    """A folder that does not hold a marking-station + inspection archive pair."""
+
+
+@dataclass(frozen=True)
+class ArchivePair:
+    station: Path
+    inspection: Path
+
+    @property
+    def name(self) -> str:
+        return self.inspection.name.replace("-inspection-", "-")
+
+
+def _role(archive: Path) -> str | None:
+    try:
+        return read_manifest(archive).get("camera_role")
+    except RecordingError:
+        return None
+
+
+def find_pairs(path: Path) -> list[ArchivePair]:
+    """The archive pairs at ``path``: one archive of a pair (its sibling is found by
+    name), or a folder holding pairs."""
+    path = Path(path).resolve()
+    if not path.is_dir():
+        raise IdentityDataError(f"{path} is not a folder")
+    role = _role(path)
+    if role is not None:
+        other = (
+            re.sub(r"-station-(s\d+)$", r"-inspection-\1", path.name)
+            if role == "marking-station"
+            else re.sub(r"-inspection-(s\d+)$", r"-station-\1", path.name)
+        )
+        sibling = path.with_name(other)
+        if other == path.name or _role(sibling) is None:
+            raise IdentityDataError(
+                f"{path} is a {role} archive, but its pair {sibling} is missing: pass the "
+                "folder holding both the station and the inspection archive"
+            )
+        pair = (path, sibling) if role == "marking-station" else (sibling, path)
+        return [ArchivePair(*pair)]
+    pairs = []
+    for station in sorted(path.iterdir()):
+        if station.is_dir() and _role(station) == "marking-station":
+            pairs += find_pairs(station)
+    if not pairs:
+        raise IdentityDataError(
+            f"{path} holds no marking-station archive with its inspection archive "
+            "(e.g. line-1-station-s0 and line-1-inspection-s0 from `steelsight simulate`)"
+        )
+    return pairs
+
+
+def csv_rows(path: Path) -> list[dict]:
+    try:
+        with path.open(newline="") as f:
+            return list(csv.DictReader(f))
+    except FileNotFoundError:
+        raise IdentityDataError(f"{path} is missing") from None
+
+
+def _box(row: dict) -> tuple[int, int, int, int]:
+    return tuple(int(row[k]) for k in ("x_min", "y_min", "x_max", "y_max"))  # type: ignore[return-value]
+
+
+def station_pictures(station: Path) -> Iterator[tuple[str, str, np.ndarray]]:
+    """(frame_id, sheet_id, grey picture) for every picture the station took."""
+    manifest = read_manifest(station)
+    folder = station / manifest.get("files", {}).get("frames", "frames")
+    for row in csv_rows(station / manifest.get("files", {}).get("sheets", "sheets.csv")):
+        path = folder / f"{row['frame_id']}.jpg"
+        image = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+        if image is None:
+            raise RecordingError(f"{path}: cannot be read as an image")
+        yield row["frame_id"], row["sheet_id"], image
+
+
+def marking_boxes(archive: Path) -> dict[str, list[dict]]:
+    """Ground-truth markings per frame id: sheet_id, box, and the visible share."""
+    boxes: dict[str, list[dict]] = {}
+    for row in csv_rows(archive / "ground_truth" / "markings.csv"):
+        boxes.setdefault(row["frame_id"], []).append(
+            {
+                "sheet_id": row["sheet_id"],
+                "box": _box(row),
+                "visible": float(row.get("visible") or 1.0),
+            }
+        )
+    return boxes
+
+
+@dataclass
+class Observations:
+    """Marking crops with who they are: the imprint network's training and test data."""
+
+    crops: np.ndarray  # uint8 (N, H, W)
+    sheet_ids: list[str]
+    sources: list[str]  # "station" or "inspection"
+    frame_ids: list[str]
+    visible: np.ndarray  # float32 (N,): share of the marking inside the frame
+
+    def __len__(self) -> int:
+        return len(self.sheet_ids)
+
+    def subset(self, index) -> Observations:
+        index = np.asarray(index, dtype=np.int64)
+        return Observations(
+            self.crops[index],
+            [self.sheet_ids[i] for i in index],
+            [self.sources[i] for i in index],
+            [self.frame_ids[i] for i in index],
+            self.visible[index],
+        )
+
+    def where(self, source: str) -> Observations:
+        return self.subset([i for i, s in enumerate(self.sources) if s == source])
+
+    @staticmethod
+    def concat(parts: list[Observations]) -> Observations:
+        return Observations(
+            np.concatenate([p.crops for p in parts]),
+            [s for p in parts for s in p.sheet_ids],
+            [s for p in parts for s in p.sources],
+            [f for p in parts for f in p.frame_ids],
+            np.concatenate([p.visible for p in parts]),
+        )
+
+    def splits(self) -> dict[str, np.ndarray]:
+        """Fixed split by sheet: a sheet's station and inspection crops stay together."""
+        return split_by_group(self.sheet_ids, holdout=0.1, validation=0.1)
+
+
+def ground_truth_observations(pair: ArchivePair) -> Observations:
+    """Every labelled marking of a pair, cropped at its ground-truth box."""
+    crops, sheets, sources, frames, visible = [], [], [], [], []
+    station_boxes = marking_boxes(pair.station)
+    for frame_id, sheet_id, image in station_pictures(pair.station):
+        for marking in station_boxes.get(frame_id, []):
+            crops.append(marking_crop(image, marking["box"]))
+            sheets.append(sheet_id)
+            sources.append("station")
+            frames.append(frame_id)
+            visible.append(1.0)
+    inspection_boxes = marking_boxes(pair.inspection)
+    for frame_id, image in read_frames(pair.inspection):
+        for marking in inspection_boxes.get(frame_id, []):
+            crops.append(marking_crop(image, marking["box"]))
+            sheets.append(marking["sheet_id"])
+            sources.append("inspection")
+            frames.append(frame_id)
+            visible.append(marking["visible"])
+    if not crops:
+        raise IdentityDataError(f"{pair.station} and {pair.inspection} hold no labelled marking")
+    return Observations(
+        np.stack(crops), sheets, sources, frames, np.asarray(visible, dtype=np.float32)
+    )
+
+
+def load_observations(path: Path) -> Observations:
+    return Observations.concat([ground_truth_observations(p) for p in find_pairs(path)])
+
+
+@dataclass
+class DetectionData:
+    """Pictures with their marking boxes, held in memory (the holdout of a detector)."""
+
+    names: list[str]
+    images: list[np.ndarray]
+    boxes: list[np.ndarray]  # per image (k, 4): x_min, y_min, x_max, y_max
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+
+@dataclass
+class YoloDataset:
+    root: Path
+    yaml: Path
+    counts: dict[str, int]
+    holdout: DetectionData
+
+
+def _yolo_lines(boxes: np.ndarray, shape: tuple[int, int]) -> str:
+    h, w = shape
+    return "".join(
+        f"0 {(x0 + x1 + 1) / 2 / w:.6f} {(y0 + y1 + 1) / 2 / h:.6f} "
+        f"{(x1 - x0 + 1) / w:.6f} {(y1 - y0 + 1) / h:.6f}\n"
+        for x0, y0, x1, y1 in boxes
+    )
+
+
+def _pictures(pair: ArchivePair, keep: set[str]) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+    """(name, grey picture, boxes) of the pair's pictures whose names are in ``keep``."""
+    station_boxes = marking_boxes(pair.station)
+    for frame_id, _, image in station_pictures(pair.station):
+        name = f"{pair.name}-station-{frame_id}"
+        if name in keep:
+            yield name, image, np.array([m["box"] for m in station_boxes.get(frame_id, [])])
+    inspection_boxes = marking_boxes(pair.inspection)
+    for frame_id, image in read_frames(pair.inspection):
+        name = f"{pair.name}-inspection-{frame_id}"
+        if name in keep:
+            yield name, image, np.array([m["box"] for m in inspection_boxes.get(frame_id, [])])
+
+
+def _catalogue(pairs: list[ArchivePair]) -> tuple[list[str], list[str], list[bool]]:
+    """Every picture's name, split group (its sheet, or itself when empty) and whether it
+    shows a marking; read from the CSVs, without decoding any picture."""
+    names, groups, positive = [], [], []
+    for pair in pairs:
+        for row in csv_rows(pair.station / "sheets.csv"):
+            names.append(f"{pair.name}-station-{row['frame_id']}")
+            groups.append(f"{pair.name}/{row['sheet_id']}")
+            positive.append(True)
+        boxes = marking_boxes(pair.inspection)
+        for row in csv_rows(pair.inspection / "frame_index.csv"):
+            name = f"{pair.name}-inspection-{row['frame_id']}"
+            found = boxes.get(row["frame_id"], [])
+            names.append(name)
+            groups.append(f"{pair.name}/{found[0]['sheet_id']}" if found else name)
+            positive.append(bool(found))
+    return names, groups, positive
+
+
+def write_yolo_dataset(
+    pairs: list[ArchivePair], out: Path, max_images: int, negative_share: float = 0.2
+) -> YoloDataset:
+    """A YOLO dataset folder (images/, labels/, data.yaml) from archive pairs: pictures
+    with markings and a share of empty frames, split by sheet; the holdout stays in memory.
+
+    At most ``max_images`` pictures go to training and validation, chosen by a stable
+    hash, so the same archives give the same dataset.
+    """
+    names, groups, positive = _catalogue(pairs)
+    split = split_by_group(groups, holdout=0.1, validation=0.1)
+    order = {name: i for i, name in enumerate(names)}
+    chosen: dict[str, str] = {}
+    for part, index in split.items():
+        budget = max(8, int(max_images * (0.1 if part != "train" else 0.8)))
+        pos = sorted((i for i in index if positive[i]), key=lambda i: unit_hash(names[i]))
+        neg = sorted((i for i in index if not positive[i]), key=lambda i: unit_hash(names[i]))
+        n_neg = min(len(neg), int(budget * negative_share))
+        for i in pos[: budget - n_neg] + neg[:n_neg]:
+            chosen[names[i]] = part
+    holdout = DetectionData([], [], [])
+    counts = {"train": 0, "validation": 0, "holdout": 0}
+    for part in ("train", "validation"):
+        (out / "images" / part).mkdir(parents=True, exist_ok=True)
+        (out / "labels" / part).mkdir(parents=True, exist_ok=True)
+    for pair in pairs:
+        for name, image, boxes in _pictures(pair, set(chosen)):
+            part = chosen[name]
+            counts[part] += 1
+            if part == "holdout":
+                holdout.names.append(name)
+                holdout.images.append(image)
+                holdout.boxes.append(boxes.reshape(-1, 4))
+                continue
+            cv2.imwrite(str(out / "images" / part / f"{name}.png"), image)
+            (out / "labels" / part / f"{name}.txt").write_text(_yolo_lines(boxes, image.shape))
+    ordered = sorted(range(len(holdout)), key=lambda i: order[holdout.names[i]])
+    holdout = DetectionData(
+        [holdout.names[i] for i in ordered],
+        [holdout.images[i] for i in ordered],
+        [holdout.boxes[i] for i in ordered],
+    )
+    yaml = out / "data.yaml"
+    yaml.write_text(
+        f"path: {out.resolve()}\ntrain: images/train\nval: images/validation\n"
+        "names:\n  0: marking\n"
+    )
+    return YoloDataset(out, yaml, counts, holdout)

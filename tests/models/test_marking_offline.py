@@ -1,0 +1,78 @@
+"""The marking detector trains and predicts with the network blocked: every connection
+attempt (DNS lookups included) is recorded and refused, and the test fails on any."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from twin.config import TwinConfig
+from twin.recorder import simulate
+
+pytestmark = pytest.mark.slow
+
+
+class NetworkBlocked(OSError):
+    pass
+
+
+@pytest.fixture
+def no_network(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Refuse and record every outgoing connection and name lookup in this process."""
+    attempts: list[str] = []
+
+    def refuse(what: str):
+        def blocked(*args, **kwargs):
+            attempts.append(f"{what}{args[1:] if what == 'connect' else args}"[:200])
+            raise NetworkBlocked(f"network blocked in this test: {what}")
+
+        return blocked
+
+    monkeypatch.setattr(socket.socket, "connect", refuse("connect"))
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse("connect_ex"))
+    monkeypatch.setattr(socket, "create_connection", refuse("create_connection"))
+    monkeypatch.setattr(socket, "getaddrinfo", refuse("getaddrinfo"))
+    monkeypatch.setattr(socket, "gethostbyname", refuse("gethostbyname"))
+    return attempts
+
+
+def test_the_guard_sees_a_connection(no_network: list[str]) -> None:
+    with pytest.raises(NetworkBlocked):
+        socket.create_connection(("github.com", 443), timeout=1)
+    assert no_network == ["create_connection(('github.com', 443),)"]
+
+
+def test_detector_trains_and_predicts_offline(
+    tmp_path: Path, home: Path, no_network: list[str]
+) -> None:
+    from models.identity.detector import MarkingDetector, fit, recipe_for
+    from tasks.identity import find_pairs, write_yolo_dataset
+
+    simulate(TwinConfig(), n_sheets=6, seed=8, out=tmp_path / "twin")
+    dataset = write_yolo_dataset(find_pairs(tmp_path / "twin"), tmp_path / "yolo", 40)
+    assert dataset.counts["train"] > 0 and dataset.counts["validation"] > 0
+    labels = list((tmp_path / "yolo" / "labels" / "train").glob("*.txt"))
+    assert any(p.read_text().startswith("0 ") for p in labels)  # markings are class 0
+
+    trained = fit(dataset.yaml, recipe_for("tiny", epochs=1), "cpu", 0, tmp_path / "runs")
+    assert trained.history and "val_map50" in trained.history[-1]
+    pictures = dataset.holdout.images or [np.zeros((256, 1600), np.uint8)]
+    found = trained.detector.detect(pictures)
+    assert len(found) == len(pictures)
+    assert all(f.ndim == 2 and f.shape[1] == 5 for f in found)
+
+    reloaded = MarkingDetector.load(trained.detector.save(tmp_path / "bundle"), "cpu")
+    again = reloaded.detect(pictures)
+    assert all(np.allclose(a, b) for a, b in zip(found, again, strict=True))
+
+    assert no_network == [], f"ultralytics tried the network: {no_network}"
+    # its config folder holds the settings and steelsight's local font, nothing fetched
+    config = Path(os.environ["YOLO_CONFIG_DIR"]) / "Ultralytics"
+    assert {p.name for p in config.iterdir()} <= {"settings.json", "Arial.ttf", "Arial.Unicode.ttf"}
+    from ultralytics import settings
+
+    assert not any(settings.get(key) for key in ("sync", "mlflow", "comet", "clearml", "dvc"))
