@@ -148,6 +148,7 @@ class ImprintRecipe:
     batch: int  # sheets per step: each gives a station crop and an inspection crop
     learning_rate: float
     logit_scale: float  # 1 / temperature of the contrastive loss
+    margin: float  # subtracted from a sheet's own similarity in the loss (CosFace-style)
     hard_share: float  # share of steps whose sheets are neighbours (same heat, near IDs)
     target_far: float  # wrong confident IDs per query the threshold is chosen for
     registered: int  # registry size the threshold is chosen for
@@ -157,9 +158,9 @@ class ImprintRecipe:
 
 
 IMPRINT_SIZES = {
-    "tiny": ImprintRecipe(8, 64, 3, 8, 16, 2e-3, 16.0, 0.5, 0.001, 1000),
-    "default": ImprintRecipe(24, 128, 30, 25, 64, 2e-3, 16.0, 0.5, 0.001, 1000),
-    "gpu": ImprintRecipe(48, 256, 120, 50, 256, 1e-3, 16.0, 0.5, 0.001, 100000),
+    "tiny": ImprintRecipe(8, 64, 3, 8, 16, 2e-3, 16.0, 0.2, 0.5, 0.001, 1000),
+    "default": ImprintRecipe(24, 128, 30, 25, 64, 2e-3, 16.0, 0.2, 0.5, 0.001, 1000),
+    "gpu": ImprintRecipe(48, 256, 120, 50, 256, 1e-3, 16.0, 0.2, 0.5, 0.001, 100000),
 }
 
 

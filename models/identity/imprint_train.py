@@ -86,14 +86,17 @@ class Pairs:
         return [self.sheets[i] for i in rng.choice(len(self.sheets), size, replace=False)]
 
 
-def _contrastive_loss(logit_scale: float, dim: int):
+def _contrastive_loss(logit_scale: float, margin: float, dim: int):
+    """Symmetric InfoNCE with an additive margin: a sheet's own similarity must beat every
+    other sheet's by ``margin``, which is what leaves room for an open-set threshold."""
     import keras
     from keras import ops
 
     def loss(y_true, y_pred):
         a, b = y_pred[:, :dim], y_pred[:, dim:]
-        logits = ops.matmul(a, ops.transpose(b)) * logit_scale
-        labels = ops.arange(ops.shape(logits)[0])
+        n = ops.shape(a)[0]
+        logits = (ops.matmul(a, ops.transpose(b)) - margin * ops.eye(n)) * logit_scale
+        labels = ops.arange(n)
         ab = keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
         ba = keras.losses.sparse_categorical_crossentropy(
             labels, ops.transpose(logits), from_logits=True
@@ -148,7 +151,7 @@ def train(data: Path, out: Path, recipe: ImprintRecipe, seed: int) -> dict:
     )
     model.compile(
         optimizer=keras.optimizers.AdamW(schedule, weight_decay=1e-4),
-        loss=_contrastive_loss(recipe.logit_scale, recipe.dim),
+        loss=_contrastive_loss(recipe.logit_scale, recipe.margin, recipe.dim),
     )
 
     def batch():

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from statistics import NormalDist
 
 import numpy as np
 
@@ -92,23 +91,28 @@ def choose_threshold(
     A query of an unregistered sheet is falsely accepted when any of the ``registered``
     impostors reaches the threshold, so each single pair may pass with probability at
     most p = 1 - (1 - target_far) ** (1 / registered). Validation has too few impostor
-    pairs to see such rare events, so the tail is a normal fit to the impostor scores;
-    the threshold is the larger of that estimate and the highest impostor seen, so it
-    never accepts a pair validation has already seen go wrong.
+    pairs to see events that rare, so the tail beyond the impostors' 95th percentile u is
+    extrapolated as exponential (peaks over threshold): P(s > t) = 0.05 exp(-(t - u) / b),
+    b the mean excess over u. The threshold is the larger of that estimate and the highest
+    impostor seen, so it never accepts a pair validation has already seen go wrong.
     """
     if not len(impostor) or not len(genuine):
         raise ValueError("choosing a threshold needs genuine and impostor pairs")
     per_pair = 1 - (1 - target_far) ** (1 / max(1, registered))
-    mu, sigma = float(np.mean(impostor)), float(np.std(impostor))
-    tail = mu + NormalDist().inv_cdf(1 - per_pair) * sigma
-    threshold = min(1.0, max(tail, float(np.max(impostor))))
+    tail_share = 0.05
+    u = float(np.quantile(impostor, 1 - tail_share))
+    excess = impostor[impostor > u] - u
+    b = float(excess.mean()) if len(excess) else 0.0
+    tail = u + b * np.log(tail_share / per_pair) if per_pair < tail_share else u
+    threshold = min(1.0, max(float(tail), float(np.max(impostor))))
     return {
         "threshold": threshold,
         "target_far": target_far,
         "registered": registered,
         "per_pair_false_match": per_pair,
-        "impostor_mean": mu,
-        "impostor_std": sigma,
+        "impostor_p95": u,
+        "impostor_mean_excess": b,
+        "impostor_mean": float(np.mean(impostor)),
         "impostor_max": float(np.max(impostor)),
         "genuine_mean": float(np.mean(genuine)),
         "genuine_below_threshold": float(np.mean(genuine < threshold)),
