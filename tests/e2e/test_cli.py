@@ -41,6 +41,7 @@ def test_every_command_has_help(tmp_path: Path) -> None:
         ["promote"],
         ["rollback"],
         ["models"],
+        ["register-sheets"],
     ):
         result = run(tmp_path, *command, "--help")
         assert result.returncode == 0, result.stderr
