@@ -59,18 +59,7 @@ def retrain(
         registration.score,
         registration.reason,
     )
-    return {
-        "kind": kind,
-        "version": registration.version,
-        "run_id": registration.run_id,
-        "score": registration.score,
-        "champion_before": registration.champion_before,
-        "champion_score": registration.champion_score,
-        "promoted": registration.promoted,
-        "reason": registration.reason,
-        "training_seconds": round(result.seconds, 1),
-        "holdout": evaluation.report,
-    }
+    return _summary(registration, result.seconds, evaluation.report)
 
 
 def _retrain_identity(
@@ -96,8 +85,13 @@ def _retrain_identity(
         registration.score,
         registration.reason,
     )
+    return _summary(registration, trained.seconds, report)
+
+
+def _summary(registration: registry.Registration, seconds: float, holdout: dict) -> dict:
+    """What a retrain run returns (and `steelsight train --json` prints)."""
     return {
-        "kind": kind,
+        "kind": registration.kind,
         "version": registration.version,
         "run_id": registration.run_id,
         "score": registration.score,
@@ -105,6 +99,6 @@ def _retrain_identity(
         "champion_score": registration.champion_score,
         "promoted": registration.promoted,
         "reason": registration.reason,
-        "training_seconds": round(trained.seconds, 1),
-        "holdout": report,
+        "training_seconds": round(seconds, 1),
+        "holdout": holdout,
     }

@@ -355,6 +355,29 @@ def record_decision(
     )
 
 
+def register_challenger(
+    settings: Settings,
+    kind: str,
+    model,
+    params: dict,
+    history: list[dict],
+    holdout: dict,
+    plots: Path | None,
+    holdout_digest: str,
+    champion: tuple[int | None, float | None],
+) -> Registration:
+    """Log and register a newly trained model, then let its holdout score decide."""
+    client = connect(settings)
+    tags = {"steelsight.kind": kind, "steelsight.holdout_digest": holdout_digest}
+    version, run_id = log_model(
+        client, settings, kind, model, params, history, holdout, plots, tags
+    )
+    score = float(holdout[SCORES[kind]])
+    return record_decision(
+        client, kind, version, run_id, score, champion[0], champion[1], holdout_digest
+    )
+
+
 def model_uri(kind: str, ref: str | int) -> str:
     """``champion`` (or another alias) or a version number → a models:/ URI."""
     ref = str(ref)

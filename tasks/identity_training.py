@@ -176,7 +176,6 @@ def register(
     champion: tuple[int | None, float | None],
 ) -> registry.Registration:
     kind = prepared.kind
-    client = registry.connect(settings)
     params = {
         **trained.recipe.to_params(),
         "size": size,
@@ -187,13 +186,16 @@ def register(
     }
     if kind == "imprint":
         params["threshold"] = round(trained.model.threshold, 6)
-    score = float(report[registry.SCORES[kind]])
-    tags = {"steelsight.kind": kind, "steelsight.holdout_digest": prepared.holdout_digest}
-    version, run_id = registry.log_model(
-        client, settings, kind, trained.model, params, trained.history, report, None, tags
-    )
-    return registry.record_decision(
-        client, kind, version, run_id, score, champion[0], champion[1], prepared.holdout_digest
+    return registry.register_challenger(
+        settings,
+        kind,
+        trained.model,
+        params,
+        trained.history,
+        report,
+        None,
+        prepared.holdout_digest,
+        champion,
     )
 
 

@@ -158,7 +158,6 @@ def register(
     champion: tuple[int | None, float | None],
 ) -> registry.Registration:
     kind = prepared.kind
-    client = registry.connect(settings)
     recipe = result.recipe
     params = {
         **recipe.to_params(),
@@ -173,10 +172,7 @@ def register(
     if kind == "segmentation":
         params["thresholds"] = str(result.segmenter.thresholds.to_dict())
     model = result.segmenter if kind == "segmentation" else result.classifier
-    score = float(evaluation.report[registry.SCORES[kind]])
-    tags = {"steelsight.kind": kind, "steelsight.holdout_digest": prepared.holdout_digest}
-    version, run_id = registry.log_model(
-        client,
+    return registry.register_challenger(
         settings,
         kind,
         model,
@@ -184,10 +180,8 @@ def register(
         result.history,
         evaluation.report,
         evaluation.plots,
-        tags,
-    )
-    return registry.record_decision(
-        client, kind, version, run_id, score, champion[0], champion[1], prepared.holdout_digest
+        prepared.holdout_digest,
+        champion,
     )
 
 
