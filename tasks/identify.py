@@ -365,7 +365,7 @@ def load_models(settings, marking: str = "champion", imprint: str = "champion") 
         if str(ref).isdigit():
             return str(ref)
         try:
-            return client.get_model_version_by_alias(registry.model_name(kind), ref).version
+            return str(client.get_model_version_by_alias(registry.model_name(kind), ref).version)
         except Exception:
             raise registry.RegistryError(
                 f"{registry.model_name(kind)} has no {ref!r} version: train one with "
