@@ -217,13 +217,17 @@ def register_station(
     return Registered(archive_id, found.pictures, len(references), len(errors), seconds)
 
 
-def reference_index(warehouse: Warehouse, imprint_version: str) -> ReferenceIndex:
-    """Every registered sheet embedded by this imprint version, ready to search."""
-    table = warehouse.query(
-        "SELECT sheet_id, embedding FROM sheet_references WHERE model_version = ? "
-        "ORDER BY archive_id, sheet_id",
-        [imprint_version],
-    )
+def reference_index(
+    warehouse: Warehouse, imprint_version: str, archive_id: str | None = None
+) -> ReferenceIndex:
+    """Every registered sheet embedded by this imprint version (of one station archive
+    when ``archive_id`` is given), ready to search."""
+    query = "SELECT sheet_id, embedding FROM sheet_references WHERE model_version = ?"
+    params: list = [imprint_version]
+    if archive_id is not None:
+        query += " AND archive_id = ?"
+        params.append(archive_id)
+    table = warehouse.query(query + " ORDER BY archive_id, sheet_id", params)
     if not table.num_rows:
         return ReferenceIndex([], np.zeros((0, 1), np.float32))
     flat = pa.compute.list_flatten(table["embedding"]).to_numpy()
@@ -245,7 +249,9 @@ def evaluate_identity(
     a marking cut by the frame edge is shorter), as the inspect flow does.
     """
     registered = register_station(pair.station, models, warehouse, leave_out)
-    index = reference_index(warehouse, models.imprint_version)
+    # the registry of this pair's station only, so the figures do not depend on what
+    # else the warehouse holds
+    index = reference_index(warehouse, models.imprint_version, registered.archive_id)
     station_ids = {r["sheet_id"] for r in csv_rows(pair.station / "sheets.csv")}
     in_registry = {s for s in station_ids if unit_hash(s) >= leave_out}
 
