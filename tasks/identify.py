@@ -22,7 +22,7 @@ import pyarrow as pa
 
 from models.data import unit_hash
 from models.identity.crops import marking_crop
-from models.identity.matching import Matches, ReferenceIndex, identification_report
+from models.identity.matching import UNKNOWN, Matches, ReferenceIndex, identification_report
 from tasks.core.metrics import detection_report, match_detections
 from tasks.identity import ArchivePair, csv_rows, marking_boxes, station_pictures
 from tasks.labels import archive_id_for
@@ -107,6 +107,7 @@ class Registered:
     references: int
     errors: int
     seconds: float
+    sheet_ids: frozenset[str]  # the sheets offered for registration (after leave_out)
 
 
 def station_markings(
@@ -214,7 +215,8 @@ def register_station(
         len(errors),
         seconds,
     )
-    return Registered(archive_id, found.pictures, len(references), len(errors), seconds)
+    offered = frozenset(rows[f]["sheet_id"] for f in found.per_frame)
+    return Registered(archive_id, found.pictures, len(references), len(errors), seconds, offered)
 
 
 def reference_index(
@@ -252,14 +254,15 @@ def evaluate_identity(
     # the registry of this pair's station only, so the figures do not depend on what
     # else the warehouse holds
     index = reference_index(warehouse, models.imprint_version, registered.archive_id)
-    station_ids = {r["sheet_id"] for r in csv_rows(pair.station / "sheets.csv")}
-    in_registry = {s for s in station_ids if unit_hash(s) >= leave_out}
+    if not len(index):
+        raise ValueError(f"no sheet of {pair.station} could be registered: no marking found")
+    threshold = models.imprint.threshold
 
     truth = marking_boxes(pair.inspection)
     started = time.perf_counter()
     found = find_markings(_counted(read_frames(pair.inspection), progress), models)
     embeddings = _embed(found, models)
-    matches = index.match(embeddings, models.imprint.threshold) if len(index) else None
+    matches = index.match(embeddings, threshold)
     seconds = time.perf_counter() - started
 
     # which ground-truth marking each detection is (IoU >= 0.5), per frame
@@ -274,43 +277,25 @@ def evaluate_identity(
         [np.array([m["box"] for m in truth.get(f, [])]).reshape(-1, 4) for f in frame_ids],
     )
 
-    # per sheet: the tallest detected marking of each sheet the camera saw
+    # per sheet: the tallest detected marking of each sheet the camera saw; a sheet whose
+    # marking was never detected is a query answered unknown
     best: dict[str, int] = {}
     for i, sheet in enumerate(truth_of):
-        if sheet is not None:
-            height = found.boxes[i][3] - found.boxes[i][1]
-            if (
-                sheet not in best
-                or height > found.boxes[best[sheet]][3] - found.boxes[best[sheet]][1]
-            ):
-                best[sheet] = i
+        if sheet is not None and (
+            sheet not in best or _height(found.boxes[i]) > _height(found.boxes[best[sheet]])
+        ):
+            best[sheet] = i
     seen_sheets = sorted({m["sheet_id"] for ms in truth.values() for m in ms})
-    if matches is None:
-        raise ValueError(f"no sheet of {pair.station} could be registered: no marking found")
-    chosen = [best[s] for s in seen_sheets if s in best]
-    sheet_matches = _subset(matches, chosen)
     per_sheet = identification_report(
-        [truth_of[i] for i in chosen], in_registry, sheet_matches, models.imprint.threshold
+        seen_sheets, registered.sheet_ids, _per_sheet(matches, best, seen_sheets), threshold
     )
-    # sheets whose marking was never detected count as unidentified
-    missed = [s for s in seen_sheets if s not in best]
-    mated_missed = sum(s in in_registry for s in missed)
-    mated = per_sheet["mated_queries"] + mated_missed
-    per_sheet.update(
-        {
-            "sheets": len(seen_sheets),
-            "marking_not_detected": len(missed),
-            "identified": (per_sheet["identified"] * per_sheet["mated_queries"]) / max(mated, 1),
-            "frr": (per_sheet["frr"] * per_sheet["mated_queries"] + mated_missed) / max(mated, 1),
-            "rank1": (per_sheet["rank1"] * per_sheet["mated_queries"]) / max(mated, 1),
-            "mated_queries": mated,
-        }
-    )
+    per_sheet["sheets"] = len(seen_sheets)
+    per_sheet["marking_not_detected"] = sum(s not in best for s in seen_sheets)
     per_detection = identification_report(
         [t if t is not None else "<no marking>" for t in truth_of],
-        in_registry,
+        registered.sheet_ids,
         matches,
-        models.imprint.threshold,
+        threshold,
     )
     return {
         "data": {"station": str(pair.station), "inspection": str(pair.inspection)},
@@ -333,11 +318,17 @@ def evaluate_identity(
     }
 
 
-def _subset(matches, index: list[int]):
+def _height(box: np.ndarray) -> float:
+    return float(box[3] - box[1])
+
+
+def _per_sheet(matches: Matches, best: dict[str, int], sheets: list[str]) -> Matches:
+    """One answer per sheet: its chosen detection's, or unknown when it had none."""
+    picked = [best.get(s) for s in sheets]
     return Matches(
-        [matches.sheet_ids[i] for i in index],
-        [matches.nearest[i] for i in index],
-        matches.similarity[np.asarray(index, dtype=np.int64)],
+        [UNKNOWN if i is None else matches.sheet_ids[i] for i in picked],
+        [UNKNOWN if i is None else matches.nearest[i] for i in picked],
+        np.array([-np.inf if i is None else matches.similarity[i] for i in picked], np.float32),
     )
 
 

@@ -28,6 +28,7 @@ from tasks.identity import (
     load_observations,
     write_yolo_dataset,
 )
+from tasks.training import score_champion
 
 log = logging.getLogger(__name__)
 OPEN_SET_SHARE = 0.2  # of holdout sheets kept out of the gallery, to score unknowns
@@ -155,16 +156,7 @@ def evaluate(kind: str, model, holdout) -> dict:
 
 
 def champion_score(settings: Settings, kind: str, holdout) -> tuple[int | None, float | None]:
-    client = registry.connect(settings)
-    version = registry.champion_version(client, kind)
-    if version is None:
-        return None, None
-    model = registry.load_model(settings, kind, version)
-    try:
-        return version, float(evaluate(kind, model, holdout)[registry.SCORES[kind]])
-    except ValueError as error:
-        log.warning("champion version %d cannot be scored on this holdout (%s)", version, error)
-        return version, float("inf")
+    return score_champion(settings, kind, lambda model: evaluate(kind, model, holdout))
 
 
 def register(

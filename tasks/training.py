@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -130,16 +131,20 @@ def _overlay_sample(presence: np.ndarray, n: int = 6) -> np.ndarray:
     return np.array(sorted(chosen + rest[: n - len(chosen)]), dtype=np.int64)
 
 
-def champion_score(settings: Settings, kind: str, holdout) -> tuple[int | None, float | None]:
-    """The current champion's version and its score on this same holdout."""
+def score_champion(
+    settings: Settings, kind: str, report_of: Callable[[object], dict]
+) -> tuple[int | None, float | None]:
+    """The current champion's version and its score in ``report_of(champion)``, a report
+    on the challenger's holdout. A champion that cannot be scored there (other classes,
+    frame size) scores infinity: it stays champion."""
     client = registry.connect(settings)
     version = registry.champion_version(client, kind)
     if version is None:
         return None, None
     model = registry.load_model(settings, kind, version)
     try:
-        report = evaluate(kind, model, holdout).report
-    except ValueError as error:  # other classes or frame size: not comparable
+        report = report_of(model)
+    except ValueError as error:
         log.warning(
             "champion version %d cannot be scored on this holdout (%s); it stays champion",
             version,
@@ -147,6 +152,11 @@ def champion_score(settings: Settings, kind: str, holdout) -> tuple[int | None, 
         )
         return version, float("inf")
     return version, float(report[registry.SCORES[kind]])
+
+
+def champion_score(settings: Settings, kind: str, holdout) -> tuple[int | None, float | None]:
+    """The current champion's version and its score on this same holdout."""
+    return score_champion(settings, kind, lambda model: evaluate(kind, model, holdout).report)
 
 
 def register(

@@ -92,12 +92,13 @@ class ImprintModel:
                 f"imprint crops must be (N, {self.crop_size[0]}, {self.crop_size[1]}) uint8, "
                 f"got {crops.shape}: cut them with models.identity.crops.marking_crop"
             )
+        from keras import ops
+
         dim = int(self.config_["dim"])
         out = np.zeros((len(crops), dim), np.float32)
         for start in range(0, len(crops), batch):
             x = standardise(crops[start : start + batch])
-            y = self.network(x, training=False)
-            out[start : start + batch] = np.asarray(_to_numpy(y), dtype=np.float32)
+            out[start : start + batch] = ops.convert_to_numpy(self.network(x, training=False))
         return out
 
     def config(self) -> dict:
@@ -121,12 +122,6 @@ class ImprintModel:
             raise ValueError(f"{folder}: format {config.get('format')!r}, expected {FORMAT!r}")
         network = keras.saving.load_model(folder / KERAS_FILE, compile=False)
         return ImprintModel(network, config, folder)
-
-
-def _to_numpy(y):
-    if hasattr(y, "detach"):  # torch tensor
-        return y.detach().cpu().numpy()
-    return np.asarray(y)
 
 
 def default_config(dim: int, crop_size=CROP_SIZE, margin=MARGIN) -> dict:

@@ -42,11 +42,7 @@ class ReferenceIndex:
         if len(sheet_ids) != len(embeddings):
             raise ValueError(f"{len(sheet_ids)} sheet ids for {len(embeddings)} embeddings")
         self.sheet_ids = list(sheet_ids)
-        self.embeddings = (
-            np.ascontiguousarray(normalise(embeddings))
-            if len(sheet_ids)
-            else (np.zeros((0, embeddings.shape[1] if embeddings.ndim == 2 else 0), np.float32))
-        )
+        self.embeddings = np.ascontiguousarray(normalise(embeddings))
 
     def __len__(self) -> int:
         return len(self.sheet_ids)
