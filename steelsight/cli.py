@@ -95,6 +95,50 @@ def import_labels(
 
 
 @app.command()
+def ingest(
+    paths: Annotated[
+        list[Path] | None,
+        typer.Argument(help="Archives to take in where they are (besides the landing folder)."),
+    ] = None,
+    landing: Annotated[
+        bool, typer.Option(help="Also take in what waits in the landing folder.")
+    ] = True,
+) -> None:
+    """Take in recorded archives (video or frame folders with manifest.json, Severstal or
+    NEU-DET datasets) from the landing folder under STEELSIGHT_HOME and from PATHS.
+
+    Each is validated and registered in the archives table with its content hash. A bad
+    one from the landing folder moves to quarantine, its reason in ingest_errors; one
+    named by path stays where it is. A duplicate is recognised and not taken in twice.
+    Exits with 1 when an archive was rejected.
+    """
+    from flows.ingest import ingest as run_ingest
+
+    settings = get_settings()
+    try:
+        results = run_ingest(paths=[str(p) for p in paths or []], landing=landing)
+    except FileNotFoundError as error:
+        console.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(2) from None
+    table = Table(title=f"Ingest (landing: {settings.landing_dir})")
+    for column in ("archive", "kind", "status", "frames"):
+        table.add_column(column, overflow="fold")
+    for r in results:
+        colour = {"quarantined": "red", "failed": "red", "partial": "yellow"}.get(r["status"])
+        status = f"[{colour}]{r['status']}[/{colour}]" if colour else r["status"]
+        table.add_row(Path(r["source"]).name, r["kind"], status, str(r["n_frames"]))
+    console.print(table)
+    for r in results:
+        if r["reason"]:
+            console.print(
+                f"{Path(r['source']).name} ({r['status']}, now at {r['path']}): {r['reason']}",
+                highlight=False,
+            )
+    if any(r["status"] in ("failed", "quarantined") for r in results):
+        raise typer.Exit(1)
+
+
+@app.command()
 def sql(query: Annotated[str, typer.Argument(help="A SQL query over the warehouse's views.")]):
     """Run a SQL query over the warehouse and print the rows."""
     print_table(_warehouse().query(query))

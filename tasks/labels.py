@@ -163,8 +163,16 @@ def _rows(records: Iterable[dict], **common: object) -> list[dict]:
     return [{**common, **r} for r in records]
 
 
-def import_label_source(path: Path, warehouse: Warehouse) -> ImportSummary:
-    """Import one labelled dataset folder as one archive; returns what was taken in."""
+def import_label_source(
+    path: Path,
+    warehouse: Warehouse,
+    content_sha256: str | None = None,
+    extra: dict | None = None,
+) -> ImportSummary:
+    """Import one labelled dataset folder as one archive; returns what was taken in.
+    ``content_sha256``: the archive's hash when the caller has it (ingest hashes every
+    file); by default a hash over the images and label files. ``extra``: more columns of
+    the archives row (received_from)."""
     path = Path(path).resolve()
     if not path.is_dir():
         raise SourceError(f"{path} is not a folder")
@@ -204,7 +212,10 @@ def import_label_source(path: Path, warehouse: Warehouse) -> ImportSummary:
         if i.info
     ]
     hashed += [(f"images/{i.image_id}", i.sha256) for i in images]
-    content = hashlib.sha256("\n".join(f"{n} {h}" for n, h in sorted(hashed)).encode()).hexdigest()
+    content = (
+        content_sha256
+        or hashlib.sha256("\n".join(f"{n} {h}" for n, h in sorted(hashed)).encode()).hexdigest()
+    )
 
     taken = len(image_rows) + len(labels)
     status = "failed" if not taken else ("partial" if errors else "ok")
@@ -219,6 +230,7 @@ def import_label_source(path: Path, warehouse: Warehouse) -> ImportSummary:
         "n_errors": len(errors),
         "imported_at": datetime.now(UTC),
         "steelsight_version": version("steelsight"),
+        **(extra or {}),
     }
     warehouse.import_archive(
         archive,

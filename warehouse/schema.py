@@ -14,7 +14,7 @@ from types import MappingProxyType
 import pyarrow as pa
 
 # Bump when a table's columns change: the catalogue's views are rebuilt then.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 def col(name: str, dtype: pa.DataType, doc: str, nullable: bool = False) -> pa.Field:
@@ -68,19 +68,35 @@ ARCHIVES = TableSpec(
             col(
                 "kind",
                 pa.string(),
-                "severstal or neu-det (datasets); video or frames (recordings); "
-                "marking-station (sheet references).",
+                "severstal or neu-det (datasets); video or frames (inspection "
+                "recordings); marking-station (sheet references); unknown (quarantined "
+                "before its kind was known).",
             ),
             col("path", pa.string(), "Absolute path the archive was read from."),
             col("content_sha256", pa.string(), "Hash over the archive's files and their hashes."),
             col(
-                "status", pa.string(), "ok, partial (some rows rejected) or failed (nothing taken)."
+                "status",
+                pa.string(),
+                "ok, partial (some rows rejected), failed (nothing taken) or quarantined "
+                "(moved to the quarantine folder; the reason is in ingest_errors).",
             ),
             col("n_images", pa.int32(), "Images or frames taken in."),
             col("n_labels", pa.int32(), "Labels taken in."),
             col("n_errors", pa.int32(), "Rows in ingest_errors for this import."),
             col("imported_at", TIMESTAMP, "When this import was committed (UTC)."),
             col("steelsight_version", pa.string(), "Version of steelsight that wrote it."),
+            col(
+                "received_from",
+                pa.string(),
+                "Where ingest found it (a landing folder path) when it was moved from there.",
+                nullable=True,
+            ),
+            col(
+                "inspected_with",
+                pa.string(),
+                "Model versions of the committed inspection (JSON); null: not inspected.",
+                nullable=True,
+            ),
         ]
     ),
     key=("archive_id",),
@@ -137,11 +153,44 @@ LABELS = TableSpec(
     },
 )
 
+FRAMES = TableSpec(
+    name="frames",
+    description=(
+        "One row per inspected frame of a recording: where it lies along the line, which "
+        "sheet it shows, and what the models found on it."
+    ),
+    schema=pa.schema(
+        [
+            ARCHIVE_ID,
+            IMPORT_ID,
+            col("frame_id", pa.string(), "The frame, as the recording's frame index names it."),
+            col("frame_number", pa.int64(), "Frame number in the recording (gaps: dropped)."),
+            col("captured_at", TIMESTAMP, "When the camera took it (UTC).", nullable=True),
+            col("first_line", pa.int64(), "Recording scan line of the frame's first row."),
+            col(
+                "sheet_index",
+                pa.int32(),
+                "The sheet covering most of the frame; null: only the roller table.",
+                nullable=True,
+            ),
+            col("steel_rows", pa.int32(), "Rows of the frame that show steel."),
+            col("n_markings", pa.int32(), "Markings the detector found on the frame."),
+            col("n_defects", pa.int32(), "Defects found on the frame."),
+            col("defect_pixels", pa.int64(), "Pixels of the frame inside a defect."),
+            col("gate", pa.list_(pa.float32()), "Gate probability per defect class, in order."),
+            col("model_versions", pa.string(), "Models that produced the row (JSON)."),
+        ]
+    ),
+    key=("archive_id", "frame_id"),
+    references={("archive_id",): ("archives", ("archive_id",))},
+)
+
 DEFECTS = TableSpec(
     name="defects",
     description=(
         "Model predictions: one row per defect found on a frame (connected region of "
-        "one class), with its mask, size, position on the sheet and score."
+        "one class), with its mask, size, position on the sheet and score. A defect "
+        "crossing a frame boundary is one row per frame."
     ),
     schema=pa.schema(
         [
@@ -149,29 +198,39 @@ DEFECTS = TableSpec(
             IMPORT_ID,
             col("frame_id", pa.string(), "The frame (or image) the defect was found on."),
             col("defect_index", pa.int32(), "Position of the defect within its frame."),
-            col("sheet_id", pa.string(), "The sheet it lies on, when known.", nullable=True),
+            col(
+                "sheet_index",
+                pa.int32(),
+                "The sheet it lies on (sheets.sheet_index); null: not on a sheet.",
+                nullable=True,
+            ),
+            col("sheet_id", pa.string(), "The sheet's identified ID, when known.", nullable=True),
             col("class_id", pa.int16(), "Predicted class number."),
             col("class_name", pa.string(), "Predicted class name."),
-            col("rle", pa.string(), "Severstal RLE of the defect's mask."),
+            col("rle", pa.string(), "Severstal RLE of the defect's mask in its frame."),
             col("area", pa.int64(), "Defect pixels."),
+            col("area_mm2", pa.float64(), "Defect area in square millimetres."),
             *_bbox(),
             col("x_mm", pa.float64(), "Position along the sheet, mm from its head.", nullable=True),
             col(
                 "y_mm", pa.float64(), "Position across the sheet, mm from its edge.", nullable=True
             ),
-            col("score", pa.float32(), "Model confidence in [0, 1]."),
+            col("score", pa.float32(), "Mean pixel probability inside the defect, in [0, 1]."),
             col("model_version", pa.string(), "Registered model version that predicted it."),
         ]
     ),
     key=("archive_id", "frame_id", "defect_index"),
-    references={("archive_id",): ("archives", ("archive_id",))},
+    references={
+        ("archive_id", "frame_id"): ("frames", ("archive_id", "frame_id")),
+    },
 )
 
 SHEETS = TableSpec(
     name="sheets",
     description=(
-        "One row per sheet seen in a recording: who it is (from its marking imprint), "
-        "where it was seen, and a summary of its defects with a grade."
+        "One row per sheet seen in a recording, found from the frames themselves: who it "
+        "is (from its marking imprint), where it was seen, and a summary of its defects "
+        "with a grade."
     ),
     schema=pa.schema(
         [
@@ -179,11 +238,37 @@ SHEETS = TableSpec(
             IMPORT_ID,
             col("sheet_index", pa.int32(), "Order of the sheet within the recording."),
             col("sheet_id", pa.string(), "Identified sheet ID, or 'unknown'."),
-            col("similarity", pa.float32(), "Imprint similarity of the match.", nullable=True),
-            col("first_frame", pa.int64(), "First frame showing the sheet."),
-            col("last_frame", pa.int64(), "Last frame showing the sheet."),
+            col(
+                "similarity",
+                pa.float32(),
+                "Imprint similarity to the nearest registered sheet; null: no marking found.",
+                nullable=True,
+            ),
+            col(
+                "nearest_sheet_id",
+                pa.string(),
+                "Nearest registered sheet, also when below the threshold.",
+                nullable=True,
+            ),
+            col("first_frame", pa.int64(), "First frame number showing the sheet."),
+            col("last_frame", pa.int64(), "Last frame number showing the sheet."),
+            col("first_line", pa.int64(), "Recording scan line of the sheet's head."),
+            col("last_line", pa.int64(), "Recording scan line of the sheet's tail."),
+            col("complete", pa.bool_(), "Head and tail both inside the recording."),
             col("length_mm", pa.float64(), "Measured length.", nullable=True),
+            col("width_mm", pa.float64(), "Measured width.", nullable=True),
+            col("n_markings", pa.int32(), "Marking detections on the sheet."),
             col("n_defects", pa.int32(), "Defects found on the sheet."),
+            col(
+                "defect_counts",
+                pa.map_(pa.string(), pa.int32()),
+                "Defects per class name (classes without defects are absent).",
+            ),
+            col(
+                "defect_areas_mm2",
+                pa.map_(pa.string(), pa.float64()),
+                "Defect area per class name, mm².",
+            ),
             col("defect_area_ratio", pa.float64(), "Defect pixels / sheet pixels."),
             col("grade", pa.string(), "Grade from the configured rules."),
             col("model_versions", pa.string(), "Models that produced the row (JSON)."),
@@ -248,7 +333,16 @@ INGEST_ERRORS = TableSpec(
 TABLES: MappingProxyType[str, TableSpec] = MappingProxyType(
     {
         t.name: t
-        for t in (ARCHIVES, IMAGES, LABELS, DEFECTS, SHEETS, SHEET_REFERENCES, INGEST_ERRORS)
+        for t in (
+            ARCHIVES,
+            IMAGES,
+            LABELS,
+            FRAMES,
+            DEFECTS,
+            SHEETS,
+            SHEET_REFERENCES,
+            INGEST_ERRORS,
+        )
     }
 )
 

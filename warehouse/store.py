@@ -72,7 +72,11 @@ def _write_atomic(table: pa.Table, path: Path) -> None:
 
 
 def conform(spec: TableSpec, rows: pa.Table) -> pa.Table:
-    """The rows in the table's column order and types; WarehouseError names what does not fit."""
+    """The rows in the table's column order and types; WarehouseError names what does not fit.
+    A nullable column the rows lack is filled with nulls; a required one is an error."""
+    for f in spec.schema:
+        if f.nullable and f.name not in rows.column_names:
+            rows = rows.append_column(f.name, pa.nulls(rows.num_rows, f.type))
     missing = [name for name in spec.schema.names if name not in rows.column_names]
     extra = [name for name in rows.column_names if name not in spec.schema.names]
     if missing or extra:

@@ -1,0 +1,63 @@
+"""Prefect flow: take in recorded archives from the landing folder (and named paths).
+
+One archive at a time, so that two copies of the same recording arriving together are
+recognised as duplicates; every archive is a task run, and a bad one never stops the rest.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+from prefect import flow, get_run_logger, task
+
+from steelsight.settings import get_settings
+from tasks.archives import Ingested, ingest_archive, is_within, landed_archives, unregistered
+from warehouse.store import Warehouse
+
+
+@task(name="ingest-archive", task_run_name="ingest {source}", retries=0)
+def ingest_archive_task(source: str, warehouse_dir: str, landed: bool) -> Ingested:
+    settings = get_settings()
+    return ingest_archive(
+        Path(source),
+        Warehouse(Path(warehouse_dir)),
+        settings.library_dir,
+        settings.quarantine_dir,
+        landed,
+    )
+
+
+@flow(name="ingest")
+def ingest(paths: list[str] | None = None, landing: bool = True) -> list[dict]:
+    """Ingest archives: those waiting in the landing folder (``landing``), library
+    folders an interrupted run moved but did not register, and ``paths`` (registered
+    where they are, unless they lie in the landing folder)."""
+    logger = get_run_logger()
+    settings = get_settings()
+    warehouse = Warehouse(settings.warehouse_dir).ensure()
+    settings.landing_dir.mkdir(parents=True, exist_ok=True)
+    sources: dict[Path, bool] = {}
+    for path in [Path(p).resolve() for p in paths or []]:
+        if not path.exists():
+            raise FileNotFoundError(f"{path} does not exist: nothing to ingest")
+        sources[path] = is_within(path, settings.landing_dir)
+    if landing:
+        sources.update({p.resolve(): True for p in landed_archives(settings.landing_dir)})
+    sources.update({p.resolve(): False for p in unregistered(settings.library_dir, warehouse)})
+    if not sources:
+        logger.info("nothing to ingest in %s", settings.landing_dir)
+    results = []
+    for source, landed in sources.items():
+        done = ingest_archive_task(str(source), str(warehouse.root), landed)
+        level = logger.warning if done.status in ("failed", "quarantined") else logger.info
+        level(
+            "%s: %s (%s, %d frames)%s",
+            done.source,
+            done.status,
+            done.kind,
+            done.n_frames,
+            f": {done.reason}" if done.reason else "",
+        )
+        results.append(asdict(done))
+    return results
