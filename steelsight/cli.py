@@ -139,6 +139,75 @@ def ingest(
 
 
 @app.command()
+def inspect(
+    archives: Annotated[
+        list[str] | None,
+        typer.Argument(help="Archive ids or paths to inspect (default: every one due)."),
+    ] = None,
+    dask_address: Annotated[
+        str | None,
+        typer.Option(
+            help="Scheduler of an existing Dask cluster (default: settings, else a "
+            "LocalCluster sized to this machine)."
+        ),
+    ] = None,
+    force: Annotated[
+        bool, typer.Option(help="Inspect again even when the champions already did.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summaries as JSON.")] = False,
+) -> None:
+    """Inspect every ingested recording not yet inspected by the champion models, on
+    Dask: track sheets, identify them, find defects; writes the frames, defects and
+    sheets tables (one import per archive: re-running replaces its rows)."""
+    import json
+
+    from rich.progress import MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    from flows.inspect import InspectError, progress_to
+    from flows.inspect import inspect as run_inspect
+
+    columns = (*Progress.get_default_columns()[:-1], MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=Console(stderr=True), disable=as_json) as progress:
+        bars: dict[str, object] = {}
+
+        def advance(archive_id: str, done: int, total: int) -> None:
+            if archive_id not in bars:
+                bars[archive_id] = progress.add_task(f"inspecting {archive_id}", total=total)
+            progress.update(bars[archive_id], completed=done)
+
+        try:
+            with progress_to(advance):
+                summaries = run_inspect(dask_address=dask_address, archives=archives, force=force)
+        except (InspectError, OSError) as error:
+            console.print(f"[red]error:[/red] {error}")
+            raise typer.Exit(1) from None
+    if as_json:
+        print(json.dumps(summaries))
+        return
+    if not summaries:
+        console.print("nothing to inspect: every ingested recording is inspected by the champions")
+        return
+    table = Table(title="Inspected")
+    columns = (
+        "archive_id",
+        "status",
+        "frames",
+        "sheets",
+        "identified",
+        "defects",
+        "errors",
+        "frames_per_s",
+    )
+    for column in columns:
+        table.add_column(column.replace("_", " "), overflow="fold")
+    for s in summaries:
+        table.add_row(*(str(s[c]) for c in columns))
+    console.print(table)
+    if any(s["status"] == "failed" for s in summaries):
+        raise typer.Exit(1)
+
+
+@app.command()
 def sql(query: Annotated[str, typer.Argument(help="A SQL query over the warehouse's views.")]):
     """Run a SQL query over the warehouse and print the rows."""
     print_table(_warehouse().query(query))

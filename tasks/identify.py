@@ -9,6 +9,7 @@ rows (station) or matches against those rows (inspection).
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import time
 from collections.abc import Iterable, Iterator
@@ -145,15 +146,19 @@ def register_station(
     warehouse: Warehouse,
     leave_out: float = 0.0,
     ground_truth: bool = False,
+    archive: dict | None = None,
 ) -> Registered:
     """Embed every station picture's marking and store it with its sheet ID in
     ``sheet_references`` (one import of the station archive: re-running replaces it).
-    A picture where no marking is found goes to ``ingest_errors`` with the reason."""
+    A picture where no marking is found goes to ``ingest_errors`` with the reason.
+    ``archive``: the station's archives row when ingest registered it (its id, hash and
+    origin are kept)."""
     started = time.perf_counter()
     station = Path(station).resolve()
     found, rows = station_markings(station, models, leave_out, ground_truth)
     embeddings = _embed(found, models)
-    archive_id, import_id = archive_id_for(station), new_import_id()
+    archive_id = archive["archive_id"] if archive else archive_id_for(station)
+    import_id = new_import_id()
     ids = {"archive_id": archive_id, "import_id": import_id}
     references = [
         {
@@ -194,7 +199,12 @@ def register_station(
             **ids,
             "kind": "marking-station",
             "path": str(station),
-            "content_sha256": _station_hash(station),
+            "content_sha256": archive["content_sha256"] if archive else _station_hash(station),
+            "received_from": archive.get("received_from") if archive else None,
+            "inspected_with": json.dumps(
+                {"marking": models.detector_version, "imprint": models.imprint_version},
+                sort_keys=True,
+            ),
             "status": status,
             "n_images": found.pictures,
             "n_labels": len(references),

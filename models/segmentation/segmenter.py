@@ -11,6 +11,7 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -19,8 +20,21 @@ from models.devices import autocast, resolve_device
 from models.preprocess import Preprocess
 from models.segmentation.network import UNetResNet, UNetSpec
 from tasks.core.postprocess import Thresholds, remove_small_components
+from tasks.core.rle import rle_encode
 
 FORMAT = "steelsight-segmenter/1"
+
+
+@dataclass(frozen=True)
+class Defect:
+    """One connected region of one class on one frame."""
+
+    frame: int  # index in the batch given to ``defects``
+    class_index: int  # position in the model's class list
+    rle: str  # Severstal RLE of the region's mask in its frame
+    area: int
+    bbox: tuple[int, int, int, int]  # x_min, y_min, x_max, y_max (inclusive)
+    score: float  # mean pixel probability inside the region
 
 
 @dataclass(frozen=True)
@@ -28,6 +42,7 @@ class Prediction:
     masks: np.ndarray  # (N, C, H, W) bool, after gate, thresholds and minimum areas
     gate: np.ndarray  # (N, C) float32 gate probabilities
     scores: np.ndarray  # (N, C) float32 mean pixel probability inside each kept mask (0 if none)
+    defects: list[Defect] | None = None  # with ``predict(..., regions=True)``
 
 
 class Segmenter:
@@ -74,8 +89,11 @@ class Segmenter:
         return np.concatenate(gates), np.concatenate(pixels)
 
     @torch.inference_mode()
-    def predict(self, images: np.ndarray, batch_size: int = 16) -> Prediction:
-        """Defect masks at the frames' full resolution, for (N, H, W) uint8 frames."""
+    def predict(
+        self, images: np.ndarray, batch_size: int = 16, regions: bool = False
+    ) -> Prediction:
+        """Defect masks at the frames' full resolution, for (N, H, W) uint8 frames;
+        ``regions`` also splits them into connected regions with their RLE and score."""
         if images.ndim != 3 or images.dtype != np.uint8:
             raise ValueError(
                 f"expected grey uint8 frames (N, H, W), got {images.dtype} {images.shape}"
@@ -84,6 +102,7 @@ class Segmenter:
         pixel_thresholds = torch.tensor(t.pixel, device=self.device).view(1, -1, 1, 1)
         gate_thresholds = torch.tensor(t.gate, device=self.device)
         masks, gates, scores = [], [], []
+        found: list[Defect] = []
         for start in range(0, len(images), batch_size):
             batch = images[start : start + batch_size]
             mask_logits, gate_logits = self._forward(batch)
@@ -101,7 +120,14 @@ class Segmenter:
             scores.append(((probs * kept).sum(dim=(2, 3)) / area).cpu().numpy())
             masks.append(binary_np)
             gates.append(gate.cpu().numpy())
-        return Prediction(np.concatenate(masks), np.concatenate(gates), np.concatenate(scores))
+            if regions:
+                found += _regions(binary_np, probs, start)
+        return Prediction(
+            np.concatenate(masks),
+            np.concatenate(gates),
+            np.concatenate(scores),
+            found if regions else None,
+        )
 
     def config(self) -> dict:
         return {
@@ -140,3 +166,27 @@ class Segmenter:
             tuple(config["frame_shape"]),
             device,
         )
+
+
+def _regions(binary: np.ndarray, probs: torch.Tensor, offset: int) -> list[Defect]:
+    """Connected regions (8-connectivity) of every (frame, class) mask of a batch."""
+    found = []
+    for i, j in zip(*np.nonzero(binary.any(axis=(2, 3))), strict=True):
+        n, labels, stats, _ = cv2.connectedComponentsWithStats(
+            binary[i, j].astype(np.uint8), connectivity=8
+        )
+        p = probs[i, j].cpu().numpy().ravel()
+        sums = np.bincount(labels.ravel(), weights=p, minlength=n)
+        for k in range(1, n):
+            x, y, w, h, area = (int(v) for v in stats[k])
+            found.append(
+                Defect(
+                    offset + int(i),
+                    int(j),
+                    rle_encode(labels == k),
+                    area,
+                    (x, y, x + w - 1, y + h - 1),
+                    float(sums[k] / area),
+                )
+            )
+    return found

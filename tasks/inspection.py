@@ -1,0 +1,500 @@
+"""Inspecting a recording: the work a Dask worker does on a range of frames, and how the
+flow turns every range's results into the frames, defects and sheets tables.
+
+Data flows one way:
+
+    Chunk (archive path, frame range, model versions)          sent to a worker
+      → decode → profiles, defect regions, marking boxes + embeddings   (ChunkResult)
+    all ChunkResults of an archive                             back in the flow
+      → track sheets → identify each sheet → place defects on sheets → grade
+      → frames / defects / sheets rows (Tables)
+
+Workers get paths and frame ranges, never pixels; each loads the models once and
+keeps them for the next chunk; frames are decoded a batch ahead of the models.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pyarrow as pa
+
+from tasks.core.tracking import EDGE_BLOCK, MIN_CONTRAST, TrackedSheet, frame_profile, track_sheets
+from warehouse.schema import TABLES
+
+log = logging.getLogger(__name__)
+
+MIN_SHEET_MM = 500.0  # a shorter run of steel is not a sheet
+MIN_GAP_MM = 50.0  # a shorter run of table inside a sheet does not split it
+
+
+@dataclass(frozen=True)
+class ModelRefs:
+    """Which registered models inspect: their store and versions (marking and imprint
+    are None when no identity model is registered)."""
+
+    tracking_uri: str
+    segmentation: str
+    marking: str | None = None
+    imprint: str | None = None
+
+    def versions(self) -> dict[str, str]:
+        named = {
+            "segmentation": self.segmentation,
+            "marking": self.marking,
+            "imprint": self.imprint,
+        }
+        return {k: v for k, v in named.items() if v is not None}
+
+    def key(self) -> str:
+        """What the archives table records as ``inspected_with``."""
+        return json.dumps(self.versions(), sort_keys=True)
+
+    @property
+    def identifies(self) -> bool:
+        return self.marking is not None and self.imprint is not None
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A range of one recording's frames, as a worker is sent it."""
+
+    archive: str
+    video: str | None  # the video file, or
+    frames_dir: str | None  # the folder of <frame_id>.jpg
+    start: int  # position of the first frame in the frame index (= in the video)
+    frame_ids: tuple[str, ...]
+    models: ModelRefs
+    batch: int = 16
+    device: str = "auto"
+
+
+@dataclass
+class ChunkResult:
+    start: int
+    n_frames: int
+    classes: list[str]
+    contrast: np.ndarray  # (n, B) float32: edge contrast per block of rows
+    edges: np.ndarray  # (n, B, 2) int16: sheet edge columns per block
+    gate: np.ndarray  # (n, C) float32
+    defects: list  # models.segmentation.segmenter.Defect, frame relative to the chunk
+    boxes: np.ndarray  # (m, 6) float32: frame (relative), x_min, y_min, x_max, y_max, score
+    embeddings: np.ndarray  # (m, D) float32
+    decode_s: float = 0.0
+    model_s: float = 0.0
+    worker: str = ""
+
+
+# -- on the worker ---------------------------------------------------------------------------
+_MODELS: dict[tuple, dict] = {}
+_LOCK = threading.Lock()
+
+
+def _worker_environment() -> None:
+    """What steelsight's own processes set (steelsight.runtime), for workers started
+    by `dask worker` on another machine: Keras on torch, ultralytics offline."""
+    for name, value in {
+        "KERAS_BACKEND": "torch",
+        "YOLO_OFFLINE": "1",
+        "YOLO_AUTOINSTALL": "0",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "DO_NOT_TRACK": "1",
+    }.items():
+        os.environ.setdefault(name, value)
+
+
+def worker_models(refs: ModelRefs, device: str) -> dict:
+    """The models of ``refs``, loaded once per worker process and kept for later chunks."""
+    key = (refs, device)
+    with _LOCK:
+        if key not in _MODELS:
+            _worker_environment()
+            from models import registry
+            from steelsight.settings import get_settings
+
+            settings = get_settings().model_copy(
+                update={"mlflow_tracking_uri": refs.tracking_uri, "device": device}
+            )
+            started = time.perf_counter()
+            loaded = {
+                "segmentation": registry.load_model(settings, "segmentation", refs.segmentation)
+            }
+            if refs.identifies:
+                loaded["marking"] = registry.load_model(settings, "marking", refs.marking)
+                loaded["imprint"] = registry.load_model(settings, "imprint", refs.imprint)
+            _MODELS.clear()  # one set of models per worker: a new champion replaces the old
+            _MODELS[key] = loaded
+            log.info("loaded models %s in %.1f s", refs.key(), time.perf_counter() - started)
+        return _MODELS[key]
+
+
+def decode_range(chunk: Chunk) -> Iterator[np.ndarray]:
+    """The chunk's grey frames in order; RecordingError names the frame that fails."""
+    from tasks.recordings import RecordingError
+
+    if chunk.video:
+        capture = cv2.VideoCapture(chunk.video)
+        try:
+            if chunk.start:
+                capture.set(cv2.CAP_PROP_POS_FRAMES, chunk.start)
+                if int(capture.get(cv2.CAP_PROP_POS_FRAMES)) != chunk.start:
+                    raise RecordingError(f"{chunk.video}: cannot seek to frame {chunk.start}")
+            for n, frame_id in enumerate(chunk.frame_ids):
+                ok, frame = capture.read()
+                if not ok:
+                    raise RecordingError(
+                        f"{chunk.video}: frame {chunk.start + n} ({frame_id}) cannot be decoded"
+                    )
+                yield frame[:, :, 0] if frame.ndim == 3 else frame
+        finally:
+            capture.release()
+        return
+    for frame_id in chunk.frame_ids:
+        path = Path(chunk.frames_dir) / f"{frame_id}.jpg"
+        frame = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+        if frame is None:
+            raise RecordingError(f"{path} cannot be read as an image")
+        yield frame
+
+
+def _batches_ahead(frames: Iterator[np.ndarray], size: int) -> Iterator[np.ndarray]:
+    """Stacked batches of frames, the next one decoded in a thread while the caller
+    works on the current one (OpenCV decodes without holding the GIL)."""
+
+    def take() -> np.ndarray | None:
+        batch = [f for _, f in zip(range(size), frames, strict=False)]
+        return np.stack(batch) if batch else None
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(take)
+        while (batch := pending.result()) is not None:
+            pending = pool.submit(take)
+            yield batch
+
+
+def inspect_chunk(chunk: Chunk) -> ChunkResult:
+    """Everything the models and the tracker need from a range of frames."""
+    from models.identity.crops import marking_crop
+
+    models = worker_models(chunk.models, chunk.device)
+    segmenter = models["segmentation"]
+    classes = [segmenter.classes[k] for k in sorted(segmenter.classes)]
+    contrast, edges, gates, defects, boxes, crops = [], [], [], [], [], []
+    decode_s = model_s = 0.0
+    done = 0
+    clock = time.perf_counter()
+    for batch in _batches_ahead(decode_range(chunk), chunk.batch):
+        now = time.perf_counter()
+        decode_s += now - clock
+        for frame in batch:
+            c, e = frame_profile(frame)
+            contrast.append(c)
+            edges.append(e)
+        prediction = segmenter.predict(batch, batch_size=chunk.batch, regions=True)
+        gates.append(prediction.gate)
+        defects += [_shift(d, done) for d in prediction.defects]
+        if "marking" in models:
+            imprint = models["imprint"]
+            for i, rows in enumerate(models["marking"].detect(list(batch), batch=chunk.batch)):
+                for row in rows:
+                    boxes.append([done + i, *row[:5]])
+                    crops.append(marking_crop(batch[i], row[:4], imprint.crop_size, imprint.margin))
+        done += len(batch)
+        clock = time.perf_counter()
+        model_s += clock - now
+    embeddings = models["imprint"].embed(np.stack(crops)) if crops else np.zeros((0, 0), np.float32)
+    model_s += time.perf_counter() - clock
+    n_classes = len(classes)
+    return ChunkResult(
+        start=chunk.start,
+        n_frames=done,
+        classes=classes,
+        contrast=np.stack(contrast) if contrast else np.zeros((0, 0), np.float32),
+        edges=np.stack(edges) if edges else np.zeros((0, 0, 2), np.int16),
+        gate=np.concatenate(gates) if gates else np.zeros((0, n_classes), np.float32),
+        defects=defects,
+        boxes=np.array(boxes, np.float32).reshape(-1, 6),
+        embeddings=embeddings,
+        decode_s=decode_s,
+        model_s=model_s,
+        worker=os.environ.get("DASK_WORKER_NAME", str(os.getpid())),
+    )
+
+
+def _shift(defect, offset: int):
+    from dataclasses import replace
+
+    return replace(defect, frame=defect.frame + offset)
+
+
+# -- in the flow ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Recording:
+    """What the flow knows of an ingested recording before inspecting it."""
+
+    archive_id: str
+    path: Path
+    frame_ids: list[str]
+    frame_numbers: list[int]
+    captured_at: list[datetime | None]
+    frame_step_lines: float
+    mm_per_px: float
+    frame_height: int
+    frame_width: int
+    video: str | None
+    frames_dir: str | None
+
+    def chunks(self, size: int, refs: ModelRefs, batch: int, device: str) -> list[Chunk]:
+        return [
+            Chunk(
+                str(self.path),
+                self.video,
+                self.frames_dir,
+                start,
+                tuple(self.frame_ids[start : start + size]),
+                refs,
+                batch,
+                device,
+            )
+            for start in range(0, len(self.frame_ids), size)
+        ]
+
+
+def recording(archive_id: str, path: Path) -> Recording:
+    """The recording's frame index and geometry, from its validated manifest."""
+    from tasks.archives import check_archive
+
+    checked = check_archive(path, decode=False)
+    if not checked.ok or checked.manifest is None:
+        raise ValueError(f"{path}: {'; '.join(p.reason for p in checked.fatal)}")
+    m = checked.manifest
+    return Recording(
+        archive_id,
+        path,
+        [r["frame_id"] for r in checked.frames],
+        [int(r["frame_number"]) for r in checked.frames],
+        [
+            datetime.fromisoformat(r["timestamp"]) if r.get("timestamp") else None
+            for r in checked.frames
+        ],
+        m.frame_step_lines,
+        m.mm_per_px,
+        m.frame_height,
+        m.frame_width,
+        str(path / m.files.video) if m.files.video else None,
+        str(path / m.files.frames) if m.files.frames else None,
+    )
+
+
+@dataclass
+class Identity:
+    sheet_id: str
+    nearest: str | None
+    similarity: float | None
+
+
+@dataclass
+class Inspected:
+    """The three tables of one inspection, plus what the flow reports about it."""
+
+    frames: pa.Table
+    defects: pa.Table
+    sheets: pa.Table
+    n_frames: int
+    decode_s: float
+    model_s: float
+    workers: set[str] = field(default_factory=set)
+
+
+def assemble(
+    rec: Recording,
+    results: list[ChunkResult],
+    refs: ModelRefs,
+    index,  # models.identity.matching.ReferenceIndex or None
+    threshold: float,
+    grades: list,
+    import_id: str,
+) -> Inspected:
+    """Track sheets, identify them, place defects on them and grade them."""
+    from steelsight.settings import grade as grade_of
+
+    results = sorted(results, key=lambda r: r.start)
+    classes = results[0].classes if results else []
+    inspected = [i for r in results for i in range(r.start, r.start + r.n_frames)]
+    first_lines = np.array([round(rec.frame_numbers[i] * rec.frame_step_lines) for i in inspected])
+    contrast = np.concatenate([r.contrast for r in results]) if results else np.zeros((0, 1))
+    edges = np.concatenate([r.edges for r in results]) if results else np.zeros((0, 1, 2))
+    sheets = track_sheets(
+        first_lines,
+        contrast,
+        edges,
+        min_length=round(MIN_SHEET_MM / rec.mm_per_px),
+        min_gap=round(MIN_GAP_MM / rec.mm_per_px),
+    )
+    line_of = dict(zip(inspected, first_lines.tolist(), strict=True))
+    ids = {"archive_id": rec.archive_id, "import_id": import_id}
+    versions = refs.key()
+
+    # markings → one identity per sheet: its detection nearest to a registered sheet
+    identities = {s.index: Identity("unknown", None, None) for s in sheets}
+    markings_on = dict.fromkeys(identities, 0)
+    marks_per_frame: dict[int, int] = {}
+    for r in results:
+        if not len(r.boxes):
+            continue
+        frames = r.start + r.boxes[:, 0].astype(int)
+        for f in frames:
+            marks_per_frame[int(f)] = marks_per_frame.get(int(f), 0) + 1
+        centres = np.array([line_of[int(f)] for f in frames]) + (r.boxes[:, 2] + r.boxes[:, 4]) / 2
+        if index is not None and len(index):
+            matches = index.match(r.embeddings, threshold)
+        for n, line in enumerate(centres):
+            sheet = _sheet_at(sheets, line)
+            if sheet is None:
+                continue
+            markings_on[sheet.index] += 1
+            if index is None or not len(index):
+                continue
+            best = identities[sheet.index]
+            similarity = float(matches.similarity[n])
+            if best.similarity is None or similarity > best.similarity:
+                identities[sheet.index] = Identity(
+                    matches.sheet_ids[n], matches.nearest[n], similarity
+                )
+
+    # defects, placed on their sheet
+    defect_rows = []
+    per_frame_defects: dict[int, list] = {}
+    for r in results:
+        for d in r.defects:
+            per_frame_defects.setdefault(r.start + d.frame, []).append(d)
+    area_px = rec.mm_per_px**2
+    for i, found in sorted(per_frame_defects.items()):
+        for n, d in enumerate(found):
+            x0, y0, x1, y1 = d.bbox
+            line = line_of[i] + (y0 + y1) / 2
+            sheet = _sheet_at(sheets, line)
+            defect_rows.append(
+                {
+                    **ids,
+                    "frame_id": rec.frame_ids[i],
+                    "defect_index": n,
+                    "sheet_index": sheet.index if sheet else None,
+                    "sheet_id": identities[sheet.index].sheet_id if sheet else None,
+                    "class_id": d.class_index + 1,
+                    "class_name": classes[d.class_index],
+                    "rle": d.rle,
+                    "area": d.area,
+                    "area_mm2": d.area * area_px,
+                    "x_min": x0,
+                    "y_min": y0,
+                    "x_max": x1,
+                    "y_max": y1,
+                    "x_mm": (line - sheet.first_line) * rec.mm_per_px if sheet else None,
+                    "y_mm": ((x0 + x1) / 2 - sheet.x_min) * rec.mm_per_px
+                    if sheet and sheet.x_min is not None
+                    else None,
+                    "score": d.score,
+                    "model_version": refs.segmentation,
+                }
+            )
+
+    frame_rows = []
+    gate = np.concatenate([r.gate for r in results]) if results else np.zeros((0, 0))
+    for k, i in enumerate(inspected):
+        found = per_frame_defects.get(i, [])
+        steel_rows = int((contrast[k] >= MIN_CONTRAST).sum()) * EDGE_BLOCK
+        frame_rows.append(
+            {
+                **ids,
+                "frame_id": rec.frame_ids[i],
+                "frame_number": rec.frame_numbers[i],
+                "captured_at": rec.captured_at[i],
+                "first_line": line_of[i],
+                "sheet_index": _main_sheet(sheets, line_of[i], rec.frame_height),
+                "steel_rows": min(steel_rows, rec.frame_height),
+                "n_markings": marks_per_frame.get(i, 0),
+                "n_defects": len(found),
+                "defect_pixels": sum(d.area for d in found),
+                "gate": gate[k].tolist(),
+                "model_versions": versions,
+            }
+        )
+
+    sheet_rows = []
+    for s in sheets:
+        on = [d for d in defect_rows if d["sheet_index"] == s.index]
+        counts: dict[str, int] = {}
+        areas: dict[str, float] = {}
+        for d in on:
+            counts[d["class_name"]] = counts.get(d["class_name"], 0) + 1
+            areas[d["class_name"]] = areas.get(d["class_name"], 0.0) + d["area_mm2"]
+        width_px = (s.x_max - s.x_min + 1) if s.x_min is not None else None
+        sheet_px = s.length_lines * (width_px or rec.frame_width)
+        ratio = sum(d["area"] for d in on) / sheet_px if sheet_px else 0.0
+        frames_of = [i for i in inspected if _overlaps(s, line_of[i], rec.frame_height)]
+        identity = identities[s.index]
+        sheet_rows.append(
+            {
+                **ids,
+                "sheet_index": s.index,
+                "sheet_id": identity.sheet_id,
+                "similarity": identity.similarity,
+                "nearest_sheet_id": identity.nearest,
+                "first_frame": rec.frame_numbers[frames_of[0]],
+                "last_frame": rec.frame_numbers[frames_of[-1]],
+                "first_line": s.first_line,
+                "last_line": s.last_line,
+                "complete": s.complete,
+                "length_mm": s.length_lines * rec.mm_per_px,
+                "width_mm": width_px * rec.mm_per_px if width_px else None,
+                "n_markings": markings_on[s.index],
+                "n_defects": len(on),
+                "defect_counts": list(counts.items()),
+                "defect_areas_mm2": list(areas.items()),
+                "defect_area_ratio": ratio,
+                "grade": grade_of(grades, ratio, counts),
+                "model_versions": versions,
+            }
+        )
+    return Inspected(
+        frames=pa.Table.from_pylist(frame_rows, TABLES["frames"].schema),
+        defects=pa.Table.from_pylist(defect_rows, TABLES["defects"].schema),
+        sheets=pa.Table.from_pylist(sheet_rows, TABLES["sheets"].schema),
+        n_frames=len(inspected),
+        decode_s=sum(r.decode_s for r in results),
+        model_s=sum(r.model_s for r in results),
+        workers={r.worker for r in results},
+    )
+
+
+def _sheet_at(sheets: list[TrackedSheet], line: float) -> TrackedSheet | None:
+    for s in sheets:
+        if s.first_line <= line <= s.last_line:
+            return s
+    return None
+
+
+def _overlaps(sheet: TrackedSheet, first_line: int, height: int) -> bool:
+    return first_line <= sheet.last_line and first_line + height - 1 >= sheet.first_line
+
+
+def _main_sheet(sheets: list[TrackedSheet], first_line: int, height: int) -> int | None:
+    """The sheet covering most rows of the frame starting at ``first_line``."""
+    best, most = None, 0
+    for s in sheets:
+        rows = min(s.last_line, first_line + height - 1) - max(s.first_line, first_line) + 1
+        if rows > most:
+            best, most = s.index, rows
+    return best
