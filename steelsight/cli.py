@@ -641,27 +641,21 @@ def models(kind: KindOption = "segmentation") -> None:
 @app.command()
 def demo(
     data: Annotated[
-        Path, typer.Option(help="A Severstal-format folder to import.")
+        Path | None,
+        typer.Option(help="A Severstal-format folder to ingest too (registered in place)."),
     ] = DEFAULT_SAMPLE,
+    sheets: Annotated[int, typer.Option(min=2, help="Sheets in the line recording.")] = 12,
+    dask_address: Annotated[
+        str | None, typer.Option(help="Existing Dask scheduler (default: a LocalCluster).")
+    ] = None,
 ) -> None:
-    """The demo on embedded defaults: import the real Severstal sample, print a summary."""
-    from tasks.labels import import_label_source
+    """The main job on embedded defaults: the twin records a line (and a damaged
+    recording), ingest takes them in from the landing folder, quick models are trained
+    when there is no champion, inspect runs on a local Dask cluster, and the per-sheet
+    table is printed from DuckDB. A second run reuses everything that exists."""
+    from steelsight.demo import run_demo
 
-    warehouse = _warehouse()
-    s = import_label_source(data, warehouse)
-    console.print(
-        f"imported {s.path}: {s.n_images} images, {s.n_labels} labels, "
-        f"{s.n_errors} errors ({s.status})"
-    )
-    print_table(
-        warehouse.query(
-            "SELECT class_id, class_name, n_labels, n_images, mean_area FROM label_summary "
-            "WHERE archive_id = ? ORDER BY class_id",
-            [s.archive_id],
-        ),
-        title="Defect labels per class",
-    )
-    console.print(f"warehouse: {warehouse.catalogue_path} (open it with duckdb or Python)")
+    run_demo(get_settings(), console, data, sheets, dask_address)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,189 @@
+"""``steelsight demo``: the main job end to end on embedded defaults.
+
+1. the twin records a training line (models learn from it) and, into the landing
+   folder, the line to inspect plus a recording whose video was cut short;
+2. the ingest flow takes the landing folder in (the cut recording goes to quarantine);
+3. every model without a champion is trained at the ``demo`` size and registered;
+4. the inspect flow runs on a local Dask cluster;
+5. the per-sheet table, the row counts and the comparison with the twin's ground
+   truth are printed.
+
+Each step is skipped when its result exists, so a second run only prints.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import MofNCompleteColumn, Progress, TimeRemainingColumn
+from rich.table import Table
+
+from steelsight.settings import Settings
+
+TRAIN_SHEETS = 40
+TRAIN_SEED, LINE_SEED, CUT_SEED = 1, 2, 3
+KINDS = ("segmentation", "marking", "imprint")
+
+
+def _progress(console: Console) -> Progress:
+    columns = (*Progress.get_default_columns()[:-1], MofNCompleteColumn(), TimeRemainingColumn())
+    return Progress(*columns, console=console)
+
+
+def _record(console: Console, what: str, sheets: int, seed: int, out: Path, **config):
+    from twin.config import TwinConfig
+    from twin.recorder import simulate
+
+    with _progress(console) as progress:
+        bar = progress.add_task(f"twin: {what}", total=None)
+        return simulate(
+            TwinConfig(**config),
+            sheets,
+            seed,
+            out,
+            lambda done, total: progress.update(bar, completed=done, total=total),
+        )
+
+
+def record_demo_line(settings: Settings, console: Console, sheets: int) -> Path:
+    """The twin's recordings, made once: training data, and what lands for ingest."""
+    twin = settings.home.resolve() / "twin"
+    train = twin / "train"
+    if not (train / f"line-1-inspection-s{TRAIN_SEED}").is_dir():
+        _record(console, "training line", TRAIN_SHEETS, TRAIN_SEED, train)
+    marker = twin / "landed.json"
+    if not marker.exists():
+        landing = settings.landing_dir
+        landing.mkdir(parents=True, exist_ok=True)
+        line = _record(console, "line to inspect", sheets, LINE_SEED, twin / "staging")
+        cut = _record(
+            console,
+            "recording cut short",
+            3,
+            CUT_SEED,
+            twin / "staging",
+            faults=("truncated-video",),
+        )
+        # as a recorder delivers: the station first, then the inspection recordings
+        for archive in (line.station, line.inspection, cut.inspection):
+            archive.rename(landing / archive.name)
+        shutil.rmtree(twin / "staging", ignore_errors=True)
+        marker.write_text(json.dumps({"landed": [line.inspection.name, cut.inspection.name]}))
+    return train
+
+
+def train_missing(settings: Settings, console: Console, train: Path) -> None:
+    from flows.retrain import retrain
+    from models import registry
+
+    client = registry.connect(settings)
+    for kind in KINDS:
+        if registry.champion_version(client, kind) is not None:
+            console.print(f"{kind}: champion version {registry.champion_version(client, kind)}")
+            continue
+        data = train / f"line-1-inspection-s{TRAIN_SEED}" if kind == "segmentation" else train
+        console.print(f"{kind}: no champion, training a quick model on {data.name} ...")
+        started = time.perf_counter()
+        result = retrain(kind=kind, data=str(data), size="demo")
+        console.print(
+            f"{kind}: version {result['version']} champion, holdout "
+            f"{registry.SCORES[kind]} {result['score']:.3f} ({time.perf_counter() - started:.0f} s)"
+        )
+
+
+def run_demo(
+    settings: Settings, console: Console, data: Path | None, sheets: int, dask_address: str | None
+) -> None:
+    from flows.ingest import ingest
+    from flows.inspect import inspect, progress_to
+    from tasks.inspection_report import against_twin
+    from warehouse.store import Warehouse
+
+    started = time.perf_counter()
+    train = record_demo_line(settings, console, sheets)
+    extra = [str(data.resolve())] if data is not None and data.is_dir() else []
+    ingested = ingest(paths=extra)
+    for r in ingested:
+        console.print(
+            f"ingest {Path(r['source']).name}: {r['status']}"
+            + (f" ({r['reason']})" if r["reason"] else ""),
+            highlight=False,
+        )
+    train_missing(settings, console, train)
+    with _progress(console) as progress:
+        bars: dict[str, int] = {}
+
+        def advance(archive_id: str, done: int, total: int) -> None:
+            if archive_id not in bars:
+                bars[archive_id] = progress.add_task(f"inspect {archive_id}", total=total)
+            progress.update(bars[archive_id], completed=done)
+
+        with progress_to(advance):
+            inspected = inspect(dask_address=dask_address)
+    for s in inspected:
+        console.print(
+            f"inspected {s['archive_id']}: {s['frames']} frames at {s['frames_per_s']} frames/s, "
+            f"{s['sheets']} sheets ({s['identified']} identified), {s['defects']} defects"
+        )
+
+    warehouse = Warehouse(settings.warehouse_dir).ensure()
+    line = warehouse.query(
+        "SELECT archive_id FROM archives WHERE path LIKE ? AND inspected_with IS NOT NULL",
+        [f"%line-1-inspection-s{LINE_SEED}"],
+    ).to_pylist()
+    if not line:
+        console.print("[red]the demo line was not inspected: see the messages above[/red]")
+        return
+    archive_id = line[0]["archive_id"]
+    rows = warehouse.query(
+        "SELECT sheet_index AS sheet, sheet_id, round(similarity, 3) AS similarity, complete, "
+        "round(length_mm)::INT AS length_mm, round(width_mm)::INT AS width_mm, n_defects, "
+        "map_entries(defect_counts) AS defects_per_class, "
+        "round(defect_area_ratio * 100, 3) AS defect_area_pct, grade "
+        "FROM sheets WHERE archive_id = ? ORDER BY sheet_index",
+        [archive_id],
+    )
+    _print_rows(console, rows, f"Sheets of {archive_id}")
+    counts = Table(title="Warehouse rows")
+    counts.add_column("table")
+    counts.add_column("rows", justify="right")
+    for name, n in warehouse.row_counts().items():
+        counts.add_row(name, f"{n:,d}")
+    console.print(counts)
+    report = against_twin(warehouse, archive_id)
+    s = report["sheets"]
+    console.print(
+        f"against the twin's ground truth: {s['tracked_sheets']} sheets tracked of "
+        f"{s['true_sheets']}; identified right {s['identified_right']}, wrong "
+        f"{s['identified_wrong']}, unknown {s['unknown']} (accuracy "
+        f"{s['identification_accuracy']:.3f})"
+    )
+    defects = Table(title="Defects against the twin's ground truth (regions per frame)")
+    for column in ("class", "true", "found", "recall", "predicted", "right", "precision"):
+        defects.add_column(column, justify="right")
+    for name, d in report["defects"].items():
+        defects.add_row(
+            name,
+            *(
+                "-" if d[c] is None else f"{d[c]:.3f}" if isinstance(d[c], float) else str(d[c])
+                for c in ("true", "found", "recall", "predicted", "right", "precision")
+            ),
+        )
+    console.print(defects)
+    console.print(
+        f"warehouse: {warehouse.catalogue_path} (duckdb {warehouse.catalogue_path} -c "
+        f"'select * from sheets'); demo took {time.perf_counter() - started:.0f} s"
+    )
+
+
+def _print_rows(console: Console, rows, title: str) -> None:
+    table = Table(title=title)
+    for name in rows.column_names:
+        table.add_column(name, overflow="fold")
+    for row in rows.to_pylist():
+        table.add_row(*("" if v is None else str(v) for v in row.values()))
+    console.print(table)
