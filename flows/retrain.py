@@ -34,7 +34,7 @@ def retrain(
     """kind: segmentation, classification, marking or imprint; data: a Severstal folder or
     twin archive (segmentation), a NEU-DET or class-folder dataset (classification), a
     marking-station + inspection archive pair or a folder of pairs (marking, imprint);
-    size: tiny, default or gpu; device: auto, cpu or cuda (default from settings)."""
+    size: tiny, demo, default or gpu; device: auto, cpu or cuda (default from settings)."""
     logger = get_run_logger()
     settings = get_settings()
     device = device or settings.device

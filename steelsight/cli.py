@@ -372,7 +372,11 @@ def train(
         ),
     ],
     size: Annotated[
-        str, typer.Option(help="tiny (seconds, tests), default (2 CPU cores, <= 20 min) or gpu.")
+        str,
+        typer.Option(
+            help="tiny (seconds, tests), demo (minutes: make demo), default (2 CPU cores, "
+            "<= 20 min) or gpu."
+        ),
     ] = "default",
     device: Annotated[
         str | None, typer.Option(help="auto, cpu or cuda (default: settings).")
@@ -390,8 +394,8 @@ def train(
     from flows.retrain import retrain
 
     _check_kind(kind)
-    if size not in ("tiny", "default", "gpu"):
-        console.print(f"[red]error:[/red] unknown size {size!r}: tiny, default or gpu")
+    if size not in ("tiny", "demo", "default", "gpu"):
+        console.print(f"[red]error:[/red] unknown size {size!r}: tiny, demo, default or gpu")
         raise typer.Exit(2)
     result = retrain(
         kind=kind,

@@ -39,6 +39,8 @@ class DetectorRecipe:
 SIZES = {
     # tests: a few minutes of CPU
     "tiny": DetectorRecipe("t", imgsz=256, epochs=3, batch=16, max_images=64),
+    # `make demo`: a few minutes of CPU
+    "demo": DetectorRecipe("t", imgsz=416, epochs=30, batch=16, max_images=160),
     # CPU, 2 cores: about a quarter of an hour
     "default": DetectorRecipe("t", imgsz=416, epochs=25, batch=16, max_images=600),
     # one GPU

@@ -154,6 +154,8 @@ class ImprintRecipe:
 
 IMPRINT_SIZES = {
     "tiny": ImprintRecipe(8, 64, 3, 8, 16, 2e-3, 16.0, 0.2, 0.5, 0.001, 1000),
+    # `make demo`: a couple of minutes on 2 CPU cores; threshold for a small registry
+    "demo": ImprintRecipe(12, 64, 8, 12, 32, 2e-3, 16.0, 0.2, 0.5, 0.01, 100),
     "default": ImprintRecipe(24, 128, 30, 25, 64, 2e-3, 16.0, 0.2, 0.5, 0.001, 1000),
     "gpu": ImprintRecipe(48, 256, 120, 50, 256, 1e-3, 16.0, 0.2, 0.5, 0.001, 100000),
 }

@@ -6,7 +6,6 @@ import csv
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from tasks.core.tracking import EDGE_BLOCK, frame_profile, track_sheets
 from tasks.recordings import read_frames
