@@ -24,7 +24,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from steelsight.settings import Settings, get_settings
-from tasks.archives import Problem, check_archive, error_rows
+from tasks.archives import Problem, archive_row, check_archive, error_rows
 from tasks.inspection import ModelRefs, assemble, inspect_chunk, recording
 from warehouse.store import Warehouse, new_import_id
 
@@ -201,17 +201,19 @@ def inspect_archive_task(
     if not results:
         status = "failed"
     warehouse.import_archive(
-        {
-            **{k: row[k] for k in ("archive_id", "kind", "path", "content_sha256")},
-            **{k: row[k] for k in ("received_from", "steelsight_version")},
-            "import_id": import_id,
-            "status": status,
-            "n_images": inspected.n_frames,
-            "n_labels": 0,
-            "n_errors": len(problems),
-            "imported_at": _now(),
-            "inspected_with": refs.key(),
-        },
+        archive_row(
+            rec.archive_id,
+            import_id,
+            row["kind"],
+            rec.path,
+            row["content_sha256"],
+            status,
+            n_images=inspected.n_frames,
+            n_labels=0,
+            n_errors=len(problems),
+            received_from=row["received_from"],
+            inspected_with=refs.key(),
+        ),
         {
             "frames": inspected.frames,
             "defects": inspected.defects,
@@ -259,12 +261,6 @@ def _range_problem(rec, chunk, error: Exception) -> Problem:
         fatal=False,
         source_row=chunk.start,
     )
-
-
-def _now():
-    from datetime import UTC, datetime
-
-    return datetime.now(UTC)
 
 
 @flow(name="inspect")

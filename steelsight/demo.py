@@ -140,10 +140,11 @@ def run_demo(
         return
     archive_id = line[0]["archive_id"]
     rows = warehouse.query(
-        "SELECT sheet_index AS sheet, sheet_id, round(similarity, 3) AS similarity, complete, "
-        "round(length_mm)::INT AS length_mm, round(width_mm)::INT AS width_mm, n_defects, "
-        "map_entries(defect_counts) AS defects_per_class, "
-        "round(defect_area_ratio * 100, 3) AS defect_area_pct, grade "
+        "SELECT sheet_index AS sheet, sheet_id, round(similarity, 2) AS sim, "
+        "round(length_mm)::INT AS length_mm, round(width_mm)::INT AS width_mm, "
+        "array_to_string(list_transform(map_entries(defect_counts), "
+        "lambda e: e.key || ' ' || e.value::VARCHAR), ', ') AS defects, "
+        "round(defect_area_ratio * 100, 3) AS area_pct, grade "
         "FROM sheets WHERE archive_id = ? ORDER BY sheet_index",
         [archive_id],
     )

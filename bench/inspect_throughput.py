@@ -1,0 +1,119 @@
+"""Inspection throughput: end-to-end frames/s against model-only frames/s, same run.
+
+    python bench/inspect_throughput.py --home .steelsight [--sheets 20] [--rounds 5]
+
+Uses the champion models of the registry under ``--home`` (run ``make demo`` first).
+A twin recording is simulated into a temporary folder. Per round (median reported):
+
+* model-only: the recording's frames already decoded in memory, through the defect
+  segmenter (gate, thresholds, regions with RLE), the marking detector and the imprint
+  embedder, in batches: what the models cost with nothing else in the way;
+* end to end, one worker: ``tasks.inspection.inspect_chunk`` over every frame range
+  (decoding the video a batch ahead, sheet-edge profiles, the models, defect regions)
+  and ``assemble`` (tracking, identification, placing and grading): the inspect
+  flow's work on one Dask worker, without the cluster around it.
+
+The ratio end-to-end / model-only is what the data path costs; the target on an H200
+is >= 0.8 at >= 3,200 frames/s of 1600x256.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--home", type=Path, default=Path(".steelsight"))
+    parser.add_argument("--sheets", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--chunk", type=int, default=64)
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args()
+
+    os.environ["STEELSIGHT_HOME"] = str(args.home.resolve())
+    from steelsight.runtime import configure_environment
+    from steelsight.settings import get_settings
+
+    settings = get_settings()
+    configure_environment(settings)
+
+    import numpy as np
+    import torch
+
+    from flows.inspect import _imprint_threshold, champion_refs
+    from models.identity.crops import marking_crop
+    from tasks.identify import reference_index
+    from tasks.inspection import assemble, decode_range, inspect_chunk, recording, worker_models
+    from tasks.labels import archive_id_for
+    from twin.config import TwinConfig
+    from twin.recorder import simulate
+    from warehouse.store import Warehouse
+
+    refs = champion_refs(settings)
+    models = worker_models(refs, args.device)
+    warehouse = Warehouse(settings.warehouse_dir).ensure()
+    index = reference_index(warehouse, refs.imprint) if refs.identifies else None
+    threshold = _imprint_threshold(settings, refs.imprint) if refs.identifies else 1.0
+
+    with tempfile.TemporaryDirectory() as tmp:
+        line = simulate(TwinConfig(), args.sheets, seed=7, out=Path(tmp))
+        rec = recording(archive_id_for(line.inspection), line.inspection)
+        chunks = rec.chunks(args.chunk, refs, args.batch, args.device)
+        frames = np.stack([f for c in chunks for f in decode_range(c)])
+        n = len(frames)
+
+        def model_only() -> None:
+            for start in range(0, n, args.batch):
+                batch = frames[start : start + args.batch]
+                models["segmentation"].predict(batch, batch_size=args.batch, regions=True)
+                if "marking" in models:
+                    imprint = models["imprint"]
+                    found = models["marking"].detect(list(batch), batch=args.batch)
+                    crops = [
+                        marking_crop(image, row[:4], imprint.crop_size, imprint.margin)
+                        for image, rows in zip(batch, found, strict=True)
+                        for row in rows
+                    ]
+                    if crops:
+                        imprint.embed(np.stack(crops))
+
+        def end_to_end() -> None:
+            results = [inspect_chunk(c) for c in chunks]
+            assemble(rec, results, refs, index, threshold, settings.grades, "bench")
+
+        model_only()  # warm-up: first calls allocate and pick kernels
+        rows = []
+        for name, run in (("model-only", model_only), ("end-to-end", end_to_end)):
+            times = []
+            for _ in range(args.rounds):
+                started = time.perf_counter()
+                run()
+                times.append(time.perf_counter() - started)
+            rows.append((name, statistics.median(times), n / statistics.median(times)))
+
+    device = str(models["segmentation"].device)
+    print(
+        f"\ninspect throughput: {n} frames of {frames.shape[2]}x{frames.shape[1]} "
+        f"({args.sheets} twin sheets), median of {args.rounds} rounds; models {refs.key()}; "
+        f"device {device}; torch threads {torch.get_num_threads()}; batch {args.batch}; "
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+    )
+    print(f"{'path':<12} {'seconds':>9} {'frames/s':>10}")
+    for name, seconds, rate in rows:
+        print(f"{name:<12} {seconds:>9.2f} {rate:>10.1f}")
+    print(f"end-to-end / model-only: {rows[1][2] / rows[0][2]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
