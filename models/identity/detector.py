@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from models.devices import resolve_device
 from models.identity import offline
@@ -87,6 +88,7 @@ class MarkingDetector:
     def detect(self, images: list[np.ndarray], batch: int = 32) -> list[np.ndarray]:
         """Per image, its markings as rows (x_min, y_min, x_max, y_max, score), best first."""
         found: list[np.ndarray] = []
+        threads = torch.get_num_threads()  # ultralytics sets it to cores - 1 on CPU
         for start in range(0, len(images), batch):
             chunk = [_bgr(im) for im in images[start : start + batch]]
             results = self.yolo.predict(
@@ -98,6 +100,7 @@ class MarkingDetector:
                     [boxes.xyxy.cpu().numpy(), boxes.conf.cpu().numpy()[:, None]], axis=1
                 ).astype(np.float32)
                 found.append(rows[np.argsort(-rows[:, 4])] if len(rows) else rows.reshape(0, 5))
+            torch.set_num_threads(threads)
         return found
 
     def config(self) -> dict:
