@@ -104,9 +104,12 @@ def gpu_resources(client) -> dict | None:
 
 
 def _pending(warehouse: Warehouse, kinds: tuple[str, ...], key: str, only: list[str] | None):
+    # usable archives; and those a previous inspection failed on (models may do better
+    # now), but never one ingest rejected (its reason stays in ingest_errors)
     rows = warehouse.query(
-        "SELECT * FROM archives WHERE kind IN (SELECT unnest(?)) "
-        "AND status IN ('ok', 'partial', 'failed') ORDER BY imported_at, archive_id",
+        "SELECT * FROM archives WHERE kind IN (SELECT unnest(?)) AND (status IN "
+        "('ok', 'partial') OR (status = 'failed' AND inspected_with IS NOT NULL)) "
+        "ORDER BY imported_at, archive_id",
         [list(kinds)],
     ).to_pylist()
     if only:

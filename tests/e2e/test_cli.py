@@ -42,6 +42,8 @@ def test_every_command_has_help(tmp_path: Path) -> None:
         ["rollback"],
         ["models"],
         ["register-sheets"],
+        ["ingest"],
+        ["inspect"],
     ):
         result = run(tmp_path, *command, "--help")
         assert result.returncode == 0, result.stderr
@@ -77,13 +79,6 @@ def test_exit_code_is_1_when_nothing_could_be_imported(tmp_path: Path) -> None:
     assert "failed" in result.stdout
     result = run(tmp_path / "home", "import-labels", str(tmp_path / "does-not-exist"))
     assert result.returncode == 1 and "is not a folder" in result.stdout + result.stderr
-
-
-def test_demo_imports_the_sample_and_prints_the_summary(shared_data: Path, tmp_path: Path) -> None:
-    result = run(tmp_path / "home", "demo", "--data", str(shared_data / "severstal-sample"))
-    assert result.returncode == 0, result.stderr
-    assert "20 images, 19 labels, 0 errors" in result.stdout
-    assert re.search(r"3\s*│\s*scratches\s*│\s*9\s*│", result.stdout)
 
 
 def test_readme_queries_run_and_return_rows(shared_data: Path, tmp_path: Path) -> None:

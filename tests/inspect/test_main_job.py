@@ -312,3 +312,35 @@ def test_a_killed_inspect_command_resumes_without_duplicates(world: World) -> No
     assert {t: _table(world, t, archive_id) for t in ("frames", "defects", "sheets")} == first
     assert again["sheets"] == 4
     _assert_clean(world)
+
+
+def test_demo_runs_the_main_job_and_a_second_run_reuses_it(world: World, shared_data) -> None:
+    """`steelsight demo` in a fresh home with the module's champions (so it trains
+    nothing): records, ingests, inspects, prints; the second run finds nothing to do."""
+    home = world.root / "demo-home"
+    env = {
+        **os.environ,
+        "STEELSIGHT_HOME": str(home),
+        "STEELSIGHT_MLFLOW_TRACKING_URI": get_settings().tracking_uri,
+        "COLUMNS": "160",
+    }
+    command = [
+        str(BIN / "steelsight"),
+        "demo",
+        "--sheets",
+        "3",
+        "--data",
+        str(shared_data / "severstal-sample"),
+    ]
+    first = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-3000:]
+    out = first.stdout
+    assert "ingest line-1-inspection-s3: quarantined" in out
+    assert "ingest severstal-sample: ok" in out
+    assert "3 sheets tracked of 3" in out and "wrong 0" in out
+    assert "Sheets of line-1-inspection-s2" in out and "no champion" not in out
+    second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "ingest line-1" not in second.stdout and "inspected line-1" not in second.stdout
+    assert "3 sheets tracked of 3" in second.stdout
+    assert Warehouse(home / "warehouse").row_counts()["sheets"] == 3
