@@ -24,7 +24,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from steelsight.settings import Settings, get_settings
-from tasks.archives import Problem, archive_row, check_archive, error_rows
+from tasks.archives import Problem, archive_row, error_rows
 from tasks.inspection import ModelRefs, assemble, inspect_chunk, recording
 from warehouse.store import Warehouse, new_import_id
 
@@ -198,8 +198,7 @@ def inspect_archive_task(
             next_log += 0.1
     import_id = new_import_id()
     inspected = assemble(rec, results, refs, index, threshold, settings.grades, import_id)
-    warnings = [p for p in check_archive(rec.path, decode=False).problems if not p.fatal]
-    problems = warnings + problems
+    problems = list(rec.warnings) + problems
     status = "partial" if problems else "ok"
     if not results:
         status = "failed"

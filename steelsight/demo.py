@@ -100,6 +100,7 @@ def run_demo(
 ) -> None:
     from flows.ingest import ingest
     from flows.inspect import inspect, progress_to
+    from steelsight.cli import print_table
     from tasks.inspection_report import against_twin
     from warehouse.store import Warehouse
 
@@ -148,7 +149,7 @@ def run_demo(
         "FROM sheets WHERE archive_id = ? ORDER BY sheet_index",
         [archive_id],
     )
-    _print_rows(console, rows, f"Sheets of {archive_id}")
+    print_table(rows, f"Sheets of {archive_id}")
     counts = Table(title="Warehouse rows")
     counts.add_column("table")
     counts.add_column("rows", justify="right")
@@ -179,12 +180,3 @@ def run_demo(
         f"warehouse: {warehouse.catalogue_path} (duckdb {warehouse.catalogue_path} -c "
         f"'select * from sheets'); demo took {time.perf_counter() - started:.0f} s"
     )
-
-
-def _print_rows(console: Console, rows, title: str) -> None:
-    table = Table(title=title)
-    for name in rows.column_names:
-        table.add_column(name, overflow="fold")
-    for row in rows.to_pylist():
-        table.add_row(*("" if v is None else str(v) for v in row.values()))
-    console.print(table)

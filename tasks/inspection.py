@@ -15,6 +15,7 @@ keeps them for the next chunk; frames are decoded a batch ahead of the models.
 
 from __future__ import annotations
 
+import bisect
 import json
 import logging
 import os
@@ -22,7 +23,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 
@@ -233,8 +234,6 @@ def inspect_chunk(chunk: Chunk) -> ChunkResult:
 
 
 def _shift(defect, offset: int):
-    from dataclasses import replace
-
     return replace(defect, frame=defect.frame + offset)
 
 
@@ -254,6 +253,7 @@ class Recording:
     frame_width: int
     video: str | None
     frames_dir: str | None
+    warnings: tuple = ()  # tasks.archives.Problem: usable, but worth a row (dropped frames)
 
     def chunks(self, size: int, refs: ModelRefs, batch: int, device: str) -> list[Chunk]:
         return [
@@ -294,6 +294,7 @@ def recording(archive_id: str, path: Path) -> Recording:
         m.frame_width,
         str(path / m.files.video) if m.files.video else None,
         str(path / m.files.frames) if m.files.frames else None,
+        tuple(checked.problems),
     )
 
 
@@ -343,6 +344,7 @@ def assemble(
         min_gap=round(MIN_GAP_MM / rec.mm_per_px),
     )
     line_of = dict(zip(inspected, first_lines.tolist(), strict=True))
+    on_line = _SheetsByLine(sheets)
     ids = {"archive_id": rec.archive_id, "import_id": import_id}
     versions = refs.key()
 
@@ -360,7 +362,7 @@ def assemble(
         if index is not None and len(index):
             matches = index.match(r.embeddings, threshold)
         for n, line in enumerate(centres):
-            sheet = _sheet_at(sheets, line)
+            sheet = on_line.at(line)
             if sheet is None:
                 continue
             markings_on[sheet.index] += 1
@@ -384,7 +386,7 @@ def assemble(
         for n, d in enumerate(found):
             x0, y0, x1, y1 = d.bbox
             line = line_of[i] + (y0 + y1) / 2
-            sheet = _sheet_at(sheets, line)
+            sheet = on_line.at(line)
             defect_rows.append(
                 {
                     **ids,
@@ -411,10 +413,14 @@ def assemble(
             )
 
     frame_rows = []
+    frames_of: dict[int, list[int]] = {s.index: [] for s in sheets}  # frame positions
     gate = np.concatenate([r.gate for r in results]) if results else np.zeros((0, 0))
     for k, i in enumerate(inspected):
         found = per_frame_defects.get(i, [])
         steel_rows = int((contrast[k] >= MIN_CONTRAST).sum()) * EDGE_BLOCK
+        shown = on_line.overlapping(line_of[i], line_of[i] + rec.frame_height - 1)
+        for sheet, _ in shown:
+            frames_of[sheet.index].append(i)
         frame_rows.append(
             {
                 **ids,
@@ -422,7 +428,7 @@ def assemble(
                 "frame_number": rec.frame_numbers[i],
                 "captured_at": rec.captured_at[i],
                 "first_line": line_of[i],
-                "sheet_index": _main_sheet(sheets, line_of[i], rec.frame_height),
+                "sheet_index": max(shown, key=lambda o: o[1])[0].index if shown else None,
                 "steel_rows": min(steel_rows, rec.frame_height),
                 "n_markings": marks_per_frame.get(i, 0),
                 "n_defects": len(found),
@@ -432,9 +438,13 @@ def assemble(
             }
         )
 
+    defects_on: dict[int, list[dict]] = {}
+    for d in defect_rows:
+        if d["sheet_index"] is not None:
+            defects_on.setdefault(d["sheet_index"], []).append(d)
     sheet_rows = []
     for s in sheets:
-        on = [d for d in defect_rows if d["sheet_index"] == s.index]
+        on = defects_on.get(s.index, [])
         counts: dict[str, int] = {}
         areas: dict[str, float] = {}
         for d in on:
@@ -443,7 +453,6 @@ def assemble(
         width_px = (s.x_max - s.x_min + 1) if s.x_min is not None else None
         sheet_px = s.length_lines * (width_px or rec.frame_width)
         ratio = sum(d["area"] for d in on) / sheet_px if sheet_px else 0.0
-        frames_of = [i for i in inspected if _overlaps(s, line_of[i], rec.frame_height)]
         identity = identities[s.index]
         sheet_rows.append(
             {
@@ -452,8 +461,8 @@ def assemble(
                 "sheet_id": identity.sheet_id,
                 "similarity": identity.similarity,
                 "nearest_sheet_id": identity.nearest,
-                "first_frame": rec.frame_numbers[frames_of[0]],
-                "last_frame": rec.frame_numbers[frames_of[-1]],
+                "first_frame": rec.frame_numbers[frames_of[s.index][0]],
+                "last_frame": rec.frame_numbers[frames_of[s.index][-1]],
                 "first_line": s.first_line,
                 "last_line": s.last_line,
                 "complete": s.complete,
@@ -479,22 +488,23 @@ def assemble(
     )
 
 
-def _sheet_at(sheets: list[TrackedSheet], line: float) -> TrackedSheet | None:
-    for s in sheets:
-        if s.first_line <= line <= s.last_line:
-            return s
-    return None
+class _SheetsByLine:
+    """Tracked sheets (in line order, disjoint) looked up by recording line."""
 
+    def __init__(self, sheets: list[TrackedSheet]) -> None:
+        self.sheets = sheets
+        self.starts = [s.first_line for s in sheets]
 
-def _overlaps(sheet: TrackedSheet, first_line: int, height: int) -> bool:
-    return first_line <= sheet.last_line and first_line + height - 1 >= sheet.first_line
+    def at(self, line: float) -> TrackedSheet | None:
+        i = bisect.bisect_right(self.starts, line) - 1
+        return self.sheets[i] if i >= 0 and line <= self.sheets[i].last_line else None
 
-
-def _main_sheet(sheets: list[TrackedSheet], first_line: int, height: int) -> int | None:
-    """The sheet covering most rows of the frame starting at ``first_line``."""
-    best, most = None, 0
-    for s in sheets:
-        rows = min(s.last_line, first_line + height - 1) - max(s.first_line, first_line) + 1
-        if rows > most:
-            best, most = s.index, rows
-    return best
+    def overlapping(self, first: int, last: int) -> list[tuple[TrackedSheet, int]]:
+        """(sheet, rows shared) for every sheet the lines first..last show."""
+        found = []
+        for i in range(bisect.bisect_right(self.starts, last) - 1, -1, -1):
+            sheet = self.sheets[i]
+            if sheet.last_line < first:
+                break
+            found.append((sheet, min(sheet.last_line, last) - max(sheet.first_line, first) + 1))
+        return found[::-1]
