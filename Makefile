@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 DATA   ?= ../shared/data
 UV_VERSION := 0.13.8
 
-.PHONY: install demo test lint bench-rle clean
+.PHONY: install demo serve test lint bench-rle clean
 
 # uv resolves and links the ~8 GB stack in about a minute, pip takes several;
 # --compile-bytecode matters because PYTHONDONTWRITEBYTECODE may be set.
@@ -20,6 +20,11 @@ install: $(STAMP)
 
 demo: install
 	$(BIN)/steelsight demo --data $(DATA)/severstal-sample
+
+# The demo's server on this machine: the champions `make demo` trained, its warehouse,
+# no API keys (announced at start). Production sets STEELSIGHT_API_KEYS instead.
+serve: install
+	$(BIN)/steelsight serve --allow-no-keys
 
 test: install
 	STEELSIGHT_SHARED_DATA=$(DATA) $(BIN)/python -m pytest

@@ -662,5 +662,63 @@ def demo(
     run_demo(get_settings(), console, data, sheets, dask_address)
 
 
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Address to listen on (serve_host).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port to listen on (serve_port).")] = None,
+    workers: Annotated[
+        int | None, typer.Option(min=1, help="Server processes (serve_workers).")
+    ] = None,
+    allow_no_keys: Annotated[
+        bool,
+        typer.Option(
+            "--allow-no-keys",
+            help="Serve without API keys when none are configured: for a demo on a closed "
+            "machine only.",
+        ),
+    ] = False,
+) -> None:
+    """Serve the champion models and the warehouse to the MES over HTTP: POST
+    /v1/inspect, GET /v1/sheets, /v1/models, /healthz, /readyz, /metrics; OpenAPI docs
+    at /docs. Options override the STEELSIGHT_* settings."""
+    import os
+    import shutil
+
+    import uvicorn
+
+    from serving.security import KeyCheck, ServeConfigError
+
+    overrides = {
+        "STEELSIGHT_SERVE_HOST": host,
+        "STEELSIGHT_SERVE_PORT": port,
+        "STEELSIGHT_SERVE_WORKERS": workers,
+        "STEELSIGHT_ALLOW_NO_KEYS": "true" if allow_no_keys else None,
+    }
+    for name, value in overrides.items():
+        if value is not None:
+            os.environ[name] = str(value)  # the server processes read settings from here
+    get_settings.cache_clear()
+    settings = get_settings()
+    try:
+        KeyCheck(settings)
+    except ServeConfigError as error:
+        console.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(2) from None
+    if settings.serve_workers > 1:  # every process writes its metrics; /metrics adds them
+        folder = settings.home.resolve() / "serve" / "prometheus"
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)
+    uvicorn.run(
+        "serving.app:create_app",
+        factory=True,
+        host=settings.serve_host,
+        port=settings.serve_port,
+        workers=settings.serve_workers,
+        access_log=False,  # serving.access_log writes one JSON line per request
+        timeout_graceful_shutdown=30,
+    )
+
+
 if __name__ == "__main__":
     app()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -69,6 +69,67 @@ class Settings(BaseSettings):
         description="Sheet grading rules, tried in order; the first a sheet satisfies "
         "gives its grade (JSON list in STEELSIGHT_GRADES).",
     )
+
+    # -- the serving API (steelsight serve) --
+    serve_host: str = Field(default="127.0.0.1", description="Address the API listens on.")
+    serve_port: int = Field(default=8000, ge=1, le=65535, description="Port the API listens on.")
+    serve_workers: int = Field(
+        default=1,
+        ge=1,
+        description="Server processes; each loads the models (one per GPU is the usual choice).",
+    )
+    api_keys: dict[str, SecretStr] = Field(
+        default_factory=dict,
+        description="Client name → API key (JSON object in STEELSIGHT_API_KEYS); a request "
+        "sends its key in the api_key_header. Keys are at least 16 characters.",
+    )
+    api_key_header: str = Field(default="X-API-Key", description="Header that carries the key.")
+    allow_no_keys: bool = Field(
+        default=False,
+        description="Serve without API keys when none are configured (the demo only); "
+        "the server announces it at start.",
+    )
+    max_image_bytes: int = Field(
+        default=8 * 1024 * 1024, ge=1024, description="Largest image body accepted, bytes."
+    )
+    max_image_pixels: int = Field(
+        default=16 * 1024 * 1024, ge=1, description="Largest image accepted, width x height."
+    )
+    max_batch_frames: int = Field(
+        default=32, ge=1, description="Most frames in one /v1/inspect/batch request."
+    )
+    serve_batch_frames: int = Field(
+        default=16, ge=1, description="Most frames the models take in one micro-batch."
+    )
+    serve_batch_wait_ms: float = Field(
+        default=1.0,
+        ge=0,
+        description="How long a micro-batch waits for more frames once it has one.",
+    )
+    serve_queue_frames: int = Field(
+        default=64,
+        ge=1,
+        description="Frames allowed to wait for the models; beyond it requests get 503 "
+        "with Retry-After instead of ever-growing latency.",
+    )
+    serve_poll_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="How often the server checks the champion aliases and the registered "
+        "sheets, seconds.",
+    )
+
+    @field_validator("api_keys")
+    @classmethod
+    def _keys_long_enough(cls, keys: dict[str, SecretStr]) -> dict[str, SecretStr]:
+        short = [name for name, key in keys.items() if len(key.get_secret_value()) < 16]
+        if short:
+            raise ValueError(
+                f"API keys of {', '.join(sorted(short))} are shorter than 16 characters: "
+                "use random keys, e.g. from "
+                "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`"
+            )
+        return keys
 
     @property
     def tracking_uri(self) -> str:

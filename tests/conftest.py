@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import LINE_SHEETS, MainJob
+
 # As the command line sets them (steelsight.runtime), before any test imports Keras or
 # ultralytics: Keras on torch in this process, ultralytics' settings in a private folder.
 os.environ.setdefault("KERAS_BACKEND", "torch")
@@ -36,3 +38,35 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     get_settings.cache_clear()
     yield path
     get_settings.cache_clear()
+
+
+@pytest.fixture(scope="session")
+def main_job(tmp_path_factory: pytest.TempPathFactory) -> MainJob:
+    """Built once per session (about four minutes on 2 cores) for the inspect and
+    serving tests; a test that changes it works on a copy or restores it."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    from flows.ingest import ingest
+    from flows.inspect import inspect
+    from flows.retrain import retrain
+    from steelsight.settings import get_settings
+    from tests.helpers import deliver
+    from twin.config import TwinConfig
+    from twin.recorder import simulate
+
+    root = tmp_path_factory.mktemp("main-job")
+    train = root / "train"
+    simulate(TwinConfig(), 30, seed=1, out=train)
+    with pytest.MonkeyPatch.context() as mp, prefect_test_harness(server_startup_timeout=120):
+        mp.setenv("STEELSIGHT_HOME", str(root / "home"))
+        get_settings.cache_clear()
+        for kind in ("segmentation", "marking", "imprint"):
+            data = train / "line-1-inspection-s1" if kind == "segmentation" else train
+            retrain(kind=kind, data=str(data), size="demo", device="cpu")
+        line = simulate(TwinConfig(), LINE_SHEETS, seed=2, out=root / "staging")
+        cut = simulate(TwinConfig(faults=("truncated-video",)), 3, seed=3, out=root / "cut")
+        deliver([line.station, line.inspection, cut.inspection], get_settings().landing_dir)
+        ingested = ingest()
+        inspected = inspect()
+    get_settings.cache_clear()
+    return MainJob(root, root / "home", line.inspection, ingested, inspected)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -57,3 +58,26 @@ def copy_neu_subset(shared_data: Path, dest: Path, per_class: int = 5) -> Path:
 def truncate(path: Path, keep: float = 0.5) -> None:
     data = path.read_bytes()
     path.write_bytes(data[: int(len(data) * keep)])
+
+
+def deliver(archives: list[Path], landing: Path) -> None:
+    """As a recorder does: each archive appears in the landing folder whole (a rename)."""
+    landing.mkdir(parents=True, exist_ok=True)
+    for archive in archives:
+        archive.rename(landing / archive.name)
+
+
+LINE_SHEETS = 6
+
+
+@dataclass(frozen=True)
+class MainJob:
+    """A home where the main job ran: demo-size champions trained on a 30-sheet twin
+    line, then a 6-sheet line (and a cut recording) ingested from the landing folder and
+    inspected on a LocalCluster."""
+
+    root: Path
+    home: Path
+    line: Path  # the line's inspection archive, as it arrived in the landing folder
+    ingested: list[dict]
+    inspected: list[dict]

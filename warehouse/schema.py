@@ -355,7 +355,7 @@ def describe_markdown() -> str:
         "Generated from `warehouse/schema.py` (`python -m warehouse.schema > docs/warehouse.md`).",
         "Every table is a view over Parquet files that shows each archive's committed import;",
         "`import_id` tells imports apart. Analysts' views (`label_summary`, `image_labels`,",
-        "`ingest_error_report`) are defined in `warehouse/views.sql`.",
+        "`ingest_error_report`, `sheet_passes`) are defined in `warehouse/views.sql`.",
     ]
     for spec in TABLES.values():
         lines += ["", f"## {spec.name}", "", spec.description, "", f"Key: `{', '.join(spec.key)}`."]

@@ -20,6 +20,7 @@ same views.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import uuid
@@ -136,17 +137,20 @@ class Warehouse:
         self._ensure_catalogue()
         return self
 
+    def _catalogue_meta(self) -> list[tuple[str, str]]:
+        """What the catalogue must have been built for: schema, folder and view text."""
+        views = hashlib.sha256("\n".join(view_statements(self.parquet_dir)).encode()).hexdigest()
+        return [
+            ("schema_version", str(SCHEMA_VERSION)),
+            ("parquet_dir", str(self.parquet_dir)),
+            ("views_digest", views[:16]),
+        ]
+
     def _catalogue_is_current(self) -> bool:
-        wanted = [(str(SCHEMA_VERSION), str(self.parquet_dir))]
         try:
             with duckdb.connect(str(self.catalogue_path), read_only=True) as con:
-                return (
-                    con.sql(
-                        "SELECT max(value) FILTER (key = 'schema_version'), "
-                        "max(value) FILTER (key = 'parquet_dir') FROM steelsight_meta"
-                    ).fetchall()
-                    == wanted
-                )
+                found = con.sql("SELECT key, value FROM steelsight_meta ORDER BY key").fetchall()
+                return found == sorted(self._catalogue_meta())
         except duckdb.Error:
             return False  # no catalogue yet, an older one, or one held open elsewhere
 
@@ -159,10 +163,7 @@ class Warehouse:
                 for statement in view_statements(self.parquet_dir):
                     con.execute(statement)
                 con.execute("CREATE OR REPLACE TABLE steelsight_meta (key VARCHAR, value VARCHAR)")
-                con.execute(
-                    "INSERT INTO steelsight_meta VALUES ('schema_version', ?), ('parquet_dir', ?)",
-                    [str(SCHEMA_VERSION), str(self.parquet_dir)],
-                )
+                con.executemany("INSERT INTO steelsight_meta VALUES (?, ?)", self._catalogue_meta())
                 con.execute("COMMIT")
         except duckdb.TransactionException:
             # Another writer in this process got there first; fine if it wrote the same.
@@ -226,6 +227,18 @@ class Warehouse:
         con = duckdb.connect()
         for statement in view_statements(self.parquet_dir):
             con.execute(statement)
+        return con
+
+    def reader(self) -> duckdb.DuckDBPyConnection:
+        """A connection for a long-lived reader (the serving API): the views, and no file
+        access beyond the warehouse's Parquet folder: no other file, no ATTACH, and its
+        settings locked. Use one ``cursor()`` per thread."""
+        con = duckdb.connect()
+        con.execute(f"SET allowed_directories = [{_sql_string(str(self.parquet_dir) + '/')}]")
+        for statement in view_statements(self.parquet_dir):
+            con.execute(statement)
+        con.execute("SET enable_external_access = false")
+        con.execute("SET lock_configuration = true")
         return con
 
     def row_counts(self) -> dict[str, int]:

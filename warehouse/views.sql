@@ -37,3 +37,11 @@ SELECT a.path AS archive_path, a.kind, e.source, e.source_row, e.field, e.error_
 FROM ingest_errors AS e
 JOIN archives AS a USING (archive_id)
 ORDER BY a.imported_at DESC, e.error_index;
+
+-- One row per sheet seen on the line, with when its head passed the camera (null when
+-- the recording has no timestamps) and the recording it is in.
+CREATE OR REPLACE VIEW sheet_passes AS
+SELECT s.*, f.captured_at AS seen_at, a.path AS archive_path
+FROM sheets AS s
+JOIN archives AS a ON a.archive_id = s.archive_id
+LEFT JOIN frames AS f ON f.archive_id = s.archive_id AND f.frame_number = s.first_frame;

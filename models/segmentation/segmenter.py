@@ -106,18 +106,33 @@ class Segmenter:
         for start in range(0, len(images), batch_size):
             batch = images[start : start + batch_size]
             mask_logits, gate_logits = self._forward(batch)
-            probs = torch.sigmoid(
-                F.interpolate(mask_logits.float(), size=batch.shape[1:], mode="bilinear")
-            )
             gate = torch.sigmoid(gate_logits.float())
-            keep = gate >= gate_thresholds
-            binary = (probs >= pixel_thresholds) & keep[:, :, None, None]
-            binary_np = binary.cpu().numpy()
-            for i, j in zip(*np.nonzero(binary_np.any(axis=(2, 3))), strict=True):
-                binary_np[i, j] = remove_small_components(binary_np[i, j], t.min_area[j])
-            kept = torch.from_numpy(binary_np).to(self.device)
-            area = kept.sum(dim=(2, 3)).clamp(min=1)
-            scores.append(((probs * kept).sum(dim=(2, 3)) / area).cpu().numpy())
+            # Only masks the gate lets through are brought to full resolution: the others
+            # are empty anyway, and most frames have one class or none.
+            kept = (gate >= gate_thresholds).nonzero().tolist()
+            binary_np = np.zeros((len(batch), len(t.gate), *batch.shape[1:]), bool)
+            probs: dict[tuple[int, int], torch.Tensor] = {}
+            if kept:
+                rows = torch.tensor([i for i, _ in kept], device=self.device)
+                cols = torch.tensor([j for _, j in kept], device=self.device)
+                full = torch.sigmoid(
+                    F.interpolate(
+                        mask_logits[rows, cols][:, None].float(),
+                        size=batch.shape[1:],
+                        mode="bilinear",
+                    )
+                )[:, 0]
+                above = (full >= pixel_thresholds.view(-1)[cols][:, None, None]).cpu().numpy()
+                for n, (i, j) in enumerate(kept):
+                    binary_np[i, j] = remove_small_components(above[n], t.min_area[j])
+                    probs[i, j] = full[n]
+            score = np.zeros((len(batch), len(t.gate)), np.float32)
+            for (i, j), p in probs.items():
+                area = int(binary_np[i, j].sum())
+                if area:
+                    inside = torch.from_numpy(binary_np[i, j]).to(self.device)
+                    score[i, j] = float((p * inside).sum()) / area
+            scores.append(score)
             masks.append(binary_np)
             gates.append(gate.cpu().numpy())
             if regions:
@@ -168,14 +183,16 @@ class Segmenter:
         )
 
 
-def _regions(binary: np.ndarray, probs: torch.Tensor, offset: int) -> list[Defect]:
+def _regions(
+    binary: np.ndarray, probs: dict[tuple[int, int], torch.Tensor], offset: int
+) -> list[Defect]:
     """Connected regions (8-connectivity) of every (frame, class) mask of a batch."""
     found = []
     for i, j in zip(*np.nonzero(binary.any(axis=(2, 3))), strict=True):
         n, labels, stats, _ = cv2.connectedComponentsWithStats(
             binary[i, j].astype(np.uint8), connectivity=8
         )
-        p = probs[i, j].cpu().numpy().ravel()
+        p = probs[int(i), int(j)].cpu().numpy().ravel()
         sums = np.bincount(labels.ravel(), weights=p, minlength=n)
         for k in range(1, n):
             x, y, w, h, area = (int(v) for v in stats[k])

@@ -44,6 +44,7 @@ def test_every_command_has_help(tmp_path: Path) -> None:
         ["register-sheets"],
         ["ingest"],
         ["inspect"],
+        ["serve"],
     ):
         result = run(tmp_path, *command, "--help")
         assert result.returncode == 0, result.stderr

@@ -20,9 +20,9 @@ from prefect.testing.utilities import prefect_test_harness
 
 from flows.ingest import ingest
 from flows.inspect import champion_refs, inspect
-from flows.retrain import retrain
 from steelsight.settings import get_settings
 from tasks.inspection_report import against_twin
+from tests.helpers import LINE_SHEETS, MainJob, deliver
 from twin.config import TwinConfig
 from twin.recorder import simulate
 from warehouse.checks import run_checks
@@ -30,7 +30,6 @@ from warehouse.store import Warehouse
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
-LINE_SHEETS = 6
 
 
 @dataclass
@@ -53,31 +52,14 @@ class World:
         return rows[0]["archive_id"]
 
 
-def _deliver(archives: list[Path], landing: Path) -> None:
-    """As a recorder does: each archive appears in the landing folder whole (a rename)."""
-    landing.mkdir(parents=True, exist_ok=True)
-    for archive in archives:
-        archive.rename(landing / archive.name)
-
-
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory):
-    root = tmp_path_factory.mktemp("main-job")
-    train = root / "train"
-    simulate(TwinConfig(), 30, seed=1, out=train)
+def world(main_job: MainJob):
     with pytest.MonkeyPatch.context() as mp, prefect_test_harness(server_startup_timeout=120):
-        mp.setenv("STEELSIGHT_HOME", str(root / "home"))
+        mp.setenv("STEELSIGHT_HOME", str(main_job.home))
         get_settings.cache_clear()
-        for kind in ("segmentation", "marking", "imprint"):
-            data = train / "line-1-inspection-s1" if kind == "segmentation" else train
-            retrain(kind=kind, data=str(data), size="demo", device="cpu")
-        line = simulate(TwinConfig(), LINE_SHEETS, seed=2, out=root / "staging")
-        cut = simulate(TwinConfig(faults=("truncated-video",)), 3, seed=3, out=root / "cut")
-        landing = get_settings().landing_dir
-        _deliver([line.station, line.inspection, cut.inspection], landing)
-        ingested = ingest()
-        inspected = inspect()
-        yield World(root, root / "home", line.inspection, ingested, inspected)
+        yield World(
+            main_job.root, main_job.home, main_job.line, main_job.ingested, main_job.inspected
+        )
         get_settings.cache_clear()
 
 
@@ -122,7 +104,7 @@ def test_ingest_takes_the_line_in_and_quarantines_the_cut_recording(world: World
     shutil.copytree(settings.library_dir / "line-1-inspection-s2", copy)
     again = ingest()
     assert [(Path(r["source"]).name, r["status"]) for r in again] == []  # not in landing yet
-    _deliver([copy], settings.landing_dir)
+    deliver([copy], settings.landing_dir)
     again = ingest()
     assert [r["status"] for r in again] == ["quarantined"]
     assert "same content" in again[0]["reason"]
@@ -281,7 +263,7 @@ def test_distributed_run_gives_the_same_tables_with_a_worker_killed(world: World
 def test_a_killed_inspect_command_resumes_without_duplicates(world: World) -> None:
     settings = get_settings()
     line = simulate(TwinConfig(), 4, seed=4, out=world.root / "fourth")
-    _deliver([line.station, line.inspection], settings.landing_dir)
+    deliver([line.station, line.inspection], settings.landing_dir)
     ingest()
     archive_id = world.archive_id("line-1-inspection-s4")
     env = {**os.environ, "STEELSIGHT_HOME": str(world.home)}

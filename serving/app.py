@@ -1,0 +1,108 @@
+"""The serving API for the plant's MES: ``create_app`` builds it, uvicorn runs it.
+
+    uvicorn --factory serving.app:create_app      (what `steelsight serve` starts)
+
+At start-up the lifespan loads the champion models; a background task follows the
+registry (``serve_poll_s``) and swaps in new champions and newly registered sheets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from contextlib import asynccontextmanager
+
+import anyio
+from fastapi import FastAPI, Request
+
+from serving import errors
+from serving.access_log import access_logger
+from serving.routers import inspect, ops, sheets
+from serving.state import ServerState
+from steelsight.runtime import configure_environment
+from steelsight.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+
+async def _follow_registry(state: ServerState) -> None:
+    while True:
+        await asyncio.sleep(state.settings.serve_poll_s)
+        if await anyio.to_thread.run_sync(state.champions.refresh):
+            state.metrics.served(state.champions.current.versions)
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI):
+    state: ServerState = app.state.server
+    state.keys.announce()
+    if await anyio.to_thread.run_sync(state.champions.refresh):
+        state.metrics.served(state.champions.current.versions)
+    else:
+        log.error("serving no models yet: %s", state.champions.problem)
+    await state.batcher.start()
+    follower = asyncio.create_task(_follow_registry(state), name="follow-registry")
+    try:
+        yield
+    finally:
+        follower.cancel()
+        await state.batcher.stop()
+        state.close()
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    configure_environment(settings)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(
+            level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
+    app = FastAPI(
+        title="steelsight",
+        summary="Steel-sheet surface inspection for the MES: defects and sheet identity "
+        "from the champion models, sheets from the warehouse.",
+        version="1",
+        lifespan=lifespan,
+    )
+    app.state.server = ServerState.build(settings)
+    errors.install(app)
+    app.include_router(ops.router)
+    app.include_router(inspect.router)
+    app.include_router(sheets.router)
+    access = access_logger()
+
+    @app.middleware("http")
+    async def observe(request: Request, call_next):
+        started = time.perf_counter()
+        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex[:16]
+        status = 500
+        try:
+            response = await call_next(request)
+            status = response.status_code
+            response.headers["X-Request-ID"] = request_id
+            return response
+        finally:
+            seconds = time.perf_counter() - started
+            route = request.scope.get("route")
+            template = getattr(route, "path", "unmatched")
+            state: ServerState = request.app.state.server
+            state.metrics.requests.labels(request.method, template, str(status)).inc()
+            state.metrics.latency.labels(template).observe(seconds)
+            access.info(
+                "request",
+                extra={
+                    "request_id": request_id,
+                    "method": request.method,
+                    "path": request.url.path,
+                    "route": template,
+                    "status": status,
+                    "duration_ms": round(seconds * 1000, 2),
+                    "client": getattr(request.state, "client", None),
+                    "remote": request.client.host if request.client else None,
+                    "frames": getattr(request.state, "frames", None),
+                },
+            )
+
+    return app

@@ -1,0 +1,171 @@
+"""The models the API serves: the champions of the registry, loaded whole and swapped whole.
+
+A ``Served`` set is immutable: the segmenter, the identity models when both are
+registered, the registered sheets' embeddings and the versions. The server keeps one
+current set; a micro-batch takes the current set when it starts and finishes on it, so a
+promotion never changes models under a running request. ``Champions.refresh`` looks at
+the aliases and at the registered sheets; when either moved it loads a new set beside
+the old (the old keeps serving meanwhile) and then swaps the reference.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+
+import numpy as np
+
+from models.identity.matching import ReferenceIndex
+from steelsight.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Served:
+    """One consistent set of models and the sheets they can recognise."""
+
+    versions: dict[str, str]  # kind → registered version
+    segmenter: object  # models.segmentation.segmenter.Segmenter
+    marking: object | None = None  # models.identity.detector.MarkingDetector
+    imprint: object | None = None  # models.identity.imprint.ImprintModel
+    references: ReferenceIndex = field(
+        default_factory=lambda: ReferenceIndex([], np.zeros((0, 1), np.float32))
+    )
+    references_key: tuple = ()
+    loaded_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+
+    @property
+    def identifies(self) -> bool:
+        return self.marking is not None and self.imprint is not None
+
+    @property
+    def class_ids(self) -> list[int]:
+        return sorted(self.segmenter.classes)
+
+    @property
+    def threshold(self) -> float | None:
+        return self.imprint.threshold if self.imprint is not None else None
+
+
+class NoChampion(RuntimeError):
+    """Nothing to serve yet: no segmentation champion in the registry."""
+
+
+class Champions:
+    """Which set is served, and how it follows the registry."""
+
+    def __init__(self, settings: Settings, warehouse) -> None:
+        self.settings = settings
+        self.warehouse = warehouse  # warehouse.store.Warehouse, read through reader()
+        self.current: Served | None = None
+        self.problem: str | None = "models not loaded yet"
+        self.checked_at: str | None = None
+        self._lock = threading.Lock()  # one refresh at a time
+        self._reader = None
+
+    # -- what the registry and the warehouse say now --------------------------------------
+    def wanted_versions(self) -> dict[str, str]:
+        from models import registry
+
+        client = registry.connect(self.settings)
+        found = {kind: registry.champion_version(client, kind) for kind in registry.MODEL_NAMES}
+        if found["segmentation"] is None:
+            raise NoChampion(
+                f"no segmentation champion in {self.settings.tracking_uri}: train one with "
+                "`steelsight train segmentation --data DIR` (or run `make demo`)"
+            )
+        wanted = {"segmentation": str(found["segmentation"])}
+        if found["marking"] is not None and found["imprint"] is not None:
+            wanted |= {"marking": str(found["marking"]), "imprint": str(found["imprint"])}
+        return wanted
+
+    def _cursor(self):
+        if self._reader is None:
+            self._reader = self.warehouse.reader()
+        return self._reader.cursor()
+
+    def _references_key(self, imprint_version: str | None) -> tuple:
+        """What identifies the registered sheets of this imprint version right now."""
+        if imprint_version is None:
+            return ()
+        try:
+            with self._cursor() as cur:
+                return tuple(
+                    cur.execute(
+                        "SELECT count(*), coalesce(max(import_id), ''), "
+                        "coalesce(sum(hash(archive_id, sheet_id)), 0) "
+                        "FROM sheet_references WHERE model_version = ?",
+                        [imprint_version],
+                    ).fetchall()[0]
+                )
+        except Exception as error:  # no warehouse yet: identify nothing, look again later
+            self.close()
+            return ("unreadable", str(error))
+
+    def _references(self, imprint_version: str, key: tuple) -> ReferenceIndex:
+        from tasks.identify import reference_index
+
+        if key and key[0] == "unreadable":
+            log.warning("registered sheets not readable, no sheet can be identified: %s", key[1])
+            return ReferenceIndex([], np.zeros((0, 1), np.float32))
+        return reference_index(self.warehouse, imprint_version)
+
+    # -- loading and swapping -------------------------------------------------------------
+    def _load(self, versions: dict[str, str]) -> Served:
+        from models import registry
+
+        started = time.perf_counter()
+        loaded = {kind: registry.load_model(self.settings, kind, v) for kind, v in versions.items()}
+        served = Served(
+            versions=dict(versions),
+            segmenter=loaded["segmentation"],
+            marking=loaded.get("marking"),
+            imprint=loaded.get("imprint"),
+        )
+        from serving.inference import warm_up
+
+        warm_up(served)
+        log.info(
+            "loaded models %s in %.1f s",
+            ", ".join(f"{k} v{v}" for k, v in versions.items()),
+            time.perf_counter() - started,
+        )
+        return served
+
+    def refresh(self) -> bool:
+        """Load and swap in a new set when an alias or the registered sheets moved.
+        True when the served set changed. Errors leave the current set serving."""
+        with self._lock:
+            self.checked_at = datetime.now(UTC).isoformat(timespec="seconds")
+            try:
+                wanted = self.wanted_versions()
+                key = self._references_key(wanted.get("imprint"))
+                current = self.current
+                if current is not None and current.versions == wanted:
+                    if current.references_key == key:
+                        self.problem = None
+                        return False
+                    served = current  # same models, new registered sheets
+                else:
+                    served = self._load(wanted)
+                if served.identifies:
+                    references = self._references(wanted["imprint"], key)
+                    served = replace(served, references=references, references_key=key)
+            except Exception as error:  # the registry or a model file is unreachable
+                self.problem = str(error)
+                log.error("champion models not refreshed, serving what was loaded: %s", error)
+                return False
+            if current is not None and current.versions != served.versions:
+                log.info("champions switched from %s to %s", current.versions, served.versions)
+            self.current = served
+            self.problem = None
+            return True
+
+    def close(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None

@@ -1,0 +1,162 @@
+"""What the models say about a micro-batch of frames: defects, gate, markings, identity.
+
+Pure with respect to the server: arrays and a ``Served`` set in, plain answers out.
+Frames of one shape go through the segmenter together; the detector takes any shapes.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections import defaultdict
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from models.identity.crops import marking_crop
+from models.identity.matching import UNKNOWN
+from serving.champions import Served
+
+# BGR colours per class position (overlay): yellow, cyan, magenta, red, then green
+PALETTE = ((0, 215, 255), (255, 200, 0), (255, 0, 200), (0, 0, 255), (0, 200, 0))
+
+
+@dataclass(frozen=True)
+class FrameJob:
+    frame: np.ndarray  # (H, W) uint8 grey
+    overlay: bool = False
+
+
+@dataclass(frozen=True)
+class FrameAnswer:
+    width: int
+    height: int
+    defects: list[dict]
+    gate: dict[str, float]
+    markings: list[dict]
+    identity: dict
+    versions: dict[str, str]
+    overlay_png: str | None = None  # base64
+
+
+def inspect_frames(served: Served, jobs: list[FrameJob]) -> list[FrameAnswer]:
+    """Every job's answer, in order, from one set of models."""
+    by_shape: dict[tuple[int, int], list[int]] = defaultdict(list)
+    for i, job in enumerate(jobs):
+        by_shape[job.frame.shape].append(i)
+    segmented: dict[int, tuple] = {}
+    for positions in by_shape.values():
+        batch = np.stack([jobs[i].frame for i in positions])
+        prediction = served.segmenter.predict(batch, batch_size=len(batch), regions=True)
+        per_frame: dict[int, list] = defaultdict(list)
+        for d in prediction.defects:
+            per_frame[d.frame].append(d)
+        for n, i in enumerate(positions):
+            masks = prediction.masks[n] if jobs[i].overlay else None
+            segmented[i] = (prediction.gate[n], per_frame[n], masks)
+    markings = _markings(served, [job.frame for job in jobs])
+    names = [served.segmenter.classes[k] for k in served.class_ids]
+    answers = []
+    for i, job in enumerate(jobs):
+        gate, found, masks = segmented[i]
+        answers.append(
+            FrameAnswer(
+                width=int(job.frame.shape[1]),
+                height=int(job.frame.shape[0]),
+                defects=[_defect(d, served.class_ids, names) for d in found],
+                gate={name: round(float(p), 6) for name, p in zip(names, gate, strict=True)},
+                markings=markings[i],
+                identity=_identity(served, markings[i]),
+                versions=served.versions,
+                overlay_png=_overlay(job.frame, masks) if masks is not None else None,
+            )
+        )
+    return answers
+
+
+def _defect(d, class_ids: list[int], names: list[str]) -> dict:
+    return {
+        "class_id": class_ids[d.class_index],
+        "class_name": names[d.class_index],
+        "rle": d.rle,
+        "area": d.area,
+        "bbox": list(d.bbox),
+        "score": round(float(d.score), 6),
+    }
+
+
+def _markings(served: Served, frames: list[np.ndarray]) -> list[list[dict]]:
+    """Per frame, each detected marking with the nearest registered sheet."""
+    if not served.identifies:
+        return [[] for _ in frames]
+    found = served.marking.detect(frames, batch=len(frames))
+    boxes, crops, owners = [], [], []
+    imprint = served.imprint
+    for i, rows in enumerate(found):
+        for row in rows:
+            try:
+                crops.append(marking_crop(frames[i], row[:4], imprint.crop_size, imprint.margin))
+            except ValueError:  # a degenerate box on the frame's border
+                continue
+            boxes.append(row)
+            owners.append(i)
+    out: list[list[dict]] = [[] for _ in frames]
+    if not crops:
+        return out
+    embeddings = imprint.embed(np.stack(crops))
+    matches = served.references.match(embeddings, served.threshold)
+    for n, (i, row) in enumerate(zip(owners, boxes, strict=True)):
+        similarity = float(matches.similarity[n])
+        out[i].append(
+            {
+                "bbox": [round(float(v), 1) for v in row[:4]],
+                "score": round(float(row[4]), 6),
+                "sheet_id": matches.sheet_ids[n],
+                "nearest_sheet_id": matches.nearest[n] if np.isfinite(similarity) else None,
+                "similarity": round(similarity, 6) if np.isfinite(similarity) else None,
+            }
+        )
+    return out
+
+
+def _identity(served: Served, markings: list[dict]) -> dict:
+    """The frame's sheet: the marking nearest a registered sheet decides."""
+    if not served.identifies:
+        return {"status": "not_served", "sheet_id": None, "similarity": None}
+    if not markings:
+        return {"status": "no_marking", "sheet_id": None, "similarity": None}
+    best = max(markings, key=lambda m: -1.0 if m["similarity"] is None else m["similarity"])
+    known = best["sheet_id"] != UNKNOWN
+    return {
+        "status": "identified" if known else "unknown",
+        "sheet_id": best["sheet_id"],
+        "nearest_sheet_id": best["nearest_sheet_id"],
+        "similarity": best["similarity"],
+        "threshold": served.threshold,
+        "bbox": best["bbox"],
+    }
+
+
+def _overlay(frame: np.ndarray, masks: np.ndarray) -> str:
+    """The frame with each class's mask tinted and outlined, as base64 PNG."""
+    picture = cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
+    for c, mask in enumerate(masks):
+        if not mask.any():
+            continue
+        colour = np.array(PALETTE[c % len(PALETTE)], np.float32)
+        tinted = picture[mask].astype(np.float32) * 0.55 + colour * 0.45
+        picture[mask] = tinted.astype(np.uint8)
+        contours, _ = cv2.findContours(
+            mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE
+        )
+        cv2.drawContours(picture, contours, -1, PALETTE[c % len(PALETTE)], 1)
+    ok, png = cv2.imencode(".png", picture)
+    if not ok:
+        raise RuntimeError("the overlay could not be encoded as PNG")
+    return base64.b64encode(png.tobytes()).decode("ascii")
+
+
+def warm_up(served: Served) -> None:
+    """One frame through every model, so the first request does not pay for set-up."""
+    h, w = served.segmenter.frame_shape
+    inspect_frames(served, [FrameJob(np.full((h, w), 128, np.uint8))])

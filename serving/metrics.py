@@ -1,0 +1,84 @@
+"""Prometheus metrics: requests, latency, micro-batch sizes, queue depth, served versions.
+
+With one server process the metrics live in the app's own registry. With several
+(``serve_workers`` > 1) ``steelsight serve`` sets PROMETHEUS_MULTIPROC_DIR before the
+processes start, every process writes its values there, and /metrics adds them up.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "steelsight_requests", "Requests answered.", ["method", "route", "status"], registry=r
+        )
+        self.latency = Histogram(
+            "steelsight_request_seconds",
+            "Time from request to response.",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_frames = Histogram(
+            "steelsight_batch_frames", "Frames per micro-batch.", buckets=BATCH_BUCKETS, registry=r
+        )
+        self.batch_seconds = Histogram(
+            "steelsight_batch_seconds",
+            "Model time per micro-batch.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.rejected = Counter(
+            "steelsight_rejected_frames", "Frames refused: queue full.", registry=r
+        )
+        self.queued = Gauge(
+            "steelsight_queued_frames",
+            "Frames waiting for the models.",
+            multiprocess_mode="livesum",
+            registry=r,
+        )
+        self.model = Gauge(
+            "steelsight_model_info",
+            "1 for each model version served, 0 for one served before.",
+            ["kind", "version"],
+            multiprocess_mode="liveall",
+            registry=r,
+        )
+        self._served: dict[str, str] = {}
+
+    def served(self, versions: dict[str, str]) -> None:
+        for kind, version in self._served.items():
+            if versions.get(kind) != version:
+                self.model.labels(kind, version).set(0)
+        for kind, version in versions.items():
+            self.model.labels(kind, version).set(1)
+        self._served = dict(versions)
+
+    def batch(self, frames: int, seconds: float) -> None:
+        self.batch_frames.observe(frames)
+        self.batch_seconds.observe(seconds)
+
+    def exposition(self) -> tuple[bytes, str]:
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)
+            return generate_latest(registry), CONTENT_TYPE_LATEST
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -1,0 +1,86 @@
+"""API keys: a client sends its key in a header; keys are compared in constant time.
+
+Keys are configured as client name → key (settings.api_keys); the name, never the key,
+goes into the access log. Serving without keys is possible only when settings say so
+(allow_no_keys, the demo), and the server announces it when it starts.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+
+from fastapi import Request
+
+from serving.errors import ApiError
+from steelsight.settings import Settings
+
+log = logging.getLogger(__name__)
+ANONYMOUS = "anonymous"
+
+
+class ServeConfigError(RuntimeError):
+    """The server cannot start as configured."""
+
+
+class KeyCheck:
+    def __init__(self, settings: Settings) -> None:
+        self.header = settings.api_key_header
+        self._keys = [
+            (name, key.get_secret_value().encode()) for name, key in settings.api_keys.items()
+        ]
+        if not self._keys and not settings.allow_no_keys:
+            raise ServeConfigError(
+                "no API keys configured: set "
+                'STEELSIGHT_API_KEYS=\'{"mes": "<a long random key>"}\' '
+                "or, for a demo on a closed machine only, STEELSIGHT_ALLOW_NO_KEYS=true "
+                "(`steelsight serve --allow-no-keys`)"
+            )
+
+    @property
+    def open(self) -> bool:
+        return not self._keys
+
+    def announce(self) -> None:
+        if self.open:
+            log.warning(
+                "SERVING WITHOUT API KEYS (allow_no_keys): anyone who can reach this port "
+                "can call the API; configure STEELSIGHT_API_KEYS for anything but a demo"
+            )
+        else:
+            log.info(
+                "API keys required in header %s for %d client(s): %s",
+                self.header,
+                len(self._keys),
+                ", ".join(name for name, _ in self._keys),
+            )
+
+    def client(self, sent: str | None) -> str | None:
+        """The name of the client whose key was sent; None when no key matches. Every key
+        is compared, so the time taken does not tell which one came close."""
+        if self.open:
+            return ANONYMOUS
+        given = (sent or "").encode()
+        found = None
+        for name, key in self._keys:
+            if hmac.compare_digest(given, key):
+                found = name
+        return found
+
+
+def require_key(request: Request) -> str:
+    """FastAPI dependency: the calling client's name, or 401."""
+    check: KeyCheck = request.app.state.server.keys
+    client = check.client(request.headers.get(check.header))
+    if client is None:
+        missing = check.header not in request.headers
+        raise ApiError(
+            401,
+            "unauthorized",
+            f"{'no' if missing else 'an invalid'} API key in header {check.header}: send the key "
+            "your plant administrator configured for this client",
+            check.header,
+            {"WWW-Authenticate": f'ApiKey header="{check.header}"'},
+        )
+    request.state.client = client
+    return client

@@ -1,0 +1,523 @@
+"""The serving API over real HTTP: `steelsight serve` started by the test on a copy of
+the main job's home (its champions in a SQLite MLflow store, its DuckDB/Parquet
+warehouse), called with httpx on loopback.
+
+One server runs with API keys and a small queue for the functional tests; a second runs
+without keys (as the demo does) with a tiny queue, to be flooded."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import cv2
+import httpx
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from tasks.core.labels import SEVERSTAL_CLASSES
+from tasks.inspection_report import compare_defects
+from tasks.rle import rle_decode
+from tests.helpers import LINE_SHEETS, MainJob
+from warehouse.schema import TABLES
+from warehouse.store import Warehouse, new_import_id
+
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
+BIN = Path(sys.executable).parent
+KEY = "mes-line-1-" + "k" * 24
+OTHER_KEY = "mes-line-1-" + "x" * 24
+NAMED_SHEET = "S-TEST-0002"  # the ID the test gives the line's sheet 2
+FIELD_ONLY = b'--b\r\nContent-Disposition: form-data; name="frame"\r\n\r\nabc\r\n--b--\r\n'
+
+
+@dataclass
+class Server:
+    url: str
+    home: Path
+    log: Path
+    process: subprocess.Popen
+
+    def client(self, key: str | None = KEY) -> httpx.Client:
+        headers = {"X-API-Key": key} if key else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=120)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _home_copy(main_job: MainJob, dest: Path) -> Path:
+    """The main job's warehouse and registry, copied so the tests may change them (the
+    copied registry still points at the original model files, which nobody changes)."""
+    shutil.copytree(main_job.home / "warehouse", dest / "warehouse")
+    (dest / "mlflow").mkdir(parents=True)
+    shutil.copy2(main_job.home / "mlflow" / "mlflow.db", dest / "mlflow" / "mlflow.db")
+    return dest
+
+
+def _name_sheet(home: Path, archive_id: str, sheet_index: int, sheet_id: str) -> None:
+    """Re-import the line's rows with one sheet identified, as the identity models
+    would have named it (the demo-size detector finds no marking)."""
+    warehouse = Warehouse(home / "warehouse")
+    import_id = new_import_id()
+    tables = {}
+    for name in TABLES:
+        rows = warehouse.query(f"SELECT * FROM {name} WHERE archive_id = ?", [archive_id])
+        rows = rows.set_column(
+            rows.schema.get_field_index("import_id"),
+            "import_id",
+            pa.array([import_id] * rows.num_rows, pa.string()),
+        )
+        tables[name] = rows
+    for name in ("sheets", "defects"):
+        table = tables[name].to_pylist()
+        for row in table:
+            if row["sheet_index"] == sheet_index:
+                row["sheet_id"] = sheet_id
+        tables[name] = pa.Table.from_pylist(table, schema=tables[name].schema)
+    (archive_row,) = tables.pop("archives").to_pylist()
+    warehouse.import_archive({**archive_row, "import_id": import_id}, tables)
+
+
+def _start(home: Path, log: Path, extra_env: dict[str, str], args: list[str]) -> Server:
+    port = _free_port()
+    env = {
+        **os.environ,
+        "STEELSIGHT_HOME": str(home),
+        "STEELSIGHT_DEVICE": "cpu",
+        "STEELSIGHT_SERVE_POLL_S": "1",
+        **extra_env,
+    }
+    env.pop("STEELSIGHT_MLFLOW_TRACKING_URI", None)
+    process = subprocess.Popen(
+        [str(BIN / "steelsight"), "serve", "--port", str(port), *args],
+        env=env,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    server = Server(f"http://127.0.0.1:{port}", home, log, process)
+    deadline = time.monotonic() + 240
+    with server.client() as http:
+        while time.monotonic() < deadline:
+            assert process.poll() is None, log.read_text()[-4000:]
+            try:
+                if http.get("/readyz").status_code == 200:
+                    return server
+            except httpx.TransportError:
+                pass
+            time.sleep(0.5)
+    _stop(server)
+    pytest.fail(f"the server did not become ready: {log.read_text()[-4000:]}")
+
+
+def _stop(server: Server) -> None:
+    if server.process.poll() is None:
+        os.killpg(server.process.pid, signal.SIGTERM)
+        try:
+            server.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.process.pid, signal.SIGKILL)
+            server.process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def line(main_job: MainJob) -> dict:
+    """The line recording's frames (as the camera gave them) and the twin's truth."""
+    archive = main_job.home / "archives" / "line-1-inspection-s2"
+    with (archive / "frame_index.csv").open(newline="") as f:
+        ids = [r["frame_id"] for r in csv.DictReader(f)]
+    capture = cv2.VideoCapture(str(archive / "video.mkv"))
+    frames = []
+    for _ in ids:
+        ok, frame = capture.read()
+        assert ok
+        frames.append(frame[:, :, 0])
+    capture.release()
+    with (archive / "ground_truth" / "defects.csv").open(newline="") as f:
+        truth = list(csv.DictReader(f))
+    archive_id = (
+        Warehouse(main_job.home / "warehouse")
+        .query("SELECT archive_id FROM archives WHERE path LIKE ?", ["%/line-1-inspection-s2"])
+        .to_pylist()[0]["archive_id"]
+    )
+    return {"ids": ids, "frames": frames, "truth": truth, "archive_id": archive_id}
+
+
+@pytest.fixture(scope="module")
+def server(main_job: MainJob, line: dict, tmp_path_factory: pytest.TempPathFactory):
+    root = tmp_path_factory.mktemp("serve")
+    home = _home_copy(main_job, root / "home")
+    _name_sheet(home, line["archive_id"], 2, NAMED_SHEET)
+    env = {
+        "STEELSIGHT_API_KEYS": json.dumps({"mes": KEY, "historian": OTHER_KEY}),
+        "STEELSIGHT_SERVE_QUEUE_FRAMES": "8",
+        "STEELSIGHT_SERVE_BATCH_FRAMES": "4",
+        "STEELSIGHT_MAX_IMAGE_BYTES": str(1024 * 1024),
+        "STEELSIGHT_MAX_IMAGE_PIXELS": str(1600 * 256 * 2),
+        "STEELSIGHT_MAX_BATCH_FRAMES": "4",
+    }
+    started = _start(home, root / "serve.log", env, [])
+    yield started
+    _stop(started)
+
+
+def _png(frame: np.ndarray) -> bytes:
+    return cv2.imencode(".png", frame)[1].tobytes()
+
+
+def _jpeg(frame: np.ndarray) -> bytes:
+    return cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes()
+
+
+def _inspect(http: httpx.Client, frame: np.ndarray, **params) -> httpx.Response:
+    return http.post(
+        "/v1/inspect", content=_jpeg(frame), headers={"Content-Type": "image/jpeg"}, params=params
+    )
+
+
+def _metrics(http: httpx.Client) -> str:
+    response = http.get("/metrics")
+    assert response.status_code == 200
+    return response.text
+
+
+def test_operations_endpoints_and_docs(server: Server) -> None:
+    with server.client(key=None) as http:
+        assert http.get("/healthz").json() == {"status": "alive"}
+        ready = http.get("/readyz").json()
+        assert ready["ready"] and ready["checks"]["models"] == "ok"
+        assert ready["checks"]["warehouse"].startswith("ok")
+        metrics = _metrics(http)
+        assert 'steelsight_model_info{kind="segmentation",version="1"} 1.0' in metrics
+        assert "steelsight_request_seconds_bucket" in metrics
+        assert http.get("/docs").status_code == 200
+        spec = http.get("/openapi.json").json()
+        body = spec["paths"]["/v1/inspect"]["post"]["requestBody"]["content"]
+        assert {"image/jpeg", "image/png", "multipart/form-data"} <= set(body)
+    with server.client() as http:
+        models = http.get("/v1/models").json()
+    assert {m["kind"]: m["version"] for m in models["served"]} == {
+        "segmentation": "1",
+        "marking": "1",
+        "imprint": "1",
+    }
+    assert models["problem"] is None
+
+
+def test_requests_need_a_valid_key(server: Server, line: dict) -> None:
+    frame = _jpeg(line["frames"][0])
+    for key in (None, OTHER_KEY[:-1] + "y", "short"):
+        with server.client(key=key) as http:
+            for response in (
+                http.get("/v1/models"),
+                http.get("/v1/sheets"),
+                http.post("/v1/inspect", content=frame, headers={"Content-Type": "image/jpeg"}),
+            ):
+                assert response.status_code == 401, response.text
+                error = response.json()["error"]
+                assert error["code"] == "unauthorized" and "X-API-Key" in error["message"]
+    with server.client(key=OTHER_KEY) as http:
+        assert http.get("/v1/models").status_code == 200
+    access = [json.loads(x) for x in server.log.read_text().splitlines() if x.startswith("{")]
+    assert {"mes", "historian"} <= {a["client"] for a in access}
+    assert not any(KEY in line or OTHER_KEY in line for line in server.log.read_text().splitlines())
+
+
+def test_no_keys_is_refused_unless_allowed(tmp_path: Path) -> None:
+    env = {**os.environ, "STEELSIGHT_HOME": str(tmp_path / "home")}
+    for name in ("STEELSIGHT_API_KEYS", "STEELSIGHT_ALLOW_NO_KEYS"):
+        env.pop(name, None)
+    refused = subprocess.run(
+        [str(BIN / "steelsight"), "serve", "--port", str(_free_port())],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert refused.returncode == 2
+    assert "no API keys configured" in refused.stdout + refused.stderr
+
+
+def test_bad_input_gets_a_4xx_naming_the_problem_and_the_next_request_is_served(
+    server: Server, line: dict
+) -> None:
+    frame = line["frames"][10]
+    jpeg = _jpeg(frame)
+    big = _png(np.zeros((1024, 1600), np.uint8))
+    noise = np.random.default_rng(1).integers(0, 255, 1_200_000, dtype=np.uint8).tobytes()
+
+    def raw(data: bytes, media: str) -> dict:
+        return {"content": data, "headers": {"Content-Type": media}}
+
+    def part(name: str, data: bytes, media: str) -> dict:
+        return {"files": {"frame": (name, data, media)}}
+
+    cases = [
+        ("empty body", raw(b"", "image/jpeg"), 400, "empty_body"),
+        ("text", raw(b"frame 7", "image/png"), 422, "not_an_image"),
+        ("truncated jpeg", raw(jpeg[: len(jpeg) // 2], "image/jpeg"), 422, "truncated_image"),
+        ("too many pixels", raw(big, "image/png"), 413, "image_too_large"),
+        ("too many bytes", raw(b"\xff\xd8\xff" + noise, "image/jpeg"), 413, "body_too_large"),
+        ("wrong type", raw(jpeg, "text/plain"), 415, "unsupported_media_type"),
+        ("no type", raw(jpeg, ""), 415, "unsupported_media_type"),
+        ("form without file", raw(FIELD_ONLY, "multipart/form-data; boundary=b"), 400, "no_frame"),
+        (
+            "part of the wrong type",
+            part("f.txt", b"abc", "text/plain"),
+            415,
+            "unsupported_media_type",
+        ),
+        ("truncated part", part("f.jpg", jpeg[:3000], "image/jpeg"), 422, "truncated_image"),
+    ]
+    with server.client() as http:
+        for what, request, status, code in cases:
+            response = http.post("/v1/inspect", **request)
+            assert response.status_code == status, (what, response.text)
+            error = response.json()["error"]
+            assert error["code"] == code, (what, error)
+            assert error["message"], what
+            after = _inspect(http, frame)
+            assert after.status_code == 200, (what, after.text)
+        five = [("frames", (f"{i}.jpg", jpeg, "image/jpeg")) for i in range(5)]
+        others = [
+            (http.post("/v1/inspect/batch", **raw(jpeg, "image/jpeg")), 415),
+            (http.post("/v1/inspect/batch", files=five), 413),
+            (http.get("/v1/sheets", params={"since": "yesterday"}), 422),
+            (http.get("/v1/sheets", params={"limit": 0}), 422),
+            (http.get("/v1/sheets", params={"since": "2026-01-02", "until": "2026-01-01"}), 422),
+            (http.get("/v1/sheets/S-NEVER-SEEN"), 404),
+            (http.get("/v1/sheets/unknown"), 404),
+            (http.get("/v1/nothing-here"), 404),
+        ]
+        for response, status in others:
+            assert response.status_code == status, response.text
+            assert response.json()["error"]["message"]
+        assert others[1][0].json()["error"]["code"] == "too_many_frames"
+        assert _inspect(http, frame).status_code == 200
+        assert 'status="500"' not in _metrics(http)
+    assert "Traceback" not in server.log.read_text()
+
+
+def test_twin_frames_give_the_defects_the_twin_drew_and_the_inspect_job_found(
+    server: Server, line: dict, main_job: MainJob
+) -> None:
+    shape = line["frames"][0].shape
+    served = []
+    gates = {}
+    with server.client() as http:
+        for start in range(0, len(line["ids"]), 4):
+            ids = line["ids"][start : start + 4]
+            files = [
+                ("frames", (f"{i}.png", _png(line["frames"][start + n]), "image/png"))
+                for n, i in enumerate(ids)
+            ]
+            response = http.post("/v1/inspect/batch", files=files)
+            assert response.status_code == 200, response.text
+            results = response.json()["results"]
+            assert [r["name"] for r in results] == [f"frames ({i}.png)" for i in ids]
+            for frame_id, item in zip(ids, results, strict=True):
+                result = item["result"]
+                assert item["error"] is None and result["models"]["segmentation"] == "1"
+                assert (result["width"], result["height"]) == (shape[1], shape[0])
+                assert result["identity"]["status"] in {"identified", "unknown", "no_marking"}
+                gates[frame_id] = result["gate"]
+                served += [{**d, "frame_id": frame_id} for d in result["defects"]]
+    classes = dict(SEVERSTAL_CLASSES)
+    report = compare_defects(line["truth"], served, classes, shape)
+    scratches = report["scratches"]
+    # the same bar as the inspect job's test: a two-minute model finds about a third
+    assert scratches["true"] > 0
+    assert scratches["recall"] >= 0.2 and scratches["precision"] >= 0.2, report
+    # The API and the inspect job give the same answers with the same model version.
+    warehouse = Warehouse(main_job.home / "warehouse")
+    stored = warehouse.query(
+        "SELECT frame_id, class_id, rle FROM defects WHERE archive_id = ?", [line["archive_id"]]
+    ).to_pylist()
+    differ = union = 0
+    for frame_id in line["ids"]:
+        for class_id in classes:
+            a = np.zeros(shape, bool)
+            b = np.zeros(shape, bool)
+            for d in served:
+                if d["frame_id"] == frame_id and d["class_id"] == class_id:
+                    a |= rle_decode(d["rle"], shape).astype(bool)
+            for d in stored:
+                if d["frame_id"] == frame_id and d["class_id"] == class_id:
+                    b |= rle_decode(d["rle"], shape).astype(bool)
+            differ += int((a ^ b).sum())
+            union += int((a | b).sum())
+    assert union > 0 and differ / union < 0.01, (differ, union)
+    stored_gates = warehouse.query(
+        "SELECT frame_id, gate FROM frames WHERE archive_id = ?", [line["archive_id"]]
+    ).to_pylist()
+    for row in stored_gates:
+        assert np.allclose(list(gates[row["frame_id"]].values()), row["gate"], atol=1e-3)
+
+
+def test_overlay_draws_the_masks(server: Server, line: dict) -> None:
+    frame_id = next(r["ImageId"] for r in line["truth"] if r["ClassId"] == "3")
+    frame = line["frames"][line["ids"].index(frame_id)]
+    with server.client() as http:
+        multipart = http.post(
+            "/v1/inspect",
+            files={"frame": ("f.png", _png(frame), "image/png")},
+            params={"overlay": "true"},
+        )
+        plain = http.post("/v1/inspect", content=_png(frame), headers={"Content-Type": "image/png"})
+    assert multipart.status_code == 200 and plain.status_code == 200
+    answer = multipart.json()
+    assert plain.json()["overlay_png"] is None
+    assert plain.json()["defects"] == answer["defects"]  # raw body and multipart agree
+    assert answer["defects"], "a frame with a drawn scratch should show one"
+    png = base64.b64decode(answer["overlay_png"])
+    picture = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)
+    assert picture.shape == (*frame.shape, 3)
+    mask = rle_decode(answer["defects"][0]["rle"], frame.shape).astype(bool)
+    tinted = np.abs(picture[:, :, 0].astype(int) - picture[:, :, 2].astype(int)) > 10
+    assert tinted[mask].mean() > 0.9 and tinted[~mask].mean() < 0.05
+
+
+def test_sheets_come_from_the_warehouse(server: Server, line: dict) -> None:
+    warehouse = Warehouse(server.home / "warehouse")
+    with server.client() as http:
+        listed = http.get("/v1/sheets").json()["sheets"]
+        assert len(listed) == LINE_SHEETS
+        seen = [datetime.fromisoformat(s["seen_at"]) for s in listed]
+        assert seen == sorted(seen, reverse=True)
+        since = listed[2]["seen_at"]
+        recent = http.get("/v1/sheets", params={"since": since}).json()["sheets"]
+        assert [s["sheet_index"] for s in recent] == [s["sheet_index"] for s in listed[:3]]
+        grade = listed[0]["grade"]
+        graded = http.get("/v1/sheets", params={"grade": grade}).json()["sheets"]
+        assert graded and {s["grade"] for s in graded} == {grade}
+        assert len(graded) == sum(s["grade"] == grade for s in listed)
+        assert http.get("/v1/sheets", params={"grade": "Z"}).json()["sheets"] == []
+        page = http.get("/v1/sheets", params={"limit": 2, "offset": 2}).json()["sheets"]
+        assert page == listed[2:4]
+        sheet = http.get(f"/v1/sheets/{NAMED_SHEET}").json()
+    assert sheet["sheet_id"] == NAMED_SHEET and sheet["sheet_index"] == 2 and sheet["passes"] == 1
+    stored = warehouse.query(
+        "SELECT grade, n_defects FROM sheets WHERE archive_id = ? AND sheet_index = 2",
+        [line["archive_id"]],
+    ).to_pylist()[0]
+    assert sheet["grade"] == stored["grade"]
+    assert len(sheet["defects"]) == stored["n_defects"] == sum(sheet["defect_counts"].values())
+    rles = warehouse.query(
+        "SELECT rle FROM defects WHERE archive_id = ? AND sheet_index = 2", [line["archive_id"]]
+    )["rle"].to_pylist()
+    assert sorted(d["rle"] for d in sheet["defects"]) == sorted(rles)
+
+
+def _register_copy(home: Path, kind: str) -> int:
+    """A new registered version of ``kind`` with the champion's files, promoted."""
+    from mlflow.tracking import MlflowClient
+
+    from models import registry
+
+    client = MlflowClient(f"sqlite:///{home / 'mlflow' / 'mlflow.db'}")
+    name = registry.model_name(kind)
+    current = client.get_model_version_by_alias(name, registry.CHAMPION)
+    created = client.create_model_version(name, current.source, run_id=current.run_id)
+    registry.promote(client, kind, int(created.version), "test: hot switch under load")
+    return int(created.version)
+
+
+def test_a_promotion_during_a_stream_of_requests_fails_none(server: Server, line: dict) -> None:
+    frames = [_jpeg(f) for f in line["frames"][:8]]
+    answers: list[tuple[int, str | None]] = []
+    stop = threading.Event()
+
+    def stream() -> None:
+        with server.client() as http:
+            n = 0
+            while not stop.is_set():
+                response = http.post(
+                    "/v1/inspect",
+                    content=frames[n % len(frames)],
+                    headers={"Content-Type": "image/jpeg"},
+                )
+                version = response.json().get("models", {}).get("segmentation")
+                answers.append((response.status_code, version))
+                n += 1
+
+    streams = [threading.Thread(target=stream) for _ in range(3)]
+    for s in streams:
+        s.start()
+    try:
+        time.sleep(3)
+        new = _register_copy(server.home, "segmentation")
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            if sum(v == str(new) for _, v in answers[-3:]) == 3:
+                break
+            time.sleep(0.5)
+        time.sleep(2)
+    finally:
+        stop.set()
+        for s in streams:
+            s.join(timeout=120)
+    assert answers and all(status == 200 for status, _ in answers), answers
+    versions = [v for _, v in answers]
+    assert versions[0] == "1" and versions[-1] == str(new)
+    assert versions.count("1") >= 3 and versions.count(str(new)) >= 3
+    with server.client() as http:
+        served = {m["kind"]: m["version"] for m in http.get("/v1/models").json()["served"]}
+        metrics = _metrics(http)
+    assert served["segmentation"] == str(new)
+    assert f'steelsight_model_info{{kind="segmentation",version="{new}"}} 1.0' in metrics
+    assert 'steelsight_model_info{kind="segmentation",version="1"} 0.0' in metrics
+
+
+def test_a_flood_beyond_the_queue_gets_503_then_service_resumes(
+    main_job: MainJob, line: dict, tmp_path: Path
+) -> None:
+    home = _home_copy(main_job, tmp_path / "home")
+    env = {"STEELSIGHT_SERVE_QUEUE_FRAMES": "3", "STEELSIGHT_SERVE_BATCH_FRAMES": "2"}
+    env_clear = {"STEELSIGHT_API_KEYS": "{}"}
+    flood = _start(home, tmp_path / "serve.log", {**env, **env_clear}, ["--allow-no-keys"])
+    try:
+        assert "SERVING WITHOUT API KEYS" in flood.log.read_text()
+        jpeg = _jpeg(line["frames"][20])
+
+        def call(_: int) -> httpx.Response:
+            with flood.client(key=None) as http:
+                return http.post(
+                    "/v1/inspect", content=jpeg, headers={"Content-Type": "image/jpeg"}
+                )
+
+        with ThreadPoolExecutor(max_workers=32) as pool:
+            responses = list(pool.map(call, range(64)))
+        codes = [r.status_code for r in responses]
+        assert set(codes) == {200, 503}, codes
+        for r in responses:
+            if r.status_code == 503:
+                assert int(r.headers["Retry-After"]) >= 1
+                assert r.json()["error"]["code"] == "overloaded"
+        with flood.client(key=None) as http:
+            assert [_inspect(http, line["frames"][20]).status_code for _ in range(3)] == [200] * 3
+            metrics = _metrics(http)
+        rejected = next(
+            float(x.split()[-1])
+            for x in metrics.splitlines()
+            if x.startswith("steelsight_rejected_frames_total")
+        )
+        assert rejected == codes.count(503)
+    finally:
+        _stop(flood)
