@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 
@@ -20,3 +22,20 @@ def autocast(device: torch.device):
     return torch.autocast(
         device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"
     )
+
+
+def cpu_threads() -> int:
+    """The CPUs this process may run on (its affinity, which containers set)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def use_cpu_threads(threads: int | None = None) -> None:
+    """Give torch's CPU work ``threads`` threads in the calling thread.
+
+    OpenMP keeps the team size per calling thread, and ultralytics sets
+    OMP_NUM_THREADS=1 when it is imported: a thread that first runs torch after that
+    gets one thread. Long-lived inference threads call this before their work."""
+    torch.set_num_threads(threads or cpu_threads())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 
+from models.devices import use_cpu_threads
 from serving.batching import MicroBatcher
 from serving.champions import Champions, NoChampion
 from serving.errors import ApiError
@@ -38,6 +39,7 @@ class ServerState:
             served = champions.current  # taken once: the whole batch runs on this set
             if served is None:
                 raise NoChampion(champions.problem or "no models loaded")
+            use_cpu_threads()
             return inspect_frames(served, jobs)
 
         batcher = MicroBatcher(
