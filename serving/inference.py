@@ -66,7 +66,7 @@ def inspect_frames(served: Served, jobs: list[FrameJob]) -> list[FrameAnswer]:
                 defects=[_defect(d, served.class_ids, names) for d in found],
                 gate={name: round(float(p), 6) for name, p in zip(names, gate, strict=True)},
                 markings=markings[i],
-                identity=_identity(served, markings[i]),
+                identity=frame_identity(markings[i], served.threshold, served.identifies),
                 versions=served.versions,
                 overlay_png=_overlay(job.frame, masks) if masks is not None else None,
             )
@@ -119,9 +119,10 @@ def _markings(served: Served, frames: list[np.ndarray]) -> list[list[dict]]:
     return out
 
 
-def _identity(served: Served, markings: list[dict]) -> dict:
-    """The frame's sheet: the marking nearest a registered sheet decides."""
-    if not served.identifies:
+def frame_identity(markings: list[dict], threshold: float | None, served: bool) -> dict:
+    """The frame's sheet: the marking nearest a registered sheet decides; ``unknown``
+    when that marking is below the imprint threshold."""
+    if not served:
         return {"status": "not_served", "sheet_id": None, "similarity": None}
     if not markings:
         return {"status": "no_marking", "sheet_id": None, "similarity": None}
@@ -132,7 +133,7 @@ def _identity(served: Served, markings: list[dict]) -> dict:
         "sheet_id": best["sheet_id"],
         "nearest_sheet_id": best["nearest_sheet_id"],
         "similarity": best["similarity"],
-        "threshold": served.threshold,
+        "threshold": threshold,
         "bbox": best["bbox"],
     }
 
