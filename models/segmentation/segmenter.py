@@ -99,7 +99,6 @@ class Segmenter:
                 f"expected grey uint8 frames (N, H, W), got {images.dtype} {images.shape}"
             )
         t = self.thresholds
-        pixel_thresholds = torch.tensor(t.pixel, device=self.device).view(1, -1, 1, 1)
         gate_thresholds = torch.tensor(t.gate, device=self.device)
         masks, gates, scores = [], [], []
         found: list[Defect] = []
@@ -111,7 +110,7 @@ class Segmenter:
             # are empty anyway, and most frames have one class or none.
             kept = (gate >= gate_thresholds).nonzero().tolist()
             binary_np = np.zeros((len(batch), len(t.gate), *batch.shape[1:]), bool)
-            probs: dict[tuple[int, int], torch.Tensor] = {}
+            probs: dict[tuple[int, int], np.ndarray] = {}  # full-resolution, kept masks
             if kept:
                 rows = torch.tensor([i for i, _ in kept], device=self.device)
                 cols = torch.tensor([j for _, j in kept], device=self.device)
@@ -122,16 +121,17 @@ class Segmenter:
                         mode="bilinear",
                     )
                 )[:, 0]
-                above = (full >= pixel_thresholds.view(-1)[cols][:, None, None]).cpu().numpy()
+                full_np = full.cpu().numpy()  # one transfer serves masks, scores and regions
                 for n, (i, j) in enumerate(kept):
-                    binary_np[i, j] = remove_small_components(above[n], t.min_area[j])
-                    probs[i, j] = full[n]
+                    above = full_np[n] >= t.pixel[j]
+                    binary_np[i, j] = remove_small_components(above, t.min_area[j])
+                    probs[i, j] = full_np[n]
             score = np.zeros((len(batch), len(t.gate)), np.float32)
             for (i, j), p in probs.items():
-                area = int(binary_np[i, j].sum())
+                inside = binary_np[i, j]
+                area = int(inside.sum())
                 if area:
-                    inside = torch.from_numpy(binary_np[i, j]).to(self.device)
-                    score[i, j] = float((p * inside).sum()) / area
+                    score[i, j] = float(p[inside].sum(dtype=np.float64)) / area
             scores.append(score)
             masks.append(binary_np)
             gates.append(gate.cpu().numpy())
@@ -184,7 +184,7 @@ class Segmenter:
 
 
 def _regions(
-    binary: np.ndarray, probs: dict[tuple[int, int], torch.Tensor], offset: int
+    binary: np.ndarray, probs: dict[tuple[int, int], np.ndarray], offset: int
 ) -> list[Defect]:
     """Connected regions (8-connectivity) of every (frame, class) mask of a batch."""
     found = []
@@ -192,7 +192,7 @@ def _regions(
         n, labels, stats, _ = cv2.connectedComponentsWithStats(
             binary[i, j].astype(np.uint8), connectivity=8
         )
-        p = probs[int(i), int(j)].cpu().numpy().ravel()
+        p = probs[int(i), int(j)].ravel()
         sums = np.bincount(labels.ravel(), weights=p, minlength=n)
         for k in range(1, n):
             x, y, w, h, area = (int(v) for v in stats[k])
