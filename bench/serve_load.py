@@ -146,9 +146,12 @@ def _model_only(home: Path, frame: np.ndarray, device: str, rounds: int) -> floa
     configure_environment(settings)
     from serving.champions import Champions
     from serving.inference import FrameJob, inspect_frames
+    from serving.reader import WarehouseReader
     from warehouse.store import Warehouse
 
-    champions = Champions(settings, Warehouse(settings.warehouse_dir))
+    warehouse = Warehouse(settings.warehouse_dir)
+    reader = WarehouseReader(warehouse)
+    champions = Champions(settings, warehouse, reader.cursor)
     if not champions.refresh():
         raise SystemExit(f"no models to serve: {champions.problem}")
     served = champions.current
@@ -157,7 +160,7 @@ def _model_only(home: Path, frame: np.ndarray, device: str, rounds: int) -> floa
         started = time.perf_counter()
         inspect_frames(served, [FrameJob(frame)])
         times.append(time.perf_counter() - started)
-    champions.close()
+    reader.close()
     return statistics.median(times[5:]) * 1000
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
@@ -58,14 +59,14 @@ class NoChampion(RuntimeError):
 class Champions:
     """Which set is served, and how it follows the registry."""
 
-    def __init__(self, settings: Settings, warehouse) -> None:
+    def __init__(self, settings: Settings, warehouse, cursor: Callable) -> None:
         self.settings = settings
-        self.warehouse = warehouse  # warehouse.store.Warehouse, read through reader()
+        self.warehouse = warehouse  # warehouse.store.Warehouse
+        self._cursor = cursor  # a cursor on the server's read-only warehouse connection
         self.current: Served | None = None
         self.problem: str | None = "models not loaded yet"
         self.checked_at: str | None = None
         self._lock = threading.Lock()  # one refresh at a time
-        self._reader = None
 
     # -- what the registry and the warehouse say now --------------------------------------
     def wanted_versions(self) -> dict[str, str]:
@@ -83,11 +84,6 @@ class Champions:
             wanted |= {"marking": str(found["marking"]), "imprint": str(found["imprint"])}
         return wanted
 
-    def _cursor(self):
-        if self._reader is None:
-            self._reader = self.warehouse.reader()
-        return self._reader.cursor()
-
     def _references_key(self, imprint_version: str | None) -> tuple:
         """What identifies the registered sheets of this imprint version right now."""
         if imprint_version is None:
@@ -103,7 +99,6 @@ class Champions:
                     ).fetchall()[0]
                 )
         except Exception as error:  # no warehouse yet: identify nothing, look again later
-            self.close()
             return ("unreadable", str(error))
 
     def _references(self, imprint_version: str, key: tuple) -> ReferenceIndex:
@@ -164,8 +159,3 @@ class Champions:
             self.current = served
             self.problem = None
             return True
-
-    def close(self) -> None:
-        if self._reader is not None:
-            self._reader.close()
-            self._reader = None
