@@ -440,11 +440,13 @@ def test_sheets_come_from_the_warehouse(server: Server, line: dict) -> None:
 
 def _register_copy(home: Path, kind: str) -> int:
     """A new registered version of ``kind`` with the champion's files, promoted."""
-    from mlflow.tracking import MlflowClient
-
     from models import registry
+    from steelsight.settings import Settings
 
-    client = MlflowClient(f"sqlite:///{home / 'mlflow' / 'mlflow.db'}")
+    # registry.connect also sets MLflow's global tracking URI: MLflow's SQL registry looks up
+    # a "models:/m-..." source through that global, not through this client's store, so a
+    # global left on another test's home fails with "Logged model ... not found".
+    client = registry.connect(Settings(home=home))
     name = registry.model_name(kind)
     current = client.get_model_version_by_alias(name, registry.CHAMPION)
     created = client.create_model_version(name, current.source, run_id=current.run_id)
