@@ -1,4 +1,5 @@
-"""Structured access logs: one JSON object per request on stderr (logger steelsight.access)."""
+"""Structured access logs: one JSON object per request on stderr (logger steelsight.access),
+with the answering process's pid (several with ``serve_workers`` > 1)."""
 
 from __future__ import annotations
 
@@ -14,8 +15,13 @@ def access_logger() -> logging.Logger:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(
             JsonFormatter(
-                "%(asctime)s %(levelname)s %(message)s",
-                rename_fields={"asctime": "time", "levelname": "level", "message": "event"},
+                "%(asctime)s %(levelname)s %(process)d %(message)s",
+                rename_fields={
+                    "asctime": "time",
+                    "levelname": "level",
+                    "process": "pid",
+                    "message": "event",
+                },
                 datefmt="%Y-%m-%dT%H:%M:%S%z",
             )
         )

@@ -3,7 +3,7 @@ the main job's home (its champions in a SQLite MLflow store, its DuckDB/Parquet
 warehouse), called with httpx on loopback.
 
 One server runs with API keys and a small queue for the functional tests; a second runs
-without keys (as the demo does) with a tiny queue, to be flooded."""
+without keys (as the demo does), as two processes with tiny queues, to be flooded."""
 
 from __future__ import annotations
 
@@ -204,6 +204,11 @@ def _metrics(http: httpx.Client) -> str:
     return response.text
 
 
+def _access_lines(log: Path) -> list[str]:
+    """The server log's JSON access-log lines."""
+    return [x for x in log.read_text().splitlines() if x.startswith("{")]
+
+
 def test_operations_endpoints_and_docs(server: Server) -> None:
     with server.client(key=None) as http:
         assert http.get("/healthz").json() == {"status": "alive"}
@@ -241,7 +246,7 @@ def test_requests_need_a_valid_key(server: Server, line: dict) -> None:
                 assert error["code"] == "unauthorized" and "X-API-Key" in error["message"]
     with server.client(key=OTHER_KEY) as http:
         assert http.get("/v1/models").status_code == 200
-    access = [json.loads(x) for x in server.log.read_text().splitlines() if x.startswith("{")]
+    access = [json.loads(x) for x in _access_lines(server.log)]
     assert {"mes", "historian"} <= {a["client"] for a in access}
     assert not any(KEY in line or OTHER_KEY in line for line in server.log.read_text().splitlines())
 
@@ -500,15 +505,44 @@ def test_a_promotion_during_a_stream_of_requests_fails_none(server: Server, line
     assert 'steelsight_model_info{kind="segmentation",version="1"} 0.0' in metrics
 
 
+def _samples(metrics: str, name: str) -> list[tuple[str, float]]:
+    """(labels, value) of each sample of ``name`` in a Prometheus text exposition."""
+    found = []
+    for row in metrics.splitlines():
+        if row.startswith(name + "{") or row.startswith(name + " "):
+            head, value = row.rsplit(" ", 1)
+            found.append((head[len(name) :], float(value)))
+    return found
+
+
+def _worker_pids(metrics: str) -> set[str]:
+    """The server processes that have loaded the segmentation champion (multi-process mode
+    labels each live process's model_info with its pid)."""
+    return {
+        labels.split('pid="')[1].split('"')[0]
+        for labels, value in _samples(metrics, "steelsight_model_info")
+        if 'kind="segmentation"' in labels and value == 1.0
+    }
+
+
 def test_a_flood_beyond_the_queue_gets_503_then_service_resumes(
     main_job: MainJob, line: dict, tmp_path: Path
 ) -> None:
+    """Two server processes (--workers 2), each with a 3-frame queue, flooded; /metrics adds
+    the processes' counters up."""
     home = _home_copy(main_job, tmp_path / "home")
     env = {"STEELSIGHT_SERVE_QUEUE_FRAMES": "3", "STEELSIGHT_SERVE_BATCH_FRAMES": "2"}
     env_clear = {"STEELSIGHT_API_KEYS": "{}"}
-    flood = _start(home, tmp_path / "serve.log", {**env, **env_clear}, ["--allow-no-keys"])
+    flood = _start(
+        home, tmp_path / "serve.log", {**env, **env_clear}, ["--allow-no-keys", "--workers", "2"]
+    )
     try:
         assert "SERVING WITHOUT API KEYS" in flood.log.read_text()
+        with flood.client(key=None) as http:  # ready means one process is; wait for both
+            deadline = time.monotonic() + 240
+            while len(_worker_pids(_metrics(http))) < 2 and time.monotonic() < deadline:
+                time.sleep(0.5)
+            assert len(_worker_pids(_metrics(http))) == 2, _metrics(http)
         jpeg = _jpeg(line["frames"][20])
 
         def call(_: int) -> httpx.Response:
@@ -528,11 +562,25 @@ def test_a_flood_beyond_the_queue_gets_503_then_service_resumes(
         with flood.client(key=None) as http:
             assert [_inspect(http, line["frames"][20]).status_code for _ in range(3)] == [200] * 3
             metrics = _metrics(http)
-        rejected = next(
-            float(x.split()[-1])
-            for x in metrics.splitlines()
-            if x.startswith("steelsight_rejected_frames_total")
-        )
-        assert rejected == codes.count(503)
+        # Both processes answered, and /metrics sums their counters: each answer counted once.
+        answered = [
+            entry
+            for entry in map(json.loads, _access_lines(flood.log))
+            if entry["route"] == "/v1/inspect"
+        ]
+        assert len({entry["pid"] for entry in answered}) == 2
+        assert len(answered) == len(codes) + 3
+        assert _samples(metrics, "steelsight_rejected_frames_total") == [
+            ("", float(codes.count(503)))
+        ]
+        inspected = {
+            labels: value
+            for labels, value in _samples(metrics, "steelsight_requests_total")
+            if 'route="/v1/inspect"' in labels
+        }
+        assert inspected == {
+            '{method="POST",route="/v1/inspect",status="200"}': float(codes.count(200) + 3),
+            '{method="POST",route="/v1/inspect",status="503"}': float(codes.count(503)),
+        }
     finally:
         _stop(flood)
