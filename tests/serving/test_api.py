@@ -29,6 +29,7 @@ import httpx
 import numpy as np
 import pyarrow as pa
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tasks.core.labels import SEVERSTAL_CLASSES
 from tasks.inspection_report import compare_defects
@@ -505,23 +506,23 @@ def test_a_promotion_during_a_stream_of_requests_fails_none(server: Server, line
     assert 'steelsight_model_info{kind="segmentation",version="1"} 0.0' in metrics
 
 
-def _samples(metrics: str, name: str) -> list[tuple[str, float]]:
+def _samples(metrics: str, name: str) -> list[tuple[dict[str, str], float]]:
     """(labels, value) of each sample of ``name`` in a Prometheus text exposition."""
-    found = []
-    for row in metrics.splitlines():
-        if row.startswith(name + "{") or row.startswith(name + " "):
-            head, value = row.rsplit(" ", 1)
-            found.append((head[len(name) :], float(value)))
-    return found
+    return [
+        (sample.labels, sample.value)
+        for family in text_string_to_metric_families(metrics)
+        for sample in family.samples
+        if sample.name == name
+    ]
 
 
 def _worker_pids(metrics: str) -> set[str]:
     """The server processes that have loaded the segmentation champion (multi-process mode
     labels each live process's model_info with its pid)."""
     return {
-        labels.split('pid="')[1].split('"')[0]
+        labels["pid"]
         for labels, value in _samples(metrics, "steelsight_model_info")
-        if 'kind="segmentation"' in labels and value == 1.0
+        if labels["kind"] == "segmentation" and value == 1.0
     }
 
 
@@ -571,16 +572,16 @@ def test_a_flood_beyond_the_queue_gets_503_then_service_resumes(
         assert len({entry["pid"] for entry in answered}) == 2
         assert len(answered) == len(codes) + 3
         assert _samples(metrics, "steelsight_rejected_frames_total") == [
-            ("", float(codes.count(503)))
+            ({}, float(codes.count(503)))
         ]
         inspected = {
-            labels: value
+            (labels["method"], labels["status"]): value
             for labels, value in _samples(metrics, "steelsight_requests_total")
-            if 'route="/v1/inspect"' in labels
+            if labels["route"] == "/v1/inspect"
         }
         assert inspected == {
-            '{method="POST",route="/v1/inspect",status="200"}': float(codes.count(200) + 3),
-            '{method="POST",route="/v1/inspect",status="503"}': float(codes.count(503)),
+            ("POST", "200"): float(codes.count(200) + 3),
+            ("POST", "503"): float(codes.count(503)),
         }
     finally:
         _stop(flood)
