@@ -167,6 +167,23 @@ def imprint_recipe(size: str, **overrides) -> ImprintRecipe:
     return replace(IMPRINT_SIZES[size], **overrides)
 
 
+# The environment of the TensorFlow process that trains the imprint (``fit``).
+#
+# TF_ENABLE_ONEDNN_OPTS=0 keeps TensorFlow on its own (Eigen) CPU kernels. TensorFlow 2.21
+# ships oneDNN 3.7, whose JIT kernel for the weight gradient of a 1x1 stride-2 convolution
+# on channels-last input with fewer input channels than its register block (16 on AVX-512,
+# 8 on AVX2) writes past its workspace (oneDNN issue 6035, open). The imprint network's
+# first shortcut is exactly that convolution with ``width`` channels: at the `demo` width
+# (12) training died of SIGSEGV or a glibc heap abort on AVX-512 machines, and where it
+# does not crash the gradients are wrong. Without oneDNN, training is about 20 % slower
+# and correct on every x86-64 CPU (tests/models/test_imprint_cpu.py checks the gradient).
+TRAINING_ENVIRONMENT = {
+    "KERAS_BACKEND": "tensorflow",
+    "TF_CPP_MIN_LOG_LEVEL": "2",
+    "TF_ENABLE_ONEDNN_OPTS": "0",
+}
+
+
 @dataclass
 class ImprintTraining:
     model: ImprintModel
@@ -198,7 +215,7 @@ def fit(
         train=split["train"],
         validation=split["validation"],
     )
-    env = {**os.environ, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    env = {**os.environ, **TRAINING_ENVIRONMENT}
     command = [
         sys.executable,
         "-m",

@@ -22,9 +22,6 @@ import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
 import cv2
 import numpy as np
 
@@ -32,10 +29,15 @@ from models.identity.crops import standardise
 from models.identity.imprint import (
     CONFIG_FILE,
     KERAS_FILE,
+    TRAINING_ENVIRONMENT,
     ImprintRecipe,
     build_network,
     default_config,
 )
+
+# before TensorFlow loads (nothing above imports it): TensorFlow, without oneDNN (see
+# TRAINING_ENVIRONMENT), whoever starts this module
+os.environ.update(TRAINING_ENVIRONMENT)
 from models.identity.matching import ReferenceIndex, choose_threshold, pair_scores
 
 
