@@ -4,19 +4,34 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 DATA   ?= ../shared/data
+# uv itself lives in its own small environment, outside the one it keeps in sync.
 UV_VERSION := 0.13.8
+TOOLS  := .tools
+UV     := $(TOOLS)/bin/uv
+# never fetch a Python interpreter: use the machine's
+export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: install demo serve test lint bench-rle clean
+.PHONY: install lock-check lock demo serve test lint bench-rle clean
 
-# uv resolves and links the ~8 GB stack in about a minute, pip takes several;
-# --compile-bytecode matters because PYTHONDONTWRITEBYTECODE may be set.
-$(STAMP): pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet uv==$(UV_VERSION)
-	$(BIN)/uv pip install --python $(BIN)/python --compile-bytecode -C editable_mode=compat -e '.[dev]'
+$(UV):
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/python -m pip install --quiet uv==$(UV_VERSION)
+
+# Exactly the versions in uv.lock, every package of them, and nothing else: `uv sync
+# --frozen` neither resolves nor updates the lock (see "Upgrading a pin" in the README).
+$(STAMP): pyproject.toml uv.lock | $(UV)
+	$(UV) sync --frozen --extra dev --python $(PYTHON)
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# Fails when pyproject.toml asks for something uv.lock does not hold.
+lock-check: | $(UV)
+	$(UV) lock --check --python $(PYTHON)
+
+# After changing a pin in pyproject.toml: resolve again, keeping every other version.
+lock: | $(UV)
+	$(UV) lock --python $(PYTHON)
 
 demo: install
 	$(BIN)/steelsight demo --data $(DATA)/severstal-sample
@@ -26,7 +41,7 @@ demo: install
 serve: install
 	$(BIN)/steelsight serve --allow-no-keys
 
-test: install
+test: lock-check install
 	STEELSIGHT_SHARED_DATA=$(DATA) $(BIN)/python -m pytest
 
 lint: install
@@ -36,4 +51,4 @@ bench-rle: install
 	$(BIN)/python bench/rle.py --data $(DATA)
 
 clean:
-	rm -rf $(VENV) .steelsight
+	rm -rf $(VENV) $(TOOLS) .steelsight
