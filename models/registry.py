@@ -314,8 +314,27 @@ def rollback(client: MlflowClient, kind: str, by: str = "steelsight") -> tuple[i
     return current, previous
 
 
-def decide(score: float, champion_score: float | None) -> tuple[bool, str]:
-    """Promote only on a strictly better holdout score (or when there is no champion)."""
+def null_score(kind: str, holdout: dict) -> float:
+    """What a model that learnt nothing scores on this holdout: empty masks (segmentation),
+    always the commonest class (classification), nothing found (marking, imprint)."""
+    if kind == "segmentation":
+        return float(holdout["empty_score"])
+    if kind == "classification":
+        support = [row["support"] for row in holdout["per_class"].values()]
+        return max(support) / sum(support) if sum(support) else 0.0
+    return 0.0
+
+
+def decide(
+    score: float, champion_score: float | None, floor: float = 0.0, null: float = 0.0
+) -> tuple[bool, str]:
+    """Promote only above the floor (``floor`` over the ``null`` score of a model that learnt
+    nothing), and then on a strictly better holdout score than the champion's."""
+    if not score >= null + floor:  # also refuses NaN
+        return False, (
+            f"holdout {score:.4f} is below the floor {null + floor:.4f} (a model that learnt "
+            f"nothing scores {null:.4f}, promotion_floors asks {floor:+.4f}): not champion"
+        )
     if champion_score is None:
         return True, "first model: no champion to beat"
     if score > champion_score:
@@ -332,10 +351,12 @@ def record_decision(
     champion_before: int | None,
     champion_score: float | None,
     holdout_digest: str,
+    floor: float = 0.0,
+    null: float = 0.0,
 ) -> Registration:
     """Write both scores on the new version and move the alias if it wins."""
     name = model_name(kind)
-    promoted, reason = decide(score, champion_score)
+    promoted, reason = decide(score, champion_score, floor, null)
     tags = {
         "holdout_score": f"{score:.6f}",
         "holdout_metric": SCORES[kind],
@@ -374,7 +395,16 @@ def register_challenger(
     )
     score = float(holdout[SCORES[kind]])
     return record_decision(
-        client, kind, version, run_id, score, champion[0], champion[1], holdout_digest
+        client,
+        kind,
+        version,
+        run_id,
+        score,
+        champion[0],
+        champion[1],
+        holdout_digest,
+        floor=settings.promotion_floors.get(kind, 0.0),
+        null=null_score(kind, holdout),
     )
 
 

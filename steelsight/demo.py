@@ -82,16 +82,24 @@ def train_missing(settings: Settings, console: Console, train: Path) -> None:
 
     client = registry.connect(settings)
     for kind in KINDS:
-        if registry.champion_version(client, kind) is not None:
-            console.print(f"{kind}: champion version {registry.champion_version(client, kind)}")
+        champion = registry.champion_version(client, kind)
+        if champion is not None:
+            console.print(f"{kind}: champion version {champion}")
+            continue
+        if registry.versions(client, kind):  # trained before, and stayed below its floor
+            console.print(
+                f"{kind}: no champion (the demo's version is below the promotion floor; "
+                f"train one with `steelsight train {kind} --size default`)"
+            )
             continue
         data = train / f"line-1-inspection-s{TRAIN_SEED}" if kind == "segmentation" else train
         console.print(f"{kind}: no champion, training a quick model on {data.name} ...")
         started = time.perf_counter()
         result = retrain(kind=kind, data=str(data), size="demo")
         console.print(
-            f"{kind}: version {result['version']} champion, holdout "
-            f"{registry.SCORES[kind]} {result['score']:.3f} ({time.perf_counter() - started:.0f} s)"
+            f"{kind}: version {result['version']}, holdout {registry.SCORES[kind]} "
+            f"{result['score']:.3f} ({time.perf_counter() - started:.0f} s): {result['reason']}",
+            highlight=False,
         )
 
 

@@ -32,6 +32,9 @@ DEFAULT_GRADES = (
 )
 
 
+PROMOTION_FLOORS = {"segmentation": 0.01, "classification": 0.05, "marking": 0.05, "imprint": 0.05}
+
+
 def grade(rules: list[GradeRule], area_ratio: float, counts: dict[str, int]) -> str:
     """The first grade whose limits the sheet keeps to; 'ungraded' when none does."""
     return next((r.grade for r in rules if r.admits(area_ratio, counts)), "ungraded")
@@ -68,6 +71,16 @@ class Settings(BaseSettings):
         default_factory=lambda: list(DEFAULT_GRADES),
         description="Sheet grading rules, tried in order; the first a sheet satisfies "
         "gives its grade (JSON list in STEELSIGHT_GRADES).",
+    )
+
+    promotion_floors: dict[str, float] = Field(
+        default_factory=lambda: dict(PROMOTION_FLOORS),
+        description="Per model kind, how far a new version's holdout score must rise above "
+        "what a model that learnt nothing scores on that holdout before retraining may make "
+        "it champion: segmentation mean Dice above empty masks', classification accuracy "
+        "above always answering the commonest class, marking mAP50 and imprint share "
+        "identified above 0. Below it the version is registered without the alias "
+        "(`steelsight promote` still can). JSON object in STEELSIGHT_PROMOTION_FLOORS.",
     )
 
     # -- the serving API (steelsight serve) --
@@ -118,6 +131,17 @@ class Settings(BaseSettings):
         description="How often the server checks the champion aliases and the registered "
         "sheets, seconds.",
     )
+
+    @field_validator("promotion_floors")
+    @classmethod
+    def _floors_of_known_kinds(cls, floors: dict[str, float]) -> dict[str, float]:
+        unknown = sorted(set(floors) - set(PROMOTION_FLOORS))
+        if unknown:
+            raise ValueError(
+                f"promotion_floors for unknown kinds {', '.join(unknown)}: "
+                f"the kinds are {', '.join(PROMOTION_FLOORS)}"
+            )
+        return {**PROMOTION_FLOORS, **floors}  # a kind left out keeps its default
 
     @field_validator("api_keys")
     @classmethod

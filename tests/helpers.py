@@ -81,3 +81,4 @@ class MainJob:
     line: Path  # the line's inspection archive, as it arrived in the landing folder
     ingested: list[dict]
     inspected: list[dict]
+    trained: dict[str, dict]  # kind -> what its retrain run returned
