@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
+from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
@@ -13,19 +14,76 @@ from rich.table import Table
 
 from steelsight.runtime import configure_environment
 from steelsight.settings import get_settings
+from twin.config import Fault
 
+# rich_markup_mode=None: plain click output, so that a usage error ends in one line,
+# "Error: Invalid value for '--size': 'huge' is not one of 'tiny', ..." (exit 2)
 app = typer.Typer(
     help="steelsight: steel-sheet surface inspection, from camera archives to DuckDB tables.",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
+    rich_markup_mode=None,
 )
 warehouse_app = typer.Typer(
-    help="Look after the warehouse (DuckDB views over Parquet).", no_args_is_help=True
+    help="Look after the warehouse (DuckDB views over Parquet).",
+    no_args_is_help=True,
+    rich_markup_mode=None,
 )
 app.add_typer(warehouse_app, name="warehouse")
 console = Console()
+err_console = Console(stderr=True)
 
 DEFAULT_SAMPLE = Path("../shared/data/severstal-sample")
+
+
+# Choices as types, so that --help lists them and a wrong one is a usage error (exit 2).
+# tests/unit/test_cli_choices.py checks them against the registry's and the recipes' own.
+class Kind(StrEnum):
+    segmentation = "segmentation"  # U-Net + gate, Severstal classes
+    classification = "classification"  # NEU classes
+    marking = "marking"  # YOLO marking detector
+    imprint = "imprint"  # Keras sheet re-identification
+
+
+class EvaluateKind(StrEnum):
+    segmentation = "segmentation"
+    classification = "classification"
+    identity = "identity"  # the marking detector and the imprint model together
+
+
+class Size(StrEnum):
+    tiny = "tiny"
+    demo = "demo"
+    default = "default"
+    gpu = "gpu"
+
+
+class Split(StrEnum):
+    all = "all"
+    holdout = "holdout"
+
+
+class ArchiveFormat(StrEnum):
+    video = "video"
+    frames = "frames"
+
+
+class OutputFormat(StrEnum):
+    table = "table"
+    csv = "csv"
+    json = "json"
+    parquet = "parquet"
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    """One line on stderr that names the thing and what to do; exit 2 for usage errors."""
+    err_console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def existing(help_text: str, **kwargs) -> dict:
+    """typer options for a path that must exist (checked before anything starts)."""
+    return {"help": help_text, "exists": True, "resolve_path": False, **kwargs}
 
 
 @app.callback()
@@ -58,7 +116,10 @@ def print_table(rows, title: str | None = None) -> None:
 
 @app.command("import-labels")
 def import_labels(
-    paths: Annotated[list[Path], typer.Argument(help="Severstal or NEU-DET dataset folders.")],
+    paths: Annotated[
+        list[Path],
+        typer.Argument(**existing("Severstal or NEU-DET dataset folders.", file_okay=False)),
+    ],
 ) -> None:
     """Import labelled datasets (Severstal train.csv + train_images/, or NEU-DET images/ +
     annotations/) into the warehouse. Importing a folder again replaces its rows.
@@ -77,7 +138,7 @@ def import_labels(
         try:
             s = import_label_source(path, warehouse)
         except SourceError as error:
-            console.print(f"[red]error:[/red] {error}")
+            err_console.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
             failed = True
             continue
         failed |= s.status == "failed"
@@ -98,7 +159,9 @@ def import_labels(
 def ingest(
     paths: Annotated[
         list[Path] | None,
-        typer.Argument(help="Archives to take in where they are (besides the landing folder)."),
+        typer.Argument(
+            **existing("Archives to take in where they are (besides the landing folder).")
+        ),
     ] = None,
     landing: Annotated[
         bool, typer.Option(help="Also take in what waits in the landing folder.")
@@ -118,8 +181,7 @@ def ingest(
     try:
         results = run_ingest(paths=[str(p) for p in paths or []], landing=landing)
     except FileNotFoundError as error:
-        console.print(f"[red]error:[/red] {error}")
-        raise typer.Exit(2) from None
+        fail(str(error), 2)
     table = Table(title=f"Ingest (landing: {settings.landing_dir})")
     for column in ("archive", "kind", "status", "frames"):
         table.add_column(column, overflow="fold")
@@ -179,8 +241,7 @@ def inspect(
             with progress_to(advance):
                 summaries = run_inspect(dask_address=dask_address, archives=archives, force=force)
         except (InspectError, OSError) as error:
-            console.print(f"[red]error:[/red] {error}")
-            raise typer.Exit(1) from None
+            fail(str(error))
     if as_json:
         print(json.dumps(summaries))
         return
@@ -208,9 +269,44 @@ def inspect(
 
 
 @app.command()
-def sql(query: Annotated[str, typer.Argument(help="A SQL query over the warehouse's views.")]):
-    """Run a SQL query over the warehouse and print the rows."""
-    print_table(_warehouse().query(query))
+def sql(
+    query: Annotated[str, typer.Argument(help="A SQL query over the warehouse's views.")],
+    output_format: Annotated[
+        OutputFormat,
+        typer.Option(
+            "--format",
+            help="table: DuckDB's rendering of the first --max-rows rows, fitted to the "
+            "terminal; csv, json (one object per line) or parquet: every row, streamed.",
+        ),
+    ] = OutputFormat.table,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Write to this file (replaced whole) instead of stdout.", dir_okay=False),
+    ] = None,
+    max_rows: Annotated[int, typer.Option(min=1, help="Rows a table shows.")] = 40,
+) -> None:
+    """Run a SQL query over the warehouse's views (`steelsight warehouse info` lists the
+    tables; docs/warehouse.md describes them)."""
+    import duckdb
+
+    from steelsight.query_output import write_rows
+
+    if output_format is OutputFormat.parquet and out is None:
+        fail("--format parquet writes a file: add --out FILE.parquet", 2)
+    with _warehouse().connect() as con:
+        try:
+            relation = con.sql(query)
+            if relation is None:  # a statement without rows
+                return
+            if output_format is OutputFormat.table and out is None:
+                relation.show(max_rows=max_rows, max_width=console.width)
+                return
+            written = write_rows(relation, output_format.value, out)
+        except duckdb.Error as error:
+            first = str(error).strip().splitlines()[0]
+            fail(f"{first} (tables and views: `steelsight warehouse info`)", 2)
+    if out is not None:
+        err_console.print(f"{written:,d} rows written to {out}", highlight=False)
 
 
 @warehouse_app.command("info")
@@ -248,20 +344,21 @@ def simulate(
     sheets: Annotated[int, typer.Option(min=1, help="Sheets passing the line.")] = 10,
     seed: Annotated[int, typer.Option(help="Same seed and parameters, same recording.")] = 0,
     config: Annotated[
-        Path | None, typer.Option(help="YAML/JSON file of twin parameters (twin/config.py).")
+        Path | None,
+        typer.Option(
+            **existing("YAML/JSON file of twin parameters (twin/config.py).", dir_okay=False)
+        ),
     ] = None,
     archive_format: Annotated[
-        str | None, typer.Option("--format", help="video (FFV1 .mkv) or frames (JPEG folder).")
+        ArchiveFormat | None,
+        typer.Option("--format", help="video (FFV1 .mkv) or frames (JPEG folder)."),
     ] = None,
     distortion: Annotated[
-        float | None, typer.Option(help="Marking distortion, 0 clean .. 1 strong.")
+        float | None,
+        typer.Option(min=0.0, max=1.0, help="Marking distortion, 0 clean .. 1 strong."),
     ] = None,
     fault: Annotated[
-        list[str] | None,
-        typer.Option(
-            help="Recorder fault to write (repeatable): truncated-video, "
-            "corrupt-frame, dropped-frames, missing-manifest, invalid-manifest."
-        ),
+        list[Fault] | None, typer.Option(help="Recorder fault to write (repeatable).")
     ] = None,
 ) -> None:
     """Simulate the rolling line: an inspection-camera recording and a marking-station
@@ -273,9 +370,14 @@ def simulate(
     from twin.config import TwinConfig
     from twin.recorder import simulate as run_twin
 
-    values = yaml.safe_load(config.read_text()) if config else {}
+    try:
+        values = yaml.safe_load(config.read_text()) if config else {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+        fail(f"{config}: not a readable YAML/JSON file of twin parameters ({error})", 2)
+    if not isinstance(values, dict):
+        fail(f"{config}: expected a mapping of twin parameters (twin/config.py)", 2)
     overrides = {
-        "archive_format": archive_format,
+        "archive_format": archive_format.value if archive_format else None,
         "distortion": distortion,
         "faults": tuple(fault) if fault else None,
     }
@@ -283,8 +385,10 @@ def simulate(
     try:
         twin_config = TwinConfig(**values)
     except ValidationError as error:
-        console.print(f"[red]invalid twin parameters[/red] ({config or 'command line'}):\n{error}")
-        raise typer.Exit(2) from None
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'parameters'}: {e['msg']}" for e in error.errors()
+        )
+        fail(f"invalid twin parameters ({config or 'command line'}): {problems}", 2)
     columns = (*Progress.get_default_columns()[:-1], MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, console=console) as progress:
         bar = progress.add_task("rendering frames", total=None)
@@ -305,15 +409,7 @@ KIND_HELP = (
     "segmentation (U-Net + gate, Severstal classes), classification (NEU classes), "
     "marking (YOLO marking detector) or imprint (Keras sheet re-identification)."
 )
-KINDS = ("segmentation", "classification", "marking", "imprint")
-ModelKind = Annotated[str, typer.Argument(help=KIND_HELP)]
-
-
-def _check_kind(kind: str, kinds: tuple[str, ...] = KINDS) -> str:
-    if kind not in kinds:
-        console.print(f"[red]error:[/red] unknown kind {kind!r}: {', '.join(kinds)}")
-        raise typer.Exit(2)
-    return kind
+ModelKind = Annotated[Kind, typer.Argument(help=KIND_HELP)]
 
 
 def print_metrics(kind: str, report: dict, title: str) -> None:
@@ -366,18 +462,21 @@ def train(
     data: Annotated[
         Path,
         typer.Option(
-            help="Severstal folder or twin archive (segmentation); "
-            "NEU-DET or class folders (classification); a marking-station + inspection "
-            "archive pair, or a folder of pairs (marking, imprint)."
+            **existing(
+                "Severstal folder or twin archive (segmentation); "
+                "NEU-DET or class folders (classification); a marking-station + inspection "
+                "archive pair, or a folder of pairs (marking, imprint).",
+                file_okay=False,
+            )
         ),
     ],
     size: Annotated[
-        str,
+        Size,
         typer.Option(
-            help="tiny (seconds, tests), demo (minutes: make demo), default (2 CPU cores, "
-            "<= 20 min) or gpu."
+            help="tiny (a minute or two: tests), demo (minutes: make demo), default (2 CPU "
+            "cores, <= 25 min) or gpu."
         ),
-    ] = "default",
+    ] = Size.default,
     device: Annotated[
         str | None, typer.Option(help="auto, cpu or cuda (default: settings).")
     ] = None,
@@ -393,14 +492,10 @@ def train(
 
     from flows.retrain import retrain
 
-    _check_kind(kind)
-    if size not in ("tiny", "demo", "default", "gpu"):
-        console.print(f"[red]error:[/red] unknown size {size!r}: tiny, demo, default or gpu")
-        raise typer.Exit(2)
     result = retrain(
-        kind=kind,
+        kind=kind.value,
         data=str(data.resolve()),
-        size=size,
+        size=size.value,
         device=device,
         seed=seed,
         encoder_weights=str(encoder_weights) if encoder_weights else None,
@@ -420,12 +515,20 @@ def train(
 
 @app.command()
 def evaluate(
-    kind: ModelKind,
-    data: Annotated[Path, typer.Option(help="Labelled folder to score on.")],
+    kind: Annotated[
+        EvaluateKind,
+        typer.Argument(
+            help="segmentation, classification, or identity (the marking detector and the "
+            "imprint model together, on a station + inspection pair)."
+        ),
+    ],
+    data: Annotated[
+        Path, typer.Option(**existing("Labelled folder to score on.", file_okay=False))
+    ],
     model: Annotated[str, typer.Option(help="champion, another alias, or a version.")] = "champion",
     split: Annotated[
-        str, typer.Option(help="all, or holdout (the fixed holdout of DATA).")
-    ] = "all",
+        Split, typer.Option(help="all, or holdout (the fixed holdout of DATA).")
+    ] = Split.all,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print one JSON object on stdout.")
     ] = False,
@@ -449,21 +552,19 @@ def evaluate(
     from tasks.training import evaluate as run_evaluation
     from tasks.training import prepare
 
-    if kind == "identity":
+    if kind is EvaluateKind.identity:
         _evaluate_identity(data, model, leave_out, as_json)
         return
-    _check_kind(kind, ("segmentation", "classification", "identity"))
-    if split not in ("all", "holdout"):
-        console.print(f"[red]error:[/red] unknown split {split!r}: all or holdout")
-        raise typer.Exit(2)
+    kind = kind.value
     try:
         loaded = load_model(get_settings(), kind, model)
-        labelled = prepare(kind, data).part("holdout") if split == "holdout" else load(kind, data)
+        labelled = (
+            prepare(kind, data).part("holdout") if split is Split.holdout else load(kind, data)
+        )
         report = run_evaluation(kind, loaded, labelled).report
     except (RegistryError, SourceError, ValueError) as error:
-        console.print(f"[red]error:[/red] {error}")
-        raise typer.Exit(1) from None
-    report = {"model": model, "data": str(data), "split": split, **report}
+        fail(str(error))
+    report = {"model": model, "data": str(data), "split": split.value, **report}
     if as_json:
         print(json.dumps(report))
     else:
@@ -514,8 +615,7 @@ def _evaluate_identity(data: Path, model: str, leave_out: float, as_json: bool) 
                 progress=lambda n: progress.update(bar, completed=n),
             )
     except (RegistryError, IdentityDataError, ValueError) as error:
-        console.print(f"[red]error:[/red] {error}")
-        raise typer.Exit(1) from None
+        fail(str(error))
     if as_json:
         print(json.dumps(report))
         return
@@ -544,7 +644,9 @@ def _evaluate_identity(data: Path, model: str, leave_out: float, as_json: bool) 
 
 @app.command("register-sheets")
 def register_sheets(
-    station: Annotated[Path, typer.Argument(help="A marking-station archive.")],
+    station: Annotated[
+        Path, typer.Argument(**existing("A marking-station archive.", file_okay=False))
+    ],
     marking: Annotated[str, typer.Option(help="Detector alias or version.")] = "champion",
     imprint: Annotated[str, typer.Option(help="Imprint model alias or version.")] = "champion",
 ) -> None:
@@ -559,8 +661,7 @@ def register_sheets(
         models = load_models(get_settings(), marking, imprint)
         done = register_station(station, models, _warehouse())
     except (RegistryError, IdentityDataError, RecordingError) as error:
-        console.print(f"[red]error:[/red] {error}")
-        raise typer.Exit(1) from None
+        fail(str(error))
     console.print(
         f"registered {done.references} of {done.sheets} sheets from {station} "
         f'({done.errors} without a marking found: see `steelsight sql "select * from '
@@ -574,17 +675,16 @@ def _registry_action(action):
     try:
         return action(connect(get_settings()))
     except RegistryError as error:
-        console.print(f"[red]error:[/red] {error}")
-        raise typer.Exit(1) from None
+        fail(str(error))
 
 
-KindOption = Annotated[str, typer.Option("--kind", help=KIND_HELP)]
+KindOption = Annotated[Kind, typer.Option("--kind", help=KIND_HELP)]
 
 
 @app.command()
 def promote(
     version: Annotated[int, typer.Argument(help="The version to make champion.")],
-    kind: KindOption = "segmentation",
+    kind: KindOption = Kind.segmentation,
     reason: Annotated[str, typer.Option(help="Why, for the record.")] = "promoted by hand",
 ) -> None:
     """Make a registered version the champion (recorded in the alias's history)."""
@@ -592,7 +692,6 @@ def promote(
 
     from models.registry import promote as run_promote
 
-    _check_kind(kind)
     _registry_action(
         lambda client: run_promote(client, kind, version, reason, by=getpass.getuser())
     )
@@ -600,13 +699,12 @@ def promote(
 
 
 @app.command()
-def rollback(kind: KindOption = "segmentation") -> None:
+def rollback(kind: KindOption = Kind.segmentation) -> None:
     """Give the champion alias back to the version that held it before."""
     import getpass
 
     from models.registry import rollback as run_rollback
 
-    _check_kind(kind)
     current, previous = _registry_action(
         lambda client: run_rollback(client, kind, by=getpass.getuser())
     )
@@ -614,11 +712,10 @@ def rollback(kind: KindOption = "segmentation") -> None:
 
 
 @app.command()
-def models(kind: KindOption = "segmentation") -> None:
+def models(kind: KindOption = Kind.segmentation) -> None:
     """The registered versions of a model, newest first, and which one is champion."""
     from models.registry import model_name, versions
 
-    _check_kind(kind)
     rows = _registry_action(lambda client: versions(client, kind))
     table = Table(title=f"{model_name(kind)} ({get_settings().tracking_uri})")
     for column in (
@@ -702,8 +799,7 @@ def serve(
     try:
         KeyCheck(settings)
     except ServeConfigError as error:
-        console.print(f"[red]error:[/red] {error}")
-        raise typer.Exit(2) from None
+        fail(str(error), 2)
     if settings.serve_workers > 1:  # every process writes its metrics; /metrics adds them
         folder = settings.home.resolve() / "serve" / "prometheus"
         shutil.rmtree(folder, ignore_errors=True)

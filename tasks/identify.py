@@ -8,7 +8,6 @@ rows (station) or matches against those rows (inspection).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -24,6 +23,7 @@ import pyarrow as pa
 from models.data import unit_hash
 from models.identity.crops import marking_crop
 from models.identity.matching import UNKNOWN, Matches, ReferenceIndex, identification_report
+from tasks.archives import content_hash
 from tasks.core.metrics import detection_report, match_detections
 from tasks.identity import ArchivePair, csv_rows, marking_boxes, station_pictures
 from tasks.labels import archive_id_for
@@ -91,14 +91,6 @@ def _embed(found: Found, models: Models) -> np.ndarray:
     if not found.crops:
         return np.zeros((0, int(models.imprint.config()["dim"])), np.float32)
     return models.imprint.embed(np.stack(found.crops))
-
-
-def _station_hash(station: Path) -> str:
-    digest = hashlib.sha256((station / "sheets.csv").read_bytes())
-    for path in sorted((station / "frames").glob("*.jpg")):
-        digest.update(path.name.encode())
-        digest.update(hashlib.sha256(path.read_bytes()).digest())
-    return digest.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -199,7 +191,7 @@ def register_station(
             **ids,
             "kind": "marking-station",
             "path": str(station),
-            "content_sha256": archive["content_sha256"] if archive else _station_hash(station),
+            "content_sha256": archive["content_sha256"] if archive else content_hash(station),
             "received_from": archive.get("received_from") if archive else None,
             "inspected_with": json.dumps(
                 {"marking": models.detector_version, "imprint": models.imprint_version},

@@ -49,6 +49,10 @@ def test_every_command_has_help(tmp_path: Path) -> None:
         result = run(tmp_path, *command, "--help")
         assert result.returncode == 0, result.stderr
         assert "Usage: steelsight" in result.stdout
+    # choices are listed
+    assert "<tiny|demo|default|gpu>" in run(tmp_path, "train", "--help").stdout
+    assert "<segmentation|classification|identity>" in run(tmp_path, "evaluate", "--help").stdout
+    assert "<table|csv|json|parquet>" in run(tmp_path, "sql", "--help").stdout
 
 
 def test_import_a_good_and_a_corrupt_copy_then_check(shared_data: Path, tmp_path: Path) -> None:
@@ -79,7 +83,7 @@ def test_exit_code_is_1_when_nothing_could_be_imported(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "failed" in result.stdout
     result = run(tmp_path / "home", "import-labels", str(tmp_path / "does-not-exist"))
-    assert result.returncode == 1 and "is not a folder" in result.stdout + result.stderr
+    assert result.returncode == 2 and "does not exist" in result.stderr
 
 
 def test_readme_queries_run_and_return_rows(shared_data: Path, tmp_path: Path) -> None:
@@ -125,4 +129,61 @@ def test_simulate_writes_both_archives_and_rejects_unknown_parameters(tmp_path: 
     config = tmp_path / "twin.yaml"
     config.write_text("sheet_lenght_mm: {low: 1, high: 2}\n")
     result = run(tmp_path / "home", "simulate", "--out", str(out), "--config", str(config))
-    assert result.returncode == 2 and "sheet_lenght_mm" in result.stdout
+    assert result.returncode == 2 and "sheet_lenght_mm" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["ingest", "/nonexistent"],
+            "Invalid value for 'paths': path '/nonexistent' does not exist.",
+        ),
+        (["sql", "select * from nonexist"], "Table with name nonexist does not exist!"),
+        (["train", "segmentation", "--data", "/nonexistent"], "dir '/nonexistent' does not exist"),
+        (["evaluate", "marking", "--data", "."], "'marking' is not one of 'segmentation', "),
+        (["train", "imprint", "--data", ".", "--size", "huge"], "'huge' is not one of 'tiny'"),
+        (["simulate", "--out", "x", "--format", "gif"], "'gif' is not one of 'video', 'frames'"),
+        (["sql", "select 1", "--format", "parquet"], "--format parquet writes a file: add --out"),
+    ],
+)
+def test_a_user_error_is_one_line_and_exit_2(tmp_path: Path, args: list[str], message: str):
+    result = run(tmp_path / "home", *args)
+    assert result.returncode == 2, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert message in last, result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_sql_renders_a_table_and_streams_csv_json_and_parquet(
+    shared_data: Path, tmp_path: Path
+) -> None:
+    import json
+
+    import pyarrow.parquet as pq
+
+    home = tmp_path / "home"
+    assert run(home, "import-labels", str(shared_data / "severstal-sample")).returncode == 0
+    query = "SELECT image_id, class_name, area, rle FROM labels ORDER BY image_id, label_index"
+    with duckdb.connect(str(home / "warehouse" / "steelsight.duckdb"), read_only=True) as con:
+        expected = con.sql(query).fetchall()
+
+    table = run(home, "sql", query, "--max-rows", "6")
+    assert table.returncode == 0, table.stderr
+    assert "image_id" in table.stdout and "rle" in table.stdout
+    assert f"{len(expected)} rows" in table.stdout and "6 shown" in table.stdout
+    assert max(map(len, table.stdout.splitlines())) <= 200  # fitted to COLUMNS
+
+    csv_out = run(home, "sql", query, "--format", "csv")
+    lines = csv_out.stdout.strip().splitlines()
+    assert lines[0] == '"image_id","class_name","area","rle"' and len(lines) == len(expected) + 1
+
+    json_out = run(home, "sql", query, "--format", "json")
+    rows = [json.loads(line) for line in json_out.stdout.splitlines()]
+    assert [tuple(r.values()) for r in rows] == expected
+
+    target = tmp_path / "labels.parquet"
+    parquet = run(home, "sql", query, "--format", "parquet", "--out", str(target))
+    assert parquet.returncode == 0 and f"{len(expected)} rows written" in parquet.stderr
+    assert [tuple(r.values()) for r in pq.read_table(target).to_pylist()] == expected
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["home", "labels.parquet"]

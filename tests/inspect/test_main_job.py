@@ -351,3 +351,30 @@ def test_a_model_below_its_promotion_floor_is_registered_without_the_alias(world
     # the demo's detector finds no marking: registered, champion only by hand (conftest)
     if world.trained["marking"]["score"] == 0:
         assert not world.trained["marking"]["promoted"]
+
+
+def test_a_station_registered_by_hand_is_a_duplicate_when_it_lands(
+    world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`register-sheets` and ingest hash an archive with one function: registering a
+    station where it lies, then delivering the same station, is a duplicate."""
+    from tasks.archives import content_hash
+    from tasks.identify import load_models, register_station
+
+    station = simulate(TwinConfig(), 2, seed=21, out=tmp_path / "recorded").station
+    monkeypatch.setenv("STEELSIGHT_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("STEELSIGHT_MLFLOW_TRACKING_URI", get_settings().tracking_uri)
+    get_settings.cache_clear()
+    try:
+        settings = get_settings()
+        warehouse = Warehouse(settings.warehouse_dir).ensure()
+        # the recorder's boxes: the demo-size detector finds no marking to register
+        registered = register_station(station, load_models(settings), warehouse, ground_truth=True)
+        row = warehouse.query("SELECT * FROM archives").to_pylist()[0]
+        assert (row["status"], row["content_sha256"]) == ("ok", content_hash(station))
+        shutil.copytree(station, settings.landing_dir / station.name)
+        (result,) = ingest()
+    finally:
+        get_settings.cache_clear()
+    assert result["status"] == "quarantined", result
+    assert f"same content as archive {registered.archive_id}" in result["reason"]
