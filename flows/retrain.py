@@ -4,11 +4,15 @@ the champion only if it beats the current champion on that same holdout."""
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
 from prefect import flow, get_run_logger
 
 from models import registry
+from steelsight.interrupts import on_interrupt
 from steelsight.settings import get_settings
 from tasks import identity_training as identity
 from tasks.training import (
@@ -19,6 +23,20 @@ from tasks.training import (
     register_task,
     train_task,
 )
+
+# (epoch, epochs, row) -> None: set by the command line for its progress bar
+_progress: Callable[[int, int, dict], None] | None = None
+
+
+@contextmanager
+def progress_to(callback: Callable[[int, int, dict], None]) -> Iterator[None]:
+    """Report each finished training epoch to ``callback`` while the block runs."""
+    global _progress
+    _progress = callback
+    try:
+        yield
+    finally:
+        _progress = None
 
 
 @flow(name="retrain", log_prints=False)
@@ -41,16 +59,20 @@ def retrain(
     if kind in ("marking", "imprint"):
         return _retrain_identity(kind, data, size, device, seed, overrides)
     prepared = prepare_task(kind, Path(data))
-    result = train_task(kind, prepared, size, device, seed, overrides, encoder_weights)
+    result = train_task(
+        kind, prepared, size, device, seed, overrides, encoder_weights, progress=_progress
+    )
     model = result.segmenter if kind == "segmentation" else result.classifier
     holdout = prepared.part("holdout")
     plots = plots_folder(settings)
-    try:
-        evaluation = evaluate_task(kind, model, holdout, plots)
-        champion = champion_score_task(settings, kind, holdout)
-        registration = register_task(settings, prepared, result, size, evaluation, champion)
-    finally:
-        shutil.rmtree(plots, ignore_errors=True)
+    remove = partial(shutil.rmtree, plots, ignore_errors=True)
+    with on_interrupt(remove):
+        try:
+            evaluation = evaluate_task(kind, model, holdout, plots)
+            champion = champion_score_task(settings, kind, holdout)
+            registration = register_task(settings, prepared, result, size, evaluation, champion)
+        finally:
+            remove()
     logger.info(
         "%s version %d: holdout %s %.4f; %s",
         kind,
@@ -68,15 +90,21 @@ def _retrain_identity(
     logger = get_run_logger()
     settings = get_settings()
     workdir = plots_folder(settings)
-    try:
-        prepared = identity.prepare_task(kind, Path(data), workdir, size)
-        trained = identity.train_task(prepared, size, device, seed, workdir, overrides)
-        holdout = prepared.holdout()
-        report = identity.evaluate_task(kind, trained.model, holdout)
-        champion = identity.champion_score_task(settings, kind, holdout)
-        registration = identity.register_task(settings, prepared, trained, size, report, champion)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+    remove = partial(shutil.rmtree, workdir, ignore_errors=True)
+    with on_interrupt(remove):
+        try:
+            prepared = identity.prepare_task(kind, Path(data), workdir, size)
+            trained = identity.train_task(
+                prepared, size, device, seed, workdir, overrides, progress=_progress
+            )
+            holdout = prepared.holdout()
+            report = identity.evaluate_task(kind, trained.model, holdout)
+            champion = identity.champion_score_task(settings, kind, holdout)
+            registration = identity.register_task(
+                settings, prepared, trained, size, report, champion
+            )
+        finally:
+            remove()
     logger.info(
         "%s version %d: holdout %s %.4f; %s",
         kind,

@@ -29,6 +29,7 @@ from mlflow.pyfunc import PythonModel
 from mlflow.tracking import MlflowClient
 from mlflow.types import Schema, TensorSpec
 
+from steelsight import interrupts
 from steelsight.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -387,25 +388,31 @@ def register_challenger(
     holdout_digest: str,
     champion: tuple[int | None, float | None],
 ) -> Registration:
-    """Log and register a newly trained model, then let its holdout score decide."""
+    """Log and register a newly trained model, then let its holdout score decide. A signal
+    waits until all of it is done: never a version without its decision."""
     client = connect(settings)
     tags = {"steelsight.kind": kind, "steelsight.holdout_digest": holdout_digest}
-    version, run_id = log_model(
-        client, settings, kind, model, params, history, holdout, plots, tags
-    )
-    score = float(holdout[SCORES[kind]])
-    return record_decision(
-        client,
-        kind,
-        version,
-        run_id,
-        score,
-        champion[0],
-        champion[1],
-        holdout_digest,
-        floor=settings.promotion_floors.get(kind, 0.0),
-        null=null_score(kind, holdout),
-    )
+    with interrupts.critical() as achieved:
+        version, run_id = log_model(
+            client, settings, kind, model, params, history, holdout, plots, tags
+        )
+        registration = record_decision(
+            client,
+            kind,
+            version,
+            run_id,
+            float(holdout[SCORES[kind]]),
+            champion[0],
+            champion[1],
+            holdout_digest,
+            floor=settings.promotion_floors.get(kind, 0.0),
+            null=null_score(kind, holdout),
+        )
+        achieved.append(
+            f"registered {model_name(kind)} version {version}"
+            + (" as champion" if registration.promoted else "")
+        )
+    return registration
 
 
 def model_uri(kind: str, ref: str | int) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, NoReturn
@@ -86,9 +87,30 @@ def existing(help_text: str, **kwargs) -> dict:
     return {"help": help_text, "exists": True, "resolve_path": False, **kwargs}
 
 
+# What an interruption leaves, per command (see steelsight.interrupts)
+INTERRUPTED = {
+    "train": "no model version was registered",
+    "ingest": "archives taken in before it stay; the others wait where they were",
+    "inspect": "archives committed before it stay; the one in progress is redone next run",
+    "register-sheets": "no reference was committed",
+    "import-labels": "folders imported before it stay; the one in progress was not committed",
+}
+
+
 @app.callback()
-def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False):
+def main(
+    ctx: typer.Context,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+):
     """Set up logging and the libraries' environment before any command runs."""
+    import sys
+
+    from steelsight.interrupts import stop_on_signals
+
+    command = ctx.invoked_subcommand or ""
+    if command != "serve":  # uvicorn handles the server's signals itself
+        args = [a for a in sys.argv[1:] if not a.startswith("-")][:2]
+        stop_on_signals(" ".join(args) or command, INTERRUPTED.get(command, ""))
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(message)s",
@@ -456,6 +478,29 @@ def print_metrics(kind: str, report: dict, title: str) -> None:
         console.print(confusion)
 
 
+@contextmanager
+def training_bar(kind: str, disable: bool = False):
+    """A progress bar on stderr: epoch, last loss, time left; yields its update function."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    columns = (
+        TextColumn("training {task.description}"),
+        BarColumn(),
+        TextColumn("epoch {task.completed}/{task.total}"),
+        TextColumn("{task.fields[loss]}"),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=err_console, disable=disable) as progress:
+        bar = progress.add_task(kind, total=None, loss="")
+
+        def advance(epoch: int, epochs: int, row: dict) -> None:
+            loss = row.get("loss", row.get("train_loss"))
+            shown = f"loss {loss:.4f}" if isinstance(loss, float) else ""
+            progress.update(bar, completed=epoch, total=epochs, loss=shown)
+
+        yield advance
+
+
 @app.command()
 def train(
     kind: ModelKind,
@@ -490,16 +535,17 @@ def train(
     champion only if it beats the current champion on the same holdout."""
     import json
 
-    from flows.retrain import retrain
+    from flows.retrain import progress_to, retrain
 
-    result = retrain(
-        kind=kind.value,
-        data=str(data.resolve()),
-        size=size.value,
-        device=device,
-        seed=seed,
-        encoder_weights=str(encoder_weights) if encoder_weights else None,
-    )
+    with training_bar(kind.value, disable=as_json) as advance, progress_to(advance):
+        result = retrain(
+            kind=kind.value,
+            data=str(data.resolve()),
+            size=size.value,
+            device=device,
+            seed=seed,
+            encoder_weights=str(encoder_weights) if encoder_weights else None,
+        )
     if as_json:
         print(json.dumps(result))
         return

@@ -9,6 +9,7 @@ split is by sheet, so no sheet of the holdout was seen in training.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -100,12 +101,16 @@ def train(
     seed: int,
     workdir: Path,
     overrides: dict | None = None,
+    progress: Callable[[int, int, dict], None] | None = None,
 ) -> IdentityTrained:
+    """``progress(epoch, epochs, row)`` after each epoch (the command line's bar)."""
     if prepared.kind == "marking":
         from models.identity import detector
 
         recipe = detector.recipe_for(size, **(overrides or {}))
-        result = detector.fit(prepared.detection.yaml, recipe, device, seed, workdir / "runs")
+        result = detector.fit(
+            prepared.detection.yaml, recipe, device, seed, workdir / "runs", progress
+        )
         return IdentityTrained(
             result.detector, recipe, result.history, result.seconds, result.device
         )
@@ -122,6 +127,7 @@ def train(
         seed,
         workdir / "imprint",
         log=log.info,
+        progress=progress,
     )
     return IdentityTrained(result.model, recipe, result.history, result.seconds, result.device)
 

@@ -68,7 +68,9 @@ def train(
     seed: int,
     overrides: dict | None = None,
     encoder_weights: str | None = None,
+    progress: Callable[[int, int, dict], None] | None = None,
 ):
+    """``progress(epoch, epochs, row)`` after each epoch (the command line's bar)."""
     if kind == "segmentation":
         from models.segmentation import train as trainer
 
@@ -79,7 +81,9 @@ def train(
         extra = {}
     recipe = trainer.recipe_for(size, **(overrides or {}))
     train_part, validation_part = prepared.part("train"), prepared.part("validation")
-    return trainer.fit(train_part, validation_part, recipe, device, seed, **extra)
+    return trainer.fit(
+        train_part, validation_part, recipe, device, seed, progress=progress, **extra
+    )
 
 
 def evaluate(kind: str, model, data, plots_dir: Path | None = None) -> Evaluation:

@@ -41,7 +41,7 @@ class ClassifierRecipe:
 
 SIZES = MappingProxyType(
     {
-        "tiny": ClassifierRecipe("resnet10", 64, 32, 4, 3e-3),
+        "tiny": ClassifierRecipe("resnet10", 64, 32, 2, 3e-3),
         "demo": ClassifierRecipe("resnet10", 64, 32, 4, 3e-3),
         "default": ClassifierRecipe("resnet18", 128, 32, 24, 2e-3),
         "gpu": ClassifierRecipe("resnet34", 200, 64, 80, 1e-3),

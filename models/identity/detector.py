@@ -11,6 +11,7 @@ import csv
 import json
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -38,8 +39,8 @@ class DetectorRecipe:
 
 
 SIZES = {
-    # tests: a few minutes of CPU
-    "tiny": DetectorRecipe("t", imgsz=256, epochs=3, batch=16, max_images=64),
+    # smoke runs: trains, saves and predicts in well under a minute
+    "tiny": DetectorRecipe("t", imgsz=256, epochs=1, batch=16, max_images=32),
     # `make demo`: under a minute. YOLO from random weights finds no marking after so
     # little training (mAP50 0 after 30 epochs of 160 pictures, 150 s); the demo runs the
     # identity path end to end, a useful detector takes the default size (~25 min).
@@ -150,14 +151,31 @@ def _history(results_csv: Path) -> list[dict]:
 
 
 def fit(
-    dataset_yaml: Path, recipe: DetectorRecipe, device: str, seed: int, workdir: Path
+    dataset_yaml: Path,
+    recipe: DetectorRecipe,
+    device: str,
+    seed: int,
+    workdir: Path,
+    progress: Callable[[int, int, dict], None] | None = None,
 ) -> DetectorTraining:
-    """Train YOLO on a dataset written by ``tasks.identity.write_yolo_dataset``."""
+    """Train YOLO on a dataset written by ``tasks.identity.write_yolo_dataset``;
+    ``progress(epoch, epochs, row)`` after each epoch's validation."""
     ultralytics = offline.prepare(_config_dir())
     workdir.mkdir(parents=True, exist_ok=True)
     architecture = workdir / f"marking-yolov8{recipe.scale}.yaml"
     shutil.copyfile(ARCHITECTURE, architecture)
     yolo = ultralytics.YOLO(str(architecture), task="detect")
+    if progress is not None:
+
+        def epoch_end(trainer) -> None:
+            row = {
+                "epoch": trainer.epoch + 1,
+                "train_loss": float(trainer.tloss.sum()) if trainer.tloss is not None else None,
+                "val_map50": trainer.metrics.get("metrics/mAP50(B)"),
+            }
+            progress(trainer.epoch + 1, trainer.epochs, row)
+
+        yolo.add_callback("on_fit_epoch_end", epoch_end)
     started = time.perf_counter()
     yolo.train(
         data=str(dataset_yaml),

@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -202,6 +203,7 @@ def fit(
     seed: int,
     workdir: Path,
     log=print,
+    progress: Callable[[int, int, dict], None] | None = None,
 ) -> ImprintTraining:
     """Train in a TensorFlow process (``models.identity.imprint_train``) and load the result
     here, on this process's backend."""
@@ -234,6 +236,9 @@ def fit(
         tail = ([*tail, line])[-20:]
         if line.startswith("{"):
             log(f"imprint epoch: {line}")
+            if progress is not None:
+                row = json.loads(line)
+                progress(int(row["epoch"]), recipe.epochs, row)
     if process.wait() != 0:
         raise RuntimeError(
             f"imprint training failed (exit {process.returncode}):\n" + "\n".join(tail)

@@ -4,8 +4,11 @@ a twin recording, the retrain flow under a Prefect test server, a SQLite MLflow 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import mlflow
@@ -43,7 +46,14 @@ def world(tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture(scope="module")
 def first(world):
     archive, _ = world
-    return retrain(kind="segmentation", data=str(archive), size="tiny", device="cpu")
+    # the tiny recipe trained for 40 epochs (about a minute here): enough to learn
+    return retrain(
+        kind="segmentation",
+        data=str(archive),
+        size="tiny",
+        device="cpu",
+        overrides={"epochs": 40},
+    )
 
 
 def test_tiny_model_learns_and_becomes_champion(first) -> None:
@@ -120,9 +130,9 @@ def test_people_promote_roll_back_and_list(world, first, worse) -> None:
     assert "version 2 -> version 1" in back.stdout
     assert registry.champion_version(client, "segmentation") == 1
     nothing = run(home, "rollback")
-    assert nothing.returncode == 1 and "nothing to roll back" in nothing.stdout
+    assert nothing.returncode == 1 and "nothing to roll back" in nothing.stderr
     missing = run(home, "promote", "9")
-    assert missing.returncode == 1 and "has no version 9" in missing.stdout
+    assert missing.returncode == 1 and "has no version 9" in missing.stderr
     listing = run(home, "models")
     assert listing.returncode == 0 and "champion" in listing.stdout
     evaluated = run(
@@ -141,3 +151,52 @@ def test_twin_archive_loads_with_its_masks(world) -> None:
     data = load_segmentation(archive)
     assert data.images.shape[1:] == (256, 1600)
     assert data.presence().any(axis=0).all()  # the busy line shows every class
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize(
+    ("signum", "to_group"),
+    [(signal.SIGTERM, False), (signal.SIGINT, True)],
+    ids=["SIGTERM to the command", "Ctrl-C: SIGINT to its process group"],
+)
+def test_a_stopped_train_ends_within_seconds_and_registers_nothing(
+    world, first, worse, signum: int, to_group: bool
+) -> None:
+    """Stopped in its first epoch, `train` exits within 10 s (it ran on for minutes and
+    printed hundreds of lines of tracebacks once Ctrl-C had also stopped its Prefect
+    server), leaves no process, no temporary folder and no new version."""
+    archive, home = world
+    client = registry.connect(get_settings())
+    before = [v["version"] for v in registry.versions(client, "segmentation")]
+    env = {**os.environ, "STEELSIGHT_HOME": str(home), "COLUMNS": "200"}
+    command = [str(STEELSIGHT), "train", "segmentation", "--data", str(archive), "--size", "tiny"]
+    with tempfile.TemporaryFile("w+") as stderr:
+        process = subprocess.Popen(
+            command, env=env, stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True
+        )
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and process.poll() is None:
+            stderr.seek(0)
+            if "epoch 1/" in stderr.read():
+                break
+            time.sleep(0.5)
+        assert process.poll() is None, "train ended before its first epoch"
+        sent = time.monotonic()
+        if to_group:
+            os.killpg(process.pid, signum)
+        else:
+            process.send_signal(signum)
+        code = process.wait(timeout=60)
+        took = time.monotonic() - sent
+        stderr.seek(0)
+        said = stderr.read()
+    assert code == 128 + signum and took < 10, (code, took, said[-2000:])
+    assert said.strip().splitlines()[-1] == (
+        f"steelsight train segmentation: interrupted by {signal.Signals(signum).name}, "
+        "stopped; no model version was registered"
+    )
+    assert "Traceback" not in said
+    left = subprocess.run(["pgrep", "-s", str(process.pid)], capture_output=True, text=True)
+    assert not left.stdout.split(), "processes of the stopped command are still running"
+    assert not list(home.glob("plots-*"))
+    assert [v["version"] for v in registry.versions(client, "segmentation")] == before

@@ -17,3 +17,12 @@ def test_kinds_are_the_registrys() -> None:
 def test_sizes_are_every_recipes() -> None:
     for sizes in (SEGMENTATION_SIZES, CLASSIFIER_SIZES, DETECTOR_SIZES, IMPRINT_SIZES):
         assert [s.value for s in Size] == list(sizes)
+
+
+def test_sizes_are_ordered_as_named() -> None:
+    """tiny < demo < default < gpu in training work (epochs, and steps for the imprint)."""
+    for sizes in (SEGMENTATION_SIZES, CLASSIFIER_SIZES, DETECTOR_SIZES):
+        epochs = [sizes[s.value].epochs for s in Size]
+        assert epochs == sorted(epochs) and epochs[0] < epochs[1], epochs
+    steps = [IMPRINT_SIZES[s.value].epochs * IMPRINT_SIZES[s.value].steps_per_epoch for s in Size]
+    assert steps == sorted(steps) and steps[0] < steps[1], steps
