@@ -77,8 +77,54 @@ def model_name(kind: str) -> str:
 def connect(settings: Settings) -> MlflowClient:
     """Point MLflow at the configured store (a SQLite file under home by default)."""
     settings.mlflow_dir.mkdir(parents=True, exist_ok=True)
+    if settings.mlflow_tracking_uri is None:
+        follow_moved_home(settings.mlflow_dir)
     mlflow.set_tracking_uri(settings.tracking_uri)
     return MlflowClient(settings.tracking_uri)
+
+
+# MLflow's SQL store keeps absolute artifact locations in these columns.
+_ARTIFACT_COLUMNS = (
+    ("experiments", "artifact_location"),
+    ("runs", "artifact_uri"),
+    ("logged_models", "artifact_location"),
+    ("model_versions", "storage_location"),
+    ("model_versions", "source"),
+)
+
+
+def follow_moved_home(mlflow_dir: Path) -> None:
+    """When the home was moved or copied whole, point the SQLite store's artifact
+    locations at this home's artifact folder (MLflow stores them absolute), so that the
+    copy's models load from the copy. Nothing is done for a store that has not moved."""
+    import sqlite3
+
+    database = mlflow_dir / "mlflow.db"
+    if not database.exists():
+        return
+    here = (mlflow_dir / "artifacts").as_uri()
+    with sqlite3.connect(database, timeout=30) as con:
+        try:
+            found = con.execute(
+                "SELECT artifact_location FROM experiments "
+                "WHERE name IN (SELECT value FROM json_each(?))",
+                (json.dumps(list(MODEL_NAMES.values())),),
+            ).fetchall()
+        except sqlite3.OperationalError:
+            return  # a store MLflow has not set up yet
+        # each of steelsight's experiments lives at <artifacts folder>/<model name>
+        before = {location.rsplit("/", 1)[0] for (location,) in found}
+        for old in before - {here}:
+            for table, column in _ARTIFACT_COLUMNS:
+                try:
+                    con.execute(
+                        f"UPDATE {table} SET {column} = ? || substr({column}, ?) "
+                        f"WHERE substr({column}, 1, ?) = ?",
+                        (here, len(old) + 1, len(old), old),
+                    )
+                except sqlite3.OperationalError as error:  # another MLflow schema
+                    log.warning("%s.%s not moved to %s: %s", table, column, here, error)
+            log.info("MLflow store moved: artifact locations %s -> %s", old, here)
 
 
 def experiment_id(client: MlflowClient, settings: Settings, kind: str) -> str:

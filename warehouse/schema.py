@@ -46,6 +46,9 @@ class TableSpec:
     key: tuple[str, ...]
     # column(s) here -> (table, column(s) there): every value must exist there.
     references: dict[tuple[str, ...], tuple[str, tuple[str, ...]]] = field(default_factory=dict)
+    # file paths: stored relative to the home when inside it (so a home can be moved or
+    # copied whole), shown absolute by the views, which are rebuilt for a moved home
+    home_paths: tuple[str, ...] = ()
 
     @property
     def not_null(self) -> tuple[str, ...]:
@@ -72,7 +75,12 @@ ARCHIVES = TableSpec(
                 "recordings); marking-station (sheet references); unknown (quarantined "
                 "before its kind was known).",
             ),
-            col("path", pa.string(), "Absolute path the archive was read from."),
+            col(
+                "path",
+                pa.string(),
+                "Absolute path the archive is read from (stored relative to STEELSIGHT_HOME "
+                "when inside it: the views show it in the home they were built for).",
+            ),
             col("content_sha256", pa.string(), "Hash over the archive's files and their hashes."),
             col(
                 "status",
@@ -100,6 +108,7 @@ ARCHIVES = TableSpec(
         ]
     ),
     key=("archive_id",),
+    home_paths=("path",),
 )
 
 IMAGES = TableSpec(
@@ -110,7 +119,12 @@ IMAGES = TableSpec(
             ARCHIVE_ID,
             IMPORT_ID,
             col("image_id", pa.string(), "File name of the image, as the labels name it."),
-            col("path", pa.string(), "Absolute path of the image file."),
+            col(
+                "path",
+                pa.string(),
+                "Absolute path of the image file (stored relative to STEELSIGHT_HOME when "
+                "inside it, as archives.path).",
+            ),
             col("width", pa.int32(), "Width in pixels."),
             col("height", pa.int32(), "Height in pixels."),
             col("channels", pa.int8(), "Colour channels stored in the file (1 or 3)."),
@@ -119,6 +133,7 @@ IMAGES = TableSpec(
     ),
     key=("archive_id", "image_id"),
     references={("archive_id",): ("archives", ("archive_id",))},
+    home_paths=("path",),
 )
 
 LABELS = TableSpec(

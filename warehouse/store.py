@@ -91,23 +91,51 @@ def conform(spec: TableSpec, rows: pa.Table) -> pa.Table:
         raise WarehouseError(f"{spec.name}: rows do not fit the schema: {error}") from error
 
 
-def view_statements(parquet_dir: Path) -> list[str]:
-    """DDL for one view per table (committed imports only) and the views in views.sql."""
+def view_statements(parquet_dir: Path, home: Path) -> list[str]:
+    """DDL for one view per table (committed imports only) and the views in views.sql.
+    Paths stored relative to the home are shown absolute, in ``home``."""
 
     def files(table: str) -> str:
         return _sql_string(str(parquet_dir / table / "*.parquet"))
 
+    def columns(table: str) -> str:
+        paths = TABLES[table].home_paths
+        if not paths:
+            return "t.*"
+        base = _sql_string(str(home) + "/")
+        shown = ", ".join(
+            f"CASE WHEN t.{c} IS NULL OR starts_with(t.{c}, '/') THEN t.{c} "
+            f"ELSE {base} || t.{c} END AS {c}"
+            for c in paths
+        )
+        return f"t.* REPLACE ({shown})"
+
     statements = [
-        f"CREATE OR REPLACE VIEW archives AS SELECT * FROM read_parquet({files('archives')})"
+        f"CREATE OR REPLACE VIEW archives AS SELECT {columns('archives')} "
+        f"FROM read_parquet({files('archives')}) AS t"
     ]
     for name in TABLES:
         if name == "archives":
             continue
         statements.append(
-            f"CREATE OR REPLACE VIEW {name} AS SELECT t.* FROM read_parquet({files(name)}) AS t "
+            f"CREATE OR REPLACE VIEW {name} AS SELECT {columns(name)} "
+            f"FROM read_parquet({files(name)}) AS t "
             "SEMI JOIN archives AS a ON t.archive_id = a.archive_id AND t.import_id = a.import_id"
         )
     return statements + list(_analyst_views())
+
+
+def relative_to_home(spec: TableSpec, rows: pa.Table, home: Path) -> pa.Table:
+    """The table's path columns with paths inside ``home`` made relative to it."""
+    for name in spec.home_paths:
+        stored = []
+        for value in rows.column(name).to_pylist():
+            path = Path(value) if value is not None else None
+            inside = path is not None and path.is_absolute() and path.is_relative_to(home)
+            stored.append(path.relative_to(home).as_posix() if inside else value)
+        index = rows.schema.get_field_index(name)
+        rows = rows.set_column(index, rows.schema.field(name), pa.array(stored, pa.string()))
+    return rows
 
 
 @lru_cache
@@ -122,6 +150,8 @@ class Warehouse:
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root).resolve()
+        # STEELSIGHT_HOME: paths inside it are stored relative to it (TableSpec.home_paths)
+        self.home = self.root.parent
         self.parquet_dir = self.root / "parquet"
         self.catalogue_path = self.root / CATALOGUE_NAME
 
@@ -139,7 +169,9 @@ class Warehouse:
 
     def _catalogue_meta(self) -> list[tuple[str, str]]:
         """What the catalogue must have been built for: schema, folder and view text."""
-        views = hashlib.sha256("\n".join(view_statements(self.parquet_dir)).encode()).hexdigest()
+        views = hashlib.sha256(
+            "\n".join(view_statements(self.parquet_dir, self.home)).encode()
+        ).hexdigest()
         return [
             ("schema_version", str(SCHEMA_VERSION)),
             ("parquet_dir", str(self.parquet_dir)),
@@ -160,7 +192,7 @@ class Warehouse:
         try:
             with duckdb.connect(str(self.catalogue_path)) as con:
                 con.execute("BEGIN")
-                for statement in view_statements(self.parquet_dir):
+                for statement in view_statements(self.parquet_dir, self.home):
                     con.execute(statement)
                 con.execute("CREATE OR REPLACE TABLE steelsight_meta (key VARCHAR, value VARCHAR)")
                 con.executemany("INSERT INTO steelsight_meta VALUES (?, ?)", self._catalogue_meta())
@@ -184,7 +216,7 @@ class Warehouse:
             if name == "archives":
                 raise WarehouseError("the archives row is written by commit(), not write_import()")
             spec = TABLES[name]
-            rows = conform(spec, rows)
+            rows = relative_to_home(spec, conform(spec, rows), self.home)
             ours = pc.and_(
                 pc.equal(rows["archive_id"], archive_id), pc.equal(rows["import_id"], import_id)
             )
@@ -194,7 +226,10 @@ class Warehouse:
 
     def commit(self, archive_row: Mapping[str, object]) -> None:
         """Make an import visible: replace the archive's row, then drop superseded files."""
-        row = conform(TABLES["archives"], pa.Table.from_pylist([dict(archive_row)]))
+        spec = TABLES["archives"]
+        row = relative_to_home(
+            spec, conform(spec, pa.Table.from_pylist([dict(archive_row)])), self.home
+        )
         archive_id = row["archive_id"][0].as_py()
         import_id = row["import_id"][0].as_py()
         _write_atomic(row, self.parquet_dir / "archives" / f"{archive_id}.parquet")
@@ -225,7 +260,7 @@ class Warehouse:
     def connect(self) -> duckdb.DuckDBPyConnection:
         """An in-memory DuckDB connection with the warehouse's views (takes no file lock)."""
         con = duckdb.connect()
-        for statement in view_statements(self.parquet_dir):
+        for statement in view_statements(self.parquet_dir, self.home):
             con.execute(statement)
         return con
 
@@ -235,7 +270,7 @@ class Warehouse:
         settings locked. Use one ``cursor()`` per thread."""
         con = duckdb.connect()
         con.execute(f"SET allowed_directories = [{_sql_string(str(self.parquet_dir) + '/')}]")
-        for statement in view_statements(self.parquet_dir):
+        for statement in view_statements(self.parquet_dir, self.home):
             con.execute(statement)
         con.execute("SET enable_external_access = false")
         con.execute("SET lock_configuration = true")

@@ -187,3 +187,31 @@ def test_sql_renders_a_table_and_streams_csv_json_and_parquet(
     assert parquet.returncode == 0 and f"{len(expected)} rows written" in parquet.stderr
     assert [tuple(r.values()) for r in pq.read_table(target).to_pylist()] == expected
     assert sorted(p.name for p in tmp_path.iterdir()) == ["home", "labels.parquet"]
+
+
+def test_a_copied_home_reads_its_own_rows_with_plain_duckdb(
+    shared_data: Path, tmp_path: Path
+) -> None:
+    """Paths inside the home are stored relative to it; the first steelsight command in a
+    copy rebuilds the catalogue's views for the copy's folder."""
+    import shutil
+
+    home = tmp_path / "home"
+    copy_severstal(shared_data, home / "landing" / "severstal-sample")
+    assert run(home, "ingest").returncode == 0
+    copied = tmp_path / "elsewhere" / "home"
+    shutil.copytree(home, copied)
+    shutil.rmtree(home)
+    assert run(copied, "warehouse", "info").returncode == 0
+    with duckdb.connect(str(copied / "warehouse" / "steelsight.duckdb"), read_only=True) as con:
+        (path,) = con.sql("SELECT path FROM archives").fetchall()[0]
+        images = con.sql("SELECT path FROM images").fetchall()
+        labels = con.sql("SELECT count(*) FROM labels").fetchall()[0][0]
+    assert path == str(copied / "archives" / "severstal-sample")
+    assert images and all(p.startswith(f"{path}/train_images/") for (p,) in images)
+    assert labels > 0
+    stored = duckdb.sql(
+        f"SELECT path FROM read_parquet('{copied}/warehouse/parquet/archives/*.parquet') "
+        "WHERE path IS NOT NULL"
+    ).fetchall()
+    assert stored == [("archives/severstal-sample",)]

@@ -200,3 +200,27 @@ def test_a_stopped_train_ends_within_seconds_and_registers_nothing(
     assert not left.stdout.split(), "processes of the stopped command are still running"
     assert not list(home.glob("plots-*"))
     assert [v["version"] for v in registry.versions(client, "segmentation")] == before
+
+
+@pytest.mark.e2e
+def test_a_copied_home_loads_its_models_from_the_copy(world, first, tmp_path: Path) -> None:
+    """MLflow stores artifact locations absolute: in a copied home they are moved to the
+    copy's folder on first use, so the copy's models load from the copy."""
+    import shutil
+    import sqlite3
+
+    archive, home = world
+    copied = tmp_path / "copy"
+    shutil.copytree(home, copied, ignore=shutil.ignore_patterns("prefect"))
+    evaluated = run(
+        copied, "evaluate", "segmentation", "--model", "1", "--data", str(archive), "--json"
+    )
+    assert evaluated.returncode == 0, evaluated.stderr
+    with sqlite3.connect(copied / "mlflow" / "mlflow.db") as con:
+        locations = [
+            value
+            for table, column in registry._ARTIFACT_COLUMNS
+            for (value,) in con.execute(f"SELECT {column} FROM {table}")
+            if value and "artifacts" in value
+        ]
+    assert locations and all(str(copied) in v and str(home) not in v for v in locations)
