@@ -198,12 +198,14 @@ def ingest(
     Exits with 1 when an archive was rejected.
     """
     from flows.ingest import ingest as run_ingest
+    from flows.ingest import progress_to
 
     settings = get_settings()
-    try:
-        results = run_ingest(paths=[str(p) for p in paths or []], landing=landing)
-    except FileNotFoundError as error:
-        fail(str(error), 2)
+    with counting_bar("ingesting") as advance, progress_to(advance):
+        try:
+            results = run_ingest(paths=[str(p) for p in paths or []], landing=landing)
+        except FileNotFoundError as error:
+            fail(str(error), 2)
     table = Table(title=f"Ingest (landing: {settings.landing_dir})")
     for column in ("archive", "kind", "status", "frames"):
         table.add_column(column, overflow="fold")
@@ -479,6 +481,22 @@ def print_metrics(kind: str, report: dict, title: str) -> None:
 
 
 @contextmanager
+def counting_bar(what: str, disable: bool = False):
+    """A progress bar on stderr counting items done; yields update(done, total, name)."""
+    from rich.progress import MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    columns = (*Progress.get_default_columns()[:-1], MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=err_console, disable=disable, transient=True) as progress:
+        bar = progress.add_task(what, total=None)
+
+        def advance(done: int, total: int, name: str) -> None:
+            label = f"{what}: {name}" if name else what
+            progress.update(bar, completed=done, total=total, description=label)
+
+        yield advance
+
+
+@contextmanager
 def training_bar(kind: str, disable: bool = False):
     """A progress bar on stderr: epoch, last loss, time left; yields its update function."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
@@ -705,7 +723,10 @@ def register_sheets(
 
     try:
         models = load_models(get_settings(), marking, imprint)
-        done = register_station(station, models, _warehouse())
+        with counting_bar("station pictures") as advance:
+            done = register_station(
+                station, models, _warehouse(), progress=lambda n, total: advance(n, total, "")
+            )
     except (RegistryError, IdentityDataError, RecordingError) as error:
         fail(str(error))
     console.print(

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib.metadata import version
@@ -104,17 +104,24 @@ class Registered:
 
 
 def station_markings(
-    station: Path, models: Models, leave_out: float = 0.0, ground_truth: bool = False
+    station: Path,
+    models: Models,
+    leave_out: float = 0.0,
+    ground_truth: bool = False,
+    progress: Callable[[int, int], None] | None = None,
 ) -> tuple[Found, dict[str, dict]]:
     """The marking of every station picture (its best detection, or with ``ground_truth``
     the box the recorder wrote) and the station's sheets.csv rows by frame id.
-    ``leave_out`` skips that share of sheets (by a stable hash), for open-set tests."""
+    ``leave_out`` skips that share of sheets (by a stable hash), for open-set tests;
+    ``progress(pictures read, pictures)`` as they are read."""
     rows = {r["frame_id"]: r for r in csv_rows(station / "sheets.csv")}
     kept = (
         (frame_id, image)
         for frame_id, sheet_id, image in station_pictures(station)
         if unit_hash(sheet_id) >= leave_out
     )
+    if progress is not None:
+        kept = _counted(kept, lambda n: progress(n, len(rows)))
     if not ground_truth:
         return find_markings(kept, models, best_only=True), rows
     truth = marking_boxes(station)
@@ -139,6 +146,7 @@ def register_station(
     leave_out: float = 0.0,
     ground_truth: bool = False,
     archive: dict | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Registered:
     """Embed every station picture's marking and store it with its sheet ID in
     ``sheet_references`` (one import of the station archive: re-running replaces it).
@@ -147,7 +155,7 @@ def register_station(
     origin are kept)."""
     started = time.perf_counter()
     station = Path(station).resolve()
-    found, rows = station_markings(station, models, leave_out, ground_truth)
+    found, rows = station_markings(station, models, leave_out, ground_truth, progress)
     embeddings = _embed(found, models)
     archive_id = archive["archive_id"] if archive else archive_id_for(station)
     import_id = new_import_id()
