@@ -6,30 +6,19 @@ recognised as duplicates; every archive is a task run, and a bad one never stops
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
 
+from flows.progress import ProgressHook
 from steelsight.settings import get_settings
 from tasks.archives import Ingested, ingest_archive, is_within, landed_archives, unregistered
 from warehouse.store import Warehouse
 
-# (archives done, archives, the one just done) -> None: set by the command line's bar
-_progress: Callable[[int, int, str], None] | None = None
-
-
-@contextmanager
-def progress_to(callback: Callable[[int, int, str], None]) -> Iterator[None]:
-    """Report each archive taken in to ``callback`` while the block runs."""
-    global _progress
-    _progress = callback
-    try:
-        yield
-    finally:
-        _progress = None
+# (archives done, archives, the one just done): the command line shows it
+progress = ProgressHook()
+progress_to = progress.to
 
 
 @task(name="ingest-archive", task_run_name="ingest {source}", retries=0)
@@ -76,6 +65,5 @@ def ingest(paths: list[str] | None = None, landing: bool = True) -> list[dict]:
             f": {done.reason}" if done.reason else "",
         )
         results.append(asdict(done))
-        if _progress is not None:
-            _progress(len(results), len(sources), source.name)
+        progress(len(results), len(sources), source.name)
     return results

@@ -17,30 +17,21 @@ import contextlib
 import json
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from flows.progress import ProgressHook
 from steelsight.settings import Settings, get_settings
 from tasks.archives import Problem, archive_row, error_rows
 from tasks.inspection import ModelRefs, assemble, inspect_chunk, recording
 from warehouse.store import Warehouse, new_import_id
 
-# (archive_id, frames done, frames) -> None: set by the command line for its progress bar
-_progress: Callable[[str, int, int], None] | None = None
-
-
-@contextlib.contextmanager
-def progress_to(callback: Callable[[str, int, int], None]) -> Iterator[None]:
-    """Report inspected frames to ``callback`` while the block runs (in this process)."""
-    global _progress
-    _progress = callback
-    try:
-        yield
-    finally:
-        _progress = None
+# (archive_id, frames done, frames): the command line shows it
+progress = ProgressHook()
+progress_to = progress.to
 
 
 class InspectError(RuntimeError):
@@ -184,8 +175,7 @@ def inspect_archive_task(
             future.release()
         results.append(result)
         frames_done += result.n_frames
-        if _progress is not None:
-            _progress(rec.archive_id, frames_done, len(rec.frame_ids))
+        progress(rec.archive_id, frames_done, len(rec.frame_ids))
         if frames_done >= next_log * len(rec.frame_ids):
             seconds = time.perf_counter() - started
             logger.info(

@@ -4,13 +4,12 @@ the champion only if it beats the current champion on that same holdout."""
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 
 from prefect import flow, get_run_logger
 
+from flows.progress import ProgressHook
 from models import registry
 from steelsight.interrupts import on_interrupt
 from steelsight.settings import get_settings
@@ -24,19 +23,9 @@ from tasks.training import (
     train_task,
 )
 
-# (epoch, epochs, row) -> None: set by the command line for its progress bar
-_progress: Callable[[int, int, dict], None] | None = None
-
-
-@contextmanager
-def progress_to(callback: Callable[[int, int, dict], None]) -> Iterator[None]:
-    """Report each finished training epoch to ``callback`` while the block runs."""
-    global _progress
-    _progress = callback
-    try:
-        yield
-    finally:
-        _progress = None
+# (epoch, epochs, row) after each training epoch: the command line shows it
+progress = ProgressHook()
+progress_to = progress.to
 
 
 @flow(name="retrain", log_prints=False)
@@ -60,7 +49,7 @@ def retrain(
         return _retrain_identity(kind, data, size, device, seed, overrides)
     prepared = prepare_task(kind, Path(data))
     result = train_task(
-        kind, prepared, size, device, seed, overrides, encoder_weights, progress=_progress
+        kind, prepared, size, device, seed, overrides, encoder_weights, progress=progress
     )
     model = result.segmenter if kind == "segmentation" else result.classifier
     holdout = prepared.part("holdout")
@@ -95,7 +84,7 @@ def _retrain_identity(
         try:
             prepared = identity.prepare_task(kind, Path(data), workdir, size)
             trained = identity.train_task(
-                prepared, size, device, seed, workdir, overrides, progress=_progress
+                prepared, size, device, seed, workdir, overrides, progress=progress
             )
             holdout = prepared.holdout()
             report = identity.evaluate_task(kind, trained.model, holdout)
