@@ -361,27 +361,55 @@ def rollback(client: MlflowClient, kind: str, by: str = "steelsight") -> tuple[i
     return current, previous
 
 
-def null_score(kind: str, holdout: dict) -> float:
-    """What a model that learnt nothing scores on this holdout: empty masks (segmentation),
-    always the commonest class (classification), nothing found (marking, imprint)."""
+@dataclass(frozen=True)
+class Floor:
+    """Whether a version learnt anything: its holdout ``value`` of ``metric`` against what
+    a model that learnt nothing scores there (``null``), which it must beat by ``least``."""
+
+    metric: str
+    value: float
+    null: float
+    least: float
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.value >= self.null + self.least)  # NaN never passes
+
+    def reason(self) -> str:
+        return (
+            f"holdout {self.metric} {self.value:.4f} is below the floor "
+            f"{self.null + self.least:.4f} (a model that learnt nothing scores "
+            f"{self.null:.4f}; promotion_floors asks {self.least:+.4f}): not champion"
+        )
+
+
+def floor_of(kind: str, holdout: dict, least: float) -> Floor:
+    """The learning check of a holdout report: segmentation, the mean over classes of
+    Dice on the images that show the class (empty masks score 0); classification,
+    accuracy against always answering the commonest class; marking, mAP50; imprint,
+    the share identified (0 for a model that finds or identifies nothing)."""
     if kind == "segmentation":
-        return float(holdout["empty_score"])
+        found = [
+            row["dice_defective"]
+            for row in holdout["per_class"].values()
+            if row["dice_defective"] is not None
+        ]
+        value = float(np.mean(found)) if found else float("nan")
+        return Floor("Dice on defective images", value, 0.0, least)
     if kind == "classification":
         support = [row["support"] for row in holdout["per_class"].values()]
-        return max(support) / sum(support) if sum(support) else 0.0
-    return 0.0
+        null = max(support) / sum(support) if sum(support) else 0.0
+        return Floor("accuracy", float(holdout["accuracy"]), null, least)
+    return Floor(SCORES[kind], float(holdout[SCORES[kind]]), 0.0, least)
 
 
 def decide(
-    score: float, champion_score: float | None, floor: float = 0.0, null: float = 0.0
+    score: float, champion_score: float | None, floor: Floor | None = None
 ) -> tuple[bool, str]:
-    """Promote only above the floor (``floor`` over the ``null`` score of a model that learnt
-    nothing), and then on a strictly better holdout score than the champion's."""
-    if not score >= null + floor:  # also refuses NaN
-        return False, (
-            f"holdout {score:.4f} is below the floor {null + floor:.4f} (a model that learnt "
-            f"nothing scores {null:.4f}, promotion_floors asks {floor:+.4f}): not champion"
-        )
+    """Never a version below its floor; above it, the first version is champion and later
+    ones must beat the champion's holdout score strictly."""
+    if floor is not None and not floor.passed:
+        return False, floor.reason()
     if champion_score is None:
         return True, "first model: no champion to beat"
     if score > champion_score:
@@ -398,12 +426,11 @@ def record_decision(
     champion_before: int | None,
     champion_score: float | None,
     holdout_digest: str,
-    floor: float = 0.0,
-    null: float = 0.0,
+    floor: Floor | None = None,
 ) -> Registration:
     """Write both scores on the new version and move the alias if it wins."""
     name = model_name(kind)
-    promoted, reason = decide(score, champion_score, floor, null)
+    promoted, reason = decide(score, champion_score, floor)
     tags = {
         "holdout_score": f"{score:.6f}",
         "holdout_metric": SCORES[kind],
@@ -451,8 +478,7 @@ def register_challenger(
             champion[0],
             champion[1],
             holdout_digest,
-            floor=settings.promotion_floors.get(kind, 0.0),
-            null=null_score(kind, holdout),
+            floor=floor_of(kind, holdout, settings.promotion_floors.get(kind, 0.0)),
         )
         achieved.append(
             f"registered {model_name(kind)} version {version}"

@@ -32,7 +32,7 @@ DEFAULT_GRADES = (
 )
 
 
-PROMOTION_FLOORS = {"segmentation": 0.01, "classification": 0.05, "marking": 0.05, "imprint": 0.05}
+PROMOTION_FLOORS = {"segmentation": 0.05, "classification": 0.05, "marking": 0.05, "imprint": 0.05}
 
 
 def grade(rules: list[GradeRule], area_ratio: float, counts: dict[str, int]) -> str:
@@ -75,12 +75,13 @@ class Settings(BaseSettings):
 
     promotion_floors: dict[str, float] = Field(
         default_factory=lambda: dict(PROMOTION_FLOORS),
-        description="Per model kind, how far a new version's holdout score must rise above "
-        "what a model that learnt nothing scores on that holdout before retraining may make "
-        "it champion: segmentation mean Dice above empty masks', classification accuracy "
-        "above always answering the commonest class, marking mAP50 and imprint share "
-        "identified above 0. Below it the version is registered without the alias "
-        "(`steelsight promote` still can). JSON object in STEELSIGHT_PROMOTION_FLOORS.",
+        description="Per model kind, how far a new version must score above a model that "
+        "learnt nothing on its holdout before retraining may make it champion: "
+        "segmentation, mean Dice on the images showing each class (empty masks: 0); "
+        "classification, accuracy above always answering the commonest class; marking, "
+        "mAP50; imprint, share identified. Below it the version is registered without "
+        "the alias (`steelsight promote` still can). JSON object in "
+        "STEELSIGHT_PROMOTION_FLOORS; a kind left out keeps its default.",
     )
 
     # -- the serving API (steelsight serve) --

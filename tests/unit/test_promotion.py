@@ -1,38 +1,53 @@
-"""Who may become champion: above the promotion floor, then only on a better score."""
+"""Who may become champion: a version that learnt something, then only on a better score."""
 
 from __future__ import annotations
 
 import math
 
-from models.registry import decide, null_score
+from models.registry import Floor, decide, floor_of
 from steelsight.settings import Settings
 
 
 def test_a_detector_that_finds_nothing_is_never_champion() -> None:
-    floor = Settings().promotion_floors["marking"]
-    promoted, reason = decide(0.0, None, floor, null_score("marking", {"map50": 0.0}))
+    least = Settings().promotion_floors["marking"]
+    floor = floor_of("marking", {"map50": 0.0}, least)
+    promoted, reason = decide(0.0, None, floor)
     assert not promoted
-    assert "below the floor" in reason and "0.0500" in reason
+    assert reason == (
+        "holdout map50 0.0000 is below the floor 0.0500 (a model that learnt nothing "
+        "scores 0.0000; promotion_floors asks +0.0500): not champion"
+    )
 
 
 def test_above_the_floor_the_first_model_is_champion_and_later_ones_must_beat_it() -> None:
-    assert decide(0.3, None, 0.05) == (True, "first model: no champion to beat")
-    assert decide(0.31, 0.3, 0.05)[0]
-    assert not decide(0.3, 0.3, 0.05)[0]
-    assert not decide(math.nan, None, 0.05)[0]
+    learnt = Floor("map50", 0.3, 0.0, 0.05)
+    assert decide(0.3, None, learnt) == (True, "first model: no champion to beat")
+    assert decide(0.31, 0.3, learnt)[0]
+    assert not decide(0.3, 0.3, learnt)[0]
+    assert not Floor("map50", math.nan, 0.0, 0.05).passed
 
 
-def test_the_floor_stands_on_what_a_model_that_learnt_nothing_scores() -> None:
-    # segmentation: empty masks already score 0.9 on this holdout
-    assert null_score("segmentation", {"empty_score": 0.9}) == 0.9
-    assert not decide(0.905, None, 0.01, 0.9)[0]
-    assert decide(0.915, None, 0.01, 0.9)[0]
-    # classification: always answering the commonest class
-    report = {"per_class": {"a": {"support": 6}, "b": {"support": 2}, "c": {"support": 2}}}
-    assert null_score("classification", report) == 0.6
+def _segmentation(*dice_defective):
+    per_class = {f"c{i}": {"dice_defective": d} for i, d in enumerate(dice_defective)}
+    return {"mean_dice": 0.9, "empty_score": 0.95, "per_class": per_class}
+
+
+def test_segmentation_must_find_defects_where_they_are() -> None:
+    # empty masks score 0 on defective images, whatever their mean Dice
+    assert not floor_of("segmentation", _segmentation(0.0, 0.0, None), 0.05).passed
+    learnt = floor_of("segmentation", _segmentation(0.3, 0.0, None), 0.05)
+    assert learnt.passed and learnt.value == 0.15
+    assert not floor_of("segmentation", _segmentation(None, None), 0.05).passed
+
+
+def test_classification_must_beat_the_commonest_class() -> None:
+    per_class = {"a": {"support": 6}, "b": {"support": 2}, "c": {"support": 2}}
+    assert floor_of("classification", {"accuracy": 0.6, "per_class": per_class}, 0.05).null == 0.6
+    assert not floor_of("classification", {"accuracy": 0.64, "per_class": per_class}, 0.05).passed
+    assert floor_of("classification", {"accuracy": 0.7, "per_class": per_class}, 0.05).passed
 
 
 def test_floors_are_settings(monkeypatch) -> None:
     monkeypatch.setenv("STEELSIGHT_PROMOTION_FLOORS", '{"marking": 0.2}')
     floors = Settings().promotion_floors
-    assert floors["marking"] == 0.2 and floors["segmentation"] == 0.01
+    assert floors["marking"] == 0.2 and floors["segmentation"] == 0.05
