@@ -175,9 +175,10 @@ def imprint_recipe(size: str, **overrides) -> ImprintRecipe:
 # on channels-last input with fewer input channels than its register block (16 on AVX-512,
 # 8 on AVX2) writes past its workspace (oneDNN issue 6035, open). The imprint network's
 # first shortcut is exactly that convolution with ``width`` channels: at the `demo` width
-# (12) training died of SIGSEGV or a glibc heap abort on AVX-512 machines, and where it
-# does not crash the gradients are wrong. Without oneDNN, training is about 20 % slower
-# and correct on every x86-64 CPU (tests/models/test_imprint_cpu.py checks the gradient).
+# (12) training died of SIGSEGV or a glibc heap abort on AVX-512 machines (the upstream
+# report also sees wrong gradients where it does not crash). Without oneDNN, training is
+# about 20 % slower and correct on every x86-64 CPU (tests/models/test_imprint_cpu.py
+# checks the gradient for 1 to 32 channels).
 TRAINING_ENVIRONMENT = {
     "KERAS_BACKEND": "tensorflow",
     "TF_CPP_MIN_LOG_LEVEL": "2",
