@@ -168,10 +168,14 @@ def fit(
     if progress is not None:
 
         def epoch_end(trainer) -> None:
+            if trainer.epoch >= trainer.epochs:  # the final validation of the best weights
+                return
+            # the epoch's mean loss per part (box, cls, dfl): a dict of tensors here
+            losses = trainer.tloss.values() if isinstance(trainer.tloss, dict) else ()
             row = {
                 "epoch": trainer.epoch + 1,
-                "train_loss": float(trainer.tloss.sum()) if trainer.tloss is not None else None,
-                "val_map50": trainer.metrics.get("metrics/mAP50(B)"),
+                "train_loss": float(sum(float(v) for v in losses)) if losses else None,
+                "val_map50": (trainer.metrics or {}).get("metrics/mAP50(B)"),
             }
             progress(trainer.epoch + 1, trainer.epochs, row)
 

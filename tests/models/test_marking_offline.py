@@ -58,8 +58,19 @@ def test_detector_trains_and_predicts_offline(
     labels = list((tmp_path / "yolo" / "labels" / "train").glob("*.txt"))
     assert any(p.read_text().startswith("0 ") for p in labels)  # markings are class 0
 
-    trained = fit(dataset.yaml, recipe_for("tiny", epochs=1), "cpu", 0, tmp_path / "runs")
+    epochs: list[tuple[int, int, dict]] = []
+    trained = fit(
+        dataset.yaml,
+        recipe_for("tiny", epochs=2),
+        "cpu",
+        0,
+        tmp_path / "runs",
+        progress=lambda *report: epochs.append(report),
+    )
     assert trained.history and "val_map50" in trained.history[-1]
+    # what the command line's bar shows: each epoch, its loss and mAP50
+    assert [(e, n) for e, n, _ in epochs] == [(1, 2), (2, 2)]
+    assert all(row["train_loss"] > 0 and row["val_map50"] is not None for *_, row in epochs)
     pictures = dataset.holdout.images or [np.zeros((256, 1600), np.uint8)]
     found = trained.detector.detect(pictures)
     assert len(found) == len(pictures)
