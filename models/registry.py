@@ -96,7 +96,8 @@ _ARTIFACT_COLUMNS = (
 def follow_moved_home(mlflow_dir: Path) -> None:
     """When the home was moved or copied whole, point the SQLite store's artifact
     locations at this home's artifact folder (MLflow stores them absolute), so that the
-    copy's models load from the copy. Nothing is done for a store that has not moved."""
+    copy's models load from the copy. Nothing is done for a store that has not moved, or
+    whose artifact folders were not copied with it."""
     import sqlite3
 
     database = mlflow_dir / "mlflow.db"
@@ -112,8 +113,13 @@ def follow_moved_home(mlflow_dir: Path) -> None:
             ).fetchall()
         except sqlite3.OperationalError:
             return  # a store MLflow has not set up yet
-        # each of steelsight's experiments lives at <artifacts folder>/<model name>
+        # each of steelsight's experiments lives at <artifacts folder>/<model name>; only a
+        # home whose artifacts came along is moved (a copied database alone keeps pointing
+        # at the original files)
         before = {location.rsplit("/", 1)[0] for (location,) in found}
+        names = [location.rsplit("/", 1)[1] for (location,) in found]
+        if not all((mlflow_dir / "artifacts" / name).is_dir() for name in names):
+            return
         for old in before - {here}:
             for table, column in _ARTIFACT_COLUMNS:
                 try:
