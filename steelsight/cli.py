@@ -311,6 +311,8 @@ def sql(
 ) -> None:
     """Run a SQL query over the warehouse's views (`steelsight warehouse info` lists the
     tables; docs/warehouse.md describes them)."""
+    import sys
+
     import duckdb
 
     from steelsight.query_output import write_rows
@@ -326,6 +328,11 @@ def sql(
                 relation.show(max_rows=max_rows, max_width=console.width)
                 return
             written = write_rows(relation, output_format.value, out)
+        except BrokenPipeError:  # the reader went away (`| head`): not an error
+            import os
+
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return
         except duckdb.Error as error:
             first = str(error).strip().splitlines()[0]
             fail(f"{first} (tables and views: `steelsight warehouse info`)", 2)

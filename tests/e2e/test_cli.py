@@ -215,3 +215,24 @@ def test_a_copied_home_reads_its_own_rows_with_plain_duckdb(
         "WHERE path IS NOT NULL"
     ).fetchall()
     assert stored == [("archives/severstal-sample",)]
+
+
+def test_sql_into_a_pipe_that_closes_early_is_not_an_error(tmp_path: Path) -> None:
+    env = {**os.environ, "STEELSIGHT_HOME": str(tmp_path / "home")}
+    for output_format in ("csv", "json"):
+        piped = subprocess.run(
+            [
+                "bash",
+                "-o",
+                "pipefail",
+                "-c",
+                f"'{STEELSIGHT}' sql 'SELECT * FROM range(3000000)' --format {output_format}"
+                " | head -1",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert piped.returncode == 0 and piped.stderr == "", piped.stderr
+        assert piped.stdout.strip() in ('"range"', '{"range": 0}')
