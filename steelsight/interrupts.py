@@ -27,27 +27,26 @@ from contextlib import contextmanager, suppress
 
 log = logging.getLogger(__name__)
 
-_installed = False
 _what = ""
 _nothing_done = ""
 _depth = 0
 _pending: int | None = None
 _cleanups: list[Callable[[], None]] = []
 _done: list[str] = []  # what a critical section completed, for the last words
-_lock = threading.Lock()
+# reentrant: the handler runs in the main thread, which may hold the lock when it fires
+_lock = threading.RLock()
 
 
 def stop_on_signals(what: str, nothing_done: str = "") -> None:
     """Install the handlers for this process (main thread only); ``what`` names the
     command in the message (``train segmentation``), ``nothing_done`` says what an
     interruption means when no critical section completed."""
-    global _installed, _what, _nothing_done
+    global _what, _nothing_done
     if threading.current_thread() is not threading.main_thread():
         return
     _what, _nothing_done = what, nothing_done
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, _handle)
-    _installed = True
 
 
 @contextmanager
