@@ -11,7 +11,7 @@ from prefect import flow, get_run_logger
 
 from flows.progress import ProgressHook
 from models import registry
-from steelsight.interrupts import on_interrupt
+from steelsight.interrupts import cleaned_up
 from steelsight.settings import get_settings
 from tasks import identity_training as identity
 from tasks.training import (
@@ -54,14 +54,10 @@ def retrain(
     model = result.segmenter if kind == "segmentation" else result.classifier
     holdout = prepared.part("holdout")
     plots = plots_folder(settings)
-    remove = partial(shutil.rmtree, plots, ignore_errors=True)
-    with on_interrupt(remove):
-        try:
-            evaluation = evaluate_task(kind, model, holdout, plots)
-            champion = champion_score_task(settings, kind, holdout)
-            registration = register_task(settings, prepared, result, size, evaluation, champion)
-        finally:
-            remove()
+    with cleaned_up(partial(shutil.rmtree, plots, ignore_errors=True)):
+        evaluation = evaluate_task(kind, model, holdout, plots)
+        champion = champion_score_task(settings, kind, holdout)
+        registration = register_task(settings, prepared, result, size, evaluation, champion)
     logger.info(
         "%s version %d: holdout %s %.4f; %s",
         kind,
@@ -79,21 +75,15 @@ def _retrain_identity(
     logger = get_run_logger()
     settings = get_settings()
     workdir = plots_folder(settings)
-    remove = partial(shutil.rmtree, workdir, ignore_errors=True)
-    with on_interrupt(remove):
-        try:
-            prepared = identity.prepare_task(kind, Path(data), workdir, size)
-            trained = identity.train_task(
-                prepared, size, device, seed, workdir, overrides, progress=progress
-            )
-            holdout = prepared.holdout()
-            report = identity.evaluate_task(kind, trained.model, holdout)
-            champion = identity.champion_score_task(settings, kind, holdout)
-            registration = identity.register_task(
-                settings, prepared, trained, size, report, champion
-            )
-        finally:
-            remove()
+    with cleaned_up(partial(shutil.rmtree, workdir, ignore_errors=True)):
+        prepared = identity.prepare_task(kind, Path(data), workdir, size)
+        trained = identity.train_task(
+            prepared, size, device, seed, workdir, overrides, progress=progress
+        )
+        holdout = prepared.holdout()
+        report = identity.evaluate_task(kind, trained.model, holdout)
+        champion = identity.champion_score_task(settings, kind, holdout)
+        registration = identity.register_task(settings, prepared, trained, size, report, champion)
     logger.info(
         "%s version %d: holdout %s %.4f; %s",
         kind,

@@ -18,6 +18,7 @@ import tempfile
 import warnings
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import lru_cache
 from pathlib import Path
 from types import MappingProxyType
 
@@ -93,6 +94,7 @@ _ARTIFACT_COLUMNS = (
 )
 
 
+@lru_cache  # once per process and store: a home does not move under a running process
 def follow_moved_home(mlflow_dir: Path) -> None:
     """When the home was moved or copied whole, point the SQLite store's artifact
     locations at this home's artifact folder (MLflow stores them absolute), so that the

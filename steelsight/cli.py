@@ -84,7 +84,7 @@ def fail(message: str, code: int = 1) -> NoReturn:
 
 def existing(help_text: str, **kwargs) -> dict:
     """typer options for a path that must exist (checked before anything starts)."""
-    return {"help": help_text, "exists": True, "resolve_path": False, **kwargs}
+    return {"help": help_text, "exists": True, **kwargs}
 
 
 # What an interruption leaves, per command (see steelsight.interrupts)

@@ -25,8 +25,6 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 
-log = logging.getLogger(__name__)
-
 _what = ""
 _nothing_done = ""
 _depth = 0
@@ -79,6 +77,17 @@ def on_interrupt(cleanup: Callable[[], None]) -> Iterator[None]:
     finally:
         if cleanup in _cleanups:
             _cleanups.remove(cleanup)
+
+
+@contextmanager
+def cleaned_up(cleanup: Callable[[], None]) -> Iterator[None]:
+    """Run ``cleanup`` when the block ends, however it ends: normally, by an exception, or
+    by an interrupt."""
+    with on_interrupt(cleanup):
+        try:
+            yield
+        finally:
+            cleanup()
 
 
 def _handle(signum: int, frame) -> None:

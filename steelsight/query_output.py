@@ -7,7 +7,7 @@ import json
 import os
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
@@ -35,9 +35,20 @@ def _destination(out: Path | None) -> Iterator[BinaryIO]:
         tmp.unlink(missing_ok=True)
 
 
-def _json_lines(batch: pa.RecordBatch) -> bytes:
-    rows = batch.to_pylist()
-    return "".join(json.dumps(row, default=str) + "\n" for row in rows).encode()
+@contextmanager
+def _batch_writer(
+    output_format: str, f: BinaryIO, schema: pa.Schema
+) -> Iterator[Callable[[pa.RecordBatch], None]]:
+    if output_format == "parquet":
+        with pq.ParquetWriter(f, schema, compression="zstd") as writer:
+            yield writer.write_batch
+    elif output_format == "json":  # one object per line
+        yield lambda batch: f.write(
+            "".join(json.dumps(row, default=str) + "\n" for row in batch.to_pylist()).encode()
+        )
+    else:
+        with pacsv.CSVWriter(f, schema) as writer:
+            yield writer.write_batch
 
 
 def write_rows(relation, output_format: str, out: Path | None) -> int:
@@ -45,19 +56,8 @@ def write_rows(relation, output_format: str, out: Path | None) -> int:
     to a file is CSV too); returns the number of rows."""
     reader = relation.to_arrow_reader(BATCH_ROWS)
     rows = 0
-    with _destination(out) as f:
-        if output_format == "parquet":
-            with pq.ParquetWriter(f, reader.schema, compression="zstd") as writer:
-                for batch in reader:
-                    writer.write_batch(batch)
-                    rows += batch.num_rows
-        elif output_format == "json":
-            for batch in reader:
-                f.write(_json_lines(batch))
-                rows += batch.num_rows
-        else:
-            with pacsv.CSVWriter(f, reader.schema) as writer:
-                for batch in reader:
-                    writer.write_batch(batch)
-                    rows += batch.num_rows
+    with _destination(out) as f, _batch_writer(output_format, f, reader.schema) as write:
+        for batch in reader:
+            write(batch)
+            rows += batch.num_rows
     return rows
