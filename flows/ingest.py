@@ -1,7 +1,8 @@
 """Prefect flow: take in recorded archives from the landing folder (and named paths).
 
 One archive at a time, so that two copies of the same recording arriving together are
-recognised as duplicates; every archive is a task run, and a bad one never stops the rest.
+recognised as duplicates; every archive is a task run, and a bad one never stops the rest
+(``tasks.ingest`` validates each in a child process and records whatever goes wrong).
 """
 
 from __future__ import annotations
@@ -13,7 +14,16 @@ from prefect import flow, get_run_logger, task
 
 from flows.progress import ProgressHook
 from steelsight.settings import get_settings
-from tasks.archives import Ingested, ingest_archive, is_within, landed_archives, unregistered
+from tasks.archives import is_printable, printable
+from tasks.ingest import (
+    Ingested,
+    Limits,
+    absolute,
+    ingest_archive,
+    is_within,
+    landed_archives,
+    unregistered,
+)
 from warehouse.store import Warehouse
 
 # (archives done, archives, the one just done): the command line shows it
@@ -30,6 +40,7 @@ def ingest_archive_task(source: str, warehouse_dir: str, landed: bool) -> Ingest
         settings.library_dir,
         settings.quarantine_dir,
         landed,
+        Limits(settings.ingest_timeout_s, settings.ingest_memory_mb),
     )
 
 
@@ -43,19 +54,24 @@ def ingest(paths: list[str] | None = None, landing: bool = True) -> list[dict]:
     warehouse = Warehouse(settings.warehouse_dir).ensure()
     settings.landing_dir.mkdir(parents=True, exist_ok=True)
     sources: dict[Path, bool] = {}
-    for path in [Path(p).resolve() for p in paths or []]:
-        if not path.exists():
-            raise FileNotFoundError(f"{path} does not exist: nothing to ingest")
+    for path in [absolute(p) for p in paths or []]:
+        if not path.exists() and not path.is_symlink():
+            raise FileNotFoundError(f"{printable(path)} does not exist: nothing to ingest")
         sources[path] = is_within(path, settings.landing_dir)
     if landing:
-        sources.update({p.resolve(): True for p in landed_archives(settings.landing_dir)})
-    sources.update({p.resolve(): False for p in unregistered(settings.library_dir, warehouse)})
+        sources.update(dict.fromkeys(landed_archives(settings.landing_dir), True))
+    sources.update(dict.fromkeys(unregistered(settings.library_dir, warehouse), False))
     if not sources:
         logger.info("nothing to ingest in %s", settings.landing_dir)
     results = []
     for source, landed in sources.items():
-        done = ingest_archive_task(str(source), str(warehouse.root), landed)
-        level = logger.warning if done.status in ("failed", "quarantined") else logger.info
+        # Prefect keeps task parameters as JSON text: a name that is not UTF-8 cannot be
+        # one, so that archive is taken in (refused, with its reason) without a task run
+        run = ingest_archive_task if is_printable(source) else ingest_archive_task.fn
+        done = run(str(source), str(warehouse.root), landed)
+        level = (
+            logger.warning if done.status in ("failed", "quarantined", "skipped") else logger.info
+        )
         level(
             "%s: %s (%s, %d frames)%s",
             done.source,
@@ -65,5 +81,5 @@ def ingest(paths: list[str] | None = None, landing: bool = True) -> list[dict]:
             f": {done.reason}" if done.reason else "",
         )
         results.append(asdict(done))
-        progress(len(results), len(sources), source.name)
+        progress(len(results), len(sources), printable(source.name))
     return results

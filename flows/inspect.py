@@ -25,7 +25,7 @@ from prefect.cache_policies import NO_CACHE
 
 from flows.progress import ProgressHook
 from steelsight.settings import Settings, get_settings
-from tasks.archives import Problem, archive_row, error_rows
+from tasks.archives import Problem, archive_row, changed_since_ingest, error_rows
 from tasks.inspection import ModelRefs, assemble, inspect_chunk, recording
 from warehouse.store import Warehouse, new_import_id
 
@@ -109,11 +109,65 @@ def _pending(warehouse: Warehouse, kinds: tuple[str, ...], key: str, only: list[
     return [r for r in rows if r["inspected_with"] != key]
 
 
+def _not_inspected(row: dict, key: str, problem: Problem, warehouse: Warehouse) -> dict:
+    """Record that an archive could not be inspected (or registered), and why: its row
+    says failed, with the models tried, so the next run does not try the same again."""
+    import_id = new_import_id()
+    warehouse.import_archive(
+        archive_row(
+            row["archive_id"],
+            import_id,
+            row["kind"],
+            Path(row["path"]),
+            row["content_sha256"],
+            "failed",
+            n_images=0,
+            n_labels=0,
+            n_errors=1,
+            received_from=row["received_from"],
+            inspected_with=key,
+        ),
+        {"ingest_errors": error_rows([problem], row["archive_id"], import_id)},
+    )
+    get_run_logger().warning("archive %s: %s", row["archive_id"], problem.reason)
+    return {
+        "archive_id": row["archive_id"],
+        "status": "failed",
+        "frames": 0,
+        "sheets": 0,
+        "identified": 0,
+        "defects": 0,
+        "errors": 1,
+        "frames_per_s": None,
+        "reason": problem.reason,
+    }
+
+
+def _failure(row: dict, error: Exception) -> Problem:
+    return Problem(
+        row["path"],
+        "inspection_failed",
+        f"{Path(row['path']).name} could not be inspected: {type(error).__name__}: {error}; "
+        "the other archives went on; report it with this archive",
+    )
+
+
 @task(name="register-station", task_run_name="register {row[archive_id]}", cache_policy=NO_CACHE)
-def register_station_task(row: dict, models, warehouse: Warehouse) -> int:
+def register_station_task(row: dict, models, warehouse: Warehouse, key: str) -> int:
+    """Register a station's sheets; ``key``: the identity models' versions, recorded with
+    a station that fails so that the next run does not try the same models again."""
     from tasks.identify import register_station
 
-    done = register_station(Path(row["path"]), models, warehouse, archive=row)
+    problem = changed_since_ingest(Path(row["path"]), row["content_sha256"])
+    try:
+        if problem is None:
+            done = register_station(Path(row["path"]), models, warehouse, archive=row)
+    except Exception as error:  # one station never stops the others
+        get_run_logger().exception("station %s", row["archive_id"])
+        problem = _failure(row, error)
+    if problem is not None:
+        _not_inspected(row, key, problem, warehouse)
+        return 0
     get_run_logger().info(
         "station %s: %d of %d sheets registered (%d without a marking) in %.1f s",
         row["archive_id"],
@@ -135,7 +189,27 @@ def inspect_archive_task(
     settings: Settings,
     warehouse: Warehouse,
 ) -> dict:
-    """Inspect one recording on the cluster and commit its tables as one import."""
+    """Inspect one recording on the cluster and commit its tables as one import; one that
+    changed since ingest, or that fails, is recorded as failed with the reason."""
+    problem = changed_since_ingest(Path(row["path"]), row["content_sha256"])
+    if problem is not None:
+        return _not_inspected(row, refs.key(), problem, warehouse)
+    try:
+        return _inspect_archive(row, refs, client, index, threshold, settings, warehouse)
+    except Exception as error:  # one archive never stops the others
+        get_run_logger().exception("archive %s", row["archive_id"])
+        return _not_inspected(row, refs.key(), _failure(row, error), warehouse)
+
+
+def _inspect_archive(
+    row: dict,
+    refs: ModelRefs,
+    client,
+    index,
+    threshold: float,
+    settings: Settings,
+    warehouse: Warehouse,
+) -> dict:
     from distributed import as_completed
 
     logger = get_run_logger()
@@ -227,6 +301,7 @@ def inspect_archive_task(
         "decode_s": round(inspected.decode_s, 2),
         "model_s": round(inspected.model_s, 2),
         "workers": len(inspected.workers),
+        "reason": "; ".join(p.reason for p in problems),
     }
     logger.info(
         "archive %s: %d frames in %.1f s (%.1f frames/s), %d sheets (%d identified), "
@@ -284,7 +359,7 @@ def inspect(
         if stations:
             models = load_models(settings, refs.marking, refs.imprint)
             for row in stations:
-                register_station_task(row, models, warehouse)
+                register_station_task(row, models, warehouse, identity_key)
         index = reference_index(warehouse, refs.imprint)
         threshold = _imprint_threshold(settings, refs.imprint)
         logger.info("%d registered sheets to identify against", len(index))

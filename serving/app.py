@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
 from contextlib import asynccontextmanager
 
 import anyio
@@ -19,6 +18,7 @@ from fastapi import FastAPI, Request
 
 from serving import errors
 from serving.access_log import access_logger
+from serving.guards import BodyGuard, request_id
 from serving.routers import inspect, ops, sheets
 from serving.state import ServerState
 from steelsight.runtime import configure_environment
@@ -76,12 +76,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.middleware("http")
     async def observe(request: Request, call_next):
         started = time.perf_counter()
-        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex[:16]
+        rid = request_id(request.headers.get("x-request-id"))
         status = 500
         try:
             response = await call_next(request)
             status = response.status_code
-            response.headers["X-Request-ID"] = request_id
+            response.headers["X-Request-ID"] = rid
             return response
         finally:
             seconds = time.perf_counter() - started
@@ -93,7 +93,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             access.info(
                 "request",
                 extra={
-                    "request_id": request_id,
+                    "request_id": rid,
                     "method": request.method,
                     "path": request.url.path,
                     "route": template,
@@ -105,4 +105,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 },
             )
 
+    app.add_middleware(
+        BodyGuard,
+        one_frame_bytes=settings.max_image_bytes,
+        batch_frames=settings.max_batch_frames,
+        timeout_s=settings.serve_body_timeout_s,
+    )
     return app

@@ -10,15 +10,19 @@ Retry-After) rather than letting every request's wait grow without bound.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import math
+import statistics
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Generic, TypeVar
 
 log = logging.getLogger(__name__)
+
+MAX_RETRY_AFTER_S = 30  # longer and a client may as well give up; the queue drains faster
 
 Job = TypeVar("Job")
 Answer = TypeVar("Answer")
@@ -52,7 +56,9 @@ class MicroBatcher(Generic[Job, Answer]):
         self._queue: asyncio.Queue | None = None
         self._task: asyncio.Task | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
-        self._seconds_per_frame = 0.05  # running estimate, for Retry-After
+        # seconds per frame of the last batches, for Retry-After: their median, so that
+        # one slow batch (a huge frame, a model swap) does not tell every client to wait
+        self._recent: collections.deque[float] = collections.deque([0.05], maxlen=32)
 
     @property
     def queued(self) -> int:
@@ -79,8 +85,10 @@ class MicroBatcher(Generic[Job, Answer]):
             raise RuntimeError("the micro-batcher is not started")
         free = self.capacity - self._queue.qsize()
         if len(jobs) > free:
-            wait = math.ceil((self._queue.qsize() + len(jobs)) * self._seconds_per_frame)
-            raise Overloaded(self._queue.qsize(), self.capacity, max(1, wait))
+            wait = math.ceil((self._queue.qsize() + len(jobs)) * statistics.median(self._recent))
+            raise Overloaded(
+                self._queue.qsize(), self.capacity, min(MAX_RETRY_AFTER_S, max(1, wait))
+            )
         loop = asyncio.get_running_loop()
         futures = [loop.create_future() for _ in jobs]
         for job, future in zip(jobs, futures, strict=True):
@@ -117,7 +125,7 @@ class MicroBatcher(Generic[Job, Answer]):
             except Exception as error:  # _run_safely already isolates per frame
                 answers = [error] * len(jobs)
             seconds = time.perf_counter() - started
-            self._seconds_per_frame = 0.8 * self._seconds_per_frame + 0.2 * seconds / len(jobs)
+            self._recent.append(seconds / len(jobs))
             if self._on_batch is not None:
                 self._on_batch(len(jobs), seconds)
             for (_, future), answer in zip(batch, answers, strict=True):

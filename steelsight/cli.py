@@ -163,6 +163,15 @@ def import_labels(
             err_console.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
             failed = True
             continue
+        except Exception as error:  # one folder never stops the ones after it
+            err_console.print(
+                f"[red]error:[/red] {path} could not be imported ({type(error).__name__}: "
+                f"{error}); the folders after it go on",
+                highlight=False,
+                soft_wrap=True,
+            )
+            failed = True
+            continue
         failed |= s.status == "failed"
         summary.add_row(s.path, s.kind, s.status, str(s.n_images), str(s.n_labels), str(s.n_errors))
         if s.n_errors:
@@ -288,6 +297,9 @@ def inspect(
     for s in summaries:
         table.add_row(*(str(s[c]) for c in columns))
     console.print(table)
+    for s in summaries:
+        if s["reason"]:
+            console.print(f"{s['archive_id']} ({s['status']}): {s['reason']}", highlight=False)
     if any(s["status"] == "failed" for s in summaries):
         raise typer.Exit(1)
 
@@ -887,6 +899,10 @@ def serve(
         workers=settings.serve_workers,
         access_log=False,  # serving.access_log writes one JSON line per request
         timeout_graceful_shutdown=30,
+        # h11 with serving.guards' limits on a request's head (httptools has none); h11's
+        # own buffer limit sits above ours so that ours answers (431) first
+        http="serving.guards:GuardedH11",
+        h11_max_incomplete_event_size=2 * settings.serve_max_head_bytes,
     )
 
 

@@ -58,6 +58,19 @@ class Settings(BaseSettings):
         default="auto", description="Where models run: auto (GPU when present), cpu, cuda, cuda:N."
     )
 
+    ingest_timeout_s: float = Field(
+        default=900.0,
+        gt=0,
+        description="Longest one archive's validation may take (every frame is decoded); "
+        "an archive that takes longer is quarantined with the reason.",
+    )
+    ingest_memory_mb: int = Field(
+        default=4096,
+        ge=512,
+        description="Address space of the process validating one archive, MB; an archive "
+        "that needs more (a frame far larger than its manifest says) is quarantined.",
+    )
+
     dask_address: str | None = Field(
         default=None,
         description="Scheduler of an existing Dask cluster (tcp://host:8786); default: a "
@@ -125,6 +138,22 @@ class Settings(BaseSettings):
         ge=1,
         description="Frames allowed to wait for the models; beyond it requests get 503 "
         "with Retry-After instead of ever-growing latency.",
+    )
+    serve_head_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="How long a client may take to send a request's line and headers; a "
+        "slower one gets 408 and is disconnected.",
+    )
+    serve_body_timeout_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="How long a client may take to send a request's body (408 after).",
+    )
+    serve_max_head_bytes: int = Field(
+        default=16 * 1024,
+        ge=1024,
+        description="Largest request line and headers accepted, bytes (431 beyond).",
     )
     serve_poll_s: float = Field(
         default=10.0,

@@ -1,4 +1,4 @@
-"""Taking recorded archives in: recognise, validate, hash, register, quarantine.
+"""Recorded archives: recognise, validate, hash (taking them in: tasks.ingest).
 
 An archive is a folder. Three kinds are recognised by their layout:
 
@@ -7,15 +7,15 @@ An archive is a folder. Three kinds are recognised by their layout:
   severstal   ``train.csv`` + ``train_images/``
   neu-det     ``images/`` + ``annotations/``
 
-The landing folder under ``STEELSIGHT_HOME`` is the inbox: a good archive found there is
-moved (renamed, never copied or changed) into the library folder, a bad one into the
-quarantine folder with the reason in ``ingest_errors`` and in a ``.reason.json`` file
-beside it. Recorders write under a dot-name and rename when complete; dot-names are
-ignored. Archives named by path outside the landing folder are registered where they
-are and never moved: one that fails validation is recorded as ``failed`` with its reason.
+This module validates (pure: it reads, never writes): ``scan`` lists an archive's files
+without following a link or opening a special file, ``check_archive`` validates its
+manifest, indexes and frames, ``content_hash`` identifies it, ``probe`` does all three as
+ingest needs them (``tasks.probe`` runs it in a process of its own). ``tasks.ingest``
+moves and registers.
 
-Data flows one way: folder → ``Checked`` (pure validation) → an archives row and its
-ingest_errors rows → one warehouse import.
+Everything an archive uses lies inside it: links, special files, names that are not
+UTF-8 and manifest names that point outside are refused with a reason, and manifest
+values are checked for range, so that what passes here cannot make inspect fail.
 """
 
 from __future__ import annotations
@@ -25,6 +25,9 @@ import hashlib
 import itertools
 import json
 import logging
+import os
+import re
+import stat
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib.metadata import version
@@ -33,15 +36,30 @@ from typing import Literal
 
 import cv2
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from tasks.labels import SourceError, archive_id_for, detect_kind, import_label_source
+from tasks.labels import SourceError, detect_kind
 from warehouse.schema import TABLES
-from warehouse.store import Warehouse, new_import_id
 
 log = logging.getLogger(__name__)
 
 HASH_CHUNK = 1 << 20
+MAX_MANIFEST_BYTES = 1 << 20  # a recorder's manifest is a few hundred bytes
+MAX_DEPTH = 16  # folders within an archive
+MAX_ENTRIES = 2_000_000  # files and folders within an archive
+# frame ids name files (<frame_id>.jpg); sheet ids come from the plant's L2 system
+FRAME_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+SHEET_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/#+-]{0,127}")
+
+
+def printable(path: Path | str) -> str:
+    """A path as text that can be stored and logged: a name that is not valid UTF-8
+    (the bytes Python keeps as surrogates) is shown with those bytes escaped."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def is_printable(path: Path | str) -> bool:
+    return printable(path) == str(path)
 
 
 # -- the recorder's manifest -------------------------------------------------------------
@@ -51,6 +69,22 @@ class RecordingFiles(BaseModel):
     frames: str | None = None
     frame_index: str | None = None
     sheets: str | None = None
+
+    @field_validator("video", "frames", "frame_index", "sheets")
+    @classmethod
+    def _inside(cls, name: str | None) -> str | None:
+        """Every file an archive uses lies inside it: a relative name without '..'."""
+        if name is None:
+            return None
+        parts = name.replace("\\", "/").split("/")
+        if not name or name.startswith(("/", "~")) or ":" in parts[0] or ".." in parts:
+            raise ValueError(
+                f"{name!r} is not a name inside the archive: name its files relative to the "
+                "archive folder, without '..'"
+            )
+        if any(ord(c) < 32 for c in name) or len(name) > 255:
+            raise ValueError(f"{name!r} has control characters or is too long")
+        return name
 
     @model_validator(mode="after")
     def _one_medium(self) -> RecordingFiles:
@@ -62,25 +96,32 @@ class RecordingFiles(BaseModel):
 class RecordingManifest(BaseModel):
     """``manifest.json`` of a recorded archive: the fields steelsight relies on."""
 
-    model_config = ConfigDict(extra="allow", frozen=True)
+    # ranges: what a rolling line and its cameras can be, so that a value that parses but
+    # makes no sense (Infinity, 1e-300) is refused here, not found by inspect's arithmetic
+    model_config = ConfigDict(extra="allow", frozen=True, allow_inf_nan=False)
     format_version: Literal[1]
-    camera_id: str
+    camera_id: str = Field(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f]+$")
     camera_role: Literal["inspection", "marking-station"]
-    line_id: str
+    line_id: str = Field(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f]+$")
     start_time: datetime
-    line_speed_m_s: float = Field(gt=0)
+    line_speed_m_s: float = Field(gt=0, le=100, description="m/s; the fastest lines run ~25")
     kind: Literal["video", "frames"]
-    fps: float | None = Field(None, gt=0)
-    mm_per_px: float = Field(gt=0)
-    frame_width: int = Field(gt=0)
-    frame_height: int = Field(gt=0)
-    frame_count: int = Field(ge=0)
+    fps: float | None = Field(None, ge=0.01, le=100_000)
+    mm_per_px: float = Field(ge=0.001, le=100)
+    frame_width: int = Field(gt=0, le=65_536)
+    frame_height: int = Field(gt=0, le=65_536)
+    frame_count: int = Field(ge=0, le=100_000_000)
     files: RecordingFiles
 
     @model_validator(mode="after")
     def _role_files(self) -> RecordingManifest:
         if self.camera_role == "inspection" and (self.fps is None or not self.files.frame_index):
             raise ValueError("an inspection recording needs fps and files.frame_index")
+        if self.camera_role == "inspection" and not 0 < self.frame_step_lines <= 1e6:
+            raise ValueError(
+                f"line_speed_m_s, fps and mm_per_px give a frame step of "
+                f"{self.frame_step_lines:.3g} scan lines: check the three values"
+            )
         if self.camera_role == "marking-station" and not (self.files.sheets and self.files.frames):
             raise ValueError("a marking-station archive needs files.frames and files.sheets")
         return self
@@ -130,28 +171,123 @@ class ArchiveError(ValueError):
     """An archive that cannot be used as its manifest says."""
 
 
-def content_hash(folder: Path) -> str:
-    """SHA-256 over every file's relative path and bytes, in path order: the archive's
-    identity for recognising a duplicate wherever it is."""
+@dataclass(frozen=True)
+class Contents:
+    """An archive's regular files (path order) and what is wrong with the rest: links,
+    special files, names that are not UTF-8, nesting too deep. Found without following a
+    link or opening anything but folders, so a hostile archive cannot make it read
+    outside or wait on a pipe."""
+
+    files: list[Path]
+    problems: list[Problem]
+
+
+def scan(folder: Path) -> Contents:
+    files: list[Path] = []
+    problems: list[Problem] = []
+    seen = 0
+    stack = [(Path(folder), 0)]
+    while stack:
+        current, depth = stack.pop()
+        try:
+            entries = sorted(os.scandir(current), key=lambda e: e.name)
+        except OSError as error:
+            problems.append(
+                _p(current, "unreadable_folder", f"cannot be listed ({error.strerror})")
+            )
+            continue
+        for entry in entries:
+            seen += 1
+            path = Path(entry.path)
+            if seen > MAX_ENTRIES:
+                problems.append(_p(folder, "too_many_files", f"has more than {MAX_ENTRIES} files"))
+                return Contents(files, problems)
+            if not is_printable(entry.name):
+                problems.append(
+                    _p(path, "bad_name", "has a name that is not valid UTF-8: rename it")
+                )
+            elif entry.is_symlink():
+                problems.append(
+                    _p(
+                        path,
+                        "link",
+                        f"is a symbolic link (to {printable(os.readlink(path))}): an archive "
+                        "holds its own files; copy the file in instead of linking it",
+                    )
+                )
+            elif entry.is_dir(follow_symlinks=False):
+                if depth + 1 >= MAX_DEPTH:
+                    problems.append(_p(path, "too_deep", f"is nested more than {MAX_DEPTH} deep"))
+                else:
+                    stack.append((path, depth + 1))
+            elif entry.is_file(follow_symlinks=False):
+                files.append(path)
+            else:
+                problems.append(
+                    _p(
+                        path,
+                        "special_file",
+                        f"is a {_file_type(path)}, not a regular file: an archive holds "
+                        "files and folders only",
+                    )
+                )
+    return Contents(sorted(files), problems)
+
+
+def _file_type(path: Path) -> str:
+    mode = path.lstat().st_mode
+    for test, name in (
+        (stat.S_ISFIFO, "named pipe"),
+        (stat.S_ISSOCK, "socket"),
+        (stat.S_ISCHR, "character device"),
+        (stat.S_ISBLK, "block device"),
+        (stat.S_ISLNK, "symbolic link"),
+        (stat.S_ISDIR, "folder"),
+    ):
+        if test(mode):
+            return name
+    return "special file"
+
+
+def content_hash(folder: Path, files: list[Path] | None = None) -> str:
+    """SHA-256 over every regular file's relative path and bytes, in path order: the
+    archive's identity for recognising a duplicate wherever it is. Links and special
+    files are never followed or opened (``scan`` reports them); a single regular file
+    is hashed as itself."""
+    folder = Path(folder)
+    if not folder.is_dir() or folder.is_symlink():
+        if folder.is_symlink() or not folder.is_file():
+            return hashlib.sha256(f"not a file: {printable(folder.name)}".encode()).hexdigest()
+        files, folder = [folder], folder.parent
     digest = hashlib.sha256()
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+    for path in scan(folder).files if files is None else files:
         file_digest = hashlib.sha256()
         with path.open("rb") as f:
             while chunk := f.read(HASH_CHUNK):
                 file_digest.update(chunk)
-        digest.update(f"{path.relative_to(folder).as_posix()} {file_digest.hexdigest()}\n".encode())
+        name = printable(path.relative_to(folder).as_posix())
+        digest.update(f"{name} {file_digest.hexdigest()}\n".encode())
     return digest.hexdigest()
 
 
 def read_manifest(folder: Path) -> RecordingManifest:
     """The validated manifest; ArchiveError names the file and the fields at fault."""
     path = folder / "manifest.json"
+    if not path.exists() and not path.is_symlink():
+        raise ArchiveError(f"{path} is missing")
+    if path.is_symlink() or not path.is_file():
+        raise ArchiveError(f"{path} is not a regular file")
+    size = path.stat().st_size
+    if size > MAX_MANIFEST_BYTES:
+        raise ArchiveError(f"{path} has {size} bytes, more than a manifest's {MAX_MANIFEST_BYTES}")
     try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ArchiveError(f"{path} is missing") from None
+        data = json.loads(path.read_bytes())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ArchiveError(f"{path} is not valid JSON ({error})") from None
+    except RecursionError:
+        raise ArchiveError(f"{path} is nested too deep to be a manifest") from None
+    except OSError as error:
+        raise ArchiveError(f"{path} cannot be read ({error.strerror})") from None
     try:
         return RecordingManifest.model_validate(data)
     except ValidationError as error:
@@ -159,15 +295,56 @@ def read_manifest(folder: Path) -> RecordingManifest:
             f"{'.'.join(map(str, e['loc'])) or '(top)'}: {e['msg']}" for e in error.errors()
         )
         raise ArchiveError(f"{path} does not fit the recorder manifest schema: {fields}") from None
+    except RecursionError:
+        raise ArchiveError(f"{path} is nested too deep to be a manifest") from None
 
 
 def _csv(path: Path, columns: tuple[str, ...]) -> list[dict]:
+    if path.is_symlink() or (path.exists() and not path.is_file()):
+        raise ArchiveError(f"{path} is not a regular file")
     with path.open(newline="") as f:
         reader = csv.DictReader(f)
         missing = [c for c in columns if c not in (reader.fieldnames or [])]
         if missing:
             raise ArchiveError(f"{path} lacks the columns {missing}")
         return list(reader)
+
+
+def _bad_rows(
+    index: Path, rows: list[dict], columns: dict[str, re.Pattern], time_required: bool
+) -> list[Problem]:
+    """Index rows whose ids are not plain names (a frame id names a file in the archive:
+    ``../x`` would read outside it) or whose timestamp is not a time."""
+    for row_number, row in enumerate(rows, start=2):
+        for name, pattern in columns.items():
+            value = row.get(name)
+            if value is None or not pattern.fullmatch(value):
+                return [
+                    Problem(
+                        str(index),
+                        "invalid_index",
+                        f"{index} row {row_number}: {name} {printable(str(value))[:80]!r} is not "
+                        "a plain id (at most 128 letters, digits and . _ -)",
+                        source_row=row_number,
+                        field=name,
+                    )
+                ]
+        moment = row.get("timestamp") or ""
+        if moment or time_required:
+            try:
+                datetime.fromisoformat(moment)
+            except ValueError:
+                return [
+                    Problem(
+                        str(index),
+                        "invalid_index",
+                        f"{index} row {row_number}: timestamp {moment[:40]!r} is not an ISO "
+                        "8601 time",
+                        source_row=row_number,
+                        field="timestamp",
+                    )
+                ]
+    return []
 
 
 def _looks_like_recording(folder: Path) -> bool:
@@ -178,45 +355,51 @@ def check_archive(folder: Path, decode: bool = True) -> Checked:
     """Validate one archive folder. ``decode`` reads every frame (ingest does); without it
     only the manifest and indexes are checked (cheap, for re-deriving warnings)."""
     folder = Path(folder)
-    if not folder.is_dir():
-        return Checked(
+    if folder.is_symlink():
+        target = printable(os.readlink(folder))
+        return _refused(
             folder,
-            "unknown",
-            problems=[
-                _p(
-                    folder,
-                    "not_a_folder",
-                    "is not a folder: an archive is a folder; unpack it into the landing folder",
-                )
-            ],
+            "link",
+            f"is a symbolic link (to {target}): steelsight takes in only what lies in the "
+            "landing folder; move or copy the archive itself there",
         )
+    if not is_printable(folder.name):
+        return _refused(folder, "bad_name", "has a name that is not valid UTF-8: rename it")
+    if not folder.is_dir():
+        if folder.is_file():
+            return _refused(
+                folder,
+                "not_a_folder",
+                "is not a folder: an archive is a folder; unpack it into the landing folder",
+            )
+        return _refused(folder, "special_file", f"is a {_file_type(folder)}, not an archive folder")
+    contents = scan(folder)
+    if contents.problems:
+        return Checked(folder, "unknown", problems=contents.problems)
     if (folder / "manifest.json").exists():
         return _check_recording(folder, decode)
     try:
         kind = detect_kind(folder)
     except SourceError as error:
         if _looks_like_recording(folder):
-            return Checked(
-                folder,
-                "unknown",
-                problems=[
-                    _p(
-                        folder / "manifest.json",
-                        "missing_manifest",
-                        "is missing: without it the frames' size, rate and resolution are "
-                        "unknown; restore it from the recorder and drop the archive into the "
-                        "landing folder again",
-                    )
-                ],
+            return _refused(
+                folder / "manifest.json",
+                "missing_manifest",
+                "is missing: without it the frames' size, rate and resolution are "
+                "unknown; restore it from the recorder and drop the archive into the "
+                "landing folder again",
             )
         return Checked(folder, "unknown", problems=[_p(folder, "unknown_archive", str(error))])
     return Checked(folder, kind)
 
 
+def _refused(path: Path, kind: str, reason: str) -> Checked:
+    return Checked(path, "unknown", problems=[_p(path, kind, reason)])
+
+
 def _p(path: Path, kind: str, reason: str, fatal: bool = True, **where) -> Problem:
-    return Problem(
-        str(path), kind, f"{path.name} {reason}" if path.name else reason, fatal, **where
-    )
+    name = printable(path.name)
+    return Problem(printable(path), kind, f"{name} {reason}" if name else reason, fatal, **where)
 
 
 def _check_recording(folder: Path, decode: bool) -> Checked:
@@ -239,7 +422,9 @@ def _check_recording(folder: Path, decode: bool) -> Checked:
     index_name = manifest.files.frame_index or manifest.files.sheets
     index = folder / index_name
     columns = (
-        ("frame_number", "frame_id") if manifest.files.frame_index else ("frame_id", "sheet_id")
+        ("frame_number", "frame_id")
+        if manifest.files.frame_index
+        else ("frame_id", "sheet_id", "timestamp")
     )
     try:
         checked.frames = _csv(index, columns)
@@ -252,8 +437,14 @@ def _check_recording(folder: Path, decode: bool) -> Checked:
             )
         )
         return checked
-    except (ArchiveError, csv.Error, UnicodeDecodeError) as error:
+    except (ArchiveError, csv.Error, UnicodeDecodeError, OSError) as error:
         checked.problems.append(Problem(str(index), "invalid_index", str(error)))
+        return checked
+    ids = {"frame_id": FRAME_ID}
+    if not manifest.files.frame_index:
+        ids["sheet_id"] = SHEET_ID
+    checked.problems += _bad_rows(index, checked.frames, ids, not manifest.files.frame_index)
+    if checked.problems:
         return checked
     if len(checked.frames) != manifest.frame_count:
         checked.problems.append(
@@ -359,19 +550,6 @@ def _decode_all(folder: Path, manifest: RecordingManifest, frame_ids: list[str])
 
 
 # -- registering ---------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Ingested:
-    """What happened to one archive."""
-
-    source: str  # where it was found
-    path: str  # where it is now
-    archive_id: str
-    kind: str
-    status: str  # ok, partial, failed, quarantined, unchanged
-    reason: str = ""
-    n_frames: int = 0
-
-
 def archive_row(
     archive_id: str,
     import_id: str,
@@ -417,165 +595,52 @@ def error_rows(problems: list[Problem], archive_id: str, import_id: str) -> pa.T
     return pa.Table.from_pylist(rows, TABLES["ingest_errors"].schema)
 
 
-def _existing(warehouse: Warehouse, content: str) -> dict | None:
-    """The committed, usable archive with this content, if any."""
-    rows = warehouse.query(
-        "SELECT archive_id, path FROM archives WHERE content_sha256 = ? "
-        "AND status IN ('ok', 'partial') ORDER BY imported_at LIMIT 1",
-        [content],
-    ).to_pylist()
-    return rows[0] if rows else None
-
-
-def _free_name(folder: Path, name: str) -> Path:
-    target, n = folder / name, 1
-    while target.exists() or target.with_name(target.name + ".reason.json").exists():
-        n += 1
-        target = folder / f"{name}-{n}"
-    return target
-
-
-def ingest_archive(
-    source: Path, warehouse: Warehouse, library: Path, quarantine: Path, landed: bool
-) -> Ingested:
-    """Validate one archive and register it. ``landed``: it lies in the landing folder
-    and is moved (into ``library`` when good, ``quarantine`` when not)."""
-    source = Path(source).resolve()
-    checked = check_archive(source)
-    content = (
-        content_hash(source) if source.is_dir() else hashlib.sha256(source.read_bytes()).hexdigest()
-    )
-    existing = _existing(warehouse, content) if checked.ok else None
-    if existing and existing["path"] == str(source):
-        return Ingested(
-            str(source),
-            str(source),
-            existing["archive_id"],
-            checked.kind,
-            "unchanged",
-            "already ingested with the same content",
+def changed_since_ingest(path: Path, recorded: str) -> Problem | None:
+    """Why an ingested archive cannot be read now (gone, changed since its content hash
+    was recorded), or None: inspect checks this before it reads an archive."""
+    path = Path(path)
+    if not path.is_dir() or path.is_symlink():
+        return _p(
+            path,
+            "missing_archive",
+            "is gone: restore it, or ingest it again from where it is now",
         )
-    if existing:
-        checked.problems.append(
-            _p(
-                source,
-                "duplicate_content",
-                f"has the same content as archive {existing['archive_id']} ({existing['path']}), "
-                "which is already ingested: nothing new to take in",
-            )
+    contents = scan(path)
+    if contents.problems or content_hash(path, contents.files) != recorded:
+        found = "; ".join(p.reason for p in contents.problems[:3])
+        return _p(
+            path,
+            "changed_since_ingest",
+            "changed since it was ingested (its content hash differs"
+            f"{': ' + found if found else ''}): it is not inspected; restore it from the "
+            "recorder, or take the new content in with `steelsight ingest PATH`",
         )
-    if not checked.ok:
-        return _reject(source, checked, content, warehouse, quarantine if landed else None)
-    target = _free_name(library, source.name) if landed else source
-    if landed:
-        library.mkdir(parents=True, exist_ok=True)
-        source.rename(target)
-    archive_id = archive_id_for(target)
-    received = {"received_from": str(source)} if landed else {}
-    if checked.kind in ("severstal", "neu-det"):
-        summary = import_label_source(target, warehouse, content_sha256=content, extra=received)
-        log.info("ingested %s as %s (%s, %s)", source, archive_id, checked.kind, summary.status)
-        return Ingested(
-            str(source),
-            str(target),
-            archive_id,
-            checked.kind,
-            summary.status,
-            n_frames=summary.n_images,
-        )
-    import_id = new_import_id()
-    warnings = checked.problems  # none fatal here
-    status = "partial" if warnings else "ok"
-    warehouse.import_archive(
-        archive_row(
-            archive_id,
-            import_id,
-            checked.kind,
-            target,
-            content,
-            status,
-            len(checked.frames),
-            0,
-            len(warnings),
-            **received,
-        ),
-        {"ingest_errors": error_rows(warnings, archive_id, import_id)},
-    )
-    log.info(
-        "ingested %s as %s: %s, %d frames, %d warnings",
-        source,
-        archive_id,
-        checked.kind,
-        len(checked.frames),
-        len(warnings),
-    )
-    return Ingested(
-        str(source),
-        str(target),
-        archive_id,
-        checked.kind,
-        status,
-        "; ".join(p.reason for p in warnings),
-        len(checked.frames),
-    )
+    return None
 
 
-def _reject(
-    source: Path, checked: Checked, content: str, warehouse: Warehouse, quarantine: Path | None
-) -> Ingested:
-    """Record why an archive is not taken in; move it to quarantine when it was landed."""
-    target = source
-    if quarantine is not None:
-        quarantine.mkdir(parents=True, exist_ok=True)
-        target = _free_name(quarantine, source.name)
-        reasons = [p.__dict__ for p in checked.fatal]
-        note = target.with_name(target.name + ".reason.json")
-        note.write_text(json.dumps({"source": str(source), "problems": reasons}, indent=2) + "\n")
-        source.rename(target)
-    archive_id, import_id = archive_id_for(target), new_import_id()
-    status = "quarantined" if quarantine is not None else "failed"
-    warehouse.import_archive(
-        archive_row(
-            archive_id,
-            import_id,
-            checked.kind,
-            target,
-            content,
-            status,
-            0,
-            0,
-            len(checked.problems),
-            **({"received_from": str(source)} if quarantine is not None else {}),
-        ),
-        {"ingest_errors": error_rows(checked.problems, archive_id, import_id)},
-    )
-    reason = "; ".join(p.reason for p in checked.fatal)
-    log.warning("%s %s: %s", status, source, reason)
-    return Ingested(str(source), str(target), archive_id, checked.kind, status, reason)
+# -- validating in a process of its own ----------------------------------------------------
+@dataclass(frozen=True)
+class Probed:
+    """What validating an archive found, as ingest needs it: its kind, problems, frames or
+    images, and content hash."""
+
+    kind: str
+    problems: list[Problem]
+    n_frames: int
+    content: str
+
+    @property
+    def fatal(self) -> list[Problem]:
+        return [p for p in self.problems if p.fatal]
 
 
-def landed_archives(landing: Path) -> list[Path]:
-    """What waits in the landing folder, oldest first; dot-names are still being written."""
-    if not landing.is_dir():
-        return []
-    entries = [p for p in landing.iterdir() if not p.name.startswith(".")]
-    return sorted(entries, key=lambda p: (p.stat().st_mtime, p.name))
+def probe(path: Path) -> Probed:
+    """Validate an archive as ingest will take it in: a recording's manifest, index and
+    every frame; a dataset read as its import will read it. Reads nothing outside it."""
+    from tasks.labels import READERS
 
-
-def unregistered(library: Path, warehouse: Warehouse) -> list[Path]:
-    """Library folders without an archives row: moved there by an ingest that stopped
-    before its commit. They are ingested in place."""
-    if not library.is_dir():
-        return []
-    known = set(warehouse.query("SELECT path FROM archives")["path"].to_pylist())
-    return sorted(
-        p for p in library.iterdir() if not p.name.startswith(".") and str(p.resolve()) not in known
-    )
-
-
-def is_within(path: Path, folder: Path) -> bool:
-    try:
-        Path(path).resolve().relative_to(folder.resolve())
-    except ValueError:
-        return False
-    return True
+    checked = check_archive(path)
+    n_frames = len(checked.frames)
+    if checked.ok and checked.kind in READERS:
+        n_frames = len(READERS[checked.kind](path)[0])
+    return Probed(checked.kind, checked.problems, n_frames, content_hash(path))

@@ -22,7 +22,6 @@ from importlib.metadata import version
 from pathlib import Path
 
 import pyarrow as pa
-from prefect import task
 
 from tasks.core.images import ImageError, ImageInfo, image_info
 from tasks.core.labels import (
@@ -254,9 +253,3 @@ def import_label_source(
     return ImportSummary(
         archive_id, kind, str(path), status, len(image_rows), len(labels), len(errors)
     )
-
-
-@task(name="import-label-source", task_run_name="import {path}")
-def import_label_source_task(path: str, warehouse_dir: str) -> ImportSummary:
-    """Prefect task: import one folder into the (already prepared) warehouse at warehouse_dir."""
-    return import_label_source(Path(path), Warehouse(Path(warehouse_dir)))

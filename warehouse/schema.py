@@ -14,7 +14,7 @@ from types import MappingProxyType
 import pyarrow as pa
 
 # Bump when a table's columns change: the catalogue's views are rebuilt then.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 def col(name: str, dtype: pa.DataType, doc: str, nullable: bool = False) -> pa.Field:
@@ -103,6 +103,14 @@ ARCHIVES = TableSpec(
                 "inspected_with",
                 pa.string(),
                 "Model versions of the committed inspection (JSON); null: not inspected.",
+                nullable=True,
+            ),
+            col(
+                "landed_signature",
+                pa.string(),
+                "Set on an archive ingest could not move out of the landing folder: a digest "
+                "of its files' names, sizes and times and of the landing folder's "
+                "permissions. Later runs skip it while this is unchanged.",
                 nullable=True,
             ),
         ]

@@ -112,14 +112,14 @@ def view_statements(parquet_dir: Path, home: Path) -> list[str]:
 
     statements = [
         f"CREATE OR REPLACE VIEW archives AS SELECT {columns('archives')} "
-        f"FROM read_parquet({files('archives')}) AS t"
+        f"FROM read_parquet({files('archives')}, union_by_name = true) AS t"
     ]
     for name in TABLES:
         if name == "archives":
             continue
         statements.append(
             f"CREATE OR REPLACE VIEW {name} AS SELECT {columns(name)} "
-            f"FROM read_parquet({files(name)}) AS t "
+            f"FROM read_parquet({files(name)}, union_by_name = true) AS t "
             "SEMI JOIN archives AS a ON t.archive_id = a.archive_id AND t.import_id = a.import_id"
         )
     return statements + list(_analyst_views())
@@ -246,6 +246,12 @@ class Warehouse:
         archive_id, import_id = str(archive_row["archive_id"]), str(archive_row["import_id"])
         self.write_import(archive_id, import_id, {n: t for n, t in tables.items() if t.num_rows})
         self.commit(archive_row)
+
+    def forget(self, archive_id: str) -> None:
+        """Remove an archive's row and every import of it (the row first: the views stop
+        showing the archive at once)."""
+        (self.parquet_dir / "archives" / f"{archive_id}.parquet").unlink(missing_ok=True)
+        self._remove_other_imports(archive_id, keep="")
 
     def _remove_other_imports(self, archive_id: str, keep: str) -> None:
         for spec in TABLES.values():

@@ -39,7 +39,7 @@ def list_sheets(
     ] = None,
     grade: Annotated[str | None, Query(max_length=32, description="Only this grade.")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
 ) -> SheetListOut:
     state: ServerState = request.app.state.server
     since, until = _utc(since), _utc(until)

@@ -36,6 +36,10 @@ NEU_CLASSES: Mapping[int, str] = MappingProxyType(
     )
 )
 
+# The longest field a label CSV may have: an RLE of a 1600x256 image has at most 204,800
+# runs of "start length " (~2 MB); a longer field is that row's error, not the file's.
+MAX_FIELD_CHARS = 4 * 1024 * 1024
+
 OLD_HEADER = ["ImageId_ClassId", "EncodedPixels"]
 NEW_HEADER = ["ImageId", "ClassId", "EncodedPixels"]
 
@@ -65,14 +69,34 @@ class Parsed:
         )
 
 
-def read_csv_rows(data: bytes, source: str) -> list[list[str]]:
+@dataclass(frozen=True)
+class UnreadableRow:
+    """A CSV record the reader cannot take (a field over MAX_FIELD_CHARS, a stray quote)."""
+
+    line: int
+    reason: str
+
+
+def read_csv_rows(data: bytes, source: str) -> list[list[str] | UnreadableRow]:
+    """The file's records; one that cannot be read is an UnreadableRow in its place, so the
+    records after it are still read."""
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as error:
         raise LabelFileError(
             f"{source} is not UTF-8 text ({error}): export it again as CSV"
         ) from None
-    return list(csv.reader(io.StringIO(text)))
+    if csv.field_size_limit() < MAX_FIELD_CHARS:
+        csv.field_size_limit(MAX_FIELD_CHARS)
+    reader = csv.reader(io.StringIO(text))
+    rows: list[list[str] | UnreadableRow] = []
+    while True:
+        try:
+            rows.append(next(reader))
+        except StopIteration:
+            return rows
+        except csv.Error as error:
+            rows.append(UnreadableRow(reader.line_num, f"line {reader.line_num}: {error}"))
 
 
 def parse_severstal_csv(
@@ -81,6 +105,8 @@ def parse_severstal_csv(
     """Labels of a Severstal train.csv, checked against the shapes (H, W) of its images."""
     if not rows:
         raise LabelFileError(f"{source} is empty: expected a header {NEW_HEADER} or {OLD_HEADER}")
+    if isinstance(rows[0], UnreadableRow):
+        raise LabelFileError(f"{source}: the header cannot be read ({rows[0].reason})")
     header = [h.strip() for h in rows[0]]
     if header not in (OLD_HEADER, NEW_HEADER):
         raise LabelFileError(
@@ -91,6 +117,15 @@ def parse_severstal_csv(
     parsed = Parsed()
     seen: dict[tuple[str, int], int] = {}
     for row_number, row in enumerate(rows[1:], start=2):
+        if isinstance(row, UnreadableRow):
+            parsed.error(
+                source,
+                row_number,
+                None,
+                "malformed_row",
+                f"{row.reason}; fields may have at most {MAX_FIELD_CHARS} characters",
+            )
+            continue
         if not row:
             continue
         if len(row) != len(header):

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tasks.archives import check_archive, content_hash, ingest_archive
+from tasks.archives import check_archive, content_hash
+from tasks.ingest import ingest_archive
 from twin.config import TwinConfig
 from twin.recorder import simulate
 from warehouse.store import Warehouse
