@@ -71,6 +71,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(ops.router)
     app.include_router(inspect.router)
     app.include_router(sheets.router)
+    # added before the access log's middleware, so it runs inside it: its 413s and 408s
+    # are logged and counted like any other answer
+    app.add_middleware(
+        BodyGuard,
+        one_frame_bytes=settings.max_image_bytes,
+        batch_frames=settings.max_batch_frames,
+        timeout_s=settings.serve_body_timeout_s,
+    )
     access = access_logger()
 
     @app.middleware("http")
@@ -105,10 +113,4 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 },
             )
 
-    app.add_middleware(
-        BodyGuard,
-        one_frame_bytes=settings.max_image_bytes,
-        batch_frames=settings.max_batch_frames,
-        timeout_s=settings.serve_body_timeout_s,
-    )
     return app

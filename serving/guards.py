@@ -23,7 +23,6 @@ import uuid
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from serving.errors import ApiError
 from steelsight.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -58,6 +57,7 @@ class GuardedH11(H11Protocol):
         self._head_timeout_s = settings.serve_head_timeout_s
         self._max_head = settings.serve_max_head_bytes
         self._head_bytes = 0
+        self._head_tail = b""  # the last bytes seen, for a blank line split across reads
         self._head_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport) -> None:  # type: ignore[override]
@@ -69,26 +69,29 @@ class GuardedH11(H11Protocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        waiting_for_head = self.conn.their_state is h11.IDLE
-        if waiting_for_head:
-            self._head_bytes += len(data)
+        if self.conn.their_state is h11.IDLE:  # still reading a head: count it first
+            end = (self._head_tail + data).find(b"\r\n\r\n")
+            head = len(data) if end < 0 else end + 4 - len(self._head_tail)
+            self._head_bytes += head
+            self._head_tail = data[-3:]
             self._arm()
+            if self._head_bytes > self._max_head:
+                self._refuse(
+                    431,
+                    "Request Header Fields Too Large",
+                    "head_too_large",
+                    f"the request line and headers are more than {self._max_head} bytes "
+                    "(serve_max_head_bytes)",
+                )
+                return
         super().data_received(data)
         if self.conn.their_state is not h11.IDLE:  # the head is in: the body has its own limit
-            self._head_bytes = 0
+            self._head_bytes, self._head_tail = 0, b""
             self._disarm()
-        elif self._head_bytes > self._max_head and not self.transport.is_closing():
-            self._refuse(
-                431,
-                "Request Header Fields Too Large",
-                "head_too_large",
-                f"the request line and headers are more than {self._max_head} bytes "
-                "(serve_max_head_bytes)",
-            )
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
-        self._head_bytes = 0
+        self._head_bytes, self._head_tail = 0, b""
 
     def _arm(self) -> None:
         if self._head_timer is None:
@@ -124,7 +127,11 @@ class GuardedH11(H11Protocol):
 
 
 class BodyGuard:
-    """ASGI middleware: a request body is counted as it streams and must arrive in time."""
+    """ASGI middleware: a request body is counted as it streams and must arrive in time.
+
+    When a body passes its limit or its time, the guard answers (413 or 408) itself and
+    tells the route the client is gone (``http.disconnect``): raising from ``receive``
+    would surface as a 500, since Starlette reads it in a task group."""
 
     def __init__(self, app, one_frame_bytes: int, batch_frames: int, timeout_s: float) -> None:
         self.app = app
@@ -140,35 +147,56 @@ class BodyGuard:
         limit = self.batch if batch else self.one
         deadline = time.monotonic() + self.timeout_s
         seen = 0
-        complete = False
+        complete = refused = started = False
 
-        async def guarded():
+        async def refuse(status: int, code: str, message: str) -> dict:
+            nonlocal refused
+            refused = True
+            if not started:
+                body = json.dumps(
+                    {"error": {"status": status, "code": code, "message": message, "field": "body"}}
+                ).encode()
+                headers = [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"connection", b"close"),
+                ]
+                await send({"type": "http.response.start", "status": status, "headers": headers})
+                await send({"type": "http.response.body", "body": body})
+            return {"type": "http.disconnect"}
+
+        async def guarded_receive():
             nonlocal seen, complete
-            if complete:  # the body is in: what follows is the disconnect, whenever it comes
-                return await receive()
+            if complete or refused:  # the body is in: what follows is the disconnect
+                return await receive() if not refused else {"type": "http.disconnect"}
             try:
                 message = await asyncio.wait_for(receive(), max(0.0, deadline - time.monotonic()))
             except TimeoutError:
-                raise ApiError(
+                return await refuse(
                     408,
                     "request_timeout",
                     f"the body did not arrive within {self.timeout_s:g} s (serve_body_timeout_s)",
-                    "body",
-                ) from None
+                )
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 complete = not message.get("more_body", False)
                 if seen > limit:
-                    raise ApiError(
+                    return await refuse(
                         413,
                         "body_too_large",
                         f"the body is more than the {limit} bytes this route takes "
                         f"({'max_batch_frames x ' if batch else ''}max_image_bytes, plus "
                         "multipart headers)",
-                        "body",
                     )
             else:
                 complete = True
             return message
 
-        await self.app(scope, guarded, send)
+        async def guarded_send(message) -> None:
+            nonlocal started
+            if refused:  # the answer went out already; the route's own is dropped
+                return
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        await self.app(scope, guarded_receive, guarded_send)

@@ -204,7 +204,9 @@ def ingest(
     Each is validated and registered in the archives table with its content hash. A bad
     one from the landing folder moves to quarantine, its reason in ingest_errors; one
     named by path stays where it is. A duplicate is recognised and not taken in twice.
-    Exits with 1 when an archive was rejected.
+    Each archive is validated in a child process with a time and memory limit, so one
+    that crashes or hangs a decoder is quarantined and the rest go on. Exits with 1 when
+    an archive was rejected.
     """
     from flows.ingest import ingest as run_ingest
     from flows.ingest import progress_to
@@ -219,7 +221,12 @@ def ingest(
     for column in ("archive", "kind", "status", "frames"):
         table.add_column(column, overflow="fold")
     for r in results:
-        colour = {"quarantined": "red", "failed": "red", "partial": "yellow"}.get(r["status"])
+        colour = {
+            "quarantined": "red",
+            "failed": "red",
+            "partial": "yellow",
+            "skipped": "yellow",
+        }.get(r["status"])
         status = f"[{colour}]{r['status']}[/{colour}]" if colour else r["status"]
         table.add_row(Path(r["source"]).name, r["kind"], status, str(r["n_frames"]))
     console.print(table)

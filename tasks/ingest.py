@@ -82,7 +82,12 @@ def probe_isolated(path: Path, limits: Limits) -> Probed:
     env = {**os.environ, "STEELSIGHT_PROBE_MEMORY_MB": str(limits.memory_mb)}
     try:
         done = subprocess.run(
-            command, capture_output=True, timeout=limits.timeout_s, env=env, check=False
+            command,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=limits.timeout_s,
+            env=env,
+            check=False,
         )
     except subprocess.TimeoutExpired:
         return _unvalidated(

@@ -20,7 +20,7 @@ from prefect.testing.utilities import prefect_test_harness
 
 from flows.ingest import ingest
 from flows.inspect import champion_refs, inspect
-from steelsight.settings import get_settings
+from steelsight.settings import Settings, get_settings
 from tasks.inspection_report import against_twin
 from tests.helpers import LINE_SHEETS, MainJob, deliver
 from twin.config import TwinConfig
@@ -378,3 +378,40 @@ def test_a_station_registered_by_hand_is_a_duplicate_when_it_lands(
         get_settings.cache_clear()
     assert result["status"] == "quarantined", result
     assert f"same content as archive {registered.archive_id}" in result["reason"]
+
+
+def test_an_archive_changed_after_ingest_is_refused_and_the_rest_inspected(
+    world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Inspect checks each archive's content hash before it reads it: one changed since
+    ingest is recorded as failed with the reason, the other is inspected, and the next
+    run does not try the changed one again with the same models."""
+    from tests.helpers import truncate
+
+    lines = [
+        simulate(TwinConfig(), 2, seed=s, out=tmp_path / f"rec{s}").inspection for s in (31, 32)
+    ]
+    registry_uri = Settings(home=world.home).tracking_uri  # the main job's champions
+    monkeypatch.setenv("STEELSIGHT_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("STEELSIGHT_MLFLOW_TRACKING_URI", registry_uri)
+    get_settings.cache_clear()
+    try:
+        settings = get_settings()
+        deliver(lines, settings.landing_dir)
+        assert [r["status"] for r in ingest()] == ["ok", "ok"]
+        truncate(settings.library_dir / lines[0].name / "video.mkv", keep=0.9)
+        summaries = {s["archive_id"].rsplit("-", 1)[0]: s for s in inspect()}
+        again = inspect()
+        warehouse = Warehouse(settings.warehouse_dir)
+        errors = warehouse.query(
+            "SELECT a.status, e.error_kind, e.reason FROM archives a JOIN ingest_errors e "
+            "USING (archive_id, import_id)"
+        ).to_pylist()
+    finally:
+        get_settings.cache_clear()
+    changed, intact = summaries[lines[0].name], summaries[lines[1].name]
+    assert changed["status"] == "failed" and "changed since it was ingested" in changed["reason"]
+    assert intact["status"] == "ok" and intact["sheets"] == 2
+    assert [(e["status"], e["error_kind"]) for e in errors] == [("failed", "changed_since_ingest")]
+    assert "steelsight ingest" in errors[0]["reason"]
+    assert again == []

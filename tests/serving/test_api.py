@@ -179,6 +179,9 @@ def server(main_job: MainJob, line: dict, tmp_path_factory: pytest.TempPathFacto
         "STEELSIGHT_MAX_IMAGE_BYTES": str(1024 * 1024),
         "STEELSIGHT_MAX_IMAGE_PIXELS": str(1600 * 256 * 2),
         "STEELSIGHT_MAX_BATCH_FRAMES": "4",
+        "STEELSIGHT_SERVE_HEAD_TIMEOUT_S": "3",
+        "STEELSIGHT_SERVE_BODY_TIMEOUT_S": "4",
+        "STEELSIGHT_SERVE_MAX_HEAD_BYTES": "8192",
     }
     started = _start(home, root / "serve.log", env, [])
     yield started
@@ -585,3 +588,147 @@ def test_a_flood_beyond_the_queue_gets_503_then_service_resumes(
         }
     finally:
         _stop(flood)
+
+
+# -- clients a plant cannot trust -----------------------------------------------------------
+def _connect(server: Server) -> socket.socket:
+    host, port = server.url.removeprefix("http://").split(":")
+    return socket.create_connection((host, int(port)), timeout=30)
+
+
+def _answer(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection (or 30 s pass)."""
+    data = b""
+    while True:
+        try:
+            chunk = sock.recv(65536)
+        except ConnectionResetError:  # it answered, then closed on a client still sending
+            return data
+        if not chunk:
+            return data
+        data += chunk
+
+
+def _server_rss(server: Server) -> int:
+    import psutil
+
+    return psutil.Process(server.process.pid).memory_info().rss
+
+
+def test_query_parameters_out_of_range_are_422_never_500(server: Server) -> None:
+    with server.client() as http:
+        for query in (
+            "offset=9223372036854775808",
+            f"offset={2**64}",
+            f"offset={10**30}",
+            "offset=-1",
+            f"limit={10**30}",
+            "since=99999-01-01",
+            "since=" + "9" * 5000,
+        ):
+            response = http.get(f"/v1/sheets?{query}")
+            assert response.status_code == 422, (query, response.text[:300])
+            assert response.json()["error"]["code"] == "invalid_request"
+        assert http.get("/v1/sheets?offset=1000000000").status_code == 200
+
+
+def test_a_streamed_upload_is_refused_once_it_passes_the_limit(server: Server) -> None:
+    """A chunked multipart body (no Content-Length) is counted as it arrives: 413 after
+    about the limit, not after the whole 256 MB is spooled to disk."""
+    before = _server_rss(server)
+    head = (
+        "POST /v1/inspect HTTP/1.1\r\nHost: test\r\n"
+        f"X-API-Key: {KEY}\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+        "Transfer-Encoding: chunked\r\n\r\n"
+    ).encode()
+    part = b'--b\r\nContent-Disposition: form-data; name="frame"; filename="f.jpg"\r\n'
+    part += b"Content-Type: image/jpeg\r\n\r\n"
+    chunk = b"\xff" * (1 << 20)
+    sent = 0
+    with _connect(server) as sock:
+        sock.sendall(head + f"{len(part):x}\r\n".encode() + part + b"\r\n")
+        try:
+            while sent < 256 << 20:
+                sock.sendall(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
+                sent += len(chunk)
+        except OSError:  # the server answered and closed: what should happen
+            pass
+        answer = _answer(sock)
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+    assert b"body_too_large" in answer
+    assert sent < 64 << 20  # refused long before the end
+    assert _server_rss(server) - before < 100 << 20
+    with server.client() as http:
+        assert http.get("/healthz").status_code == 200
+
+
+def test_a_client_that_leaves_mid_upload_is_logged_as_gone_not_as_a_failure(
+    server: Server,
+) -> None:
+    with _connect(server) as sock:
+        sock.sendall(
+            (
+                f"POST /v1/inspect HTTP/1.1\r\nHost: test\r\nX-API-Key: {KEY}\r\n"
+                "X-Request-ID: left-mid-upload\r\n"
+                "Content-Type: image/jpeg\r\nContent-Length: 500000\r\n\r\n"
+            ).encode()
+            + b"\xff" * 1000
+        )
+        time.sleep(0.5)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        lines = [json.loads(x) for x in _access_lines(server.log)]
+        gone = [x for x in lines if x.get("request_id") == "left-mid-upload"]
+        if gone:
+            break
+        time.sleep(0.2)
+    assert [x["status"] for x in gone] == [499]
+    log = server.log.read_text()
+    assert "Traceback" not in log and "internal_error" not in log
+
+
+def test_headers_beyond_the_limit_get_431(server: Server) -> None:
+    with _connect(server) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: test\r\nX-Big: " + b"a" * 100_000)
+        answer = _answer(sock)
+    assert answer.startswith(b"HTTP/1.1 431"), answer[:200]
+    assert b"serve_max_head_bytes" in answer
+    with server.client() as http:
+        assert http.get("/healthz").status_code == 200
+
+
+def test_slow_clients_are_timed_out(server: Server) -> None:
+    """Head within serve_head_timeout_s (3 s here), body within serve_body_timeout_s (4 s)."""
+    started = time.monotonic()
+    with _connect(server) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: te")  # and nothing more
+        answer = _answer(sock)
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+    assert 2.5 < time.monotonic() - started < 15
+    started = time.monotonic()
+    with _connect(server) as sock:
+        sock.sendall(
+            (
+                f"POST /v1/inspect HTTP/1.1\r\nHost: test\r\nX-API-Key: {KEY}\r\n"
+                "Content-Type: image/jpeg\r\nContent-Length: 5000\r\n\r\n"
+            ).encode()
+            + b"\xff" * 10
+        )
+        answer = _answer(sock)
+    assert b" 408 " in answer.split(b"\r\n", 1)[0], answer[:200]
+    assert b"serve_body_timeout_s" in answer
+    assert 3.5 < time.monotonic() - started < 15
+    with _connect(server) as sock:  # connects and says nothing: closed without an answer
+        assert _answer(sock) == b""
+
+
+def test_request_ids_are_echoed_only_when_short_and_plain(server: Server) -> None:
+    with server.client(key=None) as http:
+        kept = http.get("/healthz", headers={"X-Request-ID": "mes-42.a:b"})
+        flood = http.get("/healthz", headers={"X-Request-ID": "x" * 4000})
+        odd = http.get("/healthz", headers={"X-Request-ID": "a b\tc"})
+    assert kept.headers["X-Request-ID"] == "mes-42.a:b"
+    for response in (flood, odd):
+        assert response.status_code == 200
+        assert len(response.headers["X-Request-ID"]) == 16
+    assert "x" * 100 not in server.log.read_text()

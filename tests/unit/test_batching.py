@@ -92,3 +92,23 @@ def test_a_frame_the_model_refuses_fails_alone() -> None:
     good, bad, other = _run(main())
     assert good == [2] and other == [6]
     assert isinstance(bad, ValueError)
+
+
+def test_one_slow_batch_does_not_inflate_retry_after() -> None:
+    """Retry-After comes from the median of recent batches, and is at most 30 s."""
+    model = Model(seconds=0.01)
+
+    async def main():
+        batcher = MicroBatcher(model, max_batch=1, max_wait_s=0, capacity=2)
+        await batcher.start()
+        for i in range(5):
+            await batcher.submit([i])
+        model.seconds = 3.0  # one huge frame
+        await batcher.submit([9])
+        model.seconds = 0.01
+        with pytest.raises(Overloaded) as refused:
+            await batcher.submit(list(range(3)))
+        await batcher.stop()
+        return refused.value
+
+    assert _run(main()).retry_after_s == 1
