@@ -40,7 +40,7 @@ def ingest_archive_task(source: str, warehouse_dir: str, landed: bool) -> Ingest
         settings.library_dir,
         settings.quarantine_dir,
         landed,
-        Limits(settings.ingest_timeout_s, settings.ingest_memory_mb),
+        Limits.from_settings(settings),
     )
 
 

@@ -35,6 +35,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from steelsight.settings import Settings, get_settings
 from tasks.archives import (
     Probed,
     Problem,
@@ -66,8 +67,12 @@ class Ingested:
 class Limits:
     """How long, and in how much memory, one archive's validation may run."""
 
-    timeout_s: float = 900.0
-    memory_mb: int = 4096
+    timeout_s: float
+    memory_mb: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Limits:
+        return cls(settings.ingest_timeout_s, settings.ingest_memory_mb)
 
 
 class Unmovable(OSError):
@@ -220,7 +225,7 @@ def ingest_archive(
                 "skipped",
                 reason,
             )
-        probed = probe_isolated(source, limits or Limits())
+        probed = probe_isolated(source, limits or Limits.from_settings(get_settings()))
         try:
             done = _take_in(source, probed, warehouse, library, quarantine, landed)
             if stuck:  # moved now: the record of the entry that stayed behind goes

@@ -292,7 +292,7 @@ def _ingest(place: dict[str, Path], entry: Path, landed: bool = True, **limits):
         place["library"],
         place["quarantine"],
         landed=landed,
-        limits=Limits(**limits) if limits else None,
+        limits=Limits(**{"timeout_s": 120.0, "memory_mb": 4096, **limits}),
     )
 
 
