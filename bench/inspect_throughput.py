@@ -42,8 +42,8 @@ def main() -> None:
     args = parser.parse_args()
 
     os.environ["STEELSIGHT_HOME"] = str(args.home.resolve())
-    from steelsight.runtime import configure_environment
-    from steelsight.settings import get_settings
+    from core.runtime import configure_environment
+    from core.settings import get_settings
 
     settings = get_settings()
     configure_environment(settings)

@@ -25,7 +25,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from tasks.rle import rle_decode, rle_decode_many, rle_encode, rle_encode_many
+from core.rle import rle_decode, rle_decode_many, rle_encode, rle_encode_many
 
 SHAPE = (256, 1600)
 BATCH = 32

@@ -139,8 +139,8 @@ def _model_only(home: Path, frame: np.ndarray, device: str, rounds: int) -> floa
     """Median ms of one frame through the served models in this process."""
     os.environ["STEELSIGHT_HOME"] = str(home)
     os.environ["STEELSIGHT_DEVICE"] = device
-    from steelsight.runtime import configure_environment
-    from steelsight.settings import get_settings
+    from core.runtime import configure_environment
+    from core.settings import get_settings
 
     settings = get_settings()
     configure_environment(settings)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger, task, unmapped
 
-from steelsight.settings import get_settings
+from core.settings import get_settings
 from tasks.labels import ImportSummary, import_label_source
 from warehouse.store import Warehouse
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger, task
 
+from core.settings import get_settings
 from flows.progress import ProgressHook
-from steelsight.settings import get_settings
 from tasks.archives import is_printable, printable
 from tasks.ingest import (
     Ingested,

@@ -23,8 +23,8 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from core.settings import Settings, get_settings
 from flows.progress import ProgressHook
-from steelsight.settings import Settings, get_settings
 from tasks.archives import Problem, archive_row, changed_since_ingest, error_rows
 from tasks.inspection import ModelRefs, assemble, inspect_chunk, recording
 from warehouse.store import Warehouse, new_import_id

@@ -7,21 +7,31 @@ import shutil
 from functools import partial
 from pathlib import Path
 
-from prefect import flow, get_run_logger
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 
+from core.interrupts import cleaned_up
+from core.settings import get_settings
 from flows.progress import ProgressHook
 from models import registry
-from steelsight.interrupts import cleaned_up
-from steelsight.settings import get_settings
 from tasks import identity_training as identity
-from tasks.training import (
-    champion_score_task,
-    evaluate_task,
-    plots_folder,
-    prepare_task,
-    register_task,
-    train_task,
+from tasks import training
+from tasks.training import plots_folder
+
+# The steps as Prefect tasks (the work itself is in tasks.training and
+# tasks.identity_training, which know nothing of Prefect).
+prepare_task = task(training.prepare, name="load-and-split", cache_policy=NO_CACHE)
+train_task = task(training.train, name="train", cache_policy=NO_CACHE)
+evaluate_task = task(training.evaluate, name="evaluate-holdout", cache_policy=NO_CACHE)
+champion_score_task = task(training.champion_score, name="score-champion", cache_policy=NO_CACHE)
+register_task = task(training.register, name="register", cache_policy=NO_CACHE)
+identity_prepare_task = task(identity.prepare, name="load-and-split", cache_policy=NO_CACHE)
+identity_train_task = task(identity.train, name="train", cache_policy=NO_CACHE)
+identity_evaluate_task = task(identity.evaluate, name="evaluate-holdout", cache_policy=NO_CACHE)
+identity_champion_score_task = task(
+    identity.champion_score, name="score-champion", cache_policy=NO_CACHE
 )
+identity_register_task = task(identity.register, name="register", cache_policy=NO_CACHE)
 
 # (epoch, epochs, row) after each training epoch: the command line shows it
 progress = ProgressHook()
@@ -76,14 +86,14 @@ def _retrain_identity(
     settings = get_settings()
     workdir = plots_folder(settings)
     with cleaned_up(partial(shutil.rmtree, workdir, ignore_errors=True)):
-        prepared = identity.prepare_task(kind, Path(data), workdir, size)
-        trained = identity.train_task(
+        prepared = identity_prepare_task(kind, Path(data), workdir, size)
+        trained = identity_train_task(
             prepared, size, device, seed, workdir, overrides, progress=progress
         )
         holdout = prepared.holdout()
-        report = identity.evaluate_task(kind, trained.model, holdout)
-        champion = identity.champion_score_task(settings, kind, holdout)
-        registration = identity.register_task(settings, prepared, trained, size, report, champion)
+        report = identity_evaluate_task(kind, trained.model, holdout)
+        champion = identity_champion_score_task(settings, kind, holdout)
+        registration = identity_register_task(settings, prepared, trained, size, report, champion)
     logger.info(
         "%s version %d: holdout %s %.4f; %s",
         kind,

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tasks.core.rle import rle_decode
+from core.rle import rle_decode
 
 SPLITS = ("train", "validation", "holdout")
 

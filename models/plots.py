@@ -11,7 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from tasks.core.metrics import pr_curve
+from core.metrics import pr_curve
 
 CLASS_COLOURS = (
     (230, 60, 60),

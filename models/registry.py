@@ -30,8 +30,8 @@ from mlflow.pyfunc import PythonModel
 from mlflow.tracking import MlflowClient
 from mlflow.types import Schema, TensorSpec
 
-from steelsight import interrupts
-from steelsight.settings import Settings
+from core import interrupts
+from core.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -224,7 +224,7 @@ def _frames(model_input) -> np.ndarray:
 
 
 def _device() -> str:
-    from steelsight.settings import get_settings
+    from core.settings import get_settings
 
     return get_settings().device
 

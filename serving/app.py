@@ -16,13 +16,13 @@ from contextlib import asynccontextmanager
 import anyio
 from fastapi import FastAPI, Request
 
+from core.runtime import configure_environment
+from core.settings import Settings, get_settings
 from serving import errors
 from serving.access_log import access_logger
 from serving.guards import BodyGuard, request_id
 from serving.routers import inspect, ops, sheets
 from serving.state import ServerState
-from steelsight.runtime import configure_environment
-from steelsight.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 

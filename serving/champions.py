@@ -14,42 +14,16 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import numpy as np
 
+from core.settings import Settings
 from models.identity.matching import ReferenceIndex
-from steelsight.settings import Settings
+from serving.inference import Served, warm_up
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Served:
-    """One consistent set of models and the sheets they can recognise."""
-
-    versions: dict[str, str]  # kind → registered version
-    segmenter: object  # models.segmentation.segmenter.Segmenter
-    marking: object | None = None  # models.identity.detector.MarkingDetector
-    imprint: object | None = None  # models.identity.imprint.ImprintModel
-    references: ReferenceIndex = field(
-        default_factory=lambda: ReferenceIndex([], np.zeros((0, 1), np.float32))
-    )
-    references_key: tuple = ()
-    loaded_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
-
-    @property
-    def identifies(self) -> bool:
-        return self.marking is not None and self.imprint is not None
-
-    @property
-    def class_ids(self) -> list[int]:
-        return sorted(self.segmenter.classes)
-
-    @property
-    def threshold(self) -> float | None:
-        return self.imprint.threshold if self.imprint is not None else None
 
 
 class NoChampion(RuntimeError):
@@ -121,8 +95,6 @@ class Champions:
             marking=loaded.get("marking"),
             imprint=loaded.get("imprint"),
         )
-        from serving.inference import warm_up
-
         warm_up(served)
         log.info(
             "loaded models %s in %.1f s",

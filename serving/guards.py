@@ -23,7 +23,7 @@ import uuid
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from steelsight.settings import get_settings
+from core.settings import get_settings
 
 log = logging.getLogger(__name__)
 

@@ -8,17 +8,44 @@ from __future__ import annotations
 
 import base64
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 import cv2
 import numpy as np
 
 from models.identity.crops import marking_crop
-from models.identity.matching import UNKNOWN
-from serving.champions import Served
+from models.identity.matching import UNKNOWN, ReferenceIndex
 
 # BGR colours per class position (overlay): yellow, cyan, magenta, red, then green
 PALETTE = ((0, 215, 255), (255, 200, 0), (255, 0, 200), (0, 0, 255), (0, 200, 0))
+
+
+@dataclass(frozen=True)
+class Served:
+    """One consistent set of models and the sheets they can recognise."""
+
+    versions: dict[str, str]  # kind → registered version
+    segmenter: object  # models.segmentation.segmenter.Segmenter
+    marking: object | None = None  # models.identity.detector.MarkingDetector
+    imprint: object | None = None  # models.identity.imprint.ImprintModel
+    references: ReferenceIndex = field(
+        default_factory=lambda: ReferenceIndex([], np.zeros((0, 1), np.float32))
+    )
+    references_key: tuple = ()
+    loaded_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+
+    @property
+    def identifies(self) -> bool:
+        return self.marking is not None and self.imprint is not None
+
+    @property
+    def class_ids(self) -> list[int]:
+        return sorted(self.segmenter.classes)
+
+    @property
+    def threshold(self) -> float | None:
+        return self.imprint.threshold if self.imprint is not None else None
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,8 @@ import logging
 
 from fastapi import Request
 
+from core.settings import Settings
 from serving.errors import ApiError
-from steelsight.settings import Settings
 
 log = logging.getLogger(__name__)
 ANONYMOUS = "anonymous"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from core.settings import Settings
 from models.devices import use_cpu_threads
 from serving.batching import MicroBatcher
 from serving.champions import Champions, NoChampion
@@ -12,7 +13,6 @@ from serving.inference import FrameJob, inspect_frames
 from serving.metrics import Metrics
 from serving.reader import WarehouseReader
 from serving.security import KeyCheck
-from steelsight.settings import Settings
 from warehouse.store import Warehouse
 
 

@@ -13,8 +13,9 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
 
-from steelsight.runtime import configure_environment
-from steelsight.settings import get_settings
+from core.runtime import configure_environment
+from core.settings import get_settings
+from steelsight.query_output import rich_table
 from twin.config import Fault
 
 # rich_markup_mode=None: plain click output, so that a usage error ends in one line,
@@ -87,7 +88,7 @@ def existing(help_text: str, **kwargs) -> dict:
     return {"help": help_text, "exists": True, **kwargs}
 
 
-# What an interruption leaves, per command (see steelsight.interrupts)
+# What an interruption leaves, per command (see core.interrupts)
 INTERRUPTED = {
     "train": "no model version was registered",
     "ingest": "archives taken in before it stay; the others wait where they were",
@@ -105,7 +106,7 @@ def main(
     """Set up logging and the libraries' environment before any command runs."""
     import sys
 
-    from steelsight.interrupts import stop_on_signals
+    from core.interrupts import stop_on_signals
 
     command = ctx.invoked_subcommand or ""
     if command != "serve":  # uvicorn handles the server's signals itself
@@ -128,12 +129,7 @@ def _warehouse():
 
 def print_table(rows, title: str | None = None) -> None:
     """Print an Arrow table as a rich table."""
-    table = Table(title=title)
-    for name in rows.column_names:
-        table.add_column(name, overflow="fold")
-    for row in rows.to_pylist():
-        table.add_row(*("" if v is None else str(v) for v in row.values()))
-    console.print(table)
+    console.print(rich_table(rows, title))
 
 
 @app.command("import-labels")

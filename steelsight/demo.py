@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.progress import MofNCompleteColumn, Progress, TimeRemainingColumn
 from rich.table import Table
 
-from steelsight.settings import Settings
+from core.settings import Settings
 
 TRAIN_SHEETS = 40
 TRAIN_SEED, LINE_SEED, CUT_SEED = 1, 2, 3
@@ -108,7 +108,7 @@ def run_demo(
 ) -> None:
     from flows.ingest import ingest
     from flows.inspect import inspect, progress_to
-    from steelsight.cli import print_table
+    from steelsight.query_output import rich_table
     from tasks.inspection_report import against_twin
     from warehouse.store import Warehouse
 
@@ -157,7 +157,7 @@ def run_demo(
         "FROM sheets WHERE archive_id = ? ORDER BY sheet_index",
         [archive_id],
     )
-    print_table(rows, f"Sheets of {archive_id}")
+    console.print(rich_table(rows, f"Sheets of {archive_id}"))
     counts = Table(title="Warehouse rows")
     counts.add_column("table")
     counts.add_column("rows", justify="right")

@@ -1,5 +1,6 @@
-"""Rows of a DuckDB query written for scripts: CSV, JSON lines or Parquet, streamed batch by
-batch (never the whole result in memory), to a file that appears whole or to stdout."""
+"""Rows of a DuckDB query written out: for scripts as CSV, JSON lines or Parquet, streamed
+batch by batch (never the whole result in memory), to a file that appears whole or to
+stdout; for a person as a rich table."""
 
 from __future__ import annotations
 
@@ -17,6 +18,18 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 BATCH_ROWS = 65_536
+
+
+def rich_table(rows: pa.Table, title: str | None = None):
+    """An Arrow table as a rich table, for a person at a terminal."""
+    from rich.table import Table
+
+    table = Table(title=title)
+    for name in rows.column_names:
+        table.add_column(name, overflow="fold")
+    for row in rows.to_pylist():
+        table.add_row(*("" if v is None else str(v) for v in row.values()))
+    return table
 
 
 @contextmanager

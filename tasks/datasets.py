@@ -17,14 +17,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from models.data import ClassificationData, SegmentationData
-from tasks.core.labels import (
+from core.labels import (
     NEU_CLASSES,
     SEVERSTAL_CLASSES,
     LabelFileError,
     parse_severstal_csv,
     read_csv_rows,
 )
+from models.data import ClassificationData, SegmentationData
 from tasks.labels import READERS, SourceError
 from tasks.recordings import RecordingError, read_frames, read_manifest
 

@@ -14,14 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 
+from core.metrics import detection_report
+from core.settings import Settings
 from models import registry
 from models.data import digest_ids, unit_hash
 from models.identity.matching import ReferenceIndex, identification_report
-from steelsight.settings import Settings
-from tasks.core.metrics import detection_report
 from tasks.identity import (
     DetectionData,
     Observations,
@@ -195,10 +193,3 @@ def register(
         prepared.holdout_digest,
         champion,
     )
-
-
-prepare_task = task(prepare, name="load-and-split", cache_policy=NO_CACHE)
-train_task = task(train, name="train", cache_policy=NO_CACHE)
-evaluate_task = task(evaluate, name="evaluate-holdout", cache_policy=NO_CACHE)
-champion_score_task = task(champion_score, name="score-champion", cache_policy=NO_CACHE)
-register_task = task(register, name="register", cache_policy=NO_CACHE)

@@ -35,7 +35,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from steelsight.settings import Settings, get_settings
+from core.settings import Settings, get_settings
 from tasks.archives import (
     Probed,
     Problem,

@@ -31,7 +31,7 @@ import cv2
 import numpy as np
 import pyarrow as pa
 
-from tasks.core.tracking import EDGE_BLOCK, MIN_CONTRAST, TrackedSheet, frame_profile, track_sheets
+from core.tracking import EDGE_BLOCK, MIN_CONTRAST, TrackedSheet, frame_profile, track_sheets
 from warehouse.schema import TABLES
 
 log = logging.getLogger(__name__)
@@ -103,7 +103,7 @@ _LOCK = threading.Lock()
 
 
 def _worker_environment() -> None:
-    """What steelsight's own processes set (steelsight.runtime), for workers started
+    """What steelsight's own processes set (core.runtime), for workers started
     by `dask worker` on another machine: Keras on torch, ultralytics offline."""
     for name, value in {
         "KERAS_BACKEND": "torch",
@@ -121,8 +121,8 @@ def worker_models(refs: ModelRefs, device: str) -> dict:
     with _LOCK:
         if key not in _MODELS:
             _worker_environment()
+            from core.settings import get_settings
             from models import registry
-            from steelsight.settings import get_settings
 
             settings = get_settings().model_copy(
                 update={"mlflow_tracking_uri": refs.tracking_uri, "device": device}
@@ -328,7 +328,7 @@ def assemble(
     import_id: str,
 ) -> Inspected:
     """Track sheets, identify them, place defects on them and grade them."""
-    from steelsight.settings import grade as grade_of
+    from core.grading import grade as grade_of
 
     results = sorted(results, key=lambda r: r.start)
     classes = results[0].classes if results else []

@@ -19,8 +19,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from tasks.core.labels import SEVERSTAL_CLASSES
-from tasks.rle import rle_decode
+from core.labels import SEVERSTAL_CLASSES
+from core.rle import rle_decode
 from warehouse.store import Warehouse
 
 COVER = 0.25

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from tasks.core.images import ImageError, ImageInfo, image_info
-from tasks.core.labels import (
+from core.images import ImageError, ImageInfo, image_info
+from core.labels import (
     LabelFileError,
     Parsed,
     parse_severstal_csv,

@@ -14,12 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 
+from core.settings import Settings
 from models import registry
 from models.data import ClassificationData, SegmentationData, digest_ids
-from steelsight.settings import Settings
 from tasks.datasets import load
 
 log = logging.getLogger(__name__)
@@ -197,13 +195,6 @@ def register(
         prepared.holdout_digest,
         champion,
     )
-
-
-prepare_task = task(prepare, name="load-and-split", cache_policy=NO_CACHE)
-train_task = task(train, name="train", cache_policy=NO_CACHE)
-evaluate_task = task(evaluate, name="evaluate-holdout", cache_policy=NO_CACHE)
-champion_score_task = task(champion_score, name="score-champion", cache_policy=NO_CACHE)
-register_task = task(register, name="register", cache_policy=NO_CACHE)
 
 
 def plots_folder(settings: Settings) -> Path:

@@ -10,7 +10,7 @@ import pytest
 
 from tests.helpers import LINE_SHEETS, MainJob
 
-# As the command line sets them (steelsight.runtime), before any test imports Keras or
+# As the command line sets them (core.runtime), before any test imports Keras or
 # ultralytics: Keras on torch in this process, ultralytics' settings in a private folder.
 os.environ.setdefault("KERAS_BACKEND", "torch")
 os.environ.setdefault("YOLO_CONFIG_DIR", tempfile.mkdtemp(prefix="steelsight-yolo-"))
@@ -31,7 +31,7 @@ def shared_data() -> Path:
 @pytest.fixture
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A fresh STEELSIGHT_HOME for one test, with the settings cache cleared around it."""
-    from steelsight.settings import get_settings
+    from core.settings import get_settings
 
     path = tmp_path / "home"
     monkeypatch.setenv("STEELSIGHT_HOME", str(path))
@@ -46,11 +46,11 @@ def main_job(tmp_path_factory: pytest.TempPathFactory) -> MainJob:
     serving tests; a test that changes it works on a copy or restores it."""
     from prefect.testing.utilities import prefect_test_harness
 
+    from core.settings import get_settings
     from flows.ingest import ingest
     from flows.inspect import inspect
     from flows.retrain import retrain
     from models import registry
-    from steelsight.settings import get_settings
     from tests.helpers import deliver
     from twin.config import TwinConfig
     from twin.recorder import simulate

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from tasks.rle import rle_encode
+from core.rle import rle_encode
 from twin.config import TwinConfig
 from twin.marking import MarkingLayer, apply_marking, render_marking, sheet_id, wiped
 from twin.surface import CLASS_IDS, paint_defects, place_defects, steel_surface

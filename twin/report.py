@@ -14,7 +14,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from tasks.rle import parse_runs, rle_decode
+from core.rle import parse_runs, rle_decode
 
 # Severstal's training set (12,568 images): images showing each class, as published.
 SEVERSTAL_IMAGES = 12568

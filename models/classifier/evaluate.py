@@ -6,9 +6,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from core.metrics import classification_report
 from models.classifier.classifier import Classifier
 from models.data import ClassificationData
-from tasks.core.metrics import classification_report
 
 
 @dataclass

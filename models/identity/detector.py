@@ -59,7 +59,7 @@ def recipe_for(size: str, **overrides) -> DetectorRecipe:
 
 
 def _config_dir() -> Path:
-    from steelsight.settings import get_settings
+    from core.settings import get_settings
 
     return get_settings().home.resolve() / "ultralytics"
 

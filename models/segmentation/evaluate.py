@@ -6,9 +6,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from core.metrics import PairCounts, segmentation_report
 from models.data import SegmentationData
 from models.segmentation.segmenter import Segmenter
-from tasks.core.metrics import PairCounts, segmentation_report
 
 
 @dataclass

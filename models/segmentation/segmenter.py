@@ -16,11 +16,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from core.postprocess import Thresholds, remove_small_components
+from core.rle import rle_encode
 from models.devices import autocast, resolve_device
 from models.preprocess import Preprocess
 from models.segmentation.network import UNetResNet, UNetSpec
-from tasks.core.postprocess import Thresholds, remove_small_components
-from tasks.core.rle import rle_encode
 
 FORMAT = "steelsight-segmenter/1"
 

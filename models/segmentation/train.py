@@ -18,6 +18,8 @@ import cv2
 import numpy as np
 import torch
 
+from core.metrics import PairCounts, best_f1_threshold, pair_dice
+from core.postprocess import Thresholds, apply_thresholds
 from models.data import SegmentationData
 from models.devices import autocast, resolve_device
 from models.encoders import load_encoder_weights
@@ -25,8 +27,6 @@ from models.losses import bce_dice_loss, focal_loss
 from models.preprocess import Preprocess
 from models.segmentation.network import UNetResNet, UNetSpec
 from models.segmentation.segmenter import Segmenter
-from tasks.core.metrics import PairCounts, best_f1_threshold, pair_dice
-from tasks.core.postprocess import Thresholds, apply_thresholds
 
 log = logging.getLogger(__name__)
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from prefect.testing.utilities import prefect_test_harness
 
+from core.settings import get_settings
 from flows.import_labels import import_labels
-from steelsight.settings import get_settings
 from warehouse.store import Warehouse
 
 

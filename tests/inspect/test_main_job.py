@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 from prefect.testing.utilities import prefect_test_harness
 
+from core.settings import Settings, get_settings
 from flows.ingest import ingest
 from flows.inspect import champion_refs, inspect
-from steelsight.settings import Settings, get_settings
 from tasks.inspection_report import against_twin
 from tests.helpers import LINE_SHEETS, MainJob, deliver
 from twin.config import TwinConfig

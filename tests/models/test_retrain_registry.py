@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 from prefect.testing.utilities import prefect_test_harness
 
+from core.settings import get_settings
 from flows.retrain import retrain
 from models import registry
-from steelsight.settings import get_settings
 from tasks.datasets import load_segmentation
 from tasks.training import prepare
 from twin.config import TwinConfig

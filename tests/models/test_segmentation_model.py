@@ -9,12 +9,12 @@ import pytest
 import torch
 from torchvision.models import resnet18
 
+from core.postprocess import Thresholds
 from models.data import split_by_group
 from models.encoders import build_resnet, load_encoder_weights
 from models.preprocess import Preprocess
 from models.segmentation.network import UNetResNet, UNetSpec
 from models.segmentation.segmenter import Segmenter
-from tasks.core.postprocess import Thresholds
 from tasks.datasets import load_segmentation
 from tasks.labels import SourceError
 

@@ -31,9 +31,9 @@ import pyarrow as pa
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tasks.core.labels import SEVERSTAL_CLASSES
+from core.labels import SEVERSTAL_CLASSES
+from core.rle import rle_decode
 from tasks.inspection_report import compare_defects
-from tasks.rle import rle_decode
 from tests.helpers import LINE_SHEETS, MainJob
 from warehouse.schema import TABLES
 from warehouse.store import Warehouse, new_import_id
@@ -449,8 +449,8 @@ def test_sheets_come_from_the_warehouse(server: Server, line: dict) -> None:
 
 def _register_copy(home: Path, kind: str) -> int:
     """A new registered version of ``kind`` with the champion's files, promoted."""
+    from core.settings import Settings
     from models import registry
-    from steelsight.settings import Settings
 
     # registry.connect also sets MLflow's global tracking URI: MLflow's SQL registry looks up
     # a "models:/m-..." source through that global, not through this client's store, so a

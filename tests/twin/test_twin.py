@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from tasks.core.images import ImageError, image_info
-from tasks.rle import rle_decode
+from core.images import ImageError, image_info
+from core.rle import rle_decode
 from twin.config import Fault, TwinConfig
 from twin.recorder import simulate
 

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 
+from core.metrics import box_iou, detection_report, match_detections
 from models.identity.matching import (
     UNKNOWN,
     ReferenceIndex,
@@ -14,7 +15,6 @@ from models.identity.matching import (
     identification_report,
     pair_scores,
 )
-from tasks.core.metrics import box_iou, detection_report, match_detections
 
 
 def test_box_iou_of_inclusive_pixel_boxes():

@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from tasks.core.images import ImageError, image_info
+from core.images import ImageError, image_info
 
 
 def test_real_severstal_frame_reads_with_its_size(shared_data: Path) -> None:

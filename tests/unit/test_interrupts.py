@@ -12,7 +12,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def _run(body: str) -> subprocess.CompletedProcess:
-    script = "import os, signal, time\nfrom steelsight import interrupts\n" + textwrap.dedent(body)
+    script = "import os, signal, time\nfrom core import interrupts\n" + textwrap.dedent(body)
     return subprocess.run(
         [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=60
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tasks.core.labels import (
+from core.labels import (
     LabelFileError,
     parse_severstal_csv,
     parse_voc_boxes,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tasks.core.metrics import (
+from core.metrics import (
     PairCounts,
     best_f1_threshold,
     classification_report,
@@ -13,7 +13,7 @@ from tasks.core.metrics import (
     pair_dice,
     segmentation_report,
 )
-from tasks.core.postprocess import Thresholds, apply_thresholds, remove_small_components
+from core.postprocess import Thresholds, apply_thresholds, remove_small_components
 
 
 def masks(*pairs: tuple[list[list[int]], list[list[int]]]) -> tuple[np.ndarray, np.ndarray]:

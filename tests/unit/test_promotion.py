@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import math
 
+from core.settings import Settings
 from models.registry import Floor, decide, floor_of
-from steelsight.settings import Settings
 
 
 def test_a_detector_that_finds_nothing_is_never_champion() -> None:

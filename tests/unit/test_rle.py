@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from tasks.rle import (
+from core.rle import (
     RLEError,
     parse_runs,
     rle_decode,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tasks.core.tracking import EDGE_BLOCK, frame_profile, track_sheets
+from core.tracking import EDGE_BLOCK, frame_profile, track_sheets
 from tasks.recordings import read_frames
 from twin.config import TwinConfig
 from twin.recorder import simulate

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from core.rle import rle_decode
 from tasks.labels import SourceError, import_label_source
-from tasks.rle import rle_decode
 from tests.helpers import (
     copy_neu_subset,
     copy_severstal,

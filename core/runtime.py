@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 
-from steelsight.settings import Settings
+from core.settings import Settings
 
 
 def configure_environment(settings: Settings) -> None:

@@ -21,7 +21,7 @@ from xml.etree.ElementTree import ParseError
 from defusedxml import ElementTree
 from defusedxml.common import DefusedXmlException
 
-from tasks.core.rle import RLEError, parse_runs, runs_area_bbox
+from core.rle import RLEError, parse_runs, runs_area_bbox
 
 # Class lists, by dataset. Severstal's classes are numbered only; names from seed 004.
 SEVERSTAL_CLASSES: Mapping[int, str] = MappingProxyType(
