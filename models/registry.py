@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
+import sys
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -30,6 +32,8 @@ from mlflow.pyfunc import PythonModel
 from mlflow.tracking import MlflowClient
 from mlflow.types import Schema, TensorSpec
 
+import core
+import models
 from core import interrupts
 from core.settings import Settings
 
@@ -299,6 +303,7 @@ def log_model(
                 name="model",
                 python_model=WRAPPERS[kind](),
                 artifacts={"bundle": str(bundle)},
+                code_paths=_code(Path(tmp) / "code"),
                 signature=_signature(kind, config),
                 registered_model_name=name,
                 pip_requirements=PIP_REQUIREMENTS[kind],
@@ -306,6 +311,24 @@ def log_model(
             )
     version = int(info.registered_model_version)
     return version, run.info.run_id
+
+
+# What a registered model needs of steelsight's own code to load and predict: the wrappers
+# and networks (models/) and the pure bottom layer under them (core/); nothing above
+# (tests/unit/test_layers.py keeps it so). Stored with the model, so that it loads where
+# steelsight is not installed (`mlflow models serve`, a container).
+CODE_PACKAGES = (core, models)
+
+
+def _code(folder: Path) -> list[str]:
+    """Copies of CODE_PACKAGES without caches, for MLflow's ``code_paths``."""
+    copies = []
+    for package in CODE_PACKAGES:
+        source = Path(package.__file__).parent
+        copy = folder / source.name
+        shutil.copytree(source, copy, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        copies.append(str(copy))
+    return copies
 
 
 def champion_version(client: MlflowClient, kind: str) -> int | None:
@@ -509,6 +532,7 @@ def load_model(settings: Settings, kind: str, ref: str | int = CHAMPION):
     """The model behind an alias or version: Segmenter, Classifier, MarkingDetector or
     ImprintModel."""
     connect(settings)
+    path = list(sys.path)
     try:
         pyfunc = mlflow.pyfunc.load_model(model_uri(kind, ref))
     except MlflowException as error:
@@ -516,6 +540,8 @@ def load_model(settings: Settings, kind: str, ref: str | int = CHAMPION):
             f"cannot load {model_uri(kind, ref)} from {settings.tracking_uri}: {error.message}; "
             "train one with `steelsight train` or list them with `steelsight models`"
         ) from None
+    finally:  # MLflow put the model's copy of the code first; this process has its own
+        sys.path[:] = path
     return pyfunc.unwrap_python_model().model
 
 

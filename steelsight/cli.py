@@ -739,9 +739,9 @@ def register_sheets(
     """Register a marking station's sheets for identification: their imprint embeddings
     go to the warehouse's sheet_references table (re-running replaces them)."""
     from models.registry import RegistryError
+    from tasks.archives import ArchiveError
     from tasks.identify import load_models, register_station
     from tasks.identity import IdentityDataError
-    from tasks.recordings import RecordingError
 
     try:
         models = load_models(get_settings(), marking, imprint)
@@ -749,7 +749,7 @@ def register_sheets(
             done = register_station(
                 station, models, _warehouse(), progress=lambda n, total: advance(n, total, "")
             )
-    except (RegistryError, IdentityDataError, RecordingError) as error:
+    except (RegistryError, IdentityDataError, ArchiveError) as error:
         fail(str(error))
     console.print(
         f"registered {done.references} of {done.sheets} sheets from {station} "

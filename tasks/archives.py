@@ -28,6 +28,7 @@ import logging
 import os
 import re
 import stat
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib.metadata import version
@@ -35,6 +36,7 @@ from pathlib import Path
 from typing import Literal
 
 import cv2
+import numpy as np
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -504,22 +506,10 @@ def _decode_all(folder: Path, manifest: RecordingManifest, frame_ids: list[str])
         video = folder / manifest.files.video
         if not video.is_file():
             return [_p(video, "missing_video", "is missing")]
-        capture = cv2.VideoCapture(str(video))
+        n = 0
         try:
-            for n, frame_id in enumerate(frame_ids):
-                ok, frame = capture.read()
-                if not ok:
-                    return [
-                        _p(
-                            video,
-                            "truncated_video",
-                            f"ends or breaks at frame {n} "
-                            f"({frame_id}) of {len(frame_ids)}: the file is truncated or "
-                            "corrupt; copy it again from the recorder",
-                            source_row=n,
-                        )
-                    ]
-                if frame.shape[:2] != shape:
+            for n, frame in enumerate(decode_frames(str(video), None, 0, frame_ids)):
+                if frame.shape != shape:
                     return [
                         _p(
                             video,
@@ -528,13 +518,22 @@ def _decode_all(folder: Path, manifest: RecordingManifest, frame_ids: list[str])
                             f"{frame.shape[0]}, the manifest says {shape[1]}x{shape[0]}",
                         )
                     ]
-        finally:
-            capture.release()
+        except FrameError as error:
+            return [
+                _p(
+                    video,
+                    "truncated_video",
+                    f"ends or breaks at frame {error.position} ({error.frame_id}) of "
+                    f"{len(frame_ids)}: the file is truncated or corrupt; copy it again from the "
+                    "recorder",
+                    source_row=error.position,
+                )
+            ]
         return []
     bad = []
     for frame_id in frame_ids:
         path = folder / manifest.files.frames / f"{frame_id}.jpg"
-        image = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE) if path.is_file() else None
+        image = _read_image(path)
         if image is None:
             bad.append(_p(path, "unreadable_frame", "cannot be read as an image"))
         elif image.shape != shape:
@@ -547,6 +546,70 @@ def _decode_all(folder: Path, manifest: RecordingManifest, frame_ids: list[str])
                 )
             )
     return bad
+
+
+# -- reading frames ------------------------------------------------------------------------
+class FrameError(ArchiveError):
+    """A frame that cannot be decoded: where in the recording, and which."""
+
+    def __init__(self, message: str, position: int, frame_id: str) -> None:
+        super().__init__(message)
+        self.position = position
+        self.frame_id = frame_id
+
+
+def _read_image(path: Path) -> np.ndarray | None:
+    return cv2.imread(str(path), cv2.IMREAD_GRAYSCALE) if path.is_file() else None
+
+
+def decode_frames(
+    video: str | None, frames_dir: str | None, start: int, frame_ids: list[str] | tuple[str, ...]
+) -> Iterator[np.ndarray]:
+    """Grey frames (H, W) uint8 of a recording, in order: from the video (starting at
+    position ``start``) or from ``<frames_dir>/<frame_id>.jpg``. FrameError names the
+    frame that cannot be read. The one frame reader: ingest's validation, training data,
+    identification and the inspection workers all read through it."""
+    if video:
+        capture = cv2.VideoCapture(video)
+        try:
+            if start:
+                capture.set(cv2.CAP_PROP_POS_FRAMES, start)
+                if int(capture.get(cv2.CAP_PROP_POS_FRAMES)) != start:
+                    raise FrameError(f"{video}: cannot seek to frame {start}", start, "")
+            for n, frame_id in enumerate(frame_ids):
+                ok, frame = capture.read()
+                if not ok:
+                    raise FrameError(
+                        f"{video}: frame {start + n} ({frame_id}) cannot be decoded; the index "
+                        f"lists {start + len(frame_ids)} frames",
+                        start + n,
+                        frame_id,
+                    )
+                yield frame[:, :, 0] if frame.ndim == 3 else frame
+        finally:
+            capture.release()
+        return
+    for n, frame_id in enumerate(frame_ids):
+        path = Path(frames_dir or ".") / f"{frame_id}.jpg"
+        frame = _read_image(path)
+        if frame is None:
+            raise FrameError(f"{path} cannot be read as an image", start + n, frame_id)
+        yield frame
+
+
+def read_frames(archive: Path) -> Iterator[tuple[str, np.ndarray]]:
+    """(frame_id, grey frame) of a recording in order, as its manifest and index say.
+    ArchiveError when the manifest or index cannot be read, FrameError at a bad frame."""
+    manifest = read_manifest(archive)
+    files = manifest.files
+    index = archive / (files.frame_index or files.sheets)
+    try:
+        ids = [row["frame_id"] for row in _csv(index, ("frame_id",))]
+    except (OSError, csv.Error, UnicodeDecodeError) as error:
+        raise ArchiveError(f"{index} cannot be read ({error})") from None
+    video = str(archive / files.video) if files.video else None
+    frames_dir = str(archive / files.frames) if files.frames else None
+    yield from zip(ids, decode_frames(video, frames_dir, 0, ids), strict=False)
 
 
 # -- registering ---------------------------------------------------------------------------

@@ -25,8 +25,8 @@ from core.labels import (
     read_csv_rows,
 )
 from models.data import ClassificationData, SegmentationData
+from tasks.archives import ArchiveError, read_frames, read_manifest
 from tasks.labels import READERS, SourceError
-from tasks.recordings import RecordingError, read_frames, read_manifest
 
 log = logging.getLogger(__name__)
 TWIN_SPLIT_BLOCK = 8  # consecutive frames (about 2 m of line) that share a split
@@ -92,7 +92,7 @@ def _twin(path: Path) -> SegmentationData:
         for frame_id, frame in read_frames(path):
             ids.append(frame_id)
             frames.append(frame)
-    except RecordingError as error:
+    except ArchiveError as error:
         if not frames:
             raise SourceError(str(error)) from None
         log.warning("%s; training on the %d frames before it", error, len(frames))
@@ -106,7 +106,7 @@ def _twin(path: Path) -> SegmentationData:
         raise SourceError(str(error)) from None
     _warn_errors(parsed.errors)
     rles = _rles_by_image(parsed.labels)
-    name = read_manifest(path).get("camera_id", path.name)
+    name = read_manifest(path).camera_id
     groups = [f"{name}:{int(i.rsplit('_', 1)[1]) // TWIN_SPLIT_BLOCK}" for i in ids]
     return SegmentationData(
         str(path), ids, pixels, [rles.get(i, {}) for i in ids], SEVERSTAL_CLASSES, groups

@@ -24,10 +24,9 @@ from core.metrics import detection_report, match_detections
 from models.data import unit_hash
 from models.identity.crops import marking_crop
 from models.identity.matching import UNKNOWN, Matches, ReferenceIndex, identification_report
-from tasks.archives import content_hash
+from tasks.archives import content_hash, read_frames
 from tasks.identity import ArchivePair, csv_rows, marking_boxes, station_pictures
 from tasks.labels import archive_id_for
-from tasks.recordings import read_frames
 from warehouse.schema import TABLES
 from warehouse.store import Warehouse, new_import_id
 

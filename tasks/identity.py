@@ -20,7 +20,7 @@ import numpy as np
 
 from models.data import split_by_group, unit_hash
 from models.identity.crops import marking_crop
-from tasks.recordings import RecordingError, read_frames, read_manifest
+from tasks.archives import ArchiveError, read_frames, read_manifest
 
 
 class IdentityDataError(ValueError):
@@ -39,8 +39,8 @@ class ArchivePair:
 
 def _role(archive: Path) -> str | None:
     try:
-        return read_manifest(archive).get("camera_role")
-    except RecordingError:
+        return read_manifest(archive).camera_role
+    except ArchiveError:
         return None
 
 
@@ -92,12 +92,12 @@ def _box(row: dict) -> tuple[int, int, int, int]:
 def station_pictures(station: Path) -> Iterator[tuple[str, str, np.ndarray]]:
     """(frame_id, sheet_id, grey picture) for every picture the station took."""
     manifest = read_manifest(station)
-    folder = station / manifest.get("files", {}).get("frames", "frames")
-    for row in csv_rows(station / manifest.get("files", {}).get("sheets", "sheets.csv")):
+    folder = station / manifest.files.frames
+    for row in csv_rows(station / manifest.files.sheets):
         path = folder / f"{row['frame_id']}.jpg"
         image = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
         if image is None:
-            raise RecordingError(f"{path}: cannot be read as an image")
+            raise ArchiveError(f"{path}: cannot be read as an image")
         yield row["frame_id"], row["sheet_id"], image
 
 

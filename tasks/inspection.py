@@ -27,7 +27,6 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pyarrow as pa
 
@@ -141,32 +140,10 @@ def worker_models(refs: ModelRefs, device: str) -> dict:
 
 
 def decode_range(chunk: Chunk) -> Iterator[np.ndarray]:
-    """The chunk's grey frames in order; RecordingError names the frame that fails."""
-    from tasks.recordings import RecordingError
+    """The chunk's grey frames in order; FrameError names the frame that fails."""
+    from tasks.archives import decode_frames
 
-    if chunk.video:
-        capture = cv2.VideoCapture(chunk.video)
-        try:
-            if chunk.start:
-                capture.set(cv2.CAP_PROP_POS_FRAMES, chunk.start)
-                if int(capture.get(cv2.CAP_PROP_POS_FRAMES)) != chunk.start:
-                    raise RecordingError(f"{chunk.video}: cannot seek to frame {chunk.start}")
-            for n, frame_id in enumerate(chunk.frame_ids):
-                ok, frame = capture.read()
-                if not ok:
-                    raise RecordingError(
-                        f"{chunk.video}: frame {chunk.start + n} ({frame_id}) cannot be decoded"
-                    )
-                yield frame[:, :, 0] if frame.ndim == 3 else frame
-        finally:
-            capture.release()
-        return
-    for frame_id in chunk.frame_ids:
-        path = Path(chunk.frames_dir) / f"{frame_id}.jpg"
-        frame = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
-        if frame is None:
-            raise RecordingError(f"{path} cannot be read as an image")
-        yield frame
+    return decode_frames(chunk.video, chunk.frames_dir, chunk.start, chunk.frame_ids)
 
 
 def _batches_ahead(frames: Iterator[np.ndarray], size: int) -> Iterator[np.ndarray]:

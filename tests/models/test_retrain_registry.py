@@ -24,6 +24,8 @@ from tasks.training import prepare
 from twin.config import TwinConfig
 from twin.recorder import simulate
 
+REPO = Path(__file__).resolve().parents[2]
+
 pytestmark = pytest.mark.slow
 STEELSIGHT = Path(sys.executable).parent / "steelsight"
 # More defects per frame than the plant's rates, so that a model trained for a minute on a
@@ -87,6 +89,52 @@ def test_champion_reloads_with_identical_predictions(world, first) -> None:
         "4": "patches",
     }
     assert len(config["thresholds"]["gate"]) == 4
+
+
+# Run with `python -S`: site-packages on the path by hand, so that no .pth file runs and
+# steelsight's editable install (which maps models/ and core/ to the checkout) is absent.
+CLEAN_LOAD = """
+import importlib.util, sys
+sys.path[:] = [p for p in sys.path if p] + [sys.argv[1]]
+assert importlib.util.find_spec("models") is None and importlib.util.find_spec("core") is None
+import mlflow, numpy as np
+mlflow.set_tracking_uri(sys.argv[2])
+model = mlflow.pyfunc.load_model("models:/steelsight-segmentation@champion")
+np.save(sys.argv[4], model.predict(np.load(sys.argv[3])))
+print(sys.modules["models"].__file__)
+"""
+
+
+def test_the_champion_loads_where_steelsight_is_not_installed(world, first, tmp_path: Path) -> None:
+    """A registered model carries the code it needs (MLflow code_paths: core/, models/),
+    so it loads and predicts in a Python that has the libraries but not steelsight."""
+    import site
+
+    archive, _ = world
+    frames = prepare("segmentation", archive).part("holdout").images[:2]
+    np.save(tmp_path / "frames.npy", frames)
+    direct = registry.load_model(get_settings(), "segmentation", "champion").predict(frames)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-S",
+            "-c",
+            CLEAN_LOAD,
+            site.getsitepackages()[0],
+            get_settings().tracking_uri,
+            str(tmp_path / "frames.npy"),
+            str(tmp_path / "masks.npy"),
+        ],
+        cwd=tmp_path,
+        env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    loaded_from = Path(done.stdout.strip().splitlines()[-1])
+    assert "artifacts" in loaded_from.parts and REPO not in loaded_from.parents
+    assert np.array_equal(np.load(tmp_path / "masks.npy"), direct.masks.astype(np.uint8))
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from core.tracking import EDGE_BLOCK, frame_profile, track_sheets
-from tasks.recordings import read_frames
+from tasks.archives import read_frames
 from twin.config import TwinConfig
 from twin.recorder import simulate
 
