@@ -27,6 +27,7 @@ from core.settings import Settings, get_settings
 from flows.progress import ProgressHook
 from tasks.archives import Problem, archive_row, changed_since_ingest, error_rows
 from tasks.inspection import ModelRefs, assemble, inspect_chunk, recording
+from warehouse import queries
 from warehouse.store import Warehouse, new_import_id
 
 # (archive_id, frames done, frames): the command line shows it
@@ -97,12 +98,7 @@ def gpu_resources(client) -> dict | None:
 def _pending(warehouse: Warehouse, kinds: tuple[str, ...], key: str, only: list[str] | None):
     # usable archives; and those a previous inspection failed on (models may do better
     # now), but never one ingest rejected (its reason stays in ingest_errors)
-    rows = warehouse.query(
-        "SELECT * FROM archives WHERE kind IN (SELECT unnest(?)) AND (status IN "
-        "('ok', 'partial') OR (status = 'failed' AND inspected_with IS NOT NULL)) "
-        "ORDER BY imported_at, archive_id",
-        [list(kinds)],
-    ).to_pylist()
+    rows = queries.inspectable_archives(warehouse, list(kinds))
     if only:
         wanted = {str(Path(p).resolve()) if os.sep in p else p for p in only}
         rows = [r for r in rows if r["archive_id"] in wanted or r["path"] in wanted]

@@ -22,6 +22,7 @@ import numpy as np
 from core.settings import Settings
 from models.identity.matching import ReferenceIndex
 from serving.inference import Served, warm_up
+from warehouse import reads
 
 log = logging.getLogger(__name__)
 
@@ -64,14 +65,7 @@ class Champions:
             return ()
         try:
             with self._cursor() as cur:
-                return tuple(
-                    cur.execute(
-                        "SELECT count(*), coalesce(max(import_id), ''), "
-                        "coalesce(sum(hash(archive_id, sheet_id)), 0) "
-                        "FROM sheet_references WHERE model_version = ?",
-                        [imprint_version],
-                    ).fetchall()[0]
-                )
+                return reads.references_key(cur, imprint_version)
         except Exception as error:  # no warehouse yet: identify nothing, look again later
             return ("unreadable", str(error))
 

@@ -171,11 +171,9 @@ def import_labels(
         failed |= s.status == "failed"
         summary.add_row(s.path, s.kind, s.status, str(s.n_images), str(s.n_labels), str(s.n_errors))
         if s.n_errors:
-            errors = warehouse.query(
-                "SELECT source, source_row, field, reason FROM ingest_errors "
-                "WHERE archive_id = ? ORDER BY error_index LIMIT 10",
-                [s.archive_id],
-            )
+            from warehouse import queries
+
+            errors = queries.first_errors(warehouse, s.archive_id)
             print_table(errors, title=f"First errors of {s.path} (all in ingest_errors)")
     console.print(summary)
     if failed:

@@ -110,6 +110,7 @@ def run_demo(
     from flows.inspect import inspect, progress_to
     from steelsight.query_output import rich_table
     from tasks.inspection_report import against_twin
+    from warehouse import queries
     from warehouse.store import Warehouse
 
     started = time.perf_counter()
@@ -140,23 +141,11 @@ def run_demo(
         )
 
     warehouse = Warehouse(settings.warehouse_dir).ensure()
-    line = warehouse.query(
-        "SELECT archive_id FROM archives WHERE path LIKE ? AND inspected_with IS NOT NULL",
-        [f"%line-1-inspection-s{LINE_SEED}"],
-    ).to_pylist()
-    if not line:
+    archive_id = queries.inspected_archive_named(warehouse, f"line-1-inspection-s{LINE_SEED}")
+    if archive_id is None:
         console.print("[red]the demo line was not inspected: see the messages above[/red]")
         return
-    archive_id = line[0]["archive_id"]
-    rows = warehouse.query(
-        "SELECT sheet_index AS sheet, sheet_id, round(similarity, 2) AS sim, "
-        "round(length_mm)::INT AS length_mm, round(width_mm)::INT AS width_mm, "
-        "array_to_string(list_transform(map_entries(defect_counts), "
-        "lambda e: e.key || ' ' || e.value::VARCHAR), ', ') AS defects, "
-        "round(defect_area_ratio * 100, 3) AS area_pct, grade "
-        "FROM sheets WHERE archive_id = ? ORDER BY sheet_index",
-        [archive_id],
-    )
+    rows = queries.sheet_summary(warehouse, archive_id)
     console.print(rich_table(rows, f"Sheets of {archive_id}"))
     counts = Table(title="Warehouse rows")
     counts.add_column("table")

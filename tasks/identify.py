@@ -27,6 +27,7 @@ from models.identity.matching import UNKNOWN, Matches, ReferenceIndex, identific
 from tasks.archives import content_hash, read_frames
 from tasks.identity import ArchivePair, csv_rows, marking_boxes, station_pictures
 from tasks.labels import archive_id_for
+from warehouse import queries
 from warehouse.schema import TABLES
 from warehouse.store import Warehouse, new_import_id
 
@@ -233,12 +234,7 @@ def reference_index(
 ) -> ReferenceIndex:
     """Every registered sheet embedded by this imprint version (of one station archive
     when ``archive_id`` is given), ready to search."""
-    query = "SELECT sheet_id, embedding FROM sheet_references WHERE model_version = ?"
-    params: list = [imprint_version]
-    if archive_id is not None:
-        query += " AND archive_id = ?"
-        params.append(archive_id)
-    table = warehouse.query(query + " ORDER BY archive_id, sheet_id", params)
+    table = queries.sheet_references(warehouse, imprint_version, archive_id)
     if not table.num_rows:
         return ReferenceIndex([], np.zeros((0, 1), np.float32))
     flat = pa.compute.list_flatten(table["embedding"]).to_numpy()

@@ -45,6 +45,7 @@ from tasks.archives import (
     printable,
 )
 from tasks.labels import archive_id_for, import_label_source
+from warehouse import queries
 from warehouse.store import Warehouse, new_import_id
 
 log = logging.getLogger(__name__)
@@ -132,16 +133,6 @@ def _unvalidated(path: Path, kind: str, reason: str) -> Probed:
 
 
 # -- registering ---------------------------------------------------------------------------
-def _existing(warehouse: Warehouse, content: str) -> dict | None:
-    """The committed, usable archive with this content, if any."""
-    rows = warehouse.query(
-        "SELECT archive_id, path FROM archives WHERE content_sha256 = ? "
-        "AND status IN ('ok', 'partial') ORDER BY imported_at LIMIT 1",
-        [content],
-    ).to_pylist()
-    return rows[0] if rows else None
-
-
 def _free_name(folder: Path, name: str) -> Path:
     name = "".join(c if c.isprintable() else "_" for c in printable(name)) or "archive"
     target, n = folder / name, 1
@@ -186,16 +177,6 @@ def landed_signature(path: Path) -> str:
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()
 
 
-def _stuck(source: Path, warehouse: Warehouse) -> dict | None:
-    """The record of a landed archive an earlier run could not move, if any."""
-    rows = warehouse.query(
-        "SELECT archive_id, kind, landed_signature FROM archives "
-        "WHERE path = ? AND landed_signature IS NOT NULL",
-        [printable(source)],
-    ).to_pylist()
-    return rows[0] if rows else None
-
-
 def ingest_archive(
     source: Path,
     warehouse: Warehouse,
@@ -209,7 +190,7 @@ def ingest_archive(
     anything the archive does: the answer says what became of it and why."""
     source = absolute(source)
     try:
-        stuck = _stuck(source, warehouse) if landed else None
+        stuck = queries.unmovable_record(warehouse, printable(source)) if landed else None
         if stuck and stuck["landed_signature"] == landed_signature(source):
             reason = (
                 "could not be moved out of the landing folder by an earlier run and has not "
@@ -264,7 +245,9 @@ def _take_in(
     landed: bool,
 ) -> Ingested:
     problems = list(probed.problems)
-    existing = _existing(warehouse, probed.content) if not probed.fatal else None
+    existing = (
+        queries.usable_archive_with_content(warehouse, probed.content) if not probed.fatal else None
+    )
     if existing and existing["path"] == str(source):
         return Ingested(
             str(source),
@@ -366,14 +349,12 @@ def _register(
 
 def _changed_note(warehouse: Warehouse, archive_id: str, content: str) -> str:
     """What re-ingesting changed content withdraws: the earlier content's inspection."""
-    rows = warehouse.query(
-        "SELECT content_sha256, inspected_with FROM archives WHERE archive_id = ?", [archive_id]
-    ).to_pylist()
-    if not rows or rows[0]["content_sha256"] == content or rows[0]["inspected_with"] is None:
+    before = queries.archive_state(warehouse, archive_id)
+    if not before or before["content_sha256"] == content or before["inspected_with"] is None:
         return ""
     note = (
         f"its content changed since it was last ingested: the inspection of the earlier "
-        f"content ({rows[0]['inspected_with']}) is withdrawn; run `steelsight inspect`"
+        f"content ({before['inspected_with']}) is withdrawn; run `steelsight inspect`"
     )
     log.warning("%s: %s", archive_id, note)
     return note
@@ -464,7 +445,7 @@ def unregistered(library: Path, warehouse: Warehouse) -> list[Path]:
     before its commit. They are ingested in place."""
     if not library.is_dir():
         return []
-    known = set(warehouse.query("SELECT path FROM archives")["path"].to_pylist())
+    known = queries.archive_paths(warehouse)
     return sorted(
         absolute(p)
         for p in library.iterdir()

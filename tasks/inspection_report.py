@@ -21,6 +21,7 @@ import numpy as np
 
 from core.labels import SEVERSTAL_CLASSES
 from core.rle import rle_decode
+from warehouse import queries
 from warehouse.store import Warehouse
 
 COVER = 0.25
@@ -125,29 +126,18 @@ def compare_defects(
 
 def against_twin(warehouse: Warehouse, archive_id: str) -> dict:
     """Compare an inspected twin recording's committed rows with its ground truth."""
-    archive = warehouse.query(
-        "SELECT path FROM archives WHERE archive_id = ?", [archive_id]
-    ).to_pylist()
-    if not archive:
+    found = queries.archive_path(warehouse, archive_id)
+    if found is None:
         raise ValueError(f"no archive {archive_id} in the warehouse")
-    path = Path(archive[0]["path"])
+    path = Path(found)
     if not (path / "ground_truth").is_dir():
         raise ValueError(f"{path} has no ground_truth/: only twin recordings can be compared")
     from tasks.archives import read_manifest
 
     manifest = read_manifest(path)
-    found = warehouse.query(
-        "SELECT sheet_id, first_line, last_line FROM sheets WHERE archive_id = ? "
-        "ORDER BY sheet_index",
-        [archive_id],
-    ).to_pylist()
-    registered = set(
-        warehouse.query("SELECT sheet_id FROM sheet_references")["sheet_id"].to_pylist()
-    )
-    predicted = warehouse.query(
-        "SELECT frame_id, class_id, class_name, rle FROM defects WHERE archive_id = ?",
-        [archive_id],
-    ).to_pylist()
+    found = queries.sheet_spans(warehouse, archive_id)
+    registered = queries.registered_sheet_ids(warehouse)
+    predicted = queries.archive_defects(warehouse, archive_id)
     classes = dict(SEVERSTAL_CLASSES)  # the twin draws Severstal's classes
     classes.update({int(d["class_id"]): d["class_name"] for d in predicted})
     shape = (manifest.frame_height, manifest.frame_width)

@@ -88,3 +88,16 @@ def sheet_defects(cur, archive_id: str, sheet_index: int) -> list[dict]:
 def readable(cur) -> int:
     """The number of committed archives: raises when the warehouse cannot be read."""
     return int(cur.execute("SELECT count(*) FROM archives").fetchall()[0][0])
+
+
+def references_key(cur, imprint_version: str) -> tuple:
+    """What identifies the sheets registered with an imprint version right now: their
+    number, newest import and a checksum of who they are (changes when any does)."""
+    return tuple(
+        cur.execute(
+            "SELECT count(*), coalesce(max(import_id), ''), "
+            "coalesce(sum(hash(archive_id, sheet_id)), 0) "
+            "FROM sheet_references WHERE model_version = ?",
+            [imprint_version],
+        ).fetchall()[0]
+    )

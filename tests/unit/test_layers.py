@@ -6,6 +6,7 @@ modules import each other, directly or round a loop."""
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -131,6 +132,44 @@ def test_the_bottom_layer_stays_light() -> None:
         if m.split(".")[0] == "core"
     }
     assert {m: n for m, n in heavy.items() if n} == {}
+
+
+SQL = re.compile(r"\b(SELECT|INSERT|UPDATE|DELETE|CREATE)\b")
+# MLflow's own SQLite store (artifact locations), not the warehouse
+SQL_ELSEWHERE = {"models.registry"}
+
+
+def _literal_text(node: ast.AST) -> str:
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return node.value
+    if isinstance(node, ast.JoinedStr):
+        return "".join(_literal_text(v) for v in node.values)
+    if isinstance(node, ast.BinOp):
+        return _literal_text(node.left) + _literal_text(node.right)
+    return ""
+
+
+def sql_outside_warehouse() -> list[str]:
+    found = []
+    for package in set(LAYER) - {"warehouse"}:
+        for path in sorted((REPO / package).rglob("*.py")):
+            if _module(path) in SQL_ELSEWHERE:
+                continue
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                if (
+                    isinstance(node, ast.Call)
+                    and isinstance(node.func, ast.Attribute)
+                    and node.func.attr in {"query", "sql", "execute", "executemany"}
+                    and node.args
+                    and SQL.search(_literal_text(node.args[0]))
+                ):
+                    found.append(f"{path.relative_to(REPO)}:{node.lineno}")
+    return found
+
+
+def test_sql_lives_in_the_warehouse_package() -> None:
+    """Queries are warehouse/queries.py's (and the API's warehouse/reads.py's) by name."""
+    assert sql_outside_warehouse() == []
 
 
 def test_the_check_sees_an_upward_import_and_a_cycle() -> None:
