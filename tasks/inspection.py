@@ -304,75 +304,149 @@ def assemble(
     grades: list,
     import_id: str,
 ) -> Inspected:
-    """Track sheets, identify them, place defects on them and grade them."""
-    from core.grading import grade as grade_of
-
-    results = sorted(results, key=lambda r: r.start)
-    classes = results[0].classes if results else []
-    inspected = [i for r in results for i in range(r.start, r.start + r.n_frames)]
-    first_lines = np.array([round(rec.frame_numbers[i] * rec.frame_step_lines) for i in inspected])
-    contrast = np.concatenate([r.contrast for r in results]) if results else np.zeros((0, 1))
-    edges = np.concatenate([r.edges for r in results]) if results else np.zeros((0, 1, 2))
+    """Track sheets, identify them, place defects on them and grade them: the steps
+    below, each a pure function of what the one before returns."""
+    line = stitch(rec, results)
     sheets = track_sheets(
-        first_lines,
-        contrast,
-        edges,
+        line.first_lines,
+        line.contrast,
+        line.edges,
         min_length=round(MIN_SHEET_MM / rec.mm_per_px),
         min_gap=round(MIN_GAP_MM / rec.mm_per_px),
     )
-    line_of = dict(zip(inspected, first_lines.tolist(), strict=True))
     on_line = _SheetsByLine(sheets)
+    marks = identify_sheets(sheets, on_line, line, results, index, threshold)
     ids = {"archive_id": rec.archive_id, "import_id": import_id}
-    versions = refs.key()
+    defects = place_defects(rec, line, results, on_line, marks.identities, refs.segmentation)
+    frames, frames_of = frame_rows(rec, line, on_line, defects, marks, refs.key())
+    sheet_table = sheet_rows(rec, sheets, defects, marks, frames_of, grades, refs.key())
+    return Inspected(
+        frames=pa.Table.from_pylist(_with(ids, frames), TABLES["frames"].schema),
+        defects=pa.Table.from_pylist(_with(ids, defects.rows), TABLES["defects"].schema),
+        sheets=pa.Table.from_pylist(_with(ids, sheet_table), TABLES["sheets"].schema),
+        n_frames=len(line.positions),
+        decode_s=sum(r.decode_s for r in results),
+        model_s=sum(r.model_s for r in results),
+        workers={r.worker for r in results},
+    )
 
-    # markings → one identity per sheet: its detection nearest to a registered sheet
-    identities = {s.index: Identity("unknown", None, None) for s in sheets}
-    markings_on = dict.fromkeys(identities, 0)
-    marks_per_frame: dict[int, int] = {}
+
+def _with(ids: dict, rows: list[dict]) -> list[dict]:
+    return [{**ids, **row} for row in rows]
+
+
+@dataclass
+class Stitched:
+    """Every range's results laid end to end in recording order."""
+
+    positions: list[int]  # index in the recording of each inspected frame
+    first_lines: np.ndarray  # (n,) the recording line of each frame's first row
+    contrast: np.ndarray  # (n, B)
+    edges: np.ndarray  # (n, B, 2)
+    gate: np.ndarray  # (n, C)
+    classes: list[str]
+
+    @property
+    def line_of(self) -> dict[int, int]:
+        return dict(zip(self.positions, self.first_lines.tolist(), strict=True))
+
+
+def stitch(rec: Recording, results: list[ChunkResult]) -> Stitched:
+    results = sorted(results, key=lambda r: r.start)
+    positions = [i for r in results for i in range(r.start, r.start + r.n_frames)]
+    return Stitched(
+        positions,
+        np.array([round(rec.frame_numbers[i] * rec.frame_step_lines) for i in positions]),
+        np.concatenate([r.contrast for r in results]) if results else np.zeros((0, 1)),
+        np.concatenate([r.edges for r in results]) if results else np.zeros((0, 1, 2)),
+        np.concatenate([r.gate for r in results]) if results else np.zeros((0, 0)),
+        results[0].classes if results else [],
+    )
+
+
+@dataclass
+class Markings:
+    """What the markings say: each sheet's identity, markings per sheet and per frame."""
+
+    identities: dict[int, Identity]  # sheet index → identity
+    on_sheet: dict[int, int]  # sheet index → markings found on it
+    per_frame: dict[int, int]  # frame position → markings found in it
+
+
+def identify_sheets(
+    sheets: list[TrackedSheet],
+    on_line: _SheetsByLine,
+    line: Stitched,
+    results: list[ChunkResult],
+    index,
+    threshold: float,
+) -> Markings:
+    """One identity per sheet: of the markings found on it, the one nearest a registered
+    sheet (``unknown`` below the threshold or without registered sheets)."""
+    line_of = line.line_of
+    marks = Markings({s.index: Identity("unknown", None, None) for s in sheets}, {}, {})
+    marks.on_sheet = dict.fromkeys(marks.identities, 0)
+    searchable = index is not None and len(index) > 0
     for r in results:
         if not len(r.boxes):
             continue
         frames = r.start + r.boxes[:, 0].astype(int)
         for f in frames:
-            marks_per_frame[int(f)] = marks_per_frame.get(int(f), 0) + 1
+            marks.per_frame[int(f)] = marks.per_frame.get(int(f), 0) + 1
         centres = np.array([line_of[int(f)] for f in frames]) + (r.boxes[:, 2] + r.boxes[:, 4]) / 2
-        if index is not None and len(index):
-            matches = index.match(r.embeddings, threshold)
-        for n, line in enumerate(centres):
-            sheet = on_line.at(line)
+        matches = index.match(r.embeddings, threshold) if searchable else None
+        for n, centre in enumerate(centres):
+            sheet = on_line.at(centre)
             if sheet is None:
                 continue
-            markings_on[sheet.index] += 1
-            if index is None or not len(index):
+            marks.on_sheet[sheet.index] += 1
+            if matches is None:
                 continue
-            best = identities[sheet.index]
+            best = marks.identities[sheet.index]
             similarity = float(matches.similarity[n])
             if best.similarity is None or similarity > best.similarity:
-                identities[sheet.index] = Identity(
+                marks.identities[sheet.index] = Identity(
                     matches.sheet_ids[n], matches.nearest[n], similarity
                 )
+    return marks
 
-    # defects, placed on their sheet
-    defect_rows = []
-    per_frame_defects: dict[int, list] = {}
+
+@dataclass
+class Placed:
+    rows: list[dict]  # defects rows without archive_id and import_id
+    per_frame: dict[int, list]  # frame position → its Defects
+
+
+def place_defects(
+    rec: Recording,
+    line: Stitched,
+    results: list[ChunkResult],
+    on_line: _SheetsByLine,
+    identities: dict[int, Identity],
+    model_version: str,
+) -> Placed:
+    """Each defect on the sheet under its centre, in mm from the sheet's head (x) and
+    its left edge (y); a defect on the table between sheets has no sheet."""
+    line_of = line.line_of
+    per_frame: dict[int, list] = {}
     for r in results:
         for d in r.defects:
-            per_frame_defects.setdefault(r.start + d.frame, []).append(d)
+            per_frame.setdefault(r.start + d.frame, []).append(d)
     area_px = rec.mm_per_px**2
-    for i, found in sorted(per_frame_defects.items()):
+    rows = []
+    for i, found in sorted(per_frame.items()):
         for n, d in enumerate(found):
             x0, y0, x1, y1 = d.bbox
-            line = line_of[i] + (y0 + y1) / 2
-            sheet = on_line.at(line)
-            defect_rows.append(
+            centre = line_of[i] + (y0 + y1) / 2
+            sheet = on_line.at(centre)
+            rows.append(
                 {
-                    **ids,
                     "frame_id": rec.frame_ids[i],
                     "defect_index": n,
                     "sheet_index": sheet.index if sheet else None,
                     "sheet_id": identities[sheet.index].sheet_id if sheet else None,
                     "class_id": d.class_index + 1,
-                    "class_name": classes[d.class_index],
+                    "class_name": line.classes[d.class_index],
                     "rle": d.rle,
                     "area": d.area,
                     "area_mm2": d.area * area_px,
@@ -380,46 +454,70 @@ def assemble(
                     "y_min": y0,
                     "x_max": x1,
                     "y_max": y1,
-                    "x_mm": (line - sheet.first_line) * rec.mm_per_px if sheet else None,
+                    "x_mm": (centre - sheet.first_line) * rec.mm_per_px if sheet else None,
                     "y_mm": ((x0 + x1) / 2 - sheet.x_min) * rec.mm_per_px
                     if sheet and sheet.x_min is not None
                     else None,
                     "score": d.score,
-                    "model_version": refs.segmentation,
+                    "model_version": model_version,
                 }
             )
+    return Placed(rows, per_frame)
 
-    frame_rows = []
-    frames_of: dict[int, list[int]] = {s.index: [] for s in sheets}  # frame positions
-    gate = np.concatenate([r.gate for r in results]) if results else np.zeros((0, 0))
-    for k, i in enumerate(inspected):
-        found = per_frame_defects.get(i, [])
-        steel_rows = int((contrast[k] >= MIN_CONTRAST).sum()) * EDGE_BLOCK
+
+def frame_rows(
+    rec: Recording,
+    line: Stitched,
+    on_line: _SheetsByLine,
+    defects: Placed,
+    marks: Markings,
+    versions: str,
+) -> tuple[list[dict], dict[int, list[int]]]:
+    """One row per inspected frame; and the frame positions that show each sheet."""
+    line_of = line.line_of
+    frames_of: dict[int, list[int]] = {s.index: [] for s in on_line.sheets}
+    rows = []
+    for k, i in enumerate(line.positions):
+        found = defects.per_frame.get(i, [])
+        steel_rows = int((line.contrast[k] >= MIN_CONTRAST).sum()) * EDGE_BLOCK
         shown = on_line.overlapping(line_of[i], line_of[i] + rec.frame_height - 1)
         for sheet, _ in shown:
             frames_of[sheet.index].append(i)
-        frame_rows.append(
+        rows.append(
             {
-                **ids,
                 "frame_id": rec.frame_ids[i],
                 "frame_number": rec.frame_numbers[i],
                 "captured_at": rec.captured_at[i],
                 "first_line": line_of[i],
                 "sheet_index": max(shown, key=lambda o: o[1])[0].index if shown else None,
                 "steel_rows": min(steel_rows, rec.frame_height),
-                "n_markings": marks_per_frame.get(i, 0),
+                "n_markings": marks.per_frame.get(i, 0),
                 "n_defects": len(found),
                 "defect_pixels": sum(d.area for d in found),
-                "gate": gate[k].tolist(),
+                "gate": line.gate[k].tolist(),
                 "model_versions": versions,
             }
         )
+    return rows, frames_of
+
+
+def sheet_rows(
+    rec: Recording,
+    sheets: list[TrackedSheet],
+    defects: Placed,
+    marks: Markings,
+    frames_of: dict[int, list[int]],
+    grades: list,
+    versions: str,
+) -> list[dict]:
+    """One row per sheet: identity, extent, defects by class, defect area and grade."""
+    from core.grading import grade as grade_of
 
     defects_on: dict[int, list[dict]] = {}
-    for d in defect_rows:
+    for d in defects.rows:
         if d["sheet_index"] is not None:
             defects_on.setdefault(d["sheet_index"], []).append(d)
-    sheet_rows = []
+    rows = []
     for s in sheets:
         on = defects_on.get(s.index, [])
         counts: dict[str, int] = {}
@@ -430,10 +528,9 @@ def assemble(
         width_px = (s.x_max - s.x_min + 1) if s.x_min is not None else None
         sheet_px = s.length_lines * (width_px or rec.frame_width)
         ratio = sum(d["area"] for d in on) / sheet_px if sheet_px else 0.0
-        identity = identities[s.index]
-        sheet_rows.append(
+        identity = marks.identities[s.index]
+        rows.append(
             {
-                **ids,
                 "sheet_index": s.index,
                 "sheet_id": identity.sheet_id,
                 "similarity": identity.similarity,
@@ -445,7 +542,7 @@ def assemble(
                 "complete": s.complete,
                 "length_mm": s.length_lines * rec.mm_per_px,
                 "width_mm": width_px * rec.mm_per_px if width_px else None,
-                "n_markings": markings_on[s.index],
+                "n_markings": marks.on_sheet[s.index],
                 "n_defects": len(on),
                 "defect_counts": list(counts.items()),
                 "defect_areas_mm2": list(areas.items()),
@@ -454,15 +551,7 @@ def assemble(
                 "model_versions": versions,
             }
         )
-    return Inspected(
-        frames=pa.Table.from_pylist(frame_rows, TABLES["frames"].schema),
-        defects=pa.Table.from_pylist(defect_rows, TABLES["defects"].schema),
-        sheets=pa.Table.from_pylist(sheet_rows, TABLES["sheets"].schema),
-        n_frames=len(inspected),
-        decode_s=sum(r.decode_s for r in results),
-        model_s=sum(r.model_s for r in results),
-        workers={r.worker for r in results},
-    )
+    return rows
 
 
 class _SheetsByLine:
