@@ -14,8 +14,8 @@ from datetime import UTC, datetime
 import cv2
 import numpy as np
 
-from models.identity.crops import marking_crop
 from models.identity.matching import UNKNOWN, ReferenceIndex
+from models.identity.pipeline import embed, find_markings
 
 # BGR colours per class position (overlay): yellow, cyan, magenta, red, then green
 PALETTE = ((0, 215, 255), (255, 200, 0), (255, 0, 200), (0, 0, 255), (0, 200, 0))
@@ -116,23 +116,13 @@ def _markings(served: Served, frames: list[np.ndarray]) -> list[list[dict]]:
     """Per frame, each detected marking with the nearest registered sheet."""
     if not served.identifies:
         return [[] for _ in frames]
-    found = served.marking.detect(frames, batch=len(frames))
-    boxes, crops, owners = [], [], []
-    imprint = served.imprint
-    for i, rows in enumerate(found):
-        for row in rows:
-            try:
-                crops.append(marking_crop(frames[i], row[:4], imprint.crop_size, imprint.margin))
-            except ValueError:  # a degenerate box on the frame's border
-                continue
-            boxes.append(row)
-            owners.append(i)
+    marks = find_markings(served.marking, served.imprint, frames, batch=len(frames))
     out: list[list[dict]] = [[] for _ in frames]
-    if not crops:
+    if not len(marks):
         return out
-    embeddings = imprint.embed(np.stack(crops))
+    embeddings = embed(served.imprint, marks.crops)
     matches = served.references.match(embeddings, served.threshold)
-    for n, (i, row) in enumerate(zip(owners, boxes, strict=True)):
+    for n, (i, row) in enumerate(zip(marks.owners, marks.boxes, strict=True)):
         similarity = float(matches.similarity[n])
         out[i].append(
             {

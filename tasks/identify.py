@@ -24,6 +24,8 @@ from core.metrics import detection_report, match_detections
 from models.data import unit_hash
 from models.identity.crops import marking_crop
 from models.identity.matching import UNKNOWN, Matches, ReferenceIndex, identification_report
+from models.identity.pipeline import embed
+from models.identity.pipeline import find_markings as find_pictures_markings
 from tasks.archives import content_hash, read_frames
 from tasks.identity import ArchivePair, csv_rows, marking_boxes, station_pictures
 from tasks.labels import archive_id_for
@@ -74,23 +76,22 @@ def find_markings(
     ``best_only`` keeps each picture's highest-scoring marking (a station picture shows
     one sheet)."""
     found = Found()
-    margin, size = models.imprint.margin, models.imprint.crop_size
     for batch in _batches(pictures, BATCH):
-        detections = models.detector.detect([image for _, image in batch], batch=BATCH)
-        for (frame_id, image), rows in zip(batch, detections, strict=True):
-            found.pictures += 1
-            found.per_frame[frame_id] = rows
-            for row in rows[:1] if best_only else rows:
-                found.frame_ids.append(frame_id)
-                found.boxes.append(row)
-                found.crops.append(marking_crop(image, row[:4], size, margin))
+        marks = find_pictures_markings(
+            models.detector, models.imprint, [image for _, image in batch], BATCH, best_only
+        )
+        names = [frame_id for frame_id, _ in batch]
+        found.pictures += len(batch)
+        found.per_frame.update(zip(names, marks.per_picture, strict=True))
+        for owner, box, crop in zip(marks.owners, marks.boxes, marks.crops, strict=True):
+            found.frame_ids.append(names[owner])
+            found.boxes.append(box)
+            found.crops.append(crop)
     return found
 
 
 def _embed(found: Found, models: Models) -> np.ndarray:
-    if not found.crops:
-        return np.zeros((0, int(models.imprint.config()["dim"])), np.float32)
-    return models.imprint.embed(np.stack(found.crops))
+    return embed(models.imprint, np.asarray(found.crops, np.uint8))
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -30,8 +30,11 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from core.settings import Settings
 from core.tracking import EDGE_BLOCK, MIN_CONTRAST, TrackedSheet, frame_profile, track_sheets
+from tasks.archives import Problem, archive_row, check_archive, decode_frames, error_rows
 from warehouse.schema import TABLES
+from warehouse.store import Warehouse
 
 log = logging.getLogger(__name__)
 
@@ -141,8 +144,6 @@ def worker_models(refs: ModelRefs, device: str) -> dict:
 
 def decode_range(chunk: Chunk) -> Iterator[np.ndarray]:
     """The chunk's grey frames in order; FrameError names the frame that fails."""
-    from tasks.archives import decode_frames
-
     return decode_frames(chunk.video, chunk.frames_dir, chunk.start, chunk.frame_ids)
 
 
@@ -163,7 +164,7 @@ def _batches_ahead(frames: Iterator[np.ndarray], size: int) -> Iterator[np.ndarr
 
 def inspect_chunk(chunk: Chunk) -> ChunkResult:
     """Everything the models and the tracker need from a range of frames."""
-    from models.identity.crops import marking_crop
+    from models.identity.pipeline import embed, find_markings
 
     models = worker_models(chunk.models, chunk.device)
     segmenter = models["segmentation"]
@@ -183,15 +184,15 @@ def inspect_chunk(chunk: Chunk) -> ChunkResult:
         gates.append(prediction.gate)
         defects += [_shift(d, done) for d in prediction.defects]
         if "marking" in models:
-            imprint = models["imprint"]
-            for i, rows in enumerate(models["marking"].detect(list(batch), batch=chunk.batch)):
-                for row in rows:
-                    boxes.append([done + i, *row[:5]])
-                    crops.append(marking_crop(batch[i], row[:4], imprint.crop_size, imprint.margin))
+            marks = find_markings(models["marking"], models["imprint"], list(batch), chunk.batch)
+            boxes += [[done + i, *box] for i, box in zip(marks.owners, marks.boxes, strict=True)]
+            crops += list(marks.crops)
         done += len(batch)
         clock = time.perf_counter()
         model_s += clock - now
-    embeddings = models["imprint"].embed(np.stack(crops)) if crops else np.zeros((0, 0), np.float32)
+    embeddings = (
+        embed(models["imprint"], np.stack(crops)) if crops else np.zeros((0, 0), np.float32)
+    )
     model_s += time.perf_counter() - clock
     n_classes = len(classes)
     return ChunkResult(
@@ -250,8 +251,6 @@ class Recording:
 
 def recording(archive_id: str, path: Path) -> Recording:
     """The recording's frame index and geometry, from its validated manifest."""
-    from tasks.archives import check_archive
-
     checked = check_archive(path, decode=False)
     if not checked.ok or checked.manifest is None:
         raise ValueError(f"{path}: {'; '.join(p.reason for p in checked.fatal)}")
@@ -574,3 +573,192 @@ class _SheetsByLine:
                 break
             found.append((sheet, min(sheet.last_line, last) - max(sheet.first_line, first) + 1))
         return found[::-1]
+
+
+# -- one archive on the cluster ------------------------------------------------------------
+def gpu_resources(client) -> dict | None:
+    """Ask for a GPU per task when the cluster has GPU workers; CPU workers otherwise."""
+    workers = client.scheduler_info(n_workers=-1)["workers"].values()
+    return {"GPU": 1} if any(w.get("resources", {}).get("GPU") for w in workers) else None
+
+
+def inspect_archive(
+    row: dict,
+    refs: ModelRefs,
+    client,
+    index,
+    threshold: float,
+    settings: Settings,
+    warehouse: Warehouse,
+    logger: logging.Logger,
+    progress: Callable[[str, int, int], None],
+) -> dict:
+    """Inspect one recording on the Dask cluster of ``client`` and commit its frames,
+    defects and sheets as one import; a range that cannot be read is a warning row, the
+    rest goes on. Returns what the flow reports. ``progress(archive_id, done, frames)``."""
+    from distributed import as_completed
+
+    from warehouse.store import new_import_id
+
+    started = time.perf_counter()
+    rec = recording(row["archive_id"], Path(row["path"]))
+    chunks = rec.chunks(settings.chunk_frames, refs, settings.batch_frames, settings.device)
+    logger.info(
+        "archive %s: %d frames in %d ranges of %d on %d workers",
+        rec.archive_id,
+        len(rec.frame_ids),
+        len(chunks),
+        settings.chunk_frames,
+        len(client.scheduler_info(n_workers=-1)["workers"]),
+    )
+    resources = gpu_resources(client)
+    futures = {
+        client.submit(
+            inspect_chunk,
+            chunk,
+            resources=resources,
+            pure=False,
+            key=f"inspect-{rec.archive_id}-{chunk.start}-{time.time_ns()}",
+        ): chunk
+        for chunk in chunks
+    }
+    results, problems, frames_done = [], [], 0
+    next_log = 0.1
+    for future in as_completed(futures):
+        chunk = futures.pop(future)
+        try:
+            result = future.result()
+        except Exception as error:  # a range that cannot be read: the rest goes on
+            problems.append(range_problem(chunk, error))
+            logger.warning("archive %s: %s", rec.archive_id, problems[-1].reason)
+            continue
+        finally:
+            future.release()
+        results.append(result)
+        frames_done += result.n_frames
+        progress(rec.archive_id, frames_done, len(rec.frame_ids))
+        if frames_done >= next_log * len(rec.frame_ids):
+            seconds = time.perf_counter() - started
+            logger.info(
+                "archive %s: %d of %d frames, %.1f frames/s",
+                rec.archive_id,
+                frames_done,
+                len(rec.frame_ids),
+                frames_done / seconds,
+            )
+            next_log += 0.1
+    import_id = new_import_id()
+    inspected = assemble(rec, results, refs, index, threshold, settings.grades, import_id)
+    problems = list(rec.warnings) + problems
+    status = "partial" if problems else "ok"
+    if not results:
+        status = "failed"
+    warehouse.import_archive(
+        archive_row(
+            rec.archive_id,
+            import_id,
+            row["kind"],
+            rec.path,
+            row["content_sha256"],
+            status,
+            n_images=inspected.n_frames,
+            n_labels=0,
+            n_errors=len(problems),
+            received_from=row["received_from"],
+            inspected_with=refs.key(),
+        ),
+        {
+            "frames": inspected.frames,
+            "defects": inspected.defects,
+            "sheets": inspected.sheets,
+            "ingest_errors": error_rows(problems, rec.archive_id, import_id),
+        },
+    )
+    seconds = time.perf_counter() - started
+    summary = {
+        "archive_id": rec.archive_id,
+        "status": status,
+        "frames": inspected.n_frames,
+        "sheets": inspected.sheets.num_rows,
+        "identified": sum(s != "unknown" for s in inspected.sheets["sheet_id"].to_pylist()),
+        "defects": inspected.defects.num_rows,
+        "errors": len(problems),
+        "seconds": round(seconds, 2),
+        "frames_per_s": round(inspected.n_frames / seconds, 2) if seconds else None,
+        "decode_s": round(inspected.decode_s, 2),
+        "model_s": round(inspected.model_s, 2),
+        "workers": len(inspected.workers),
+        "reason": "; ".join(p.reason for p in problems),
+    }
+    logger.info(
+        "archive %s: %d frames in %.1f s (%.1f frames/s), %d sheets (%d identified), "
+        "%d defects, status %s",
+        rec.archive_id,
+        summary["frames"],
+        seconds,
+        summary["frames_per_s"] or 0,
+        summary["sheets"],
+        summary["identified"],
+        summary["defects"],
+        status,
+    )
+    return summary
+
+
+def range_problem(chunk: Chunk, error: Exception) -> Problem:
+    first, last = chunk.frame_ids[0], chunk.frame_ids[-1]
+    return Problem(
+        chunk.video or chunk.frames_dir,
+        "frames_not_inspected",
+        f"frames {first}..{last} were not inspected: {type(error).__name__}: {error}; "
+        "check the archive and run `steelsight inspect` again",
+        fatal=False,
+        source_row=chunk.start,
+    )
+
+
+def not_inspected(
+    row: dict, key: str, problem: Problem, warehouse: Warehouse, logger: logging.Logger
+) -> dict:
+    """Record that an archive could not be inspected (or registered), and why: its row
+    says failed, with the models tried, so the next run does not try the same again."""
+    from warehouse.store import new_import_id
+
+    import_id = new_import_id()
+    warehouse.import_archive(
+        archive_row(
+            row["archive_id"],
+            import_id,
+            row["kind"],
+            Path(row["path"]),
+            row["content_sha256"],
+            "failed",
+            n_images=0,
+            n_labels=0,
+            n_errors=1,
+            received_from=row["received_from"],
+            inspected_with=key,
+        ),
+        {"ingest_errors": error_rows([problem], row["archive_id"], import_id)},
+    )
+    logger.warning("archive %s: %s", row["archive_id"], problem.reason)
+    return {
+        "archive_id": row["archive_id"],
+        "status": "failed",
+        "frames": 0,
+        "sheets": 0,
+        "identified": 0,
+        "defects": 0,
+        "errors": 1,
+        "frames_per_s": None,
+        "reason": problem.reason,
+    }
+
+
+def failure(row: dict, error: Exception) -> Problem:
+    return Problem(
+        row["path"],
+        "inspection_failed",
+        f"{Path(row['path']).name} could not be inspected: {type(error).__name__}: {error}; "
+        "the other archives went on; report it with this archive",
+    )

@@ -335,7 +335,7 @@ def test_twin_frames_give_the_defects_the_twin_drew_and_the_inspect_job_found(
 ) -> None:
     shape = line["frames"][0].shape
     served = []
-    gates = {}
+    gates, markings = {}, {}
     with server.client() as http:
         for start in range(0, len(line["ids"]), 4):
             ids = line["ids"][start : start + 4]
@@ -353,6 +353,7 @@ def test_twin_frames_give_the_defects_the_twin_drew_and_the_inspect_job_found(
                 assert (result["width"], result["height"]) == (shape[1], shape[0])
                 assert result["identity"]["status"] in {"identified", "unknown", "no_marking"}
                 gates[frame_id] = result["gate"]
+                markings[frame_id] = len(result["markings"])
                 served += [{**d, "frame_id": frame_id} for d in result["defects"]]
     classes = dict(SEVERSTAL_CLASSES)
     report = compare_defects(line["truth"], served, classes, shape)
@@ -379,11 +380,13 @@ def test_twin_frames_give_the_defects_the_twin_drew_and_the_inspect_job_found(
             differ += int((a ^ b).sum())
             union += int((a | b).sum())
     assert union > 0 and differ / union < 0.01, (differ, union)
-    stored_gates = warehouse.query(
-        "SELECT frame_id, gate FROM frames WHERE archive_id = ?", [line["archive_id"]]
+    stored_frames = warehouse.query(
+        "SELECT frame_id, gate, n_markings FROM frames WHERE archive_id = ?", [line["archive_id"]]
     ).to_pylist()
-    for row in stored_gates:
+    for row in stored_frames:
         assert np.allclose(list(gates[row["frame_id"]].values()), row["gate"], atol=1e-3)
+    # markings: both go through models.identity.pipeline (the demo's detector finds few)
+    assert {r["frame_id"]: r["n_markings"] for r in stored_frames} == markings
 
 
 def test_overlay_draws_the_masks(server: Server, line: dict) -> None:
