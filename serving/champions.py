@@ -1,6 +1,6 @@
 """The models the API serves: the champions of the registry, loaded whole and swapped whole.
 
-A ``Served`` set is immutable: the segmenter, the identity models when both are
+A ``Served`` set (serving.inference) is immutable: the segmenter, the identity models when both are
 registered, the registered sheets' embeddings and the versions. The server keeps one
 current set; a micro-batch takes the current set when it starts and finishes on it, so a
 promotion never changes models under a running request. ``Champions.refresh`` looks at
