@@ -24,8 +24,7 @@ from prefect.cache_policies import NO_CACHE
 
 from core.settings import Settings, get_settings
 from flows.progress import ProgressHook
-from tasks.archives import changed_since_ingest
-from tasks.inspection import ModelRefs, failure, inspect_archive, not_inspected
+from tasks.inspection import ModelRefs, attempt, inspect_archive, not_inspected
 from warehouse import queries
 from warehouse.store import Warehouse
 
@@ -104,17 +103,15 @@ def register_station_task(row: dict, models, warehouse: Warehouse, key: str) -> 
     a station that fails so that the next run does not try the same models again."""
     from tasks.identify import register_station
 
-    problem = changed_since_ingest(Path(row["path"]), row["content_sha256"])
-    try:
-        if problem is None:
-            done = register_station(Path(row["path"]), models, warehouse, archive=row)
-    except Exception as error:  # one station never stops the others
-        get_run_logger().exception("station %s", row["archive_id"])
-        problem = failure(row, error)
+    logger = get_run_logger()
+    path = Path(row["path"])
+    done, problem = attempt(
+        row, logger, lambda: register_station(path, models, warehouse, archive=row)
+    )
     if problem is not None:
-        not_inspected(row, key, problem, warehouse, get_run_logger())
+        not_inspected(row, key, problem, warehouse, logger)
         return 0
-    get_run_logger().info(
+    logger.info(
         "station %s: %d of %d sheets registered (%d without a marking) in %.1f s",
         row["archive_id"],
         done.references,
@@ -137,16 +134,17 @@ def inspect_archive_task(
 ) -> dict:
     """Inspect one recording on the cluster and commit its tables as one import; one that
     changed since ingest, or that fails, is recorded as failed with the reason."""
-    problem = changed_since_ingest(Path(row["path"]), row["content_sha256"])
+    logger = get_run_logger()
+    summary, problem = attempt(
+        row,
+        logger,
+        lambda: inspect_archive(
+            row, refs, client, index, threshold, settings, warehouse, logger, progress
+        ),
+    )
     if problem is not None:
-        return not_inspected(row, refs.key(), problem, warehouse, get_run_logger())
-    try:
-        return inspect_archive(
-            row, refs, client, index, threshold, settings, warehouse, get_run_logger(), progress
-        )
-    except Exception as error:  # one archive never stops the others
-        get_run_logger().exception("archive %s", row["archive_id"])
-        return not_inspected(row, refs.key(), failure(row, error), warehouse, get_run_logger())
+        return not_inspected(row, refs.key(), problem, warehouse, logger)
+    return summary
 
 
 @flow(name="inspect")

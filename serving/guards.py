@@ -167,8 +167,10 @@ class BodyGuard:
 
         async def guarded_receive():
             nonlocal seen, complete
-            if complete or refused:  # the body is in: what follows is the disconnect
-                return await receive() if not refused else {"type": "http.disconnect"}
+            if refused:
+                return {"type": "http.disconnect"}
+            if complete:  # the body is in: what follows is the disconnect, whenever it comes
+                return await receive()
             try:
                 message = await asyncio.wait_for(receive(), max(0.0, deadline - time.monotonic()))
             except TimeoutError:

@@ -26,17 +26,26 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import pyarrow as pa
 
 from core.settings import Settings
 from core.tracking import EDGE_BLOCK, MIN_CONTRAST, TrackedSheet, frame_profile, track_sheets
-from tasks.archives import Problem, archive_row, check_archive, decode_frames, error_rows
+from tasks.archives import (
+    Problem,
+    archive_row,
+    changed_since_ingest,
+    check_archive,
+    decode_frames,
+    error_rows,
+)
 from warehouse.schema import TABLES
 from warehouse.store import Warehouse
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 MIN_SHEET_MM = 500.0  # a shorter run of steel is not a sheet
 MIN_GAP_MM = 50.0  # a shorter run of table inside a sheet does not split it
@@ -753,6 +762,21 @@ def not_inspected(
         "frames_per_s": None,
         "reason": problem.reason,
     }
+
+
+def attempt(
+    row: dict, logger: logging.Logger, work: Callable[[], T]
+) -> tuple[T | None, Problem | None]:
+    """``work`` on an ingested archive, unless it changed since ingest: its result, or why
+    there is none (changed, or failed: one archive never stops the others)."""
+    problem = changed_since_ingest(Path(row["path"]), row["content_sha256"])
+    if problem is not None:
+        return None, problem
+    try:
+        return work(), None
+    except Exception as error:
+        logger.exception("archive %s", row["archive_id"])
+        return None, failure(row, error)
 
 
 def failure(row: dict, error: Exception) -> Problem:
