@@ -38,23 +38,15 @@ class InspectError(RuntimeError):
 
 
 def champion_refs(settings: Settings) -> ModelRefs:
-    """The champion versions; identity models are optional, segmentation is not."""
+    """The champion set (models.registry.champion_set): identity models are optional,
+    segmentation is not."""
     from models import registry
 
-    client = registry.connect(settings)
-    versions = {kind: registry.champion_version(client, kind) for kind in registry.MODEL_NAMES}
-    if versions["segmentation"] is None:
-        raise InspectError(
-            "no segmentation champion in the registry "
-            f"({settings.tracking_uri}): train one with `steelsight train segmentation`"
-        )
-    identity = versions["marking"] is not None and versions["imprint"] is not None
-    return ModelRefs(
-        settings.tracking_uri,
-        str(versions["segmentation"]),
-        str(versions["marking"]) if identity else None,
-        str(versions["imprint"]) if identity else None,
-    )
+    try:
+        chosen = registry.champion_set(registry.connect(settings), settings)
+    except registry.NoChampion as error:
+        raise InspectError(str(error)) from None
+    return ModelRefs.of(settings.tracking_uri, chosen)
 
 
 @contextlib.contextmanager

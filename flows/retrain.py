@@ -13,25 +13,16 @@ from prefect.cache_policies import NO_CACHE
 from core.interrupts import cleaned_up
 from core.settings import get_settings
 from flows.progress import ProgressHook
-from models import registry
-from tasks import identity_training as identity
+from models import kinds, registry
 from tasks import training
-from tasks.training import plots_folder
 
-# The steps as Prefect tasks (the work itself is in tasks.training and
-# tasks.identity_training, which know nothing of Prefect).
+# The steps as Prefect tasks (the work itself is in tasks.training, which knows nothing
+# of Prefect, and in each kind's family, models.kinds).
 prepare_task = task(training.prepare, name="load-and-split", cache_policy=NO_CACHE)
 train_task = task(training.train, name="train", cache_policy=NO_CACHE)
 evaluate_task = task(training.evaluate, name="evaluate-holdout", cache_policy=NO_CACHE)
 champion_score_task = task(training.champion_score, name="score-champion", cache_policy=NO_CACHE)
 register_task = task(training.register, name="register", cache_policy=NO_CACHE)
-identity_prepare_task = task(identity.prepare, name="load-and-split", cache_policy=NO_CACHE)
-identity_train_task = task(identity.train, name="train", cache_policy=NO_CACHE)
-identity_evaluate_task = task(identity.evaluate, name="evaluate-holdout", cache_policy=NO_CACHE)
-identity_champion_score_task = task(
-    identity.champion_score, name="score-champion", cache_policy=NO_CACHE
-)
-identity_register_task = task(identity.register, name="register", cache_policy=NO_CACHE)
 
 # (epoch, epochs, row) after each training epoch: the command line shows it
 progress = ProgressHook()
@@ -48,57 +39,36 @@ def retrain(
     encoder_weights: str | None = None,
     overrides: dict | None = None,
 ) -> dict:
-    """kind: segmentation, classification, marking or imprint; data: a Severstal folder or
-    twin archive (segmentation), a NEU-DET or class-folder dataset (classification), a
-    marking-station + inspection archive pair or a folder of pairs (marking, imprint);
-    size: tiny, demo, default or gpu; device: auto, cpu or cuda (default from settings)."""
+    """kind: segmentation, classification, marking or imprint (models.kinds); data: a
+    Severstal folder or twin archive (segmentation), a NEU-DET or class-folder dataset
+    (classification), a marking-station + inspection archive pair or a folder of pairs
+    (marking, imprint); size: tiny, demo, default or gpu; device: auto, cpu or cuda
+    (default from settings); encoder_weights: a local ResNet state dict (segmentation)."""
     logger = get_run_logger()
     settings = get_settings()
-    device = device or settings.device
-    if kind in ("marking", "imprint"):
-        return _retrain_identity(kind, data, size, device, seed, overrides)
-    prepared = prepare_task(kind, Path(data))
-    result = train_task(
-        kind, prepared, size, device, seed, overrides, encoder_weights, progress=progress
-    )
-    model = result.segmenter if kind == "segmentation" else result.classifier
-    holdout = prepared.part("holdout")
-    plots = plots_folder(settings)
-    with cleaned_up(partial(shutil.rmtree, plots, ignore_errors=True)):
-        evaluation = evaluate_task(kind, model, holdout, plots)
-        champion = champion_score_task(settings, kind, holdout)
-        registration = register_task(settings, prepared, result, size, evaluation, champion)
-    logger.info(
-        "%s version %d: holdout %s %.4f; %s",
-        kind,
-        registration.version,
-        "mean Dice" if kind == "segmentation" else "accuracy",
-        registration.score,
-        registration.reason,
-    )
-    return _summary(registration, result.seconds, evaluation.report)
-
-
-def _retrain_identity(
-    kind: str, data: str, size: str, device: str, seed: int, overrides: dict | None
-) -> dict:
-    logger = get_run_logger()
-    settings = get_settings()
-    workdir = plots_folder(settings)
+    spec = kinds.kind(kind)
+    workdir = training.workspace(settings)
     with cleaned_up(partial(shutil.rmtree, workdir, ignore_errors=True)):
-        prepared = identity_prepare_task(kind, Path(data), workdir, size)
-        trained = identity_train_task(
-            prepared, size, device, seed, workdir, overrides, progress=progress
+        prepared = prepare_task(kind, Path(data), workdir, size, settings)
+        trained = train_task(
+            prepared,
+            size,
+            device or settings.device,
+            seed,
+            workdir,
+            overrides,
+            {"encoder_weights": encoder_weights},
+            progress=progress,
         )
-        holdout = prepared.holdout()
-        report = identity_evaluate_task(kind, trained.model, holdout)
-        champion = identity_champion_score_task(settings, kind, holdout)
-        registration = identity_register_task(settings, prepared, trained, size, report, champion)
+        plots = workdir / "plots"
+        report = evaluate_task(kind, trained.model, prepared.holdout, plots)
+        champion = champion_score_task(settings, kind, prepared.holdout)
+        registration = register_task(settings, prepared, trained, size, report, plots, champion)
     logger.info(
         "%s version %d: holdout %s %.4f; %s",
         kind,
         registration.version,
-        registry.SCORES[kind],
+        spec.score_label,
         registration.score,
         registration.reason,
     )

@@ -36,37 +36,14 @@ import core
 import models
 from core import interrupts
 from core.settings import Settings
+from models import kinds
+from models.kinds import KINDS, Floor, NoChampion
 
 log = logging.getLogger(__name__)
 
 CHAMPION = "champion"
 HISTORY_TAG = "champion_history"
-MODEL_NAMES = MappingProxyType(
-    {
-        "segmentation": "steelsight-segmentation",
-        "classification": "steelsight-classifier",
-        "marking": "steelsight-marking",
-        "imprint": "steelsight-imprint",
-    }
-)
-# The holdout metric a challenger must beat the champion on.
-SCORES = MappingProxyType(
-    {
-        "segmentation": "mean_dice",
-        "classification": "accuracy",
-        "marking": "map50",
-        "imprint": "identified",  # right ID given at the operating threshold
-    }
-)
-_BASE_REQUIREMENTS = ["numpy==2.4.6", "opencv-python-headless==5.0.0.93"]
-PIP_REQUIREMENTS = MappingProxyType(
-    {
-        "segmentation": ["torch==2.15.0", *_BASE_REQUIREMENTS],
-        "classification": ["torch==2.15.0", *_BASE_REQUIREMENTS],
-        "marking": ["torch==2.15.0", "ultralytics==8.4.190", *_BASE_REQUIREMENTS],
-        "imprint": ["keras==3.15.1", "torch==2.15.0", *_BASE_REQUIREMENTS],
-    }
-)
+MODEL_NAMES = MappingProxyType({k.name: k.registered_name for k in KINDS.values()})
 
 
 class RegistryError(RuntimeError):
@@ -74,9 +51,10 @@ class RegistryError(RuntimeError):
 
 
 def model_name(kind: str) -> str:
-    if kind not in MODEL_NAMES:
-        raise RegistryError(f"unknown model kind {kind!r}: choose one of {', '.join(MODEL_NAMES)}")
-    return MODEL_NAMES[kind]
+    try:
+        return kinds.kind(kind).registered_name
+    except kinds.UnknownKind as error:
+        raise RegistryError(str(error)) from None
 
 
 def connect(settings: Settings) -> MlflowClient:
@@ -156,66 +134,39 @@ class _Wrapper(PythonModel):
     _skip_type_hint_validation = True
 
 
-class SegmenterModel(_Wrapper):
-    """pyfunc: grey frames (N, H, W) uint8 → defect masks (N, C, H, W) uint8."""
+class KindModel(_Wrapper):
+    """pyfunc of any kind: its family loads the bundle and predicts (models.kinds), e.g.
+    segmentation: grey frames (N, H, W) uint8 → defect masks (N, C, H, W) uint8."""
+
+    kind: str
+
+    def __init__(self, kind: str | None = None) -> None:
+        if kind is not None:
+            self.kind = kind
 
     def load_context(self, context) -> None:
-        from models.segmentation.segmenter import Segmenter
-
-        self.model = Segmenter.load(Path(context.artifacts["bundle"]), _device())
-
-    def predict(self, context, model_input, params=None):
-        return self.model.predict(_frames(model_input)).masks.astype(np.uint8)
-
-
-class ClassifierModel(_Wrapper):
-    """pyfunc: grey pictures (N, H, W) uint8 → class probabilities (N, K) float32."""
-
-    def load_context(self, context) -> None:
-        from models.classifier.classifier import Classifier
-
-        self.model = Classifier.load(Path(context.artifacts["bundle"]), _device())
+        bundle = Path(context.artifacts["bundle"])
+        self.model = kinds.family(self.kind).load(bundle, _device())
 
     def predict(self, context, model_input, params=None):
-        return self.model.predict_proba(_frames(model_input)).astype(np.float32)
+        return kinds.family(self.kind).predict(self.model, _frames(model_input))
 
 
-class MarkingModel(_Wrapper):
-    """pyfunc: grey pictures (N, H, W) uint8 → markings (M, 6) float32: picture index,
-    x_min, y_min, x_max, y_max, score."""
-
-    def load_context(self, context) -> None:
-        from models.identity.detector import MarkingDetector
-
-        self.model = MarkingDetector.load(Path(context.artifacts["bundle"]), _device())
-
-    def predict(self, context, model_input, params=None):
-        found = self.model.detect(list(_frames(model_input)))
-        rows = [np.c_[np.full(len(f), i, np.float32), f] for i, f in enumerate(found)]
-        return np.concatenate(rows).astype(np.float32) if rows else np.zeros((0, 6), np.float32)
+# The classes versions registered before KindModel were pickled with; they still load.
+class SegmenterModel(KindModel):
+    kind = "segmentation"
 
 
-class ImprintPyfunc(_Wrapper):
-    """pyfunc: marking crops (N, 48, 192) uint8 → L2-normalised embeddings (N, D) float32.
-    Runs on the process's Keras backend (torch unless KERAS_BACKEND says otherwise)."""
-
-    def load_context(self, context) -> None:
-        from models.identity.imprint import ImprintModel
-
-        self.model = ImprintModel.load(Path(context.artifacts["bundle"]))
-
-    def predict(self, context, model_input, params=None):
-        return self.model.embed(_frames(model_input))
+class ClassifierModel(KindModel):
+    kind = "classification"
 
 
-WRAPPERS = MappingProxyType(
-    {
-        "segmentation": SegmenterModel,
-        "classification": ClassifierModel,
-        "marking": MarkingModel,
-        "imprint": ImprintPyfunc,
-    }
-)
+class MarkingModel(KindModel):
+    kind = "marking"
+
+
+class ImprintPyfunc(KindModel):
+    kind = "imprint"
 
 
 def _frames(model_input) -> np.ndarray:
@@ -235,15 +186,8 @@ def _device() -> str:
 
 def _signature(kind: str, config: dict) -> ModelSignature:
     images = Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1))])
-    if kind == "segmentation":
-        out = TensorSpec(np.dtype(np.uint8), (-1, len(config["classes"]), -1, -1))
-    elif kind == "classification":
-        out = TensorSpec(np.dtype(np.float32), (-1, len(config["class_names"])))
-    elif kind == "marking":
-        out = TensorSpec(np.dtype(np.float32), (-1, 6))
-    else:
-        out = TensorSpec(np.dtype(np.float32), (-1, int(config["dim"])))
-    return ModelSignature(inputs=images, outputs=Schema([out]))
+    dtype, shape = kinds.family(kind).output(config)
+    return ModelSignature(inputs=images, outputs=Schema([TensorSpec(dtype, shape)]))
 
 
 @dataclass(frozen=True)
@@ -301,12 +245,12 @@ def log_model(
             config = model.config()
             info = mlflow.pyfunc.log_model(
                 name="model",
-                python_model=WRAPPERS[kind](),
+                python_model=KindModel(kind),
                 artifacts={"bundle": str(bundle)},
                 code_paths=_code(Path(tmp) / "code"),
                 signature=_signature(kind, config),
                 registered_model_name=name,
-                pip_requirements=PIP_REQUIREMENTS[kind],
+                pip_requirements=list(kinds.kind(kind).requirements),
                 metadata={"steelsight": config},
             )
     version = int(info.registered_model_version)
@@ -329,6 +273,19 @@ def _code(folder: Path) -> list[str]:
         shutil.copytree(source, copy, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         copies.append(str(copy))
     return copies
+
+
+def champion_set(client: MlflowClient, settings: Settings) -> dict[str, int]:
+    """The versions inspection and serving use (models.kinds.champion_set): the defect
+    champions, and the identity champions when every identity kind has one."""
+    chosen = kinds.champion_set({k: champion_version(client, k) for k in KINDS})
+    if chosen is None:
+        needed = ", ".join(kinds.in_role("defects"))
+        raise NoChampion(
+            f"no {needed} champion in {settings.tracking_uri}: train one with "
+            f"`steelsight train {kinds.in_role('defects')[0]} --data DIR` (or run `make demo`)"
+        )
+    return chosen
 
 
 def champion_version(client: MlflowClient, kind: str) -> int | None:
@@ -392,46 +349,9 @@ def rollback(client: MlflowClient, kind: str, by: str = "steelsight") -> tuple[i
     return current, previous
 
 
-@dataclass(frozen=True)
-class Floor:
-    """Whether a version learnt anything: its holdout ``value`` of ``metric`` against what
-    a model that learnt nothing scores there (``null``), which it must beat by ``least``."""
-
-    metric: str
-    value: float
-    null: float
-    least: float
-
-    @property
-    def passed(self) -> bool:
-        return bool(self.value >= self.null + self.least)  # NaN never passes
-
-    def reason(self) -> str:
-        return (
-            f"holdout {self.metric} {self.value:.4f} is below the floor "
-            f"{self.null + self.least:.4f} (a model that learnt nothing scores "
-            f"{self.null:.4f}; promotion_floors asks {self.least:+.4f}): not champion"
-        )
-
-
 def floor_of(kind: str, holdout: dict, least: float) -> Floor:
-    """The learning check of a holdout report: segmentation, the mean over classes of
-    Dice on the images that show the class (empty masks score 0); classification,
-    accuracy against always answering the commonest class; marking, mAP50; imprint,
-    the share identified (0 for a model that finds or identifies nothing)."""
-    if kind == "segmentation":
-        found = [
-            row["dice_defective"]
-            for row in holdout["per_class"].values()
-            if row["dice_defective"] is not None
-        ]
-        value = float(np.mean(found)) if found else float("nan")
-        return Floor("Dice on defective images", value, 0.0, least)
-    if kind == "classification":
-        support = [row["support"] for row in holdout["per_class"].values()]
-        null = max(support) / sum(support) if sum(support) else 0.0
-        return Floor("accuracy", float(holdout["accuracy"]), null, least)
-    return Floor(SCORES[kind], float(holdout[SCORES[kind]]), 0.0, least)
+    """The learning check of a holdout report (each family's ``floor``)."""
+    return kinds.family(kind).floor(holdout, least)
 
 
 def decide(
@@ -464,7 +384,7 @@ def record_decision(
     promoted, reason = decide(score, champion_score, floor)
     tags = {
         "holdout_score": f"{score:.6f}",
-        "holdout_metric": SCORES[kind],
+        "holdout_metric": kinds.kind(kind).score,
         "holdout_digest": holdout_digest,
         "champion_version_at_registration": "" if champion_before is None else str(champion_before),
         "champion_score_at_registration": "" if champion_score is None else f"{champion_score:.6f}",
@@ -505,11 +425,11 @@ def register_challenger(
             kind,
             version,
             run_id,
-            float(holdout[SCORES[kind]]),
+            float(holdout[kinds.kind(kind).score]),
             champion[0],
             champion[1],
             holdout_digest,
-            floor=floor_of(kind, holdout, settings.promotion_floors.get(kind, 0.0)),
+            floor=floor_of(kind, holdout, kinds.floor_least(settings.promotion_floors, kind)),
         )
         achieved.append(
             f"registered {model_name(kind)} version {version}"
@@ -529,8 +449,8 @@ def model_uri(kind: str, ref: str | int) -> str:
 
 
 def load_model(settings: Settings, kind: str, ref: str | int = CHAMPION):
-    """The model behind an alias or version: Segmenter, Classifier, MarkingDetector or
-    ImprintModel."""
+    """The model behind an alias or version, as its family loads it (Segmenter,
+    Classifier, MarkingDetector, ImprintModel)."""
     connect(settings)
     path = list(sys.path)
     try:

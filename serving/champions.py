@@ -27,10 +27,6 @@ from warehouse import reads
 log = logging.getLogger(__name__)
 
 
-class NoChampion(RuntimeError):
-    """Nothing to serve yet: no segmentation champion in the registry."""
-
-
 class Champions:
     """Which set is served, and how it follows the registry."""
 
@@ -45,19 +41,11 @@ class Champions:
 
     # -- what the registry and the warehouse say now --------------------------------------
     def wanted_versions(self) -> dict[str, str]:
+        """The champion set (models.registry.champion_set), as version strings."""
         from models import registry
 
         client = registry.connect(self.settings)
-        found = {kind: registry.champion_version(client, kind) for kind in registry.MODEL_NAMES}
-        if found["segmentation"] is None:
-            raise NoChampion(
-                f"no segmentation champion in {self.settings.tracking_uri}: train one with "
-                "`steelsight train segmentation --data DIR` (or run `make demo`)"
-            )
-        wanted = {"segmentation": str(found["segmentation"])}
-        if found["marking"] is not None and found["imprint"] is not None:
-            wanted |= {"marking": str(found["marking"]), "imprint": str(found["imprint"])}
-        return wanted
+        return {k: str(v) for k, v in registry.champion_set(client, self.settings).items()}
 
     def _references_key(self, imprint_version: str | None) -> tuple:
         """What identifies the registered sheets of this imprint version right now."""

@@ -6,8 +6,9 @@ from dataclasses import dataclass
 
 from core.settings import Settings
 from models.devices import use_cpu_threads
+from models.kinds import NoChampion
 from serving.batching import MicroBatcher
-from serving.champions import Champions, NoChampion
+from serving.champions import Champions
 from serving.images import Limits
 from serving.inference import FrameJob, inspect_frames
 from serving.metrics import Metrics

@@ -15,6 +15,8 @@ from rich.table import Table
 
 from core.runtime import configure_environment
 from core.settings import get_settings
+from models import kinds
+from models.kinds import KINDS
 from steelsight.query_output import rich_table
 from twin.config import Fault
 
@@ -40,17 +42,13 @@ DEFAULT_SAMPLE = Path("../shared/data/severstal-sample")
 
 # Choices as types, so that --help lists them and a wrong one is a usage error (exit 2).
 # tests/unit/test_cli_choices.py checks them against the registry's and the recipes' own.
-class Kind(StrEnum):
-    segmentation = "segmentation"  # U-Net + gate, Severstal classes
-    classification = "classification"  # NEU classes
-    marking = "marking"  # YOLO marking detector
-    imprint = "imprint"  # Keras sheet re-identification
-
-
-class EvaluateKind(StrEnum):
-    segmentation = "segmentation"
-    classification = "classification"
-    identity = "identity"  # the marking detector and the imprint model together
+Kind = StrEnum("Kind", {name: name for name in KINDS})  # models.kinds
+# what `evaluate` scores: each kind scored alone, and the identity kinds together (the
+# marking detector and the imprint model, on a station + inspection pair)
+EvaluateKind = StrEnum(
+    "EvaluateKind",
+    {**{k.name: k.name for k in KINDS.values() if k.role != "identity"}, "identity": "identity"},
+)
 
 
 class Size(StrEnum):
@@ -449,46 +447,41 @@ def simulate(
     )
 
 
-KIND_HELP = (
-    "segmentation (U-Net + gate, Severstal classes), classification (NEU classes), "
-    "marking (YOLO marking detector) or imprint (Keras sheet re-identification)."
-)
+KIND_HELP = ", ".join(f"{k.name} ({k.summary})" for k in KINDS.values()) + "."
 ModelKind = Annotated[Kind, typer.Argument(help=KIND_HELP)]
+
+
+def _data_help() -> str:
+    """What --data holds, per kind (kinds that learn from the same data named together)."""
+    kinds_of: dict[str, list[str]] = {}
+    for spec in KINDS.values():
+        kinds_of.setdefault(spec.data, []).append(spec.name)
+    return "; ".join(f"{data} ({', '.join(names)})" for data, names in kinds_of.items()) + "."
+
+
+DATA_HELP = _data_help()
 
 
 def print_metrics(kind: str, report: dict, title: str) -> None:
     """The headline metric and the per-class table of an evaluation report."""
-    if kind == "segmentation":
-        console.print(
-            f"{title}: mean Dice [bold]{report['mean_dice']:.4f}[/bold] over {report['images']} "
-            f"images (an empty prediction scores {report['empty_score']:.4f})"
-        )
-        columns = (
-            "dice",
-            "iou",
-            "dice_defective",
-            "images_with_class",
-            "precision",
-            "recall",
-            "f1",
-        )
-    else:
-        console.print(
-            f"{title}: accuracy [bold]{report['accuracy']:.4f}[/bold] over {report['images']} "
-            f"images, macro F1 {report['macro_f1']:.4f}"
-        )
-        columns = ("precision", "recall", "f1", "support")
-    table = Table()
-    table.add_column("class")
-    for column in columns:
-        table.add_column(column, justify="right")
-    for name, row in report["per_class"].items():
-        cells = [
-            "" if row[c] is None else f"{row[c]:.4f}" if isinstance(row[c], float) else str(row[c])
-            for c in columns
-        ]
-        table.add_row(name, *cells)
-    console.print(table)
+    console.print(kinds.family(kind).headline(report, title))
+    columns = kinds.kind(kind).columns
+    if columns:
+        table = Table()
+        table.add_column("class")
+        for column in columns:
+            table.add_column(column, justify="right")
+        for name, row in report["per_class"].items():
+            cells = [
+                ""
+                if row[c] is None
+                else f"{row[c]:.4f}"
+                if isinstance(row[c], float)
+                else str(row[c])
+                for c in columns
+            ]
+            table.add_row(name, *cells)
+        console.print(table)
     if "confusion" in report:
         labels = report["confusion"]["labels"]
         confusion = Table(title="confusion (rows true, columns predicted)")
@@ -546,9 +539,7 @@ def train(
         Path,
         typer.Option(
             **existing(
-                "Severstal folder or twin archive (segmentation); "
-                "NEU-DET or class folders (classification); a marking-station + inspection "
-                "archive pair, or a folder of pairs (marking, imprint).",
+                DATA_HELP,
                 file_okay=False,
             )
         ),
@@ -587,12 +578,7 @@ def train(
     if as_json:
         print(json.dumps(result))
         return
-    if kind in ("marking", "imprint"):
-        print_identity_metrics(
-            kind, result["holdout"], f"version {result['version']} on the holdout"
-        )
-    else:
-        print_metrics(kind, result["holdout"], f"version {result['version']} on the holdout")
+    print_metrics(kind, result["holdout"], f"version {result['version']} on the holdout")
     mark = "[green]champion[/green]" if result["promoted"] else "[yellow]not promoted[/yellow]"
     console.print(f"{mark}: {result['reason']} (trained in {result['training_seconds']:.0f} s)")
 
@@ -629,9 +615,10 @@ def evaluate(
     a twin archive, NEU-DET (images/ + annotations/) or class folders; ``identity`` scores
     the marking detector and imprint model together on a station + inspection pair."""
     import json
+    import tempfile
 
     from models.registry import RegistryError, load_model
-    from tasks.datasets import load
+    from tasks.datasets import WHOLE
     from tasks.labels import SourceError
     from tasks.training import evaluate as run_evaluation
     from tasks.training import prepare
@@ -642,10 +629,12 @@ def evaluate(
     kind = kind.value
     try:
         loaded = load_model(get_settings(), kind, model)
-        labelled = (
-            prepare(kind, data).part("holdout") if split is Split.holdout else load(kind, data)
-        )
-        report = run_evaluation(kind, loaded, labelled).report
+        if split is Split.holdout:
+            with tempfile.TemporaryDirectory() as workdir:
+                labelled = prepare(kind, data, Path(workdir), "default").holdout
+        else:
+            labelled = WHOLE[kinds.kind(kind).reader](data)
+        report = run_evaluation(kind, loaded, labelled)
     except (RegistryError, SourceError, ValueError) as error:
         fail(str(error))
     report = {"model": model, "data": str(data), "split": split.value, **report}
@@ -653,23 +642,6 @@ def evaluate(
         print(json.dumps(report))
     else:
         print_metrics(kind, report, f"{model} on {data} ({split})")
-
-
-def print_identity_metrics(kind: str, report: dict, title: str) -> None:
-    if kind == "marking":
-        console.print(
-            f"{title}: marking mAP50 [bold]{report['map50']:.4f}[/bold] over "
-            f"{report['pictures']} pictures ({report['markings']} markings), precision "
-            f"{report['precision']:.4f}, recall {report['recall']:.4f}"
-        )
-        return
-    console.print(
-        f"{title}: identified [bold]{report['identified']:.4f}[/bold], rank-1 "
-        f"{report['rank1']:.4f}, FAR {report['far']:.4f}, FRR {report['frr']:.4f} at "
-        f"threshold {report['threshold']:.3f} ({report['mated_queries']} registered and "
-        f"{report['non_mated_queries']} unknown queries, "
-        f"{report['registered_sheets']} sheets registered)"
-    )
 
 
 def _evaluate_identity(data: Path, model: str, leave_out: float, as_json: bool) -> None:

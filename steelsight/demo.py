@@ -23,10 +23,10 @@ from rich.progress import MofNCompleteColumn, Progress, TimeRemainingColumn
 from rich.table import Table
 
 from core.settings import Settings
+from models.kinds import KINDS
 
 TRAIN_SHEETS = 40
 TRAIN_SEED, LINE_SEED, CUT_SEED = 1, 2, 3
-KINDS = ("segmentation", "marking", "imprint")
 
 
 def _progress(console: Console) -> Progress:
@@ -81,7 +81,15 @@ def train_missing(settings: Settings, console: Console, train: Path) -> None:
     from models import registry
 
     client = registry.connect(settings)
-    for kind in KINDS:
+    # what the demo's recordings teach each kind (models.kinds: a kind's reader)
+    data_for = {
+        "defect-masks": train / f"line-1-inspection-s{TRAIN_SEED}",  # the twin's masks
+        "marking-boxes": train,  # station + inspection pairs
+        "imprint-crops": train,
+    }
+    served = [k for k in KINDS.values() if k.role != "offline"]  # what inspect uses
+    for spec in served:
+        kind = spec.name
         champion = registry.champion_version(client, kind)
         if champion is not None:
             console.print(f"{kind}: champion version {champion}")
@@ -92,12 +100,12 @@ def train_missing(settings: Settings, console: Console, train: Path) -> None:
                 f"train one with `steelsight train {kind} --size default`)"
             )
             continue
-        data = train / f"line-1-inspection-s{TRAIN_SEED}" if kind == "segmentation" else train
+        data = data_for[spec.reader]
         console.print(f"{kind}: no champion, training a quick model on {data.name} ...")
         started = time.perf_counter()
         result = retrain(kind=kind, data=str(data), size="demo")
         console.print(
-            f"{kind}: version {result['version']}, holdout {registry.SCORES[kind]} "
+            f"{kind}: version {result['version']}, holdout {spec.score} "
             f"{result['score']:.3f} ({time.perf_counter() - started:.0f} s): {result['reason']}",
             highlight=False,
         )

@@ -12,7 +12,11 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
+from typing import Any
 
 import cv2
 import numpy as np
@@ -24,9 +28,11 @@ from core.labels import (
     parse_severstal_csv,
     read_csv_rows,
 )
-from models.data import ClassificationData, SegmentationData
+from models.data import ClassificationData, SegmentationData, digest_ids
 from tasks.archives import ArchiveError, read_frames, read_manifest
-from tasks.labels import READERS, SourceError
+from tasks.identity import find_pairs, load_observations, write_yolo_dataset
+from tasks.labels import READERS as LABEL_READERS
+from tasks.labels import SourceError
 
 log = logging.getLogger(__name__)
 TWIN_SPLIT_BLOCK = 8  # consecutive frames (about 2 m of line) that share a split
@@ -72,7 +78,7 @@ def _rles_by_image(labels: list[dict]) -> dict[str, dict[int, str]]:
 
 
 def _severstal(path: Path) -> SegmentationData:
-    images, parsed, _ = READERS["severstal"](path)
+    images, parsed, _ = LABEL_READERS["severstal"](path)
     _warn_errors(parsed.errors)
     readable = [i for i in images if i.info is not None]
     shapes = Counter((i.info.height, i.info.width) for i in readable)
@@ -157,7 +163,7 @@ def _image_class(stem: str, found: set[str]) -> str | None:
 
 
 def _neu_det(path: Path) -> ClassificationData:
-    images, parsed, _ = READERS["neu-det"](path)
+    images, parsed, _ = LABEL_READERS["neu-det"](path)
     _warn_errors(parsed.errors)
     classes_of: dict[str, set[str]] = {}
     for label in parsed.labels:
@@ -213,10 +219,95 @@ def load_classification(path: Path) -> ClassificationData:
     return data
 
 
-def load(kind: str, path: Path) -> SegmentationData | ClassificationData:
-    """The labelled data of a folder, for a segmentation or a classification model."""
-    if kind == "segmentation":
-        return load_segmentation(path)
-    if kind == "classification":
-        return load_classification(path)
-    raise ValueError(f"unknown model kind {kind!r}: segmentation or classification")
+@dataclass
+class Prepared:
+    """A model kind's labelled data split once: train, validation and the fixed holdout,
+    in whatever form the kind's family fits and scores (models.kinds)."""
+
+    kind: str
+    source: str
+    train: Any
+    validation: Any
+    holdout: Any
+    holdout_ids: list[str]
+    counts: dict[str, int]
+
+    @property
+    def holdout_digest(self) -> str:
+        return digest_ids(self.holdout_ids)
+
+
+def _split(kind: str, path: Path, data: SegmentationData | ClassificationData) -> Prepared:
+    split = data.splits()
+    empty = [name for name, index in split.items() if len(index) == 0]
+    if empty:
+        raise ValueError(
+            f"{path} has {len(data)} images, too few for a train/validation/holdout split "
+            f"({', '.join(empty)} would be empty): record or label more"
+        )
+    log.info("%s split: %s", path, {k: len(v) for k, v in split.items()})
+    return Prepared(
+        kind,
+        data.source,
+        data.subset(split["train"]),
+        data.subset(split["validation"]),
+        data.subset(split["holdout"]),
+        [data.ids[i] for i in split["holdout"]],
+        {k: len(v) for k, v in split.items()},
+    )
+
+
+def _defect_masks(kind: str, path: Path, workdir: Path, recipe) -> Prepared:
+    return _split(kind, path, load_segmentation(path))
+
+
+def _class_images(kind: str, path: Path, workdir: Path, recipe) -> Prepared:
+    return _split(kind, path, load_classification(path))
+
+
+def _marking_boxes(kind: str, path: Path, workdir: Path, recipe) -> Prepared:
+    dataset = write_yolo_dataset(find_pairs(path), workdir / "yolo", recipe.max_images)
+    log.info("marking dataset %s: %s", path, dataset.counts)
+    if not dataset.counts["train"] or not dataset.counts["validation"]:
+        raise ValueError(f"{path} has too few pictures for a train/validation split")
+    return Prepared(
+        kind,
+        str(path),
+        dataset,
+        dataset,  # one YOLO folder holds both parts
+        dataset.holdout,
+        list(dataset.holdout.names),
+        dataset.counts,
+    )
+
+
+def _imprint_crops(kind: str, path: Path, workdir: Path, recipe) -> Prepared:
+    o = load_observations(path)
+    split = o.splits()
+    log.info("imprint crops %s: %s", path, {k: len(v) for k, v in split.items()})
+    holdout = o.subset(split["holdout"])
+    return Prepared(
+        kind,
+        str(path),
+        o.subset(split["train"]),
+        o.subset(split["validation"]),
+        holdout,
+        [
+            f"{s}/{f}/{k}"
+            for s, f, k in zip(holdout.sources, holdout.frame_ids, holdout.sheet_ids, strict=True)
+        ],
+        {k: len(v) for k, v in split.items()},
+    )
+
+
+# A model kind's ``reader`` (models.kinds) → (kind, path, workdir, recipe) → Prepared.
+READERS: Mapping[str, Callable[[str, Path, Path, Any], Prepared]] = MappingProxyType(
+    {
+        "defect-masks": _defect_masks,
+        "class-images": _class_images,
+        "marking-boxes": _marking_boxes,
+        "imprint-crops": _imprint_crops,
+    }
+)
+# Readers whose whole folder can be scored at once (`steelsight evaluate --split all`).
+WHOLE = MappingProxyType({"defect-masks": load_segmentation, "class-images": load_classification})

@@ -61,6 +61,12 @@ class ModelRefs:
     marking: str | None = None
     imprint: str | None = None
 
+    @classmethod
+    def of(cls, tracking_uri: str, versions: dict[str, int]) -> ModelRefs:
+        """From a champion set (models.registry.champion_set)."""
+        named = {k: str(v) for k, v in versions.items()}
+        return cls(tracking_uri, named["segmentation"], named.get("marking"), named.get("imprint"))
+
     def versions(self) -> dict[str, str]:
         named = {
             "segmentation": self.segmentation,
@@ -140,11 +146,9 @@ def worker_models(refs: ModelRefs, device: str) -> dict:
             )
             started = time.perf_counter()
             loaded = {
-                "segmentation": registry.load_model(settings, "segmentation", refs.segmentation)
+                kind: registry.load_model(settings, kind, version)
+                for kind, version in refs.versions().items()
             }
-            if refs.identifies:
-                loaded["marking"] = registry.load_model(settings, "marking", refs.marking)
-                loaded["imprint"] = registry.load_model(settings, "imprint", refs.imprint)
             _MODELS.clear()  # one set of models per worker: a new champion replaces the old
             _MODELS[key] = loaded
             log.info("loaded models %s in %.1f s", refs.key(), time.perf_counter() - started)
@@ -605,8 +609,6 @@ def inspect_archive(
     """Inspect one recording on the Dask cluster of ``client`` and commit its frames,
     defects and sheets as one import; a range that cannot be read is a warning row, the
     rest goes on. Returns what the flow reports. ``progress(archive_id, done, frames)``."""
-    from distributed import as_completed
-
     from warehouse.store import new_import_id
 
     started = time.perf_counter()
@@ -620,6 +622,49 @@ def inspect_archive(
         settings.chunk_frames,
         len(client.scheduler_info(n_workers=-1)["workers"]),
     )
+    results, problems = run_chunks(client, rec, chunks, logger, progress, started)
+    import_id = new_import_id()
+    inspected = assemble(rec, results, refs, index, threshold, settings.grades, import_id)
+    problems = list(rec.warnings) + problems
+    status = "partial" if problems else "ok"
+    if not results:
+        status = "failed"
+    warehouse.import_archive(
+        archive_row(
+            rec.archive_id,
+            import_id,
+            row["kind"],
+            rec.path,
+            row["content_sha256"],
+            status,
+            n_images=inspected.n_frames,
+            n_labels=0,
+            n_errors=len(problems),
+            received_from=row["received_from"],
+            inspected_with=refs.key(),
+        ),
+        {
+            "frames": inspected.frames,
+            "defects": inspected.defects,
+            "sheets": inspected.sheets,
+            "ingest_errors": error_rows(problems, rec.archive_id, import_id),
+        },
+    )
+    return report(rec, inspected, status, problems, time.perf_counter() - started, logger)
+
+
+def run_chunks(
+    client,
+    rec: Recording,
+    chunks: list[Chunk],
+    logger: logging.Logger,
+    progress: Callable[[str, int, int], None],
+    started: float,
+) -> tuple[list[ChunkResult], list[Problem]]:
+    """Every range of ``rec`` on the cluster; a range that cannot be read is a problem,
+    the rest goes on. Results in the order they come back (assemble sorts them)."""
+    from distributed import as_completed
+
     resources = gpu_resources(client)
     futures = {
         client.submit(
@@ -656,34 +701,18 @@ def inspect_archive(
                 frames_done / seconds,
             )
             next_log += 0.1
-    import_id = new_import_id()
-    inspected = assemble(rec, results, refs, index, threshold, settings.grades, import_id)
-    problems = list(rec.warnings) + problems
-    status = "partial" if problems else "ok"
-    if not results:
-        status = "failed"
-    warehouse.import_archive(
-        archive_row(
-            rec.archive_id,
-            import_id,
-            row["kind"],
-            rec.path,
-            row["content_sha256"],
-            status,
-            n_images=inspected.n_frames,
-            n_labels=0,
-            n_errors=len(problems),
-            received_from=row["received_from"],
-            inspected_with=refs.key(),
-        ),
-        {
-            "frames": inspected.frames,
-            "defects": inspected.defects,
-            "sheets": inspected.sheets,
-            "ingest_errors": error_rows(problems, rec.archive_id, import_id),
-        },
-    )
-    seconds = time.perf_counter() - started
+    return results, problems
+
+
+def report(
+    rec: Recording,
+    inspected: Inspected,
+    status: str,
+    problems: list[Problem],
+    seconds: float,
+    logger: logging.Logger,
+) -> dict:
+    """What the flow reports of one archive, also logged."""
     summary = {
         "archive_id": rec.archive_id,
         "status": status,

@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import threading
 import uuid
 from collections.abc import Mapping
 from functools import lru_cache
@@ -154,6 +155,14 @@ class Warehouse:
         self.home = self.root.parent
         self.parquet_dir = self.root / "parquet"
         self.catalogue_path = self.root / CATALOGUE_NAME
+        self._views: duckdb.DuckDBPyConnection | None = None  # made by the first query
+        self._views_lock = threading.Lock()
+
+    def __getstate__(self) -> dict:  # sent to Prefect tasks and Dask workers: no connection
+        return {k: v for k, v in self.__dict__.items() if k not in ("_views", "_views_lock")}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, _views=None, _views_lock=threading.Lock())
 
     # -- set-up ---------------------------------------------------------------------------
     def ensure(self) -> Warehouse:
@@ -282,14 +291,23 @@ class Warehouse:
         con.execute("SET lock_configuration = true")
         return con
 
+    def _cursor(self) -> duckdb.DuckDBPyConnection:
+        """A cursor on this object's connection with the views, which is made once: a view
+        lists its Parquet files again at each query, so every query sees the latest
+        commits. One cursor per call, so threads may query at once."""
+        with self._views_lock:
+            if self._views is None:
+                self._views = self.connect()
+            return self._views.cursor()
+
     def row_counts(self) -> dict[str, int]:
         """Committed rows per table."""
-        with self.connect() as con:
+        with self._cursor() as con:
             return {
                 name: con.sql(f'SELECT count(*) FROM "{name}"').fetchall()[0][0] for name in TABLES
             }
 
     def query(self, sql: str, params: list | None = None) -> pa.Table:
         """Run one parameterised query over the views and return its rows."""
-        with self.connect() as con:
+        with self._cursor() as con:
             return con.sql(sql, params=params or None).to_arrow_table()

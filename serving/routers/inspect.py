@@ -12,8 +12,8 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 
+from models.kinds import NoChampion
 from serving.batching import Overloaded
-from serving.champions import NoChampion
 from serving.errors import ApiError
 from serving.images import Limits, check_media_type, decode_frame
 from serving.inference import FrameAnswer, FrameJob

@@ -69,10 +69,10 @@ def test_tiny_model_learns_and_becomes_champion(first) -> None:
     assert found, holdout["per_class"]
 
 
-def test_champion_reloads_with_identical_predictions(world, first) -> None:
+def test_champion_reloads_with_identical_predictions(world, first, tmp_path: Path) -> None:
     archive, _ = world
     settings = get_settings()
-    frames = prepare("segmentation", archive).part("holdout").images[:4]
+    frames = prepare("segmentation", archive, tmp_path, "tiny").holdout.images[:4]
     segmenter = registry.load_model(settings, "segmentation", "champion")
     direct = segmenter.predict(frames).masks
     pyfunc = mlflow.pyfunc.load_model("models:/steelsight-segmentation@champion")
@@ -111,7 +111,7 @@ def test_the_champion_loads_where_steelsight_is_not_installed(world, first, tmp_
     import site
 
     archive, _ = world
-    frames = prepare("segmentation", archive).part("holdout").images[:2]
+    frames = prepare("segmentation", archive, tmp_path, "tiny").holdout.images[:2]
     np.save(tmp_path / "frames.npy", frames)
     direct = registry.load_model(get_settings(), "segmentation", "champion").predict(frames)
     done = subprocess.run(

@@ -5,11 +5,12 @@ from __future__ import annotations
 import math
 
 from core.settings import Settings
+from models.kinds import floor_least
 from models.registry import Floor, decide, floor_of
 
 
 def test_a_detector_that_finds_nothing_is_never_champion() -> None:
-    least = Settings().promotion_floors["marking"]
+    least = floor_least(Settings().promotion_floors, "marking")
     floor = floor_of("marking", {"map50": 0.0}, least)
     promoted, reason = decide(0.0, None, floor)
     assert not promoted
@@ -50,4 +51,4 @@ def test_classification_must_beat_the_commonest_class() -> None:
 def test_floors_are_settings(monkeypatch) -> None:
     monkeypatch.setenv("STEELSIGHT_PROMOTION_FLOORS", '{"marking": 0.2}')
     floors = Settings().promotion_floors
-    assert floors["marking"] == 0.2 and floors["segmentation"] == 0.05
+    assert floor_least(floors, "marking") == 0.2 and floor_least(floors, "segmentation") == 0.05

@@ -1,0 +1,68 @@
+"""The marking kind's family (models.kinds): the YOLO detector of the sheet's marking."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from core.metrics import detection_report
+from models.identity.detector import recipe_for  # noqa: F401  (the family's recipes)
+from models.kinds import Floor, Trained
+
+
+def fit(
+    train,
+    validation,
+    recipe,
+    device: str,
+    seed: int,
+    workdir: Path,
+    progress: Callable[[int, int, dict], None] | None,
+) -> Trained:
+    """``train`` and ``validation``: the one YOLO dataset folder that holds both
+    (tasks.identity.write_yolo_dataset)."""
+    from models.identity.detector import fit as fit_detector
+
+    result = fit_detector(train.yaml, recipe, device, seed, workdir / "runs", progress)
+    return Trained(result.detector, recipe, result.history, result.seconds, result.device)
+
+
+def evaluate(model, data, plots: Path | None = None) -> dict:
+    """mAP50, precision and recall at the model's confidence on pictures with boxes."""
+    return detection_report(model.detect(data.images), data.boxes)
+
+
+def floor(report: dict, least: float) -> Floor:
+    return Floor("map50", float(report["map50"]), 0.0, least)
+
+
+def params(model) -> dict:
+    return {}
+
+
+def headline(report: dict, title: str) -> str:
+    return (
+        f"{title}: marking mAP50 [bold]{report['map50']:.4f}[/bold] over "
+        f"{report['pictures']} pictures ({report['markings']} markings), precision "
+        f"{report['precision']:.4f}, recall {report['recall']:.4f}"
+    )
+
+
+def load(bundle: Path, device: str):
+    from models.identity.detector import MarkingDetector
+
+    return MarkingDetector.load(bundle, device)
+
+
+def predict(model, frames: np.ndarray) -> np.ndarray:
+    """Grey pictures (N, H, W) uint8 → markings (M, 6) float32: picture index, x_min,
+    y_min, x_max, y_max, score."""
+    found = model.detect(list(frames))
+    rows = [np.c_[np.full(len(f), i, np.float32), f] for i, f in enumerate(found)]
+    return np.concatenate(rows).astype(np.float32) if rows else np.zeros((0, 6), np.float32)
+
+
+def output(config: dict) -> tuple[np.dtype, tuple[int, ...]]:
+    return np.dtype(np.float32), (-1, 6)
