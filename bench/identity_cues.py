@@ -1,0 +1,189 @@
+"""What identifies a sheet: the steel around its marking, measured on twin recordings.
+
+    python bench/identity_cues.py --calibrate PAIR_A --pair PAIR_B [--top 5] [--leave-out 0.1]
+
+PAIR_A and PAIR_B are marking-station + inspection archive pairs from `steelsight
+simulate` with different seeds: the verification threshold is chosen on PAIR_A (for a
+false-accept rate of 0.1 % per query), the figures are measured on PAIR_B. Boxes are the
+twin's ground truth (oracle), so the figures are the imprint's alone, not the detector's.
+
+Cues (models/identity/surface.py):
+- surface retrieval: cosine of the band-passed steel around the marking, the station's
+  turned level on its text line; the nearest registered sheet;
+- + verification: the top candidates re-scored by normalised correlation over small
+  shifts and turns; the answer is the best verified candidate at or above the threshold.
+
+Per detection: every marking at least half in a frame is a query. Per sheet: a sheet's
+best verified detection (the evidence of its whole pass).
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+
+from models.data import unit_hash
+from models.identity import surface
+from models.identity.matching import choose_threshold
+from tasks.archives import read_frames
+from tasks.identity import find_pairs, marking_boxes, station_pictures
+
+
+def _register(pair, leave_out: float):
+    boxes = marking_boxes(pair.station)
+    started = time.perf_counter()
+    refs = {
+        sheet: surface.imprint(picture, boxes[frame][0]["box"], level=True)
+        for frame, sheet, picture in station_pictures(pair.station)
+        if frame in boxes and unit_hash(f"leave-out/{sheet}") >= leave_out
+    }
+    return refs, (time.perf_counter() - started) / max(len(refs), 1)
+
+
+def _queries(pair, context: bool):
+    """(sheet_id, picture, box, steel mask) per ground-truth marking at least half seen
+    in a frame; with ``context`` the picture is the frame between its neighbours (the
+    twin's frames tile the line), as a sheet's pass shows it."""
+    boxes = marking_boxes(pair.inspection)
+    frames = list(read_frames(pair.inspection))
+    for n, (frame_id, frame) in enumerate(frames):
+        markings = boxes.get(frame_id, [])
+        if not markings:
+            continue
+        picture, shift, seams = frame, 0, ()
+        if context:
+            blank = np.zeros_like(frame)
+            before = frames[n - 1][1] if n > 0 else blank
+            after = frames[n + 1][1] if n + 1 < len(frames) else blank
+            picture, shift = np.concatenate([before, frame, after]), frame.shape[0]
+            seams = (shift, 2 * shift)
+        steel = surface.steel_mask(picture)
+        for m in markings:
+            x0, y0, x1, y1 = m["box"]
+            if context and m["visible"] < 1:  # the twin cut the box at the frame's edge
+                height = round((y1 - y0 + 1) / m["visible"])
+                if y0 == 0:
+                    y0 = y1 - height + 1
+                else:
+                    y1 = y0 + height - 1
+            yield m["sheet_id"], picture, (x0, y0 + shift, x1, y1 + shift), steel, seams
+
+
+def score(pair, top: int, leave_out: float, context: bool = False) -> dict:
+    refs, register_s = _register(pair, leave_out)
+    ids = list(refs)
+    descriptors = np.stack([refs[s].descriptor for s in ids])  # (n, k, D)
+    rows = []
+    started = time.perf_counter()
+    for sheet, frame, box, steel, seams in _queries(pair, context):
+        per_turn = descriptors @ surface.describe(frame, box, steel=steel, seams=seams)
+        order = np.argsort(-per_turn.max(axis=1))[:top]
+        turns = [surface.DESCRIPTOR_TURNS[int(np.argmax(per_turn[i]))] for i in order]
+        templates = [refs[ids[i]].template for i in order]
+        verified = surface.verify(frame, box, templates, steel, turns, seams)
+        best = int(np.argmax(verified))
+        rows.append(
+            {
+                "sheet": sheet,
+                "registered": sheet in refs,
+                "nearest": ids[order[0]],
+                "in_top": sheet in {ids[i] for i in order},
+                "candidate": ids[order[best]],
+                "verified": float(verified[best]),
+                "genuine": [
+                    float(v) for i, v in zip(order, verified, strict=True) if ids[i] == sheet
+                ],
+                "impostor": [
+                    float(v) for i, v in zip(order, verified, strict=True) if ids[i] != sheet
+                ],
+            }
+        )
+    query_s = (time.perf_counter() - started) / max(len(rows), 1)
+    return {"rows": rows, "registered": len(ids), "register_s": register_s, "query_s": query_s}
+
+
+def figures(rows: list[dict], threshold: float) -> dict:
+    mated = [r for r in rows if r["registered"]]
+    answered = [r["candidate"] if r["verified"] >= threshold else "unknown" for r in rows]
+    wrong = sum(a != "unknown" and a != r["sheet"] for a, r in zip(answered, rows, strict=True))
+    unregistered = [a for a, r in zip(answered, rows, strict=True) if not r["registered"]]
+    return {
+        "queries": len(rows),
+        "rank1": np.mean([r["nearest"] == r["sheet"] for r in mated]) if mated else float("nan"),
+        "in_top": np.mean([r["in_top"] for r in mated]) if mated else float("nan"),
+        "identified": np.mean(
+            [a == r["sheet"] for a, r in zip(answered, rows, strict=True) if r["registered"]]
+        )
+        if mated
+        else float("nan"),
+        "far": wrong / max(len(rows), 1),
+        "unknown_right": np.mean([a == "unknown" for a in unregistered])
+        if unregistered
+        else float("nan"),
+        "wrong": wrong,
+    }
+
+
+def per_sheet(rows: list[dict]) -> list[dict]:
+    """Each sheet's best verified detection."""
+    best: dict[str, dict] = {}
+    for r in rows:
+        if r["sheet"] not in best or r["verified"] > best[r["sheet"]]["verified"]:
+            best[r["sheet"]] = r
+    return list(best.values())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--calibrate", type=Path, required=True)
+    parser.add_argument("--pair", type=Path, required=True)
+    parser.add_argument("--top", type=int, default=5)
+    parser.add_argument("--leave-out", type=float, default=0.1)
+    parser.add_argument("--target-far", type=float, default=0.001)
+    parser.add_argument(
+        "--context", action="store_true", help="queries see a frame between its neighbours"
+    )
+    args = parser.parse_args()
+
+    calibration = score(find_pairs(args.calibrate)[0], args.top, 0.0, args.context)
+    genuine = np.array([g for r in calibration["rows"] for g in r["genuine"]])
+    impostor = np.array([g for r in calibration["rows"] for g in r["impostor"]])
+    chosen = choose_threshold(genuine, impostor, args.target_far, args.top)
+    threshold = chosen["threshold"]
+    measured = score(find_pairs(args.pair)[0], args.top, args.leave_out, args.context)
+
+    print(
+        f"identity cues on {args.pair.name} ({measured['registered']} sheets registered, "
+        f"{args.leave_out:.0%} left out); threshold {threshold:.3f} chosen on "
+        f"{args.calibrate.name} for FAR {args.target_far:.1%} per query "
+        f"(calibration: genuine median {np.median(genuine):.3f}, impostor max "
+        f"{impostor.max():.3f}); oracle boxes; "
+        f"{'frames with their neighbours' if args.context else 'single frames'}; "
+        f"{platform.machine()}, 1 process"
+    )
+    print(
+        f"{'level':<14}{'queries':>8}{'rank-1':>8}{'top-' + str(args.top):>8}"
+        f"{'identified':>11}{'FAR':>8}{'wrong':>6}{'unknown ok':>11}"
+    )
+    for level, rows in (
+        ("per detection", measured["rows"]),
+        ("per sheet", per_sheet(measured["rows"])),
+    ):
+        f = figures(rows, threshold)
+        print(
+            f"{level:<14}{f['queries']:>8}{f['rank1']:>8.3f}{f['in_top']:>8.3f}"
+            f"{f['identified']:>11.3f}{f['far']:>8.4f}{f['wrong']:>6}{f['unknown_right']:>11.3f}"
+        )
+    print(
+        f"register {measured['register_s'] * 1000:.1f} ms per station picture; "
+        f"query {measured['query_s'] * 1000:.1f} ms per marking (descriptor, search, "
+        f"verification of {args.top})"
+    )
+
+
+if __name__ == "__main__":
+    main()

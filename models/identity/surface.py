@@ -1,0 +1,227 @@
+"""The steel around a marking as an imprint: what identifies a sheet when its paint does not.
+
+Between the marking station and the inspection camera the paint is wiped, blurred and
+lit differently, but the steel around it is the same steel: its rolling streaks, scale
+spots and mottle sit where they sat. Two pictures of the same sheet, aligned on the
+marking, correlate; pictures of two sheets do not (however alike their IDs, fonts and
+paint). This module turns a picture and a marking box into
+
+- a *descriptor*: the band-passed steel of a window around the marking, paint masked
+  out, at a quarter of the resolution, L2-normalised: a cosine similarity with another
+  is their correlation without shifting, cheap enough to search every registered sheet;
+- a *template*: the same window at half resolution with finer detail, for verification:
+  the best normalised correlation over small shifts and rotations of a candidate's
+  template against the query's window, evidence a wrong sheet does not produce by chance.
+
+The station photographs a sheet at a tilt; its window is turned upright on the
+marking's own text line (``text_angle``), so that both views share one frame of
+reference. Pictures are grey uint8; boxes are (x_min, y_min, x_max, y_max), inclusive.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from core.tracking import EDGE_BLOCK, MIN_CONTRAST, frame_profile
+
+WINDOW = (224, 560)  # rows, columns around the marking's centre, at full resolution
+PAINT_MARGIN = 6  # pixels masked around the paint on every side
+DESCRIPTOR_BAND = (2.0, 16.0)  # band-pass of the descriptor: noise blur, background blur
+DESCRIPTOR_SCALE = 0.25
+TEMPLATE_BAND = (2.0, 6.0)
+TEMPLATE_SCALE = 0.5
+# a station's descriptor is also taken turned this much either side: the text line's
+# angle is off by a few degrees now and then (wiped paint, glare)
+DESCRIPTOR_TURNS = (-4.0, 0.0, 4.0)
+SEARCH_PX = 12  # shifts tried in verification, full-resolution pixels each way
+SEARCH_DEGREES = (-6.0, -4.0, -2.0, 0.0, 2.0, 4.0, 6.0)  # residual rotations tried
+
+
+@dataclass(frozen=True)
+class Surface:
+    """A marking's surface imprint: where it is, and its descriptor and template."""
+
+    angle: float  # degrees the picture was turned to make the text level
+    descriptor: np.ndarray  # float32 (k, D), L2-normalised: at the angle and either side
+    template: np.ndarray  # float32 (h, w): band-passed window and search margin, half scale
+
+
+def text_angle(picture: np.ndarray, box: Sequence[float]) -> float:
+    """The turn in degrees that levels the marking's text line (as
+    ``cv2.getRotationMatrix2D`` takes it): the paint's pixels inside the box (Otsu,
+    bright paint or dark, whichever lies along a line more clearly), and the major axis
+    of their spread."""
+    best, angle = 0.0, 0.0
+    for paint in _paint(picture, box):
+        ys, xs = np.nonzero(paint)
+        if len(xs) < 50:
+            continue
+        values, vectors = np.linalg.eigh(np.cov(np.stack([xs, ys]).astype(np.float64)))
+        elongation = values[1] / max(values[0], 1e-9)
+        if elongation > best:
+            dx, dy = vectors[:, 1]
+            best, angle = elongation, float(np.degrees(np.arctan2(dy, dx)))  # y points down
+    return (angle + 90.0) % 180.0 - 90.0
+
+
+def _paint(picture: np.ndarray, box: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    """Bright and dark paint candidates inside the box: Otsu on the box's grey levels."""
+    x0, y0, x1, y1 = (round(float(v)) for v in box[:4])
+    h, w = picture.shape
+    x0, y0, x1, y1 = max(0, x0), max(0, y0), min(w - 1, x1), min(h - 1, y1)
+    inside = np.ascontiguousarray(picture[y0 : y1 + 1, x0 : x1 + 1])
+    if inside.size == 0:
+        empty = np.zeros((0, 0), bool)
+        return empty, empty
+    level, _ = cv2.threshold(inside, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    return inside > level, inside <= level
+
+
+def _band(picture: np.ndarray, band: tuple[float, float], seams: Sequence[int] = ()) -> np.ndarray:
+    """Band-passed grey levels; the parts between ``seams`` (rows where frames taken
+    under other light meet) each on their own, so that no seam shows as an edge."""
+    edges = [0, *sorted(int(r) for r in seams), picture.shape[0]]
+    parts = []
+    for top, bottom in itertools.pairwise(edges):
+        f = cv2.GaussianBlur(picture[top:bottom].astype(np.float32), (0, 0), band[0])
+        parts.append(f - cv2.GaussianBlur(f, (0, 0), band[1]))
+    return np.concatenate(parts)
+
+
+def steel_mask(frame: np.ndarray) -> np.ndarray:
+    """Where an inspection frame shows a sheet (float32 1/0): the rows whose edge profile
+    finds a sheet (core.tracking), between its two edges; not the roller table."""
+    contrast, edges = frame_profile(frame)
+    mask = np.zeros(frame.shape, np.float32)
+    for block in np.flatnonzero(contrast >= MIN_CONTRAST):
+        left, right = (int(v) for v in edges[block])
+        mask[block * EDGE_BLOCK : (block + 1) * EDGE_BLOCK, left + 4 : right - 3] = 1.0
+    return mask
+
+
+def window(
+    picture: np.ndarray,
+    box: Sequence[float],
+    band: tuple[float, float],
+    angle: float = 0.0,
+    size: tuple[int, int] = WINDOW,
+    steel: np.ndarray | None = None,
+    seams: Sequence[int] = (),
+) -> tuple[np.ndarray, np.ndarray]:
+    """The band-passed window of ``size`` centred on the marking, turned by ``angle``
+    about its centre, with the paint (and anything outside the picture) set to 0; and
+    the mask of the steel in it (float32 1/0). ``steel``: where the picture shows the
+    sheet (``steel_mask``); all of it when None. ``seams``: rows where the frames of a
+    picture stitched from several meet."""
+    rows, cols = size
+    # only the part of the picture the turned window can reach, and the band's reach
+    reach = int(np.ceil(np.hypot(rows, cols) / 2 + 4 * band[1]))
+    cx, cy = (float(box[0]) + float(box[2])) / 2, (float(box[1]) + float(box[3])) / 2
+    top, left = max(0, int(cy) - reach), max(0, int(cx) - reach)
+    picture = picture[top : int(cy) + reach + 1, left : int(cx) + reach + 1]
+    if steel is not None:
+        steel = steel[top : int(cy) + reach + 1, left : int(cx) + reach + 1]
+    seams = [r - top for r in seams if 0 < r - top < picture.shape[0]]
+    x0, y0, x1, y1 = (float(v) - shift for v, shift in zip(box[:4], (left, top) * 2, strict=True))
+    centre = ((x0 + x1) / 2, (y0 + y1) / 2)
+    turn = cv2.getRotationMatrix2D(centre, angle, 1.0)
+    turn[:, 2] += (cols / 2 - centre[0], rows / 2 - centre[1])  # the centre to the middle
+    band_passed = _band(picture, band, seams)
+    out = cv2.warpAffine(band_passed, turn, (cols, rows), flags=cv2.INTER_LINEAR)
+    if steel is None:
+        shown = np.ones(picture.shape, np.float32)
+    else:  # less a margin along the sheet's edges, where band-passing spreads the step
+        reach = 2 * round(1.5 * band[1]) + 1
+        shown = cv2.erode(steel.astype(np.float32), np.ones((reach, reach), np.uint8))
+    inside = cv2.warpAffine(shown, turn, (cols, rows), flags=cv2.INTER_NEAREST)
+    valid = (inside > 0.5).astype(np.float32)
+    out *= valid
+    # the paint: the box turned with the window, and the rectangle around it (the box
+    # holds the whole marking, so this masks all paint, with some steel at a tilt)
+    corners = np.array([[x0, y0], [x1, y0], [x0, y1], [x1, y1]], np.float32)
+    moved = cv2.transform(corners[None], turn)[0]
+    m = PAINT_MARGIN
+    left, top = np.floor(moved.min(0) - m).astype(int).clip(0)
+    right, bottom = np.ceil(moved.max(0) + m + 1).astype(int).clip(0)
+    out[top:bottom, left:right] = 0
+    valid[top:bottom, left:right] = 0
+    return out, valid
+
+
+def _scaled(image: np.ndarray, scale: float) -> np.ndarray:
+    return cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+
+
+def imprint(picture: np.ndarray, box: Sequence[float], level: bool = False) -> Surface:
+    """The surface imprint of the marking at ``box`` as a reference; ``level``: turn the
+    text level first (a station picture; the inspection camera sees the sheet square).
+    Its template is the window widened by the verification search, so that a query's
+    window can be slid over it."""
+    angle = text_angle(picture, box) if level else 0.0
+    turns = [angle + d for d in DESCRIPTOR_TURNS] if level else [angle]
+    described = np.stack([describe(picture, box, a) for a in turns])
+    return Surface(angle, described, _template(picture, box, angle))
+
+
+def describe(
+    picture: np.ndarray,
+    box: Sequence[float],
+    angle: float = 0.0,
+    steel: np.ndarray | None = None,
+    seams: Sequence[int] = (),
+) -> np.ndarray:
+    """The retrieval descriptor (D,), L2-normalised."""
+    band_passed, _ = window(picture, box, DESCRIPTOR_BAND, angle, steel=steel, seams=seams)
+    described = _scaled(band_passed, DESCRIPTOR_SCALE).ravel()
+    return described / max(float(np.linalg.norm(described)), 1e-9)
+
+
+def _template(picture: np.ndarray, box: Sequence[float], angle: float) -> np.ndarray:
+    rows, cols = WINDOW
+    size = (rows + 2 * SEARCH_PX, cols + 2 * SEARCH_PX)
+    band_passed, _ = window(picture, box, TEMPLATE_BAND, angle, size)
+    return _scaled(band_passed, TEMPLATE_SCALE).astype(np.float32)
+
+
+def verify(
+    query: np.ndarray,
+    box: Sequence[float],
+    templates: Sequence[np.ndarray],
+    steel: np.ndarray | None = None,
+    turns: Sequence[float] | None = None,
+    seams: Sequence[int] = (),
+    degrees: Sequence[float] = SEARCH_DEGREES,
+    least_steel: float = 0.3,
+) -> np.ndarray:
+    """For each candidate's template, the best normalised correlation of the query's
+    window (``query`` a picture, ``box`` its marking) slid over it, turned by each of
+    ``degrees`` about the candidate's ``turns`` (the descriptor turn it matched best at;
+    0 when None); only the query's steel counts (not its paint, nor what lies outside
+    its picture), so a window cut by the frame's edge scores on what it shows. About 0
+    for another sheet, 0.4 to 0.9 for the same one; -1 when less than ``least_steel`` of
+    the window is steel."""
+    scores = np.full(len(templates), -1.0, np.float32)
+    turns = [0.0] * len(templates) if turns is None else list(turns)
+    windows: dict[float, tuple[np.ndarray, np.ndarray]] = {}
+    for i, template in enumerate(templates):
+        if not np.any(template):
+            continue
+        for d in degrees:
+            turn = round(float(d) - float(turns[i]), 3)
+            if turn not in windows:
+                band_passed, valid = window(
+                    query, box, TEMPLATE_BAND, turn, steel=steel, seams=seams
+                )
+                if valid.mean() < least_steel:
+                    return scores
+                steel_part = (_scaled(valid, TEMPLATE_SCALE) > 0.99).astype(np.float32)
+                windows[turn] = (_scaled(band_passed, TEMPLATE_SCALE), steel_part)
+            w, steel_part = windows[turn]
+            found = cv2.matchTemplate(template, w, cv2.TM_CCORR_NORMED, mask=steel_part)
+            scores[i] = max(scores[i], float(np.nan_to_num(found).max()))
+    return scores

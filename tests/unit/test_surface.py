@@ -1,0 +1,108 @@
+"""The steel around a marking identifies its sheet (models/identity/surface.py), on small
+synthetic sheets: the twin's steel texture and stencil, seen by two cameras."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from models.identity import surface
+from twin.marking import apply_marking, render_marking
+from twin.surface import steel_surface
+
+SHEET = (480, 900)  # rows, columns
+
+
+def _sheet(seed: int, text: str = "H001234-05"):
+    """A sheet's steel with its marking painted at (top, left); the paint's box."""
+    rng = np.random.default_rng(seed)
+    steel = steel_surface(rng, SHEET)
+    layer = render_marking(np.random.default_rng(0), text, 40)  # same font and paint
+    h, w = layer.alpha.shape
+    top, left = 200, 250
+    apply_marking(steel, layer, layer.alpha, top, left)
+    return steel, (left, top, left + w - 1, top + h - 1)
+
+
+def _seen(steel: np.ndarray, seed: int, gain: float = 1.0, turn: float = 0.0, centre=None):
+    """What a camera makes of it: a turn about ``centre``, gain, blur and noise (uint8)."""
+    rng = np.random.default_rng(seed)
+    image = steel
+    if turn:
+        rotate = cv2.getRotationMatrix2D(centre, turn, 1.0)
+        image = cv2.warpAffine(image, rotate, SHEET[::-1], borderMode=cv2.BORDER_REFLECT)
+    image = cv2.GaussianBlur(image * gain + rng.normal(0, 8), (0, 0), 0.8)
+    image = image + rng.standard_normal(image.shape).astype(np.float32) * 5
+    return image.clip(0, 255).astype(np.uint8)
+
+
+def _centre(box):
+    return ((box[0] + box[2]) / 2, (box[1] + box[3]) / 2)
+
+
+def _turned_box(box, turn: float):
+    corners = np.array([[box[0], box[1]], [box[2], box[1]], [box[0], box[3]], [box[2], box[3]]])
+    moved = cv2.transform(
+        corners[None].astype(np.float32), cv2.getRotationMatrix2D(_centre(box), turn, 1.0)
+    )[0]
+    return (*np.floor(moved.min(0)).astype(int), *np.ceil(moved.max(0)).astype(int))
+
+
+@pytest.mark.parametrize("turn", [-7.0, 0.0, 5.0])
+def test_the_text_line_is_levelled(turn: float) -> None:
+    steel, box = _sheet(1)
+    station = _seen(steel, 2, turn=turn, centre=_centre(box))
+    # turning the picture by ``turn`` tilts the text; levelling it turns back
+    assert surface.text_angle(station, _turned_box(box, turn)) == pytest.approx(-turn, abs=1.5)
+
+
+def test_the_same_sheet_verifies_and_another_with_the_same_text_does_not() -> None:
+    steel, box = _sheet(1)
+    other, other_box = _sheet(7)  # another sheet: the same ID, font and paint
+    station_box = _turned_box(box, 4.0)
+    station = _seen(steel, 2, turn=4.0, centre=_centre(box))
+    reference = surface.imprint(station, station_box, level=True)
+    impostor = surface.imprint(
+        _seen(other, 3, turn=4.0, centre=_centre(other_box)),
+        _turned_box(other_box, 4.0),
+        level=True,
+    )
+    query = _seen(steel, 4, gain=1.3)  # the line's camera: other light, no tilt
+    same, different = surface.verify(query, box, [reference.template, impostor.template])
+    assert same > 0.5 and different < 0.2, (same, different)
+    described = surface.describe(query, box)
+    assert (reference.descriptor @ described).max() > (impostor.descriptor @ described).max() + 0.3
+
+
+def test_a_window_cut_by_the_frame_scores_on_what_it_shows() -> None:
+    steel, box = _sheet(1)
+    reference = surface.imprint(_seen(steel, 2), box, level=True)
+    # the frame ends 30 rows below the marking; above the sheet's head, roller table
+    frame = _seen(steel, 4)[: box[3] + 30].copy()
+    frame[:120] = 20
+    steel_mask = np.ones(frame.shape, np.float32)
+    steel_mask[:120] = 0
+    whole = surface.verify(frame, box, [reference.template], steel_mask)[0]
+    assert whole > 0.5
+    # too little steel left to tell: no score rather than a guess
+    assert surface.verify(frame[:, :300], box, [reference.template], steel_mask[:, :300])[0] == -1
+
+
+def test_stitched_frames_under_other_light_verify_as_one() -> None:
+    steel, box = _sheet(1)
+    reference = surface.imprint(_seen(steel, 2), box, level=True)
+    seam = box[1] + 10  # across the marking
+    seen = _seen(steel, 4).astype(np.float32)
+    seen[seam:] = seen[seam:] * 0.6 + 30  # the next frame: other gain and offset
+    stitched = seen.clip(0, 255).astype(np.uint8)
+    plain = surface.verify(stitched, box, [reference.template])[0]
+    with_seam = surface.verify(stitched, box, [reference.template], seams=[seam])[0]
+    assert with_seam > plain and with_seam > 0.5, (plain, with_seam)
+
+
+def test_steel_mask_leaves_out_the_roller_table() -> None:
+    frame = np.full((64, 400), 20, np.uint8)
+    frame[:, 100:300] = 110  # a sheet between columns 100 and 299
+    mask = surface.steel_mask(frame)
+    assert mask[:, 120:280].all() and not mask[:, :96].any() and not mask[:, 304:].any()
