@@ -45,23 +45,25 @@ def _register(pair, leave_out: float):
 
 
 def _queries(pair, context: bool):
-    """(sheet_id, picture, box, steel mask) per ground-truth marking at least half seen
-    in a frame; with ``context`` the picture is the frame between its neighbours (the
-    twin's frames tile the line), as a sheet's pass shows it."""
+    """(sheet_id, picture, box, steel mask, seams) per ground-truth marking at least half
+    seen in a frame; with ``context`` the picture is the frame between its neighbours
+    (the twin's frames tile the line), as a sheet's pass shows it."""
     boxes = marking_boxes(pair.inspection)
-    frames = list(read_frames(pair.inspection))
-    for n, (frame_id, frame) in enumerate(frames):
+    frames = read_frames(pair.inspection)
+    before, current = None, next(frames, None)
+    while current is not None:
+        after = next(frames, None)
+        frame_id, frame = current
         markings = boxes.get(frame_id, [])
-        if not markings:
-            continue
         picture, shift, seams = frame, 0, ()
-        if context:
+        if markings and context:
             blank = np.zeros_like(frame)
-            before = frames[n - 1][1] if n > 0 else blank
-            after = frames[n + 1][1] if n + 1 < len(frames) else blank
-            picture, shift = np.concatenate([before, frame, after]), frame.shape[0]
+            above = before[1] if before is not None else blank
+            below = after[1] if after is not None else blank
+            picture, shift = np.concatenate([above, frame, below]), frame.shape[0]
             seams = (shift, 2 * shift)
-        steel = surface.steel_mask(picture)
+        if markings:
+            steel = surface.steel_mask(picture)
         for m in markings:
             x0, y0, x1, y1 = m["box"]
             if context and m["visible"] < 1:  # the twin cut the box at the frame's edge
@@ -71,6 +73,7 @@ def _queries(pair, context: bool):
                 else:
                     y1 = y0 + height - 1
             yield m["sheet_id"], picture, (x0, y0 + shift, x1, y1 + shift), steel, seams
+        before, current = current, after
 
 
 def score(pair, top: int, leave_out: float, context: bool = False) -> dict:
