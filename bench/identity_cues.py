@@ -124,9 +124,7 @@ def figures(rows: list[dict], threshold: float) -> dict:
         if mated
         else float("nan"),
         "far": wrong / max(len(rows), 1),
-        "unknown_right": np.mean([a == "unknown" for a in unregistered])
-        if unregistered
-        else float("nan"),
+        "unknown_right": f"{sum(a == 'unknown' for a in unregistered)}/{len(unregistered)}",
         "wrong": wrong,
     }
 
@@ -179,7 +177,7 @@ def main() -> None:
         f = figures(rows, threshold)
         print(
             f"{level:<14}{f['queries']:>8}{f['rank1']:>8.3f}{f['in_top']:>8.3f}"
-            f"{f['identified']:>11.3f}{f['far']:>8.4f}{f['wrong']:>6}{f['unknown_right']:>11.3f}"
+            f"{f['identified']:>11.3f}{f['far']:>8.4f}{f['wrong']:>6}{f['unknown_right']:>11}"
         )
     print(
         f"register {measured['register_s'] * 1000:.1f} ms per station picture; "
