@@ -104,41 +104,49 @@ def steel_mask(frame: np.ndarray) -> np.ndarray:
     return mask
 
 
-def window(
+@dataclass(frozen=True)
+class _Banded:
+    """The part of a picture a turned window around its marking can reach, band-passed
+    once for every turn taken of it, with its steel mask and the box in its coordinates."""
+
+    picture: np.ndarray
+    shown: np.ndarray
+    box: tuple[float, float, float, float]
+
+
+def _banded(
     picture: np.ndarray,
     box: Sequence[float],
     band: tuple[float, float],
-    angle: float = 0.0,
-    size: tuple[int, int] = WINDOW,
-    steel: np.ndarray | None = None,
-    seams: Sequence[int] = (),
-) -> tuple[np.ndarray, np.ndarray]:
-    """The band-passed window of ``size`` centred on the marking, turned by ``angle``
-    about its centre, with the paint (and anything outside the picture) set to 0; and
-    the mask of the steel in it (float32 1/0). ``steel``: where the picture shows the
-    sheet (``steel_mask``); all of it when None. ``seams``: rows where the frames of a
-    picture stitched from several meet."""
+    size: tuple[int, int],
+    steel: np.ndarray | None,
+    seams: Sequence[int],
+) -> _Banded:
     rows, cols = size
     # only the part of the picture the turned window can reach, and the band's reach
     reach = int(np.ceil(np.hypot(rows, cols) / 2 + 4 * band[1]))
     cx, cy = (float(box[0]) + float(box[2])) / 2, (float(box[1]) + float(box[3])) / 2
     top, left = max(0, int(cy) - reach), max(0, int(cx) - reach)
     picture = picture[top : int(cy) + reach + 1, left : int(cx) + reach + 1]
-    if steel is not None:
-        steel = steel[top : int(cy) + reach + 1, left : int(cx) + reach + 1]
     seams = [r - top for r in seams if 0 < r - top < picture.shape[0]]
-    x0, y0, x1, y1 = (float(v) - shift for v, shift in zip(box[:4], (left, top) * 2, strict=True))
-    centre = ((x0 + x1) / 2, (y0 + y1) / 2)
-    turn = cv2.getRotationMatrix2D(centre, angle, 1.0)
-    turn[:, 2] += (cols / 2 - centre[0], rows / 2 - centre[1])  # the centre to the middle
-    band_passed = _band(picture, band, seams)
-    out = cv2.warpAffine(band_passed, turn, (cols, rows), flags=cv2.INTER_LINEAR)
     if steel is None:
         shown = np.ones(picture.shape, np.float32)
     else:  # less a margin along the sheet's edges, where band-passing spreads the step
-        reach = 2 * round(1.5 * band[1]) + 1
-        shown = cv2.erode(steel.astype(np.float32), np.ones((reach, reach), np.uint8))
-    inside = cv2.warpAffine(shown, turn, (cols, rows), flags=cv2.INTER_NEAREST)
+        steel = steel[top : int(cy) + reach + 1, left : int(cx) + reach + 1]
+        margin = 2 * round(1.5 * band[1]) + 1
+        shown = cv2.erode(steel.astype(np.float32), np.ones((margin, margin), np.uint8))
+    x0, y0, x1, y1 = (float(v) - shift for v, shift in zip(box[:4], (left, top) * 2, strict=True))
+    return _Banded(_band(picture, band, seams), shown, (x0, y0, x1, y1))
+
+
+def _turned(banded: _Banded, angle: float, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    rows, cols = size
+    x0, y0, x1, y1 = banded.box
+    centre = ((x0 + x1) / 2, (y0 + y1) / 2)
+    turn = cv2.getRotationMatrix2D(centre, angle, 1.0)
+    turn[:, 2] += (cols / 2 - centre[0], rows / 2 - centre[1])  # the centre to the middle
+    out = cv2.warpAffine(banded.picture, turn, (cols, rows), flags=cv2.INTER_LINEAR)
+    inside = cv2.warpAffine(banded.shown, turn, (cols, rows), flags=cv2.INTER_NEAREST)
     valid = (inside > 0.5).astype(np.float32)
     out *= valid
     # the paint: the box turned with the window, and the rectangle around it (the box
@@ -153,6 +161,23 @@ def window(
     return out, valid
 
 
+def window(
+    picture: np.ndarray,
+    box: Sequence[float],
+    band: tuple[float, float],
+    angle: float = 0.0,
+    size: tuple[int, int] = WINDOW,
+    steel: np.ndarray | None = None,
+    seams: Sequence[int] = (),
+) -> tuple[np.ndarray, np.ndarray]:
+    """The band-passed window of ``size`` centred on the marking, turned by ``angle``
+    about its centre, with the paint (and anything outside the picture) set to 0; and
+    the mask of the steel in it (float32 1/0). ``steel``: where the picture shows the
+    sheet (``steel_mask``); all of it when None. ``seams``: rows where the frames of a
+    picture stitched from several meet."""
+    return _turned(_banded(picture, box, band, size, steel, seams), angle, size)
+
+
 def _scaled(image: np.ndarray, scale: float) -> np.ndarray:
     return cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
 
@@ -164,7 +189,8 @@ def imprint(picture: np.ndarray, box: Sequence[float], level: bool = False) -> S
     window can be slid over it."""
     angle = text_angle(picture, box) if level else 0.0
     turns = [angle + d for d in DESCRIPTOR_TURNS] if level else [angle]
-    described = np.stack([describe(picture, box, a) for a in turns])
+    banded = _banded(picture, box, DESCRIPTOR_BAND, WINDOW, None, ())
+    described = np.stack([_normalised(_turned(banded, a, WINDOW)[0]) for a in turns])
     return Surface(angle, described, _template(picture, box, angle))
 
 
@@ -176,7 +202,10 @@ def describe(
     seams: Sequence[int] = (),
 ) -> np.ndarray:
     """The retrieval descriptor (D,), L2-normalised."""
-    band_passed, _ = window(picture, box, DESCRIPTOR_BAND, angle, steel=steel, seams=seams)
+    return _normalised(window(picture, box, DESCRIPTOR_BAND, angle, steel=steel, seams=seams)[0])
+
+
+def _normalised(band_passed: np.ndarray) -> np.ndarray:
     described = _scaled(band_passed, DESCRIPTOR_SCALE).ravel()
     return described / max(float(np.linalg.norm(described)), 1e-9)
 
@@ -208,15 +237,14 @@ def verify(
     scores = np.full(len(templates), -1.0, np.float32)
     turns = [0.0] * len(templates) if turns is None else list(turns)
     windows: dict[float, tuple[np.ndarray, np.ndarray]] = {}
+    banded = _banded(query, box, TEMPLATE_BAND, WINDOW, steel, seams)
     for i, template in enumerate(templates):
         if not np.any(template):
             continue
         for d in degrees:
             turn = round(float(d) - float(turns[i]), 3)
             if turn not in windows:
-                band_passed, valid = window(
-                    query, box, TEMPLATE_BAND, turn, steel=steel, seams=seams
-                )
+                band_passed, valid = _turned(banded, turn, WINDOW)
                 if valid.mean() < least_steel:
                     return scores
                 steel_part = (_scaled(valid, TEMPLATE_SCALE) > 0.99).astype(np.float32)
