@@ -5,7 +5,10 @@
 PAIR_A and PAIR_B are marking-station + inspection archive pairs from `steelsight
 simulate` with different seeds: the verification threshold is chosen on PAIR_A (for a
 false-accept rate of 0.1 % per query), the figures are measured on PAIR_B. Boxes are the
-twin's ground truth (oracle), so the figures are the imprint's alone, not the detector's.
+twin's ground truth (oracle), so the figures are the imprint's alone, not the detector's;
+with ``--context`` a box the frame's edge cuts is made whole, as the inspection workers
+join a marking's two parts across the seam (pipeline.across_seams). Queries go through
+the product's own path, models/identity/pipeline.identify.
 
 Cues (models/identity/surface.py):
 - surface retrieval: cosine of the band-passed steel around the marking, the station's
@@ -13,7 +16,7 @@ Cues (models/identity/surface.py):
 - + verification: the top candidates re-scored by normalised correlation over small
   shifts and turns; the answer is the best verified candidate at or above the threshold.
 
-Per detection: every marking at least half in a frame is a query. Per sheet: a sheet's
+Per detection: every marking the twin lists in a frame is a query. Per sheet: a sheet's
 best verified detection (the evidence of its whole pass).
 """
 
@@ -27,86 +30,80 @@ from pathlib import Path
 import numpy as np
 
 from models.data import unit_hash
-from models.identity import surface
+from models.identity import pipeline
 from models.identity.matching import choose_threshold
+from models.identity.pipeline import SurfaceIndex
 from tasks.archives import read_frames
 from tasks.identity import find_pairs, marking_boxes, station_pictures
 
 
-def _register(pair, leave_out: float):
+def _register(pair, leave_out: float) -> tuple[SurfaceIndex, float]:
     boxes = marking_boxes(pair.station)
     started = time.perf_counter()
     refs = {
-        sheet: surface.imprint(picture, boxes[frame][0]["box"], level=True)
+        sheet: pipeline.reference(picture, boxes[frame][0]["box"])
         for frame, sheet, picture in station_pictures(pair.station)
         if frame in boxes and unit_hash(f"leave-out/{sheet}") >= leave_out
     }
-    return refs, (time.perf_counter() - started) / max(len(refs), 1)
+    seconds = (time.perf_counter() - started) / max(len(refs), 1)
+    ids = list(refs)
+    index = SurfaceIndex(
+        ids,
+        np.stack([refs[s].descriptor for s in ids]),
+        np.stack([refs[s].template.astype(np.float16) for s in ids]),
+    )
+    return index, seconds
 
 
 def _queries(pair, context: bool):
-    """(sheet_id, picture, box, steel mask, seams) per ground-truth marking at least half
-    seen in a frame; with ``context`` the picture is the frame between its neighbours
-    (the twin's frames tile the line), as a sheet's pass shows it."""
+    """(sheet_id, frame, box, frame before, frame after) per ground-truth marking the
+    twin lists in a frame; the neighbours only with ``context`` (a sheet's pass
+    as the inspection workers see it; without, one frame as /v1/inspect gets it)."""
     boxes = marking_boxes(pair.inspection)
     frames = read_frames(pair.inspection)
     before, current = None, next(frames, None)
     while current is not None:
         after = next(frames, None)
         frame_id, frame = current
-        markings = boxes.get(frame_id, [])
-        picture, shift, seams = frame, 0, ()
-        if markings and context:
-            blank = np.zeros_like(frame)
-            above = before[1] if before is not None else blank
-            below = after[1] if after is not None else blank
-            picture, shift = np.concatenate([above, frame, below]), frame.shape[0]
-            seams = (shift, 2 * shift)
-        if markings:
-            steel = surface.steel_mask(picture)
-        for m in markings:
+        for m in boxes.get(frame_id, []):
+            if not context:
+                yield m["sheet_id"], frame, m["box"], None, None
+                continue
             x0, y0, x1, y1 = m["box"]
-            if context and m["visible"] < 1:  # the twin cut the box at the frame's edge
+            if m["visible"] < 1:  # the whole marking, as the workers join its two parts
                 height = round((y1 - y0 + 1) / m["visible"])
                 if y0 == 0:
                     y0 = y1 - height + 1
                 else:
                     y1 = y0 + height - 1
-            yield m["sheet_id"], picture, (x0, y0 + shift, x1, y1 + shift), steel, seams
+            neighbours = (before and before[1], after and after[1])
+            yield m["sheet_id"], frame, (x0, y0, x1, y1), *neighbours
         before, current = current, after
 
 
 def score(pair, top: int, leave_out: float, context: bool = False) -> dict:
-    refs, register_s = _register(pair, leave_out)
-    ids = list(refs)
-    descriptors = np.stack([refs[s].descriptor for s in ids])  # (n, k, D)
+    """Every query identified through the product's path (models.identity.pipeline),
+    with every candidate's verified correlation kept for calibration."""
+    index, register_s = _register(pair, leave_out)
+    registered = set(index.sheet_ids)
     rows = []
     started = time.perf_counter()
-    for sheet, frame, box, steel, seams in _queries(pair, context):
-        per_turn = descriptors @ surface.describe(frame, box, steel=steel, seams=seams)
-        order = np.argsort(-per_turn.max(axis=1))[:top]
-        turns = [surface.DESCRIPTOR_TURNS[int(np.argmax(per_turn[i]))] for i in order]
-        templates = [refs[ids[i]].template for i in order]
-        verified = surface.verify(frame, box, templates, steel, turns, seams)
-        best = int(np.argmax(verified))
+    for sheet, frame, box, before, after in _queries(pair, context):
+        verdict = pipeline.identify(frame, box, index, 1.0, before, after, top=top, paint_top=0)
         rows.append(
             {
                 "sheet": sheet,
-                "registered": sheet in refs,
-                "nearest": ids[order[0]],
-                "in_top": sheet in {ids[i] for i in order},
-                "candidate": ids[order[best]],
-                "verified": float(verified[best]),
-                "genuine": [
-                    float(v) for i, v in zip(order, verified, strict=True) if ids[i] == sheet
-                ],
-                "impostor": [
-                    float(v) for i, v in zip(order, verified, strict=True) if ids[i] != sheet
-                ],
+                "registered": sheet in registered,
+                "nearest": verdict.verified[0][0] if verdict.verified else "unknown",
+                "in_top": sheet in {s for s, _ in verdict.verified},
+                "candidate": verdict.nearest or "unknown",
+                "verified": -1.0 if verdict.similarity is None else verdict.similarity,
+                "genuine": [v for s, v in verdict.verified if s == sheet],
+                "impostor": [v for s, v in verdict.verified if s != sheet],
             }
         )
     query_s = (time.perf_counter() - started) / max(len(rows), 1)
-    return {"rows": rows, "registered": len(ids), "register_s": register_s, "query_s": query_s}
+    return {"rows": rows, "registered": len(index), "register_s": register_s, "query_s": query_s}
 
 
 def figures(rows: list[dict], threshold: float) -> dict:

@@ -51,10 +51,17 @@ def main() -> None:
     import numpy as np
     import torch
 
-    from flows.inspect import _imprint_threshold, champion_refs
+    from flows.inspect import champion_refs
     from models.identity.crops import marking_crop
-    from tasks.identify import reference_index
-    from tasks.inspection import assemble, decode_range, inspect_chunk, recording, worker_models
+    from tasks.identify import reference_index, threshold_of
+    from tasks.inspection import (
+        Registry,
+        assemble,
+        decode_range,
+        inspect_chunk,
+        recording,
+        worker_models,
+    )
     from tasks.labels import archive_id_for
     from twin.config import TwinConfig
     from twin.recorder import simulate
@@ -64,7 +71,7 @@ def main() -> None:
     models = worker_models(refs, args.device)
     warehouse = Warehouse(settings.warehouse_dir).ensure()
     index = reference_index(warehouse, refs.imprint) if refs.identifies else None
-    threshold = _imprint_threshold(settings, refs.imprint) if refs.identifies else 1.0
+    registry = Registry(index, threshold_of(settings)) if index is not None and len(index) else None
 
     with tempfile.TemporaryDirectory() as tmp:
         line = simulate(TwinConfig(), args.sheets, seed=7, out=Path(tmp))
@@ -89,8 +96,8 @@ def main() -> None:
                         imprint.embed(np.stack(crops))
 
         def end_to_end() -> None:
-            results = [inspect_chunk(c) for c in chunks]
-            assemble(rec, results, refs, index, threshold, settings.grades, "bench")
+            results = [inspect_chunk(c, registry) for c in chunks]
+            assemble(rec, results, refs, settings.grades, "bench")
 
         model_only()  # warm-up: first calls allocate and pick kernels
         rows = []

@@ -57,6 +57,17 @@ class Settings(BaseSettings):
         "gives its grade (JSON list in STEELSIGHT_GRADES).",
     )
 
+    identity_threshold: float | None = Field(
+        default=None,
+        ge=-1.0,
+        le=1.0,
+        description="Verified correlation of the steel around a marking with a registered "
+        "sheet's at which the sheet is named; below it the answer is 'unknown'. Default: "
+        "the value calibrated on the twin for 0.1 % wrong IDs per query "
+        "(models/identity/surface.py VERIFY_THRESHOLD); calibrate on a plant's own "
+        "station/inspection pairs with bench/identity_cues.py --calibrate.",
+    )
+
     promotion_floors: dict[str, float] = Field(
         default_factory=dict,
         description="Per model kind, how far a new version must score above a model that "

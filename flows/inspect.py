@@ -24,7 +24,7 @@ from prefect.cache_policies import NO_CACHE
 
 from core.settings import Settings, get_settings
 from flows.progress import ProgressHook
-from tasks.inspection import ModelRefs, attempt, inspect_archive, not_inspected
+from tasks.inspection import ModelRefs, Registry, attempt, inspect_archive, not_inspected
 from warehouse import queries
 from warehouse.store import Warehouse
 
@@ -119,8 +119,7 @@ def inspect_archive_task(
     row: dict,
     refs: ModelRefs,
     client,
-    index,
-    threshold: float,
+    registry,
     settings: Settings,
     warehouse: Warehouse,
 ) -> dict:
@@ -130,9 +129,7 @@ def inspect_archive_task(
     summary, problem = attempt(
         row,
         logger,
-        lambda: inspect_archive(
-            row, refs, client, index, threshold, settings, warehouse, logger, progress
-        ),
+        lambda: inspect_archive(row, refs, client, registry, settings, warehouse, logger, progress),
     )
     if problem is not None:
         return not_inspected(row, refs.key(), problem, warehouse, logger)
@@ -161,16 +158,16 @@ def inspect(
     todo = _pending(warehouse, ("video", "frames"), refs.key(), archives)
     if force:
         todo = _pending(warehouse, ("video", "frames"), "", archives)
-    index, threshold = None, 1.0
+    registry = None
     if refs.identifies:
-        from tasks.identify import load_models, reference_index
+        from tasks.identify import load_models, reference_index, threshold_of
 
         if stations:
             models = load_models(settings, refs.marking, refs.imprint)
             for row in stations:
                 register_station_task(row, models, warehouse, identity_key)
         index = reference_index(warehouse, refs.imprint)
-        threshold = _imprint_threshold(settings, refs.imprint)
+        registry = Registry(index, threshold_of(settings)) if len(index) else None
         logger.info("%d registered sheets to identify against", len(index))
     else:
         logger.warning("no marking and imprint champions: sheets will not be identified")
@@ -181,19 +178,8 @@ def inspect(
     summaries = []
     with dask_client(address) as client:
         logger.info("Dask cluster: %s", address or "LocalCluster")
+        if registry is not None:  # sent to every worker once, not with every range
+            registry = client.scatter(registry, broadcast=True)
         for row in todo:
-            summaries.append(
-                inspect_archive_task(row, refs, client, index, threshold, settings, warehouse)
-            )
+            summaries.append(inspect_archive_task(row, refs, client, registry, settings, warehouse))
     return summaries
-
-
-def _imprint_threshold(settings: Settings, version: str) -> float:
-    """The imprint model's operating threshold, from its registered configuration."""
-    import mlflow
-
-    from models import registry
-
-    registry.connect(settings)
-    info = mlflow.models.get_model_info(registry.model_uri("imprint", version))
-    return float(info.metadata["steelsight"]["threshold"]["threshold"])

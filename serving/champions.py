@@ -17,10 +17,8 @@ from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime
 
-import numpy as np
-
 from core.settings import Settings
-from models.identity.matching import ReferenceIndex
+from models.identity.pipeline import SurfaceIndex
 from serving.inference import Served, warm_up
 from warehouse import reads
 
@@ -57,17 +55,18 @@ class Champions:
         except Exception as error:  # no warehouse yet: identify nothing, look again later
             return ("unreadable", str(error))
 
-    def _references(self, imprint_version: str, key: tuple) -> ReferenceIndex:
+    def _references(self, imprint_version: str, key: tuple) -> SurfaceIndex:
         from tasks.identify import reference_index
 
         if key and key[0] == "unreadable":
             log.warning("registered sheets not readable, no sheet can be identified: %s", key[1])
-            return ReferenceIndex([], np.zeros((0, 1), np.float32))
+            return SurfaceIndex.empty()
         return reference_index(self.warehouse, imprint_version)
 
     # -- loading and swapping -------------------------------------------------------------
     def _load(self, versions: dict[str, str]) -> Served:
         from models import registry
+        from tasks.identify import threshold_of
 
         started = time.perf_counter()
         loaded = {kind: registry.load_model(self.settings, kind, v) for kind, v in versions.items()}
@@ -76,6 +75,7 @@ class Champions:
             segmenter=loaded["segmentation"],
             marking=loaded.get("marking"),
             imprint=loaded.get("imprint"),
+            threshold=threshold_of(self.settings),
         )
         warm_up(served)
         log.info(

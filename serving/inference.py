@@ -14,8 +14,8 @@ from datetime import UTC, datetime
 import cv2
 import numpy as np
 
-from models.identity.matching import UNKNOWN, ReferenceIndex
-from models.identity.pipeline import embed, find_markings
+from models.identity.matching import UNKNOWN
+from models.identity.pipeline import SurfaceIndex, embed, find_markings, identify
 
 # BGR colours per class position (overlay): yellow, cyan, magenta, red, then green
 PALETTE = ((0, 215, 255), (255, 200, 0), (255, 0, 200), (0, 0, 255), (0, 200, 0))
@@ -29,10 +29,9 @@ class Served:
     segmenter: object  # models.segmentation.segmenter.Segmenter
     marking: object | None = None  # models.identity.detector.MarkingDetector
     imprint: object | None = None  # models.identity.imprint.ImprintModel
-    references: ReferenceIndex = field(
-        default_factory=lambda: ReferenceIndex([], np.zeros((0, 1), np.float32))
-    )
+    references: SurfaceIndex = field(default_factory=SurfaceIndex.empty)
     references_key: tuple = ()
+    threshold: float = 1.0  # verified correlation that names a sheet (tasks.identify)
     loaded_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
 
     @property
@@ -42,10 +41,6 @@ class Served:
     @property
     def class_ids(self) -> list[int]:
         return sorted(self.segmenter.classes)
-
-    @property
-    def threshold(self) -> float | None:
-        return self.imprint.threshold if self.imprint is not None else None
 
 
 @dataclass(frozen=True)
@@ -113,27 +108,31 @@ def _defect(d, class_ids: list[int], names: list[str]) -> dict:
 
 
 def _markings(served: Served, frames: list[np.ndarray]) -> list[list[dict]]:
-    """Per frame, each detected marking with the nearest registered sheet."""
+    """Per frame, each detected marking and who its sheet is (the frame alone: a call
+    does not know the frames around it on the line)."""
     if not served.identifies:
         return [[] for _ in frames]
     marks = find_markings(served.marking, served.imprint, frames, batch=len(frames))
     out: list[list[dict]] = [[] for _ in frames]
-    if not len(marks):
+    if not len(marks) or not len(served.references):
+        for i, row in zip(marks.owners, marks.boxes, strict=True):
+            out[i].append(_marking(row, UNKNOWN, None, None))
         return out
-    embeddings = embed(served.imprint, marks.crops)
-    matches = served.references.match(embeddings, served.threshold)
+    paint = embed(served.imprint, marks.crops)
     for n, (i, row) in enumerate(zip(marks.owners, marks.boxes, strict=True)):
-        similarity = float(matches.similarity[n])
-        out[i].append(
-            {
-                "bbox": [round(float(v), 1) for v in row[:4]],
-                "score": round(float(row[4]), 6),
-                "sheet_id": matches.sheet_ids[n],
-                "nearest_sheet_id": matches.nearest[n] if np.isfinite(similarity) else None,
-                "similarity": round(similarity, 6) if np.isfinite(similarity) else None,
-            }
-        )
+        verdict = identify(frames[i], row, served.references, served.threshold, paint=paint[n])
+        out[i].append(_marking(row, verdict.sheet_id, verdict.nearest, verdict.similarity))
     return out
+
+
+def _marking(row: np.ndarray, sheet_id: str, nearest: str | None, similarity) -> dict:
+    return {
+        "bbox": [round(float(v), 1) for v in row[:4]],
+        "score": round(float(row[4]), 6),
+        "sheet_id": sheet_id,
+        "nearest_sheet_id": nearest,
+        "similarity": None if similarity is None else round(float(similarity), 6),
+    }
 
 
 def frame_identity(markings: list[dict], threshold: float | None, served: bool) -> dict:

@@ -21,8 +21,14 @@ class MarkingOut(BaseModel):
     bbox: list[float] = Field(description="x_min, y_min, x_max, y_max of the marking.")
     score: float = Field(description="Detector confidence.")
     sheet_id: str = Field(description="Registered sheet, or 'unknown' below the threshold.")
-    nearest_sheet_id: str | None = Field(description="Nearest registered sheet, at any similarity.")
-    similarity: float | None = Field(description="Imprint similarity to it; null: none registered.")
+    nearest_sheet_id: str | None = Field(
+        description="The best verified registered sheet, at any similarity."
+    )
+    similarity: float | None = Field(
+        description="Verified correlation of the steel around the marking with that sheet's "
+        "(about 0 for another sheet); null: none registered, or too little steel in the "
+        "frame around the marking to verify."
+    )
 
 
 class IdentityOut(BaseModel):
@@ -77,7 +83,9 @@ class ModelsOut(BaseModel):
     loaded_at: str | None
     checked_at: str | None = Field(description="When the registry was last looked at.")
     registered_sheets: int = Field(description="Sheets the identity models can recognise.")
-    imprint_threshold: float | None
+    imprint_threshold: float | None = Field(
+        description="Verified correlation at which a sheet is named (settings: identity_threshold)."
+    )
     problem: str | None = Field(description="Why the registry's champions are not served, if so.")
 
 

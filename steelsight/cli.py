@@ -650,7 +650,7 @@ def _evaluate_identity(data: Path, model: str, leave_out: float, as_json: bool) 
     from rich.progress import Progress
 
     from models.registry import RegistryError
-    from tasks.identify import evaluate_identity, load_models
+    from tasks.identify import evaluate_identity, load_models, threshold_of
     from tasks.identity import IdentityDataError, find_pairs
 
     settings = get_settings()
@@ -667,6 +667,7 @@ def _evaluate_identity(data: Path, model: str, leave_out: float, as_json: bool) 
                 pairs[0],
                 models,
                 _warehouse(),
+                threshold_of(settings),
                 leave_out,
                 progress=lambda n: progress.update(bar, completed=n),
             )
@@ -693,8 +694,8 @@ def _evaluate_identity(data: Path, model: str, leave_out: float, as_json: bool) 
         f"threshold {s['threshold']:.3f}; marking mAP50 {d['map50']:.4f} (precision "
         f"{d['precision']:.4f}, recall {d['recall']:.4f}); markings not detected: "
         f"{s['marking_not_detected']} of {s['sheets']} sheets; {report['frames_per_s']:.1f} "
-        f"frames/s, {report['sheets_per_s']:.2f} sheets/s; matching "
-        f"{report['match_ms_per_query']:.3f} ms per query"
+        f"frames/s, {report['sheets_per_s']:.2f} sheets/s; identifying "
+        f"{report['identify_ms_per_marking']:.1f} ms per marking (search and verification)"
     )
 
 

@@ -1,9 +1,10 @@
 """Identifying sheets from their marking imprint: register the marking station's sheets
-in the warehouse, find markings in inspection frames, match them, and score it all
+in the warehouse, find markings in inspection frames, identify them, and score it all
 against the recorder's ground truth.
 
-Data flows one way: pictures → detector boxes → crops → embeddings → either reference
-rows (station) or matches against those rows (inspection).
+Data flows one way: pictures → detector boxes → paint crops and embeddings, and the
+steel around each marking → either reference rows (station) or verdicts against those
+rows (inspection), through models.identity.pipeline.
 """
 
 from __future__ import annotations
@@ -22,9 +23,16 @@ import pyarrow as pa
 
 from core.metrics import detection_report, match_detections
 from models.data import unit_hash
+from models.identity import surface
 from models.identity.crops import marking_crop
-from models.identity.matching import UNKNOWN, Matches, ReferenceIndex, identification_report
-from models.identity.pipeline import embed
+from models.identity.matching import UNKNOWN, Matches, identification_report
+from models.identity.pipeline import (
+    SurfaceIndex,
+    Verdict,
+    embed,
+    identify_markings,
+    reference,
+)
 from models.identity.pipeline import find_markings as find_pictures_markings
 from tasks.archives import content_hash, read_frames
 from tasks.identity import ArchivePair, csv_rows, marking_boxes, station_pictures
@@ -67,19 +75,15 @@ class Found:
     crops: list[np.ndarray] = field(default_factory=list)
     per_frame: dict[str, np.ndarray] = field(default_factory=dict)  # all detections per frame
     pictures: int = 0
+    surfaces: list[surface.Surface] = field(default_factory=list)  # station: per detection
 
 
-def find_markings(
-    pictures: Iterable[tuple[str, np.ndarray]], models: Models, best_only: bool = False
-) -> Found:
-    """Detect markings in (frame_id, picture) pairs, batched, and cut their crops.
-    ``best_only`` keeps each picture's highest-scoring marking (a station picture shows
-    one sheet)."""
+def station_found(pictures: Iterable[tuple[str, np.ndarray]], models: Models) -> Found:
+    """The best marking of each (frame_id, station picture), its crop and surface imprint."""
     found = Found()
     for batch in _batches(pictures, BATCH):
-        marks = find_pictures_markings(
-            models.detector, models.imprint, [image for _, image in batch], BATCH, best_only
-        )
+        images = [image for _, image in batch]
+        marks = find_pictures_markings(models.detector, models.imprint, images, BATCH, True)
         names = [frame_id for frame_id, _ in batch]
         found.pictures += len(batch)
         found.per_frame.update(zip(names, marks.per_picture, strict=True))
@@ -87,6 +91,7 @@ def find_markings(
             found.frame_ids.append(names[owner])
             found.boxes.append(box)
             found.crops.append(crop)
+            found.surfaces.append(reference(images[owner], box))
     return found
 
 
@@ -124,7 +129,7 @@ def station_markings(
     if progress is not None:
         kept = _counted(kept, lambda n: progress(n, len(rows)))
     if not ground_truth:
-        return find_markings(kept, models, best_only=True), rows
+        return station_found(kept, models), rows
     truth = marking_boxes(station)
     found = Found()
     for frame_id, image in kept:
@@ -137,6 +142,7 @@ def station_markings(
             found.crops.append(
                 marking_crop(image, box[:4], models.imprint.crop_size, models.imprint.margin)
             )
+            found.surfaces.append(reference(image, box))
     return found, rows
 
 
@@ -149,11 +155,11 @@ def register_station(
     archive: dict | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> Registered:
-    """Embed every station picture's marking and store it with its sheet ID in
-    ``sheet_references`` (one import of the station archive: re-running replaces it).
-    A picture where no marking is found goes to ``ingest_errors`` with the reason.
-    ``archive``: the station's archives row when ingest registered it (its id, hash and
-    origin are kept)."""
+    """Take every station picture's marking imprint (the steel around it, its paint's
+    embedding) and store it with its sheet ID in ``sheet_references`` (one import of the
+    station archive: re-running replaces it). A picture where no marking is found goes to
+    ``ingest_errors`` with the reason. ``archive``: the station's archives row when
+    ingest registered it (its id, hash and origin are kept)."""
     started = time.perf_counter()
     station = Path(station).resolve()
     found, rows = station_markings(station, models, leave_out, ground_truth, progress)
@@ -173,10 +179,16 @@ def register_station(
             "y_max": round(box[3]),
             "detection_score": float(box[4]),
             "embedding": embedding.tolist(),
+            "surface_format": surface.FORMAT,
+            "surface_angle": imprinted.angle,
+            "surface_descriptor": imprinted.descriptor.ravel().tolist(),
+            "surface_template": imprinted.template.astype(np.float16).tobytes(),
             "model_version": models.imprint_version,
             "detector_version": "ground-truth" if ground_truth else models.detector_version,
         }
-        for frame_id, box, embedding in zip(found.frame_ids, found.boxes, embeddings, strict=True)
+        for frame_id, box, embedding, imprinted in zip(
+            found.frame_ids, found.boxes, embeddings, found.surfaces, strict=True
+        )
     ]
     seen = set(found.frame_ids)
     missing = [f for f in found.per_frame if f not in seen]
@@ -232,29 +244,91 @@ def register_station(
 
 def reference_index(
     warehouse: Warehouse, imprint_version: str, archive_id: str | None = None
-) -> ReferenceIndex:
-    """Every registered sheet embedded by this imprint version (of one station archive
-    when ``archive_id`` is given), ready to search."""
-    table = queries.sheet_references(warehouse, imprint_version, archive_id)
+) -> SurfaceIndex:
+    """Every sheet registered with this imprint version and today's surface layout (of
+    one station archive when ``archive_id`` is given), ready to search and verify."""
+    table = queries.sheet_references(warehouse, imprint_version, surface.FORMAT, archive_id)
     if not table.num_rows:
-        return ReferenceIndex([], np.zeros((0, 1), np.float32))
-    flat = pa.compute.list_flatten(table["embedding"]).to_numpy()
-    embeddings = flat.reshape(table.num_rows, -1).astype(np.float32)
-    return ReferenceIndex(table["sheet_id"].to_pylist(), embeddings)
+        return SurfaceIndex.empty()
+    n = table.num_rows
+    descriptors = pa.compute.list_flatten(table["surface_descriptor"]).to_numpy()
+    templates = b"".join(table["surface_template"].to_pylist())
+    paint = pa.compute.list_flatten(table["embedding"]).to_numpy()
+    return SurfaceIndex(
+        table["sheet_id"].to_pylist(),
+        descriptors.reshape(n, *surface.DESCRIPTOR_SHAPE).astype(np.float32),
+        np.frombuffer(templates, np.float16).reshape(n, *surface.TEMPLATE_SHAPE),
+        paint.reshape(n, -1).astype(np.float32) if len(paint) else None,
+    )
+
+
+def threshold_of(settings) -> float:
+    """The verified correlation an answer needs: settings' identity_threshold, else the
+    calibrated default (models.identity.surface.VERIFY_THRESHOLD)."""
+    chosen = getattr(settings, "identity_threshold", None)
+    return surface.VERIFY_THRESHOLD if chosen is None else float(chosen)
+
+
+def inspection_verdicts(
+    frames: Iterable[tuple[str, np.ndarray]],
+    models: Models,
+    index: SurfaceIndex,
+    threshold: float,
+) -> tuple[Found, list[Verdict], float]:
+    """Every marking the detector finds in consecutive (frame_id, frame) pairs of one
+    recording, and its verdict (seen with its frame's neighbours, as the inspection
+    workers see it); the seconds spent identifying (not detecting)."""
+    found, verdicts, seconds = Found(), [], 0.0
+    previous, pending = (None, None), None  # a batch waits for the next one's first frame
+
+    def identified(images: list[np.ndarray], marks, following: tuple) -> None:
+        nonlocal seconds
+        started = time.perf_counter()
+        paint = embed(models.imprint, marks.crops)
+        verdicts.extend(
+            identify_markings(
+                marks,
+                images,
+                index,
+                threshold,
+                previous[0],
+                following[0],
+                paint,
+                edge_markings=(previous[1], following[1]),
+            )
+        )
+        seconds += time.perf_counter() - started
+
+    for batch in _batches(frames, BATCH):
+        images = [image for _, image in batch]
+        marks = find_pictures_markings(models.detector, models.imprint, images, BATCH)
+        names = [frame_id for frame_id, _ in batch]
+        found.pictures += len(batch)
+        found.per_frame.update(zip(names, marks.per_picture, strict=True))
+        for owner, box in zip(marks.owners, marks.boxes, strict=True):
+            found.frame_ids.append(names[owner])
+            found.boxes.append(box)
+        if pending is not None:
+            identified(*pending, (images[0], marks.per_picture[0]))
+            previous = (pending[0][-1], pending[1].per_picture[-1])
+        pending = (images, marks)
+    if pending is not None:
+        identified(*pending, (None, None))
+    return found, verdicts, seconds
 
 
 def evaluate_identity(
     pair: ArchivePair,
     models: Models,
     warehouse: Warehouse,
+    threshold: float,
     leave_out: float = 0.0,
     progress=None,
 ) -> dict:
     """Register the pair's station, identify every marking the detector finds in the
     inspection frames, and score it against the ground truth.
 
-    Per sheet, the query is the sheet's most complete detected marking (the tallest box:
-    a marking cut by the frame edge is shorter), as the inspect flow does.
+    Per sheet, the answer is its best verified marking's, as the inspect flow gives it.
     """
     registered = register_station(pair.station, models, warehouse, leave_out)
     # the registry of this pair's station only, so the figures do not depend on what
@@ -262,13 +336,17 @@ def evaluate_identity(
     index = reference_index(warehouse, models.imprint_version, registered.archive_id)
     if not len(index):
         raise ValueError(f"no sheet of {pair.station} could be registered: no marking found")
-    threshold = models.imprint.threshold
 
     truth = marking_boxes(pair.inspection)
     started = time.perf_counter()
-    found = find_markings(_counted(read_frames(pair.inspection), progress), models)
-    embeddings = _embed(found, models)
-    matches = index.match(embeddings, threshold)
+    found, verdicts, identify_s = inspection_verdicts(
+        _counted(read_frames(pair.inspection), progress), models, index, threshold
+    )
+    matches = Matches(
+        [v.sheet_id for v in verdicts],
+        [v.nearest or UNKNOWN for v in verdicts],
+        np.array([-np.inf if v.similarity is None else v.similarity for v in verdicts], np.float32),
+    )
     seconds = time.perf_counter() - started
 
     # which ground-truth marking each detection is (IoU >= 0.5), per frame
@@ -283,12 +361,12 @@ def evaluate_identity(
         [np.array([m["box"] for m in truth.get(f, [])]).reshape(-1, 4) for f in frame_ids],
     )
 
-    # per sheet: the tallest detected marking of each sheet the camera saw; a sheet whose
-    # marking was never detected is a query answered unknown
+    # per sheet: the best verified of the detected markings of each sheet the camera
+    # saw; a sheet whose marking was never detected is a query answered unknown
     best: dict[str, int] = {}
     for i, sheet in enumerate(truth_of):
         if sheet is not None and (
-            sheet not in best or _height(found.boxes[i]) > _height(found.boxes[best[sheet]])
+            sheet not in best or matches.similarity[i] > matches.similarity[best[sheet]]
         ):
             best[sheet] = i
     seen_sheets = sorted({m["sheet_id"] for ms in truth.values() for m in ms})
@@ -320,12 +398,8 @@ def evaluate_identity(
         "seconds": round(seconds, 2),
         "frames_per_s": found.pictures / seconds if seconds else float("nan"),
         "sheets_per_s": len(seen_sheets) / seconds if seconds else float("nan"),
-        "match_ms_per_query": _match_time(index, embeddings),
+        "identify_ms_per_marking": identify_s / len(verdicts) * 1000 if verdicts else float("nan"),
     }
-
-
-def _height(box: np.ndarray) -> float:
-    return float(box[3] - box[1])
 
 
 def _per_sheet(matches: Matches, best: dict[str, int], sheets: list[str]) -> Matches:
@@ -343,19 +417,6 @@ def _counted(frames: Iterable, progress) -> Iterator:
         if progress:
             progress(n)
         yield item
-
-
-def _match_time(index: ReferenceIndex, queries: np.ndarray, repeats: int = 5) -> float:
-    """Median milliseconds to match one query against the whole registry."""
-    if not len(queries) or not len(index):
-        return float("nan")
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        for q in queries[:50]:
-            index.search(q[None])
-        times.append((time.perf_counter() - started) / min(50, len(queries)) * 1000)
-    return float(np.median(times))
 
 
 def load_models(settings, marking: str = "champion", imprint: str = "champion") -> Models:

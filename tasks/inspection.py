@@ -4,18 +4,21 @@ flow turns every range's results into the frames, defects and sheets tables.
 Data flows one way:
 
     Chunk (archive path, frame range, model versions)          sent to a worker
-      → decode → profiles, defect regions, marking boxes + embeddings   (ChunkResult)
+      → decode → profiles, defect regions, marking boxes + verdicts   (ChunkResult)
     all ChunkResults of an archive                             back in the flow
-      → track sheets → identify each sheet → place defects on sheets → grade
-      → frames / defects / sheets rows (Tables)
+      → track sheets → each sheet's identity from its markings' verdicts
+      → place defects on sheets → grade → frames / defects / sheets rows (Tables)
 
 Workers get paths and frame ranges, never pixels; each loads the models once and
-keeps them for the next chunk; frames are decoded a batch ahead of the models.
+keeps them for the next chunk; frames are decoded a batch ahead of the models. The
+registered sheets (``Registry``) are sent to each worker once per run; a worker
+identifies each marking it finds, seen with its frame's neighbours on the line.
 """
 
 from __future__ import annotations
 
 import bisect
+import itertools
 import json
 import logging
 import os
@@ -34,6 +37,7 @@ import pyarrow as pa
 from core.settings import Settings
 from core.tracking import EDGE_BLOCK, MIN_CONTRAST, TrackedSheet, frame_profile, track_sheets
 from tasks.archives import (
+    FrameError,
     Problem,
     archive_row,
     changed_since_ingest,
@@ -96,6 +100,31 @@ class Chunk:
     models: ModelRefs
     batch: int = 16
     device: str = "auto"
+    # the neighbours of the range on the line (None: none, or a frame was dropped there),
+    # and per frame of the range whether it directly follows the one before it
+    before_id: str | None = None
+    after_id: str | None = None
+    follows: tuple[bool, ...] = ()
+
+    def neighbour(self, frame_id: str | None) -> np.ndarray | None:
+        """A frame just outside the range, decoded on its own (None when there is none)."""
+        if frame_id is None:
+            return None
+        position = (
+            self.start - 1 if frame_id == self.before_id else self.start + len(self.frame_ids)
+        )
+        try:
+            return next(iter(decode_frames(self.video, self.frames_dir, position, (frame_id,))))
+        except (FrameError, StopIteration):  # identification goes on without it
+            return None
+
+
+@dataclass(frozen=True)
+class Registry:
+    """What identification needs on a worker: the registered sheets and the threshold."""
+
+    index: object  # models.identity.pipeline.SurfaceIndex
+    threshold: float
 
 
 @dataclass
@@ -108,7 +137,7 @@ class ChunkResult:
     gate: np.ndarray  # (n, C) float32
     defects: list  # models.segmentation.segmenter.Defect, frame relative to the chunk
     boxes: np.ndarray  # (m, 6) float32: frame (relative), x_min, y_min, x_max, y_max, score
-    embeddings: np.ndarray  # (m, D) float32
+    verdicts: list  # models.identity.pipeline.Verdict per box (empty: not identified)
     decode_s: float = 0.0
     model_s: float = 0.0
     worker: str = ""
@@ -175,17 +204,53 @@ def _batches_ahead(frames: Iterator[np.ndarray], size: int) -> Iterator[np.ndarr
             yield batch
 
 
-def inspect_chunk(chunk: Chunk) -> ChunkResult:
-    """Everything the models and the tracker need from a range of frames."""
-    from models.identity.pipeline import embed, find_markings
+def inspect_chunk(chunk: Chunk, registry: Registry | None = None) -> ChunkResult:
+    """Everything the models and the tracker need from a range of frames; with a
+    ``registry``, the verdict on each marking found."""
+    from models.identity.pipeline import embed, find_markings, identify_markings
 
     models = worker_models(chunk.models, chunk.device)
     segmenter = models["segmentation"]
     classes = [segmenter.classes[k] for k in sorted(segmenter.classes)]
-    contrast, edges, gates, defects, boxes, crops = [], [], [], [], [], []
+    contrast, edges, gates, defects, boxes, verdicts = [], [], [], [], [], []
     decode_s = model_s = 0.0
     done = 0
+    follows = list(chunk.follows) or [True] * len(chunk.frame_ids)
+    pending = None  # the previous batch and its markings, waiting for the frame after it
     clock = time.perf_counter()
+
+    def outside(frame_id: str | None) -> tuple:
+        """A neighbour of the range and its markings (detected here: no range has them)."""
+        frame = chunk.neighbour(frame_id)
+        rows = None if frame is None else models["marking"].detect([frame])[0]
+        return frame, rows
+
+    def identified(batch, marks, first: int, after: tuple) -> None:
+        """Verdicts on the markings of ``batch`` (its first frame at ``first``);
+        ``after``: the frame after it and its markings."""
+        if registry is None or not len(marks):
+            return
+        if first:
+            before = previous if follows[first] else (None, None)
+        else:
+            before = outside(chunk.before_id) if np.any(marks.owners == 0) else (None, None)
+        joined = follows[first : first + len(batch)]
+        paint = embed(models["imprint"], marks.crops)
+        verdicts.extend(
+            identify_markings(
+                marks,
+                list(batch),
+                registry.index,
+                registry.threshold,
+                before[0],
+                after[0],
+                paint,
+                [True, *joined[1:]],
+                (before[1], after[1]),
+            )
+        )
+
+    previous = (None, None)  # the last frame of the batch before the pending one, its markings
     for batch in _batches_ahead(decode_range(chunk), chunk.batch):
         now = time.perf_counter()
         decode_s += now - clock
@@ -199,13 +264,17 @@ def inspect_chunk(chunk: Chunk) -> ChunkResult:
         if "marking" in models:
             marks = find_markings(models["marking"], models["imprint"], list(batch), chunk.batch)
             boxes += [[done + i, *box] for i, box in zip(marks.owners, marks.boxes, strict=True)]
-            crops += list(marks.crops)
+            if pending is not None:  # the previous batch's markings: its next frame is here
+                following = (batch[0], marks.per_picture[0]) if follows[done] else (None, None)
+                identified(*pending, following)
+                previous = (pending[0][-1], pending[1].per_picture[-1])
+            pending = (batch, marks, done)
         done += len(batch)
         clock = time.perf_counter()
         model_s += clock - now
-    embeddings = (
-        embed(models["imprint"], np.stack(crops)) if crops else np.zeros((0, 0), np.float32)
-    )
+    if pending is not None:
+        last = pending[1].owners == len(pending[0]) - 1
+        identified(*pending, outside(chunk.after_id) if np.any(last) else (None, None))
     model_s += time.perf_counter() - clock
     n_classes = len(classes)
     return ChunkResult(
@@ -217,7 +286,7 @@ def inspect_chunk(chunk: Chunk) -> ChunkResult:
         gate=np.concatenate(gates) if gates else np.zeros((0, n_classes), np.float32),
         defects=defects,
         boxes=np.array(boxes, np.float32).reshape(-1, 6),
-        embeddings=embeddings,
+        verdicts=verdicts,
         decode_s=decode_s,
         model_s=model_s,
         worker=os.environ.get("DASK_WORKER_NAME", str(os.getpid())),
@@ -246,20 +315,34 @@ class Recording:
     frames_dir: str | None
     warnings: tuple = ()  # tasks.archives.Problem: usable, but worth a row (dropped frames)
 
+    def follows(self) -> list[bool]:
+        """Per frame, whether it directly follows the frame before it on the line (the
+        frames tile the line and none was dropped between them)."""
+        tiles = abs(self.frame_step_lines - self.frame_height) < 0.5
+        numbers = self.frame_numbers
+        return [False] + [tiles and b - a == 1 for a, b in itertools.pairwise(numbers)]
+
     def chunks(self, size: int, refs: ModelRefs, batch: int, device: str) -> list[Chunk]:
-        return [
-            Chunk(
-                str(self.path),
-                self.video,
-                self.frames_dir,
-                start,
-                tuple(self.frame_ids[start : start + size]),
-                refs,
-                batch,
-                device,
+        follows, ids = self.follows(), self.frame_ids
+        out = []
+        for start in range(0, len(ids), size):
+            end = min(start + size, len(ids))
+            out.append(
+                Chunk(
+                    str(self.path),
+                    self.video,
+                    self.frames_dir,
+                    start,
+                    tuple(ids[start:end]),
+                    refs,
+                    batch,
+                    device,
+                    before_id=ids[start - 1] if follows[start] else None,
+                    after_id=ids[end] if end < len(ids) and follows[end] else None,
+                    follows=tuple(follows[start:end]),
+                )
             )
-            for start in range(0, len(self.frame_ids), size)
-        ]
+        return out
 
 
 def recording(archive_id: str, path: Path) -> Recording:
@@ -292,6 +375,7 @@ class Identity:
     sheet_id: str
     nearest: str | None
     similarity: float | None
+    agreeing: int | None = None  # markings verified as sheet_id (None: nothing identified)
 
 
 @dataclass
@@ -311,8 +395,6 @@ def assemble(
     rec: Recording,
     results: list[ChunkResult],
     refs: ModelRefs,
-    index,  # models.identity.matching.ReferenceIndex or None
-    threshold: float,
     grades: list,
     import_id: str,
 ) -> Inspected:
@@ -327,7 +409,7 @@ def assemble(
         min_gap=round(MIN_GAP_MM / rec.mm_per_px),
     )
     on_line = _SheetsByLine(sheets)
-    marks = identify_sheets(sheets, on_line, line, results, index, threshold)
+    marks = identify_sheets(sheets, on_line, line, results)
     ids = {"archive_id": rec.archive_id, "import_id": import_id}
     defects = place_defects(rec, line, results, on_line, marks.identities, refs.segmentation)
     frames, frames_of = frame_rows(rec, line, on_line, defects, marks, refs.key())
@@ -390,15 +472,14 @@ def identify_sheets(
     on_line: _SheetsByLine,
     line: Stitched,
     results: list[ChunkResult],
-    index,
-    threshold: float,
 ) -> Markings:
-    """One identity per sheet: of the markings found on it, the one nearest a registered
-    sheet (``unknown`` below the threshold or without registered sheets)."""
+    """One identity per sheet from the verdicts on all the markings found on it (its
+    whole pass): the best verified one's, with how many of them agree (``unknown``
+    below the threshold, or when nothing was identified)."""
     line_of = line.line_of
     marks = Markings({s.index: Identity("unknown", None, None) for s in sheets}, {}, {})
     marks.on_sheet = dict.fromkeys(marks.identities, 0)
-    searchable = index is not None and len(index) > 0
+    verdicts: dict[int, list] = {s.index: [] for s in sheets}
     for r in results:
         if not len(r.boxes):
             continue
@@ -406,20 +487,22 @@ def identify_sheets(
         for f in frames:
             marks.per_frame[int(f)] = marks.per_frame.get(int(f), 0) + 1
         centres = np.array([line_of[int(f)] for f in frames]) + (r.boxes[:, 2] + r.boxes[:, 4]) / 2
-        matches = index.match(r.embeddings, threshold) if searchable else None
         for n, centre in enumerate(centres):
             sheet = on_line.at(centre)
             if sheet is None:
                 continue
             marks.on_sheet[sheet.index] += 1
-            if matches is None:
-                continue
-            best = marks.identities[sheet.index]
-            similarity = float(matches.similarity[n])
-            if best.similarity is None or similarity > best.similarity:
-                marks.identities[sheet.index] = Identity(
-                    matches.sheet_ids[n], matches.nearest[n], similarity
-                )
+            if r.verdicts:
+                verdicts[sheet.index].append(r.verdicts[n])
+    for index, found in verdicts.items():
+        scored = [v for v in found if v.similarity is not None]
+        if not scored:
+            continue
+        best = max(scored, key=lambda v: v.similarity)
+        agreeing = (
+            sum(v.sheet_id == best.sheet_id for v in scored) if best.sheet_id != "unknown" else 0
+        )
+        marks.identities[index] = Identity(best.sheet_id, best.nearest, best.similarity, agreeing)
     return marks
 
 
@@ -547,6 +630,7 @@ def sheet_rows(
                 "sheet_id": identity.sheet_id,
                 "similarity": identity.similarity,
                 "nearest_sheet_id": identity.nearest,
+                "markings_agreeing": identity.agreeing,
                 "first_frame": rec.frame_numbers[frames_of[s.index][0]],
                 "last_frame": rec.frame_numbers[frames_of[s.index][-1]],
                 "first_line": s.first_line,
@@ -599,8 +683,7 @@ def inspect_archive(
     row: dict,
     refs: ModelRefs,
     client,
-    index,
-    threshold: float,
+    registry,  # a Registry, or a Dask future of one (scattered once per run), or None
     settings: Settings,
     warehouse: Warehouse,
     logger: logging.Logger,
@@ -622,9 +705,9 @@ def inspect_archive(
         settings.chunk_frames,
         len(client.scheduler_info(n_workers=-1)["workers"]),
     )
-    results, problems = run_chunks(client, rec, chunks, logger, progress, started)
+    results, problems = run_chunks(client, rec, chunks, registry, logger, progress, started)
     import_id = new_import_id()
-    inspected = assemble(rec, results, refs, index, threshold, settings.grades, import_id)
+    inspected = assemble(rec, results, refs, settings.grades, import_id)
     problems = list(rec.warnings) + problems
     status = "partial" if problems else "ok"
     if not results:
@@ -657,6 +740,7 @@ def run_chunks(
     client,
     rec: Recording,
     chunks: list[Chunk],
+    registry,
     logger: logging.Logger,
     progress: Callable[[str, int, int], None],
     started: float,
@@ -670,6 +754,7 @@ def run_chunks(
         client.submit(
             inspect_chunk,
             chunk,
+            registry,
             resources=resources,
             pure=False,
             key=f"inspect-{rec.archive_id}-{chunk.start}-{time.time_ns()}",

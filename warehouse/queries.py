@@ -74,12 +74,16 @@ def inspectable_archives(warehouse: Warehouse, kinds: list[str]) -> list[dict]:
 
 
 def sheet_references(
-    warehouse: Warehouse, imprint_version: str, archive_id: str | None = None
+    warehouse: Warehouse, imprint_version: str, surface_format: str, archive_id: str | None = None
 ) -> pa.Table:
-    """sheet_id and embedding of every sheet registered with this imprint version (of one
-    station archive when given), in a stable order."""
-    query = "SELECT sheet_id, embedding FROM sheet_references WHERE model_version = ?"
-    params: list = [imprint_version]
+    """sheet_id, paint embedding and surface imprint of every sheet registered with this
+    imprint version and surface layout (of one station archive when given), in a
+    stable order."""
+    query = (
+        "SELECT sheet_id, embedding, surface_descriptor, surface_template "
+        "FROM sheet_references WHERE model_version = ? AND surface_format = ?"
+    )
+    params: list = [imprint_version, surface_format]
     if archive_id is not None:
         query += " AND archive_id = ?"
         params.append(archive_id)

@@ -14,7 +14,7 @@ from types import MappingProxyType
 import pyarrow as pa
 
 # Bump when a table's columns change: the catalogue's views are rebuilt then.
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 
 def col(name: str, dtype: pa.DataType, doc: str, nullable: bool = False) -> pa.Field:
@@ -264,7 +264,9 @@ SHEETS = TableSpec(
             col(
                 "similarity",
                 pa.float32(),
-                "Imprint similarity to the nearest registered sheet; null: no marking found.",
+                "Verified correlation of the steel around the sheet's marking with the "
+                "nearest registered sheet's (about 0 for another sheet); the best of its "
+                "markings; null: no marking found or none could be verified.",
                 nullable=True,
             ),
             col(
@@ -281,6 +283,12 @@ SHEETS = TableSpec(
             col("length_mm", pa.float64(), "Measured length.", nullable=True),
             col("width_mm", pa.float64(), "Measured width.", nullable=True),
             col("n_markings", pa.int32(), "Marking detections on the sheet."),
+            col(
+                "markings_agreeing",
+                pa.int32(),
+                "Of its marking detections, those verified as the sheet's ID (0 when unknown).",
+                nullable=True,
+            ),
             col("n_defects", pa.int32(), "Defects found on the sheet."),
             col(
                 "defect_counts",
@@ -305,8 +313,9 @@ SHEET_REFERENCES = TableSpec(
     name="sheet_references",
     description=(
         "The reference registry for identification: one row per sheet the marking station "
-        "photographed, with its L2 sheet ID and the imprint embedding of its marking. "
-        "Inspection matches marking crops against these rows by nearest neighbour."
+        "photographed, with its L2 sheet ID, the surface imprint of the steel around its "
+        "marking and the embedding of its paint. Inspection finds the nearest rows and "
+        "verifies them by aligned correlation of the surface."
     ),
     schema=pa.schema(
         [
@@ -321,6 +330,27 @@ SHEET_REFERENCES = TableSpec(
                 "embedding",
                 pa.list_(pa.float32()),
                 "L2-normalised imprint embedding; cosine similarity is a dot product.",
+            ),
+            col(
+                "surface_format",
+                pa.string(),
+                "Layout of the surface imprint (models.identity.surface.FORMAT); rows of "
+                "another layout are not searched: register the station again.",
+                nullable=True,
+            ),
+            col("surface_angle", pa.float32(), "Degrees the text was turned level.", nullable=True),
+            col(
+                "surface_descriptor",
+                pa.list_(pa.float32()),
+                "Band-passed steel around the marking, paint masked, one L2-normalised "
+                "descriptor per turn, flattened.",
+                nullable=True,
+            ),
+            col(
+                "surface_template",
+                pa.binary(),
+                "The verification template: float16 bytes, its shape in surface_format.",
+                nullable=True,
             ),
             col("model_version", pa.string(), "steelsight-imprint version that embedded it."),
             col("detector_version", pa.string(), "steelsight-marking version that found it."),

@@ -1,6 +1,9 @@
-"""From pictures to what identifies a sheet, the one way every caller goes: detect the
-markings, cut each one's crop, embed the crops (matching them is
-``ReferenceIndex.match``). Used by register-sheets and evaluate identity
+"""From pictures to who a sheet is, the one way every caller goes: detect the markings,
+cut each one's paint crop and embed it (``find_markings``, ``embed``); take the surface
+imprint of a station picture's marking (``reference``); and identify a marking seen by
+the line's camera (``identify``): the registered sheets nearest by the steel around it
+(and by its paint) are verified by aligned correlation, and the best verified one is
+the answer when it reaches the threshold. Used by register-sheets and evaluate identity
 (tasks/identify.py), the inspection workers (tasks/inspection.py) and /v1/inspect
 (serving/inference.py), so that batch inspection and the API cannot drift apart."""
 
@@ -10,7 +13,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from models.identity import surface
 from models.identity.crops import marking_crop
+from models.identity.matching import UNKNOWN, normalise
 
 
 @dataclass(frozen=True)
@@ -56,3 +61,171 @@ def embed(imprint, crops: np.ndarray) -> np.ndarray:
     if not len(crops):
         return np.zeros((0, int(imprint.config()["dim"])), np.float32)
     return imprint.embed(crops)
+
+
+def reference(picture: np.ndarray, box) -> surface.Surface:
+    """A station picture's surface imprint: its text levelled, descriptors and template."""
+    return surface.imprint(picture, box, level=True)
+
+
+@dataclass(frozen=True)
+class SurfaceIndex:
+    """The registered sheets as identification searches them: per sheet its surface
+    descriptors (one per turn), its verification template, and the embedding of its
+    paint (optional: candidates from the paint as well)."""
+
+    sheet_ids: list[str]
+    descriptors: np.ndarray  # float32 (n, turns, D), L2-normalised
+    templates: np.ndarray  # float16 (n, h, w)
+    paint: np.ndarray | None = None  # float32 (n, d), L2-normalised
+
+    def __len__(self) -> int:
+        return len(self.sheet_ids)
+
+    @staticmethod
+    def empty() -> SurfaceIndex:
+        return SurfaceIndex([], np.zeros((0, 1, 1), np.float32), np.zeros((0, 1, 1), np.float16))
+
+    def candidates(
+        self, descriptor: np.ndarray, paint: np.ndarray | None, top: int, paint_top: int
+    ) -> list[tuple[int, float]]:
+        """(registered row, the turn its descriptor matched best at), nearest first: the
+        ``top`` nearest by the steel, then the ``paint_top`` nearest by the paint that
+        are not among them."""
+        per_turn = self.descriptors @ descriptor  # (n, turns)
+        order = list(np.argsort(-per_turn.max(axis=1))[:top])
+        if paint is not None and self.paint is not None and paint_top:
+            by_paint = np.argsort(-(self.paint @ normalise(paint[None])[0]))[:paint_top]
+            order += [i for i in by_paint if i not in order]
+        turns = surface.DESCRIPTOR_TURNS
+        return [(int(i), turns[int(np.argmax(per_turn[i]))]) for i in order]
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Who a marking's sheet is: ``sheet_id`` (``unknown`` below the threshold), the best
+    verified candidate and its verified correlation (None: nothing to verify)."""
+
+    sheet_id: str
+    nearest: str | None
+    similarity: float | None
+    verified: tuple[tuple[str, float], ...] = ()  # every candidate and its correlation
+
+
+NOTHING = Verdict(UNKNOWN, None, None)
+
+
+def identify(
+    frame: np.ndarray,
+    box,
+    index: SurfaceIndex,
+    threshold: float,
+    before: np.ndarray | None = None,
+    after: np.ndarray | None = None,
+    paint: np.ndarray | None = None,
+    top: int = surface.CANDIDATES,
+    paint_top: int = 2,
+) -> Verdict:
+    """Identify the marking at ``box`` of an inspection ``frame``, seen with the frames
+    just before and after it on the line when given (a marking near the frame's edge
+    leaves too little steel in one frame); ``paint``: its paint crop's embedding. The
+    box is in the frame's coordinates and may reach past its edges into a neighbour
+    (a marking the seam cut, joined with its other part: ``across_seams``)."""
+    if not len(index):
+        return NOTHING
+    parts = [p for p in (before, frame, after) if p is not None and p.shape == frame.shape]
+    top_row = frame.shape[0] if before is not None and before.shape == frame.shape else 0
+    picture = np.concatenate(parts) if len(parts) > 1 else frame
+    seams = tuple(frame.shape[0] * k for k in range(1, len(parts)))
+    x0, y0, x1, y1 = (float(v) for v in box[:4])
+    box = (x0, y0 + top_row, x1, y1 + top_row)
+    steel = surface.steel_mask(picture)
+    described = surface.describe(picture, box, steel=steel, seams=seams)
+    chosen = index.candidates(described, paint, top, paint_top)
+    verified = surface.verify(
+        picture,
+        box,
+        [index.templates[i].astype(np.float32) for i, _ in chosen],
+        steel,
+        [turn for _, turn in chosen],
+        seams,
+    )
+    best = int(np.argmax(verified))
+    similarity = float(verified[best])
+    if similarity < -0.5:  # too little steel around the marking to verify anything
+        return NOTHING
+    nearest = index.sheet_ids[chosen[best][0]]
+    scores = tuple(
+        (index.sheet_ids[i], float(v)) for (i, _), v in zip(chosen, verified, strict=True)
+    )
+    return Verdict(nearest if similarity >= threshold else UNKNOWN, nearest, similarity, scores)
+
+
+def across_seams(
+    box: np.ndarray, height: int, above: np.ndarray | None, below: np.ndarray | None
+) -> np.ndarray:
+    """A box the frame's edge cut joined with the other part of its marking, found in
+    the neighbouring frame (its detections ``above`` and ``below``, (k, >=4), the box on
+    the edge that shares most of its columns), in the frame's coordinates (it may reach
+    outside the frame). The window around a marking is centred on the whole of it."""
+    x0, y0, x1, y1 = (float(v) for v in box[:4])
+
+    def partner(rows: np.ndarray | None, edge: str) -> np.ndarray | None:
+        if rows is None or not len(rows):
+            return None
+        on_edge = rows[:, 3] >= height - 2 if edge == "bottom" else rows[:, 1] <= 1
+        shared = np.minimum(rows[:, 2], x1) - np.maximum(rows[:, 0], x0)
+        fits = on_edge & (shared >= 0.5 * np.minimum(rows[:, 2] - rows[:, 0], x1 - x0))
+        return rows[np.argmax(np.where(fits, shared, -np.inf))] if fits.any() else None
+
+    out = np.asarray(box, np.float32).copy()
+    if y0 <= 1 and (other := partner(above, "bottom")) is not None:
+        out[1] = float(other[1]) - height
+        out[0], out[2] = min(x0, float(other[0])), max(x1, float(other[2]))
+    if y1 >= height - 2 and (other := partner(below, "top")) is not None:
+        out[3] = float(other[3]) + height
+        out[0], out[2] = min(out[0], float(other[0])), max(out[2], float(other[2]))
+    return out
+
+
+def identify_markings(
+    marks: Markings,
+    frames: list[np.ndarray],
+    index: SurfaceIndex,
+    threshold: float,
+    before: np.ndarray | None = None,
+    after: np.ndarray | None = None,
+    paint: np.ndarray | None = None,
+    follows: list[bool] | None = None,
+    edge_markings: tuple[np.ndarray | None, np.ndarray | None] = (None, None),
+) -> list[Verdict]:
+    """A verdict per marking of ``marks`` (found in ``frames``, consecutive frames of the
+    line), each seen with its frame's neighbours: ``before`` the frame preceding the
+    first, ``after`` the one following the last (None: not known); ``follows[i]``:
+    whether frame i directly follows frame i - 1 on the line (all do when None; a
+    dropped frame breaks it); ``edge_markings``: the detections of ``before`` and
+    ``after``, for markings the seam cut. ``paint``: the markings' paint embeddings."""
+    last = len(frames) - 1
+    joined = [True] * len(frames) if follows is None else list(follows)
+    found = marks.per_picture
+
+    def neighbours(i: int) -> tuple:
+        """(frame above, its detections, frame below, its detections)."""
+        if i > 0:
+            above = (frames[i - 1], found[i - 1]) if joined[i] else (None, None)
+        else:
+            above = (before, edge_markings[0]) if before is not None else (None, None)
+        if i < last:
+            below = (frames[i + 1], found[i + 1]) if joined[i + 1] else (None, None)
+        else:
+            below = (after, edge_markings[1]) if after is not None else (None, None)
+        return (*above, *below)
+
+    out = []
+    for n, (owner, box) in enumerate(zip(marks.owners, marks.boxes, strict=True)):
+        i = int(owner)
+        above, above_rows, below, below_rows = neighbours(i)
+        whole = across_seams(box, frames[i].shape[0], above_rows, below_rows)
+        embedded = None if paint is None or not len(paint) else paint[n]
+        out.append(identify(frames[i], whole, index, threshold, above, below, embedded))
+    return out

@@ -354,6 +354,29 @@ def test_a_model_below_its_promotion_floor_is_registered_without_the_alias(world
         assert not world.trained["marking"]["promoted"]
 
 
+def test_the_demo_imprint_recipe_trained_as_make_demo_trains_it(world: World) -> None:
+    """The fixture trained the imprint's `demo` recipe through the retrain flow, in the
+    TensorFlow process ``fit`` starts (where AVX-512 machines once crashed, see
+    tests/models/test_imprint_cpu.py): every epoch's loss is in MLflow, finite and
+    falling, and the registered model embeds on the torch backend."""
+    import math
+
+    import numpy as np
+
+    from models import registry
+    from models.identity.imprint import imprint_recipe
+
+    settings = get_settings()
+    run_id = world.trained["imprint"]["run_id"]
+    history = registry.connect(settings).get_metric_history(run_id, "train_loss")
+    losses = [m.value for m in sorted(history, key=lambda m: m.step)]
+    assert len(losses) == imprint_recipe("demo").epochs
+    assert all(math.isfinite(v) for v in losses) and losses[-1] < losses[0], losses
+    model = registry.load_model(settings, "imprint", world.trained["imprint"]["version"])
+    crops = np.random.default_rng(0).integers(0, 255, (4, *model.crop_size), dtype=np.uint8)
+    assert np.allclose(np.linalg.norm(model.embed(crops), axis=1), 1, atol=1e-4)
+
+
 def test_a_station_registered_by_hand_is_a_duplicate_when_it_lands(
     world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -14,7 +14,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from twin.config import TwinConfig
@@ -76,22 +75,11 @@ def _fit(observations, recipe, workdir: Path):
     return fit(o.crops, o.sheet_ids, o.sources, split, recipe, seed=0, workdir=workdir)
 
 
-def test_the_demo_recipe_trains_as_make_demo_runs_it(observations) -> None:
-    from models.identity.imprint import imprint_recipe
-
-    recipe = imprint_recipe("demo")
-    result = _fit(observations, recipe, observations[0] / "demo")
-    losses = [row["train_loss"] for row in result.history]
-    assert len(losses) == recipe.epochs
-    assert all(math.isfinite(v) for v in losses)
-    assert losses[-1] < losses[0]
-    embedded = result.model.embed(observations[1].crops[:4])
-    assert np.allclose(np.linalg.norm(embedded, axis=1), 1, atol=1e-4)
-
-
 @pytest.mark.parametrize("size", ["tiny", "default", "gpu"])
 def test_every_other_recipe_takes_its_first_steps(observations, size: str) -> None:
-    """The networks of the other recipes (their widths and batches), two steps each."""
+    """The networks of the other recipes (their widths and batches), two steps each. The
+    `demo` recipe trains in full in the main job's fixture (tests/inspect/test_main_job.py:
+    test_the_demo_imprint_recipe_trained_as_make_demo_trains_it)."""
     from models.identity.imprint import imprint_recipe
 
     recipe = imprint_recipe(size, epochs=1, steps_per_epoch=2)

@@ -11,7 +11,7 @@ import pytest
 
 from core.grading import DEFAULT_GRADES
 from core.tracking import EDGE_BLOCK, TrackedSheet
-from models.identity.matching import ReferenceIndex
+from models.identity.pipeline import Verdict
 from models.segmentation.segmenter import Defect
 from tasks.inspection import (
     ChunkResult,
@@ -46,7 +46,7 @@ def _recording() -> Recording:
     )
 
 
-def _chunk(start: int, boxes=(), embeddings=(), defects=(), steel_blocks=(0, 0)) -> ChunkResult:
+def _chunk(start: int, boxes=(), verdicts=(), defects=(), steel_blocks=(0, 0)) -> ChunkResult:
     """Two frames; ``steel_blocks``: profile blocks per frame that see steel."""
     blocks = 100 // EDGE_BLOCK
     contrast = np.zeros((2, blocks), np.float32)
@@ -61,7 +61,7 @@ def _chunk(start: int, boxes=(), embeddings=(), defects=(), steel_blocks=(0, 0))
         gate=np.full((2, 4), 0.1 * (start + 1), np.float32),
         defects=list(defects),
         boxes=np.array(boxes, np.float32).reshape(-1, 6),
-        embeddings=np.array(embeddings, np.float32).reshape(len(boxes), -1),
+        verdicts=list(verdicts),
     )
 
 
@@ -70,7 +70,7 @@ def _results() -> list[ChunkResult]:
     later = _chunk(
         2,
         boxes=[[0, 0, 0, 40, 10, 0.9]],  # frame 2, lines 200-210: on the table
-        embeddings=[[1.0, 0.0]],
+        verdicts=[Verdict("H2", "H2", 0.9)],  # identified, but not on a sheet
         defects=[Defect(0, 3, "1 5", 5, (0, 0, 4, 10), 0.7)],  # line 205: on the table
         steel_blocks=(0, 12),
     )
@@ -80,7 +80,7 @@ def _results() -> list[ChunkResult]:
             [0, 0, 10, 40, 30, 0.9],  # frame 0, centre line 20: sheet 0
             [1, 0, 50, 40, 70, 0.8],  # frame 1, centre line 160: sheet 0
         ],
-        embeddings=[[0.8, 0.6], [1.0, 0.0]],
+        verdicts=[Verdict("H1", "H1", 0.62), Verdict("H1", "H1", 0.8)],
         defects=[
             Defect(1, 2, "1 10", 10, (10, 40, 20, 60), 0.9),  # frame 1, centre line 150
             Defect(1, 0, "5 2", 2, (30, 44, 31, 46), 0.6),
@@ -96,12 +96,11 @@ def steps():
     results = _results()
     line = stitch(rec, results)
     on_line = _SheetsByLine(SHEETS)
-    index = ReferenceIndex(["H1", "H2"], np.array([[1.0, 0.0], [0.0, 1.0]], np.float32))
-    return rec, results, line, on_line, index
+    return rec, results, line, on_line
 
 
 def test_stitch_lays_ranges_end_to_end_in_recording_order(steps) -> None:
-    _, _, line, _, _ = steps
+    _, _, line, _ = steps
     assert line.positions == [0, 1, 2, 3]
     assert line.first_lines.tolist() == [0, 100, 200, 300]
     assert line.gate[:, 0].tolist() == pytest.approx([0.1, 0.1, 0.3, 0.3])
@@ -109,24 +108,32 @@ def test_stitch_lays_ranges_end_to_end_in_recording_order(steps) -> None:
 
 
 def test_each_sheet_takes_its_best_marking_and_the_table_none(steps) -> None:
-    _, results, line, on_line, index = steps
-    marks = identify_sheets(SHEETS, on_line, line, results, index, threshold=0.7)
+    _, results, line, on_line = steps
+    marks = identify_sheets(SHEETS, on_line, line, results)
     one = marks.identities[0]
-    assert (one.sheet_id, one.nearest, one.similarity) == ("H1", "H1", pytest.approx(1.0))
+    assert (one.sheet_id, one.nearest, one.similarity) == ("H1", "H1", pytest.approx(0.8))
+    assert one.agreeing == 2  # both its markings verified as H1
     assert marks.identities[1].sheet_id == "unknown" and marks.identities[1].nearest is None
     assert marks.on_sheet == {0: 2, 1: 0}  # the marking on the table counts for no sheet
     assert marks.per_frame == {0: 1, 1: 1, 2: 1}
-    # below the threshold: unknown, with the nearest sheet kept for the record
-    strict = identify_sheets(SHEETS, on_line, line, results, index, threshold=1.01)
+    # the best verified marking decides, also when it is below the threshold: unknown,
+    # the nearest sheet kept for the record, and none agreeing
+    for r in results:
+        r.verdicts = [Verdict("unknown", "H1", 0.2) for _ in r.verdicts]
+    strict = identify_sheets(SHEETS, on_line, line, results)
     assert (strict.identities[0].sheet_id, strict.identities[0].nearest) == ("unknown", "H1")
-    # no registered sheets: markings are counted, nobody is identified
-    blind = identify_sheets(SHEETS, on_line, line, results, None, threshold=0.7)
+    assert strict.identities[0].agreeing == 0
+    # nothing identified (no registered sheets): markings are counted, nobody is named
+    for r in results:
+        r.verdicts = []
+    blind = identify_sheets(SHEETS, on_line, line, results)
     assert blind.on_sheet == {0: 2, 1: 0} and blind.identities[0].sheet_id == "unknown"
+    assert blind.identities[0].agreeing is None
 
 
 def test_defects_are_placed_on_the_sheet_under_their_centre_in_mm(steps) -> None:
-    rec, results, line, on_line, index = steps
-    marks = identify_sheets(SHEETS, on_line, line, results, index, threshold=0.7)
+    rec, results, line, on_line = steps
+    marks = identify_sheets(SHEETS, on_line, line, results)
     placed = place_defects(rec, line, results, on_line, marks.identities, "7")
     by_frame = [
         (r["frame_id"], r["class_name"], r["sheet_index"], r["sheet_id"]) for r in placed.rows
@@ -145,8 +152,8 @@ def test_defects_are_placed_on_the_sheet_under_their_centre_in_mm(steps) -> None
 
 
 def test_frames_and_sheets_rows_count_grade_and_measure(steps) -> None:
-    rec, results, line, on_line, index = steps
-    marks = identify_sheets(SHEETS, on_line, line, results, index, threshold=0.7)
+    rec, results, line, on_line = steps
+    marks = identify_sheets(SHEETS, on_line, line, results)
     placed = place_defects(rec, line, results, on_line, marks.identities, "7")
     frames, frames_of = frame_rows(rec, line, on_line, placed, marks, "{}")
     assert [f["sheet_index"] for f in frames] == [0, 0, 1, 1]
@@ -169,7 +176,7 @@ def test_assemble_is_the_steps_in_order(steps) -> None:
     made-up edges are flat), so the tables are the frames alone."""
     rec, results, *_ = steps
     refs = ModelRefs("sqlite://", "7")
-    done = assemble(rec, results, refs, None, 0.7, list(DEFAULT_GRADES), "imp")
+    done = assemble(rec, results, refs, list(DEFAULT_GRADES), "imp")
     assert done.n_frames == 4 and done.frames.num_rows == 4
     assert set(done.frames["archive_id"].to_pylist()) == {"arc"}
     assert set(done.frames["import_id"].to_pylist()) == {"imp"}

@@ -106,3 +106,53 @@ def test_steel_mask_leaves_out_the_roller_table() -> None:
     frame[:, 100:300] = 110  # a sheet between columns 100 and 299
     mask = surface.steel_mask(frame)
     assert mask[:, 120:280].all() and not mask[:, :96].any() and not mask[:, 304:].any()
+
+
+def test_a_marking_the_seam_cut_is_joined_across_it_and_identified() -> None:
+    """The line's camera cuts the sheet into frames; the seam runs through the marking.
+    A detection in each frame holds a part of it: joined across the seam, the window is
+    centred on the whole marking, and the sheet is named; another sheet with the same
+    text stays a candidate that does not verify."""
+    from models.identity import pipeline
+
+    steel, box = _sheet(1)
+    other, other_box = _sheet(7)
+    index = pipeline.SurfaceIndex(
+        ["H1", "H7"],
+        np.stack(
+            [
+                pipeline.reference(_seen(s, 2), b).descriptor
+                for s, b in ((steel, box), (other, other_box))
+            ]
+        ),
+        np.stack(
+            [
+                pipeline.reference(_seen(s, 2), b).template.astype(np.float16)
+                for s, b in ((steel, box), (other, other_box))
+            ]
+        ),
+    )
+    # the line's camera: the sheet between two strips of roller table
+    seen = np.pad(_seen(steel, 4, gain=1.2), ((0, 0), (40, 40)), constant_values=15)
+    box = (box[0] + 40, box[1], box[2] + 40, box[3])
+    seam = box[1] + (box[3] - box[1]) // 3  # a third of the marking in the upper frame
+    height = seam
+    upper, lower = seen[:seam], seen[seam : 2 * seam]
+    cut_upper = np.array([box[0], box[1], box[2], seam - 1, 0.9], np.float32)  # on its bottom
+    cut_lower = np.array([box[0] + 3, 0, box[2] - 2, box[3] - seam, 0.9], np.float32)  # on its top
+
+    joined = pipeline.across_seams(cut_lower, height, cut_upper[None], None)
+    assert joined[1] == box[1] - seam and joined[3] == box[3] - seam  # the whole marking
+    assert joined[0] == box[0] and joined[2] == box[2]
+    # a box in the neighbour that shares too few columns is not the same marking
+    elsewhere = np.array([[box[2] - 20, box[1], box[2] + 300, seam - 1, 0.9]], np.float32)
+    assert pipeline.across_seams(cut_lower, height, elsewhere, None)[1] == 0
+
+    marks = pipeline.Markings(
+        np.array([0]), cut_lower[None], np.zeros((1, 1, 1), np.uint8), [cut_lower[None]]
+    )
+    (verdict,) = pipeline.identify_markings(
+        marks, [lower], index, 0.33, before=upper, edge_markings=(cut_upper[None], None)
+    )
+    assert verdict.sheet_id == "H1" and verdict.similarity > 0.5, verdict
+    assert dict(verdict.verified)["H7"] < 0.2
