@@ -1,7 +1,7 @@
 """``steelsight demo``: the main job end to end on embedded defaults.
 
-1. the twin records a training line (models learn from it) and, into the landing
-   folder, the line to inspect plus a recording whose video was cut short;
+1. the twin records, into the landing folder, the line to inspect plus a recording
+   whose video was cut short (and, when a model must be trained, a training line);
 2. the ingest flow takes the landing folder in (the cut recording goes to quarantine);
 3. every model without a champion is trained at the ``demo`` size and registered;
 4. the inspect flow runs on a local Dask cluster;
@@ -49,12 +49,17 @@ def _record(console: Console, what: str, sheets: int, seed: int, out: Path, **co
         )
 
 
-def record_demo_line(settings: Settings, console: Console, sheets: int) -> Path:
-    """The twin's recordings, made once: training data, and what lands for ingest."""
-    twin = settings.home.resolve() / "twin"
-    train = twin / "train"
+def training_line(settings: Settings, console: Console) -> Path:
+    """The twin's recording the demo's models learn from, made once, when a model needs it."""
+    train = settings.home.resolve() / "twin" / "train"
     if not (train / f"line-1-inspection-s{TRAIN_SEED}").is_dir():
         _record(console, "training line", TRAIN_SHEETS, TRAIN_SEED, train)
+    return train
+
+
+def record_demo_line(settings: Settings, console: Console, sheets: int) -> None:
+    """The twin's recordings that land for ingest, made once."""
+    twin = settings.home.resolve() / "twin"
     marker = twin / "landed.json"
     if not marker.exists():
         landing = settings.landing_dir
@@ -73,20 +78,21 @@ def record_demo_line(settings: Settings, console: Console, sheets: int) -> Path:
             archive.rename(landing / archive.name)
         shutil.rmtree(twin / "staging", ignore_errors=True)
         marker.write_text(json.dumps({"landed": [line.inspection.name, cut.inspection.name]}))
-    return train
 
 
-def train_missing(settings: Settings, console: Console, train: Path) -> None:
+def train_missing(settings: Settings, console: Console) -> None:
     from flows.retrain import retrain
     from models import registry
 
     client = registry.connect(settings)
-    # what the demo's recordings teach each kind (models.kinds: a kind's reader)
-    data_for = {
-        "defect-masks": train / f"line-1-inspection-s{TRAIN_SEED}",  # the twin's masks
-        "marking-boxes": train,  # station + inspection pairs
-        "imprint-crops": train,
-    }
+
+    def data_for(reader: str) -> Path:
+        """What the demo's recordings teach each kind (models.kinds: a kind's reader)."""
+        train = training_line(settings, console)
+        if reader == "defect-masks":
+            return train / f"line-1-inspection-s{TRAIN_SEED}"  # the twin's masks
+        return train  # station + inspection pairs
+
     served = [k for k in KINDS.values() if k.role != "offline"]  # what inspect uses
     for spec in served:
         kind = spec.name
@@ -100,7 +106,7 @@ def train_missing(settings: Settings, console: Console, train: Path) -> None:
                 f"train one with `steelsight train {kind} --size default`)"
             )
             continue
-        data = data_for[spec.reader]
+        data = data_for(spec.reader)
         console.print(f"{kind}: no champion, training a quick model on {data.name} ...")
         started = time.perf_counter()
         result = retrain(kind=kind, data=str(data), size="demo")
@@ -122,7 +128,7 @@ def run_demo(
     from warehouse.store import Warehouse
 
     started = time.perf_counter()
-    train = record_demo_line(settings, console, sheets)
+    record_demo_line(settings, console, sheets)
     extra = [str(data.resolve())] if data is not None and data.is_dir() else []
     ingested = ingest(paths=extra)
     for r in ingested:
@@ -131,7 +137,7 @@ def run_demo(
             + (f" ({r['reason']})" if r["reason"] else ""),
             highlight=False,
         )
-    train_missing(settings, console, train)
+    train_missing(settings, console)
     with _progress(console) as progress:
         bars: dict[str, int] = {}
 
