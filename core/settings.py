@@ -74,7 +74,8 @@ class Settings(BaseSettings):
         "learnt nothing on its holdout before retraining may make it champion: "
         "segmentation, mean Dice on the images showing each class (empty masks: 0); "
         "classification, accuracy above always answering the commonest class; marking, "
-        "mAP50; imprint, share identified. Below it the version is registered without "
+        "mAP50; imprint, its sheet among the paint's candidates above chance. Below it "
+        "the version is registered without "
         "the alias (`steelsight promote` still can). JSON object in "
         'STEELSIGHT_PROMOTION_FLOORS, e.g. {"marking": 0.1}; a kind left out keeps its '
         "default (0.05; models/kinds.py). A kind steelsight does not know stops a retrain "

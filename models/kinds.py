@@ -178,11 +178,13 @@ KINDS: Mapping[str, ModelKind] = MappingProxyType(
             ModelKind(
                 name="imprint",
                 registered_name="steelsight-imprint",
-                summary="Keras sheet re-identification",
+                summary="Keras embedding of the marking's paint",
                 data="a marking-station + inspection archive pair or a folder of pairs",
                 reader="imprint-crops",
-                score="identified",  # right ID given at the operating threshold
-                score_label="identified",
+                # its sheet among the paint's nearest registered sheets (its role: it
+                # proposes candidates; the steel around the marking decides)
+                score="candidate_recall",
+                score_label="sheet among the paint's candidates",
                 role="identity",
                 family="models.identity.imprint_kind",
                 requirements=("keras==3.15.1", "torch==2.15.0", *_BASE),

@@ -121,6 +121,7 @@ class Verdict:
 
 
 NOTHING = Verdict(UNKNOWN, None, None)
+PAINT_CANDIDATES = 2  # registered sheets nearest by the paint, verified beside the steel's
 
 
 def identify(
@@ -132,7 +133,7 @@ def identify(
     after: np.ndarray | None = None,
     paint: np.ndarray | None = None,
     top: int = surface.CANDIDATES,
-    paint_top: int = 2,
+    paint_top: int = PAINT_CANDIDATES,
 ) -> Verdict:
     """Identify the marking at ``box`` of an inspection ``frame``, seen with the frames
     just before and after it on the line when given (a marking near the frame's edge

@@ -20,9 +20,12 @@ def test_sizes_are_every_recipes() -> None:
 
 
 def test_sizes_are_ordered_as_named() -> None:
-    """tiny < demo < default < gpu in training work (epochs, and steps for the imprint)."""
-    for sizes in (SEGMENTATION_SIZES, CLASSIFIER_SIZES, DETECTOR_SIZES):
+    """tiny < demo < default < gpu in training work (epochs; pictures seen for the
+    detector, whose demo trains more epochs on fewer pictures; steps for the imprint)."""
+    for sizes in (SEGMENTATION_SIZES, CLASSIFIER_SIZES):
         epochs = [sizes[s.value].epochs for s in Size]
         assert epochs == sorted(epochs) and epochs[0] < epochs[1], epochs
+    seen = [DETECTOR_SIZES[s.value].epochs * DETECTOR_SIZES[s.value].max_images for s in Size]
+    assert seen == sorted(seen) and seen[0] < seen[1], seen
     steps = [IMPRINT_SIZES[s.value].epochs * IMPRINT_SIZES[s.value].steps_per_epoch for s in Size]
     assert steps == sorted(steps) and steps[0] < steps[1], steps
