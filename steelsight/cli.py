@@ -691,6 +691,11 @@ def _evaluate_identity(data: Path, model: str, leave_out: float, as_json: bool) 
     table.add_row("wrong IDs", str(s["wrong_ids"]), str(p["wrong_ids"]))
     console.print(table)
     console.print(
+        f"per detection: the detections of a listed marking (at least half in its frame); "
+        f"{p['unlisted_detections']} others (mostly the part of a marking the frame's edge "
+        f"cut), {p['unlisted_given_an_id']} of them given an ID"
+    )
+    console.print(
         f"threshold {s['threshold']:.3f}; marking mAP50 {d['map50']:.4f} (precision "
         f"{d['precision']:.4f}, recall {d['recall']:.4f}); markings not detected: "
         f"{s['marking_not_detected']} of {s['sheets']} sheets; {report['frames_per_s']:.1f} "

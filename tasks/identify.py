@@ -375,11 +375,23 @@ def evaluate_identity(
     )
     per_sheet["sheets"] = len(seen_sheets)
     per_sheet["marking_not_detected"] = sum(s not in best for s in seen_sheets)
+    # per detection: those that are a listed marking (the twin lists a marking in a frame
+    # when at least half of it is inside); the rest are mostly the smaller part of a
+    # marking the frame's edge cut, whose truth is not listed: counted apart
+    listed = [i for i, t in enumerate(truth_of) if t is not None]
     per_detection = identification_report(
-        [t if t is not None else "<no marking>" for t in truth_of],
+        [truth_of[i] for i in listed],
         registered.sheet_ids,
-        matches,
+        Matches(
+            [matches.sheet_ids[i] for i in listed],
+            [matches.nearest[i] for i in listed],
+            matches.similarity[listed],
+        ),
         threshold,
+    )
+    per_detection["unlisted_detections"] = len(truth_of) - len(listed)
+    per_detection["unlisted_given_an_id"] = sum(
+        matches.sheet_ids[i] != UNKNOWN for i, t in enumerate(truth_of) if t is None
     )
     return {
         "data": {"station": str(pair.station), "inspection": str(pair.inspection)},

@@ -98,9 +98,10 @@ class SurfaceIndex:
         self, descriptor: np.ndarray, paint: np.ndarray | None, top: int, paint_top: int
     ) -> list[tuple[int, float]]:
         """(registered row, the turn its descriptor matched best at), nearest first: the
-        ``top`` nearest by the steel, then the ``paint_top`` nearest by the paint that
-        are not among them."""
-        per_turn = self.descriptors @ descriptor  # (n, turns)
+        ``top`` nearest by the steel (``descriptor``: the query's, (shifts, D); the best
+        of every turn and shift counts), then the ``paint_top`` nearest by the paint
+        that are not among them."""
+        per_turn = (self.descriptors @ np.atleast_2d(descriptor).T).max(axis=2)  # (n, turns)
         order = list(np.argsort(-per_turn.max(axis=1))[:top])
         if paint is not None and self.paint is not None and paint_top:
             by_paint = np.argsort(-(self.paint @ normalise(paint[None])[0]))[:paint_top]
@@ -149,7 +150,9 @@ def identify(
     x0, y0, x1, y1 = (float(v) for v in box[:4])
     box = (x0, y0 + top_row, x1, y1 + top_row)
     steel = surface.steel_mask(picture)
-    described = surface.describe(picture, box, steel=steel, seams=seams)
+    described = surface.describe(
+        picture, box, steel=steel, seams=seams, shifts=surface.DESCRIPTOR_SHIFTS
+    )
     chosen = index.candidates(described, paint, top, paint_top)
     verified = surface.verify(
         picture,

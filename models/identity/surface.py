@@ -30,7 +30,9 @@ import numpy as np
 from core.tracking import EDGE_BLOCK, MIN_CONTRAST, frame_profile
 
 WINDOW = (224, 560)  # rows, columns around the marking's centre, at full resolution
-PAINT_MARGIN = 6  # pixels masked around the paint on every side
+# pixels masked around the paint's box (rows, columns): a detector's box of a wiped or
+# blurred marking is often short of the paint at the text's ends
+PAINT_MARGIN = (6, 20)
 DESCRIPTOR_BAND = (2.0, 16.0)  # band-pass of the descriptor: noise blur, background blur
 DESCRIPTOR_SCALE = 0.125  # 1,960 values; at 0.25 (7,840) no better after verification
 TEMPLATE_BAND = (2.0, 6.0)
@@ -38,14 +40,22 @@ TEMPLATE_SCALE = 0.5
 # a station's descriptor is also taken turned this much either side: the text line's
 # angle is off by a few degrees now and then (wiped paint, glare)
 DESCRIPTOR_TURNS = (-4.0, 0.0, 4.0)
-SEARCH_PX = 12  # shifts tried in verification, full-resolution pixels each way
+# shifts tried in verification, full-resolution pixels each way (rows, columns): two
+# views' boxes of one marking put its centre 6 px apart (median) and up to 30 along the
+# text, a few across it (the detector's boxes of sheets at seed 12 against the twin's)
+SEARCH_PX = (12, 32)
+# the query's descriptor is also taken with its window moved this far along the text,
+# so that retrieval tolerates the same offsets (the nearest at any shift counts)
+DESCRIPTOR_SHIFTS = (-24.0, -16.0, -8.0, 0.0, 8.0, 16.0, 24.0)
 SEARCH_DEGREES = (-6.0, -4.0, -2.0, 0.0, 2.0, 4.0, 6.0)  # residual rotations tried
 # what a registered surface imprint holds, as stored (warehouse sheet_references)
 DESCRIPTOR_SHAPE = (
     len(DESCRIPTOR_TURNS),
     round(WINDOW[0] * DESCRIPTOR_SCALE) * round(WINDOW[1] * DESCRIPTOR_SCALE),
 )
-TEMPLATE_SHAPE = tuple(round((n + 2 * SEARCH_PX) * TEMPLATE_SCALE) for n in WINDOW)
+TEMPLATE_SHAPE = tuple(
+    round((n + 2 * k) * TEMPLATE_SCALE) for n, k in zip(WINDOW, SEARCH_PX, strict=True)
+)
 FORMAT = (
     f"steel/1 band {DESCRIPTOR_BAND} x{DESCRIPTOR_SCALE} descriptor {DESCRIPTOR_SHAPE}; "
     f"band {TEMPLATE_BAND} x{TEMPLATE_SCALE} template {TEMPLATE_SHAPE} float16"
@@ -53,11 +63,11 @@ FORMAT = (
 CANDIDATES = 5  # registered sheets verified per marking: the nearest by descriptor
 # The verified correlation at which a candidate is accepted: chosen by
 # bench/identity_cues.py --calibrate on a twin recording (100 sheets, strong distortion,
-# seed 11: 0.317, genuine median 0.79, impostor max 0.26) for 0.1 % wrong IDs per query
+# seed 11: 0.354, genuine median 0.79, impostor max 0.32) for 0.1 % wrong IDs per query
 # over CANDIDATES candidates, rounded up; it does not depend on how many sheets are
 # registered, since only the nearest few are verified. Settings can replace it
 # (identity_threshold) after calibrating on a plant's own pairs.
-VERIFY_THRESHOLD = 0.32
+VERIFY_THRESHOLD = 0.36
 
 
 @dataclass(frozen=True)
@@ -157,12 +167,17 @@ def _banded(
     return _Banded(_band(picture, band, seams), shown, (x0, y0, x1, y1))
 
 
-def _turned(banded: _Banded, angle: float, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+def _turned(
+    banded: _Banded, angle: float, size: tuple[int, int], shift: float = 0.0
+) -> tuple[np.ndarray, np.ndarray]:
+    """The window turned by ``angle`` about the box's centre, moved ``shift`` px along
+    the turned rows, with the paint and what is not steel set to 0; and its steel mask."""
     rows, cols = size
     x0, y0, x1, y1 = banded.box
     centre = ((x0 + x1) / 2, (y0 + y1) / 2)
     turn = cv2.getRotationMatrix2D(centre, angle, 1.0)
-    turn[:, 2] += (cols / 2 - centre[0], rows / 2 - centre[1])  # the centre to the middle
+    # the centre (moved by ``shift``) to the middle
+    turn[:, 2] += (cols / 2 - centre[0] - shift, rows / 2 - centre[1])
     out = cv2.warpAffine(banded.picture, turn, (cols, rows), flags=cv2.INTER_LINEAR)
     inside = cv2.warpAffine(banded.shown, turn, (cols, rows), flags=cv2.INTER_NEAREST)
     valid = (inside > 0.5).astype(np.float32)
@@ -171,7 +186,7 @@ def _turned(banded: _Banded, angle: float, size: tuple[int, int]) -> tuple[np.nd
     # holds the whole marking, so this masks all paint, with some steel at a tilt)
     corners = np.array([[x0, y0], [x1, y0], [x0, y1], [x1, y1]], np.float32)
     moved = cv2.transform(corners[None], turn)[0]
-    m = PAINT_MARGIN
+    m = np.array(PAINT_MARGIN[::-1], np.float32)  # (columns, rows) as the corners are
     left, top = np.floor(moved.min(0) - m).astype(int).clip(0)
     right, bottom = np.ceil(moved.max(0) + m + 1).astype(int).clip(0)
     out[top:bottom, left:right] = 0
@@ -218,9 +233,14 @@ def describe(
     angle: float = 0.0,
     steel: np.ndarray | None = None,
     seams: Sequence[int] = (),
+    shifts: Sequence[float] = (0.0,),
 ) -> np.ndarray:
-    """The retrieval descriptor (D,), L2-normalised."""
-    return _normalised(window(picture, box, DESCRIPTOR_BAND, angle, steel=steel, seams=seams)[0])
+    """The retrieval descriptors (len(shifts), D), L2-normalised: the window moved by
+    each of ``shifts`` px along the text."""
+    rows, cols = WINDOW
+    reach = (rows, cols + 2 * int(max(abs(d) for d in shifts)))
+    banded = _banded(picture, box, DESCRIPTOR_BAND, reach, steel, seams)
+    return np.stack([_normalised(_turned(banded, angle, WINDOW, d)[0]) for d in shifts])
 
 
 def _normalised(band_passed: np.ndarray) -> np.ndarray:
@@ -229,8 +249,7 @@ def _normalised(band_passed: np.ndarray) -> np.ndarray:
 
 
 def _template(picture: np.ndarray, box: Sequence[float], angle: float) -> np.ndarray:
-    rows, cols = WINDOW
-    size = (rows + 2 * SEARCH_PX, cols + 2 * SEARCH_PX)
+    size = tuple(n + 2 * k for n, k in zip(WINDOW, SEARCH_PX, strict=True))
     band_passed, _ = window(picture, box, TEMPLATE_BAND, angle, size)
     return _scaled(band_passed, TEMPLATE_SCALE).astype(np.float32)
 

@@ -72,7 +72,9 @@ def test_the_same_sheet_verifies_and_another_with_the_same_text_does_not() -> No
     same, different = surface.verify(query, box, [reference.template, impostor.template])
     assert same > 0.5 and different < 0.2, (same, different)
     described = surface.describe(query, box)
-    assert (reference.descriptor @ described).max() > (impostor.descriptor @ described).max() + 0.3
+    assert (reference.descriptor @ described.T).max() > (
+        impostor.descriptor @ described.T
+    ).max() + 0.3
 
 
 def test_a_window_cut_by_the_frame_scores_on_what_it_shows() -> None:
