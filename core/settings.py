@@ -65,7 +65,8 @@ class Settings(BaseSettings):
         "sheet's at which the sheet is named; below it the answer is 'unknown'. Default: "
         "the value calibrated on the twin for 0.1 % wrong IDs per query "
         "(models/identity/surface.py VERIFY_THRESHOLD); calibrate on a plant's own "
-        "station/inspection pairs with bench/identity_cues.py --calibrate.",
+        "station/inspection pairs: `steelsight evaluate identity` prints the threshold a "
+        "pair asks for.",
     )
 
     promotion_floors: dict[str, float] = Field(

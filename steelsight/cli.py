@@ -695,6 +695,14 @@ def _evaluate_identity(data: Path, model: str, leave_out: float, as_json: bool) 
         f"{p['unlisted_detections']} others (mostly the part of a marking the frame's edge "
         f"cut), {p['unlisted_given_an_id']} of them given an ID"
     )
+    if report["calibration"]:
+        c = report["calibration"]
+        console.print(
+            f"calibration on this pair: threshold {c['threshold']:.3f} for "
+            f"{c['target_far']:.1%} wrong IDs per query over {c['registered']} candidates "
+            f"(genuine mean {c['genuine_mean']:.3f}, impostor max {c['impostor_max']:.3f}); "
+            "set it as identity_threshold after checking on another pair"
+        )
     console.print(
         f"threshold {s['threshold']:.3f}; marking mAP50 {d['map50']:.4f} (precision "
         f"{d['precision']:.4f}, recall {d['recall']:.4f}); markings not detected: "

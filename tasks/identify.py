@@ -25,7 +25,7 @@ from core.metrics import detection_report, match_detections
 from models.data import unit_hash
 from models.identity import surface
 from models.identity.crops import marking_crop
-from models.identity.matching import UNKNOWN, Matches, identification_report
+from models.identity.matching import UNKNOWN, Matches, choose_threshold, identification_report
 from models.identity.pipeline import (
     SurfaceIndex,
     Verdict,
@@ -43,6 +43,7 @@ from warehouse.store import Warehouse, new_import_id
 
 log = logging.getLogger(__name__)
 BATCH = 32  # pictures per detector call
+TARGET_FAR = 0.001  # wrong IDs per query the calibration of a pair aims at
 
 
 @dataclass(frozen=True)
@@ -374,6 +375,15 @@ def evaluate_identity(
         seen_sheets, registered.sheet_ids, _per_sheet(matches, best, seen_sheets), threshold
     )
     per_sheet["sheets"] = len(seen_sheets)
+    per_sheet["wrong"] = [  # every sheet given another's ID: what to look at first
+        {
+            "sheet_id": sheet,
+            "answer": matches.sheet_ids[i],
+            "similarity": float(matches.similarity[i]),
+        }
+        for sheet, i in best.items()
+        if matches.sheet_ids[i] not in (sheet, UNKNOWN)
+    ]
     per_sheet["marking_not_detected"] = sum(s not in best for s in seen_sheets)
     # per detection: those that are a listed marking (the twin lists a marking in a frame
     # when at least half of it is inside); the rest are mostly the smaller part of a
@@ -388,6 +398,16 @@ def evaluate_identity(
             matches.similarity[listed],
         ),
         threshold,
+    )
+    # what threshold this pair asks for: every verified candidate of a listed marking,
+    # the right sheet's score genuine, the others impostors
+    genuine = [v for i in listed for s, v in verdicts[i].verified if s == truth_of[i]]
+    impostor = [v for i in listed for s, v in verdicts[i].verified if s != truth_of[i]]
+    candidates = max((len(verdicts[i].verified) for i in listed), default=0)
+    calibration = (
+        choose_threshold(np.array(genuine), np.array(impostor), TARGET_FAR, candidates)
+        if genuine and impostor
+        else None
     )
     per_detection["unlisted_detections"] = len(truth_of) - len(listed)
     per_detection["unlisted_given_an_id"] = sum(
@@ -405,6 +425,7 @@ def evaluate_identity(
         },
         "per_sheet": per_sheet,
         "per_detection": per_detection,
+        "calibration": calibration,
         "detection": detection,
         "frames": found.pictures,
         "seconds": round(seconds, 2),

@@ -61,13 +61,14 @@ FORMAT = (
     f"band {TEMPLATE_BAND} x{TEMPLATE_SCALE} template {TEMPLATE_SHAPE} float16"
 )
 CANDIDATES = 5  # registered sheets verified per marking: the nearest by descriptor
-# The verified correlation at which a candidate is accepted: chosen by
-# bench/identity_cues.py --calibrate on a twin recording (100 sheets, strong distortion,
-# seed 11: 0.354, genuine median 0.79, impostor max 0.32) for 0.1 % wrong IDs per query
-# over CANDIDATES candidates, rounded up; it does not depend on how many sheets are
-# registered, since only the nearest few are verified. Settings can replace it
-# (identity_threshold) after calibrating on a plant's own pairs.
-VERIFY_THRESHOLD = 0.36
+# The verified correlation at which a candidate is accepted: chosen by `steelsight
+# evaluate identity` (its calibration) on a twin recording (100 sheets, strong
+# distortion, seed 11) with a default-size detector's boxes: 0.379 for 0.1 % wrong IDs
+# per query over the 7 candidates verified (genuine mean 0.72, impostor max 0.32),
+# rounded up. It does not depend on how many sheets are registered, since only the
+# nearest few are verified. Settings can replace it (identity_threshold) after
+# calibrating on a plant's own pairs.
+VERIFY_THRESHOLD = 0.38
 
 
 @dataclass(frozen=True)
