@@ -289,5 +289,8 @@ def verify(
                 windows[turn] = (_scaled(band_passed, TEMPLATE_SCALE), steel_part)
             w, steel_part = windows[turn]
             found = cv2.matchTemplate(template, w, cv2.TM_CCORR_NORMED, mask=steel_part)
-            scores[i] = max(scores[i], float(np.nan_to_num(found).max()))
+            # where the template is empty under the query's steel (a station window
+            # that left its picture), the normalisation divides by 0: no evidence
+            found = np.nan_to_num(found, nan=-1.0, posinf=-1.0, neginf=-1.0)
+            scores[i] = max(scores[i], float(found.max()))
     return scores

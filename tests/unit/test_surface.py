@@ -158,3 +158,15 @@ def test_a_marking_the_seam_cut_is_joined_across_it_and_identified() -> None:
     )
     assert verdict.sheet_id == "H1" and verdict.similarity > 0.5, verdict
     assert dict(verdict.verified)["H7"] < 0.2
+
+
+def test_a_template_empty_under_the_query_is_no_evidence() -> None:
+    """A station window that left its picture is 0 where the query has steel: the
+    correlation's normalisation divides by 0 there. That must score nothing, not
+    infinity (it once named four sheets after one such template)."""
+    steel, box = _sheet(1)
+    reference = surface.imprint(_seen(steel, 2), box, level=True)
+    empty_where_it_counts = reference.template.copy()
+    empty_where_it_counts[:, : empty_where_it_counts.shape[1] - 4] = 0  # a sliver left
+    scores = surface.verify(_seen(steel, 4), box, [empty_where_it_counts, reference.template])
+    assert np.all(np.isfinite(scores)) and scores[0] <= 1.0 and scores[1] > 0.5, scores
