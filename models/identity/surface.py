@@ -274,7 +274,7 @@ def verify(
     the window is steel."""
     scores = np.full(len(templates), -1.0, np.float32)
     turns = [0.0] * len(templates) if turns is None else list(turns)
-    windows: dict[float, tuple[np.ndarray, np.ndarray]] = {}
+    windows: dict[float, tuple[np.ndarray, np.ndarray] | None] = {}
     banded = _banded(query, box, TEMPLATE_BAND, WINDOW, steel, seams)
     for i, template in enumerate(templates):
         if not np.any(template):
@@ -283,10 +283,15 @@ def verify(
             turn = round(float(d) - float(turns[i]), 3)
             if turn not in windows:
                 band_passed, valid = _turned(banded, turn, WINDOW)
+                # too little steel at this turn (a window near the sheet's head turned
+                # past the table): this turn tells nothing, the others may
                 if valid.mean() < least_steel:
-                    return scores
+                    windows[turn] = None
+                    continue
                 steel_part = (_scaled(valid, TEMPLATE_SCALE) > 0.99).astype(np.float32)
                 windows[turn] = (_scaled(band_passed, TEMPLATE_SCALE), steel_part)
+            if windows[turn] is None:
+                continue
             w, steel_part = windows[turn]
             found = cv2.matchTemplate(template, w, cv2.TM_CCORR_NORMED, mask=steel_part)
             # where the template is empty under the query's steel (a station window
