@@ -131,7 +131,7 @@ def inspected_archive_named(warehouse: Warehouse, name: str) -> str | None:
 def sheet_summary(warehouse: Warehouse, archive_id: str) -> pa.Table:
     """One line per sheet of an archive, for a person: id, size, defects, grade."""
     return warehouse.query(
-        "SELECT sheet_index AS sheet, sheet_id, round(similarity, 2) AS sim, "
+        "SELECT sheet_index AS sheet, sheet_id, round(similarity::DOUBLE, 2) AS sim, "
         "round(length_mm)::INT AS length_mm, round(width_mm)::INT AS width_mm, "
         "array_to_string(list_transform(map_entries(defect_counts), "
         "lambda e: e.key || ' ' || e.value::VARCHAR), ', ') AS defects, "
