@@ -188,6 +188,28 @@ def fit(
 
         yolo.add_callback("on_fit_epoch_end", epoch_end)
     started = time.perf_counter()
+    # ultralytics sets torch's threads to cores - 1 for CPU training and leaves them so:
+    # on 2 cores every later torch call in this process ran on one thread
+    threads = torch.get_num_threads()
+    try:
+        _train(yolo, dataset_yaml, recipe, device, seed, workdir)
+    finally:
+        torch.set_num_threads(threads)
+    seconds = time.perf_counter() - started
+    run = workdir / "train"
+    weights = run / "weights" / "best.pt"
+    if not weights.exists():
+        weights = run / "weights" / "last.pt"
+    detector = MarkingDetector(weights, recipe.imgsz, recipe.conf, device)
+    return DetectorTraining(
+        detector, recipe, _history(run / "results.csv"), seconds, _ultralytics_device(device)
+    )
+
+
+def _train(
+    yolo, dataset_yaml: Path, recipe: DetectorRecipe, device: str, seed: int, workdir: Path
+) -> None:
+    """Ultralytics' training run, with the settings every recipe shares."""
     yolo.train(
         data=str(dataset_yaml),
         epochs=recipe.epochs,
@@ -207,13 +229,4 @@ def fit(
         fliplr=0.0,  # a mirrored marking is not a marking
         mosaic=1.0,
         close_mosaic=max(1, recipe.epochs // 5),
-    )
-    seconds = time.perf_counter() - started
-    run = workdir / "train"
-    weights = run / "weights" / "best.pt"
-    if not weights.exists():
-        weights = run / "weights" / "last.pt"
-    detector = MarkingDetector(weights, recipe.imgsz, recipe.conf, device)
-    return DetectorTraining(
-        detector, recipe, _history(run / "results.csv"), seconds, _ultralytics_device(device)
     )

@@ -58,6 +58,9 @@ def test_detector_trains_and_predicts_offline(
     labels = list((tmp_path / "yolo" / "labels" / "train").glob("*.txt"))
     assert any(p.read_text().startswith("0 ") for p in labels)  # markings are class 0
 
+    import torch
+
+    threads = torch.get_num_threads()
     epochs: list[tuple[int, int, dict]] = []
     trained = fit(
         dataset.yaml,
@@ -67,6 +70,9 @@ def test_detector_trains_and_predicts_offline(
         tmp_path / "runs",
         progress=lambda *report: epochs.append(report),
     )
+    # ultralytics sets torch's threads to cores - 1 for CPU training; fit puts them
+    # back, or every later torch call in the process runs on fewer threads
+    assert torch.get_num_threads() == threads
     assert trained.history and "val_map50" in trained.history[-1]
     # what the command line's bar shows: each epoch, its loss and mAP50
     assert [(e, n) for e, n, _ in epochs] == [(1, 2), (2, 2)]
