@@ -26,13 +26,7 @@ from models.data import unit_hash
 from models.identity import surface
 from models.identity.crops import marking_crop
 from models.identity.matching import UNKNOWN, Matches, choose_threshold, identification_report
-from models.identity.pipeline import (
-    SurfaceIndex,
-    Verdict,
-    embed,
-    identify_markings,
-    reference,
-)
+from models.identity.pipeline import PassIdentifier, SurfaceIndex, Verdict, embed, reference
 from models.identity.pipeline import find_markings as find_pictures_markings
 from tasks.archives import content_hash, read_frames
 from tasks.identity import ArchivePair, csv_rows, marking_boxes, station_pictures
@@ -266,7 +260,7 @@ def reference_index(
 def threshold_of(settings) -> float:
     """The verified correlation an answer needs: settings' identity_threshold, else the
     calibrated default (models.identity.surface.VERIFY_THRESHOLD)."""
-    chosen = getattr(settings, "identity_threshold", None)
+    chosen = settings.identity_threshold
     return surface.VERIFY_THRESHOLD if chosen is None else float(chosen)
 
 
@@ -280,26 +274,7 @@ def inspection_verdicts(
     recording, and its verdict (seen with its frame's neighbours, as the inspection
     workers see it); the seconds spent identifying (not detecting)."""
     found, verdicts, seconds = Found(), [], 0.0
-    previous, pending = (None, None), None  # a batch waits for the next one's first frame
-
-    def identified(images: list[np.ndarray], marks, following: tuple) -> None:
-        nonlocal seconds
-        started = time.perf_counter()
-        paint = embed(models.imprint, marks.crops)
-        verdicts.extend(
-            identify_markings(
-                marks,
-                images,
-                index,
-                threshold,
-                previous[0],
-                following[0],
-                paint,
-                edge_markings=(previous[1], following[1]),
-            )
-        )
-        seconds += time.perf_counter() - started
-
+    identifier = PassIdentifier(models.imprint, index, threshold)
     for batch in _batches(frames, BATCH):
         images = [image for _, image in batch]
         marks = find_pictures_markings(models.detector, models.imprint, images, BATCH)
@@ -309,12 +284,12 @@ def inspection_verdicts(
         for owner, box in zip(marks.owners, marks.boxes, strict=True):
             found.frame_ids.append(names[owner])
             found.boxes.append(box)
-        if pending is not None:
-            identified(*pending, (images[0], marks.per_picture[0]))
-            previous = (pending[0][-1], pending[1].per_picture[-1])
-        pending = (images, marks)
-    if pending is not None:
-        identified(*pending, (None, None))
+        started = time.perf_counter()
+        verdicts += identifier.add(images, marks)
+        seconds += time.perf_counter() - started
+    started = time.perf_counter()
+    verdicts += identifier.finish()
+    seconds += time.perf_counter() - started
     return found, verdicts, seconds
 
 

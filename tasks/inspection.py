@@ -207,7 +207,7 @@ def _batches_ahead(frames: Iterator[np.ndarray], size: int) -> Iterator[np.ndarr
 def inspect_chunk(chunk: Chunk, registry: Registry | None = None) -> ChunkResult:
     """Everything the models and the tracker need from a range of frames; with a
     ``registry``, the verdict on each marking found."""
-    from models.identity.pipeline import embed, find_markings, identify_markings
+    from models.identity.pipeline import PassIdentifier, find_markings
 
     models = worker_models(chunk.models, chunk.device)
     segmenter = models["segmentation"]
@@ -216,41 +216,22 @@ def inspect_chunk(chunk: Chunk, registry: Registry | None = None) -> ChunkResult
     decode_s = model_s = 0.0
     done = 0
     follows = list(chunk.follows) or [True] * len(chunk.frame_ids)
-    pending = None  # the previous batch and its markings, waiting for the frame after it
-    clock = time.perf_counter()
 
-    def outside(frame_id: str | None) -> tuple:
+    def outside(frame_id: str | None) -> Callable[[], tuple]:
         """A neighbour of the range and its markings (detected here: no range has them)."""
-        frame = chunk.neighbour(frame_id)
-        rows = None if frame is None else models["marking"].detect([frame])[0]
-        return frame, rows
 
-    def identified(batch, marks, first: int, after: tuple) -> None:
-        """Verdicts on the markings of ``batch`` (its first frame at ``first``);
-        ``after``: the frame after it and its markings."""
-        if registry is None or not len(marks):
-            return
-        if first:
-            before = previous if follows[first] else (None, None)
-        else:
-            before = outside(chunk.before_id) if np.any(marks.owners == 0) else (None, None)
-        joined = follows[first : first + len(batch)]
-        paint = embed(models["imprint"], marks.crops)
-        verdicts.extend(
-            identify_markings(
-                marks,
-                list(batch),
-                registry.index,
-                registry.threshold,
-                before[0],
-                after[0],
-                paint,
-                [True, *joined[1:]],
-                (before[1], after[1]),
-            )
+        def neighbour() -> tuple:
+            frame = chunk.neighbour(frame_id)
+            return frame, None if frame is None else models["marking"].detect([frame])[0]
+
+        return neighbour
+
+    identifier = None
+    if registry is not None and "marking" in models:
+        identifier = PassIdentifier(
+            models["imprint"], registry.index, registry.threshold, outside(chunk.before_id)
         )
-
-    previous = (None, None)  # the last frame of the batch before the pending one, its markings
+    clock = time.perf_counter()
     for batch in _batches_ahead(decode_range(chunk), chunk.batch):
         now = time.perf_counter()
         decode_s += now - clock
@@ -264,17 +245,13 @@ def inspect_chunk(chunk: Chunk, registry: Registry | None = None) -> ChunkResult
         if "marking" in models:
             marks = find_markings(models["marking"], models["imprint"], list(batch), chunk.batch)
             boxes += [[done + i, *box] for i, box in zip(marks.owners, marks.boxes, strict=True)]
-            if pending is not None:  # the previous batch's markings: its next frame is here
-                following = (batch[0], marks.per_picture[0]) if follows[done] else (None, None)
-                identified(*pending, following)
-                previous = (pending[0][-1], pending[1].per_picture[-1])
-            pending = (batch, marks, done)
+            if identifier is not None:
+                verdicts += identifier.add(list(batch), marks, follows[done : done + len(batch)])
         done += len(batch)
         clock = time.perf_counter()
         model_s += clock - now
-    if pending is not None:
-        last = pending[1].owners == len(pending[0]) - 1
-        identified(*pending, outside(chunk.after_id) if np.any(last) else (None, None))
+    if identifier is not None:
+        verdicts += identifier.finish(outside(chunk.after_id))
     model_s += time.perf_counter() - clock
     n_classes = len(classes)
     return ChunkResult(

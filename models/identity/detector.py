@@ -11,7 +11,8 @@ import csv
 import json
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -71,6 +72,18 @@ def _ultralytics_device(device: str) -> str:
     return "cpu"
 
 
+@contextmanager
+def _threads_kept() -> Iterator[None]:
+    """Torch's thread count as it was before: ultralytics sets it to cores - 1 for CPU
+    work and leaves it so (on 2 cores every later torch call in the process ran on one
+    thread)."""
+    threads = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def _bgr(image: np.ndarray) -> np.ndarray:
     return np.repeat(image[:, :, None], 3, axis=2) if image.ndim == 2 else image
 
@@ -92,23 +105,22 @@ class MarkingDetector:
         """Per image, its markings as rows (x_min, y_min, x_max, y_max, score), best first;
         ``conf``: the lowest score kept (default: the one trained with)."""
         found: list[np.ndarray] = []
-        threads = torch.get_num_threads()  # ultralytics sets it to cores - 1 on CPU
-        for start in range(0, len(images), batch):
-            chunk = [_bgr(im) for im in images[start : start + batch]]
-            results = self.yolo.predict(
-                chunk,
-                imgsz=self.imgsz,
-                conf=self.conf if conf is None else conf,
-                device=self.device,
-                verbose=False,
-            )
-            for result in results:
-                boxes = result.boxes
-                rows = np.concatenate(
-                    [boxes.xyxy.cpu().numpy(), boxes.conf.cpu().numpy()[:, None]], axis=1
-                ).astype(np.float32)
-                found.append(rows[np.argsort(-rows[:, 4])] if len(rows) else rows.reshape(0, 5))
-            torch.set_num_threads(threads)
+        with _threads_kept():
+            for start in range(0, len(images), batch):
+                chunk = [_bgr(im) for im in images[start : start + batch]]
+                results = self.yolo.predict(
+                    chunk,
+                    imgsz=self.imgsz,
+                    conf=self.conf if conf is None else conf,
+                    device=self.device,
+                    verbose=False,
+                )
+                for result in results:
+                    boxes = result.boxes
+                    rows = np.concatenate(
+                        [boxes.xyxy.cpu().numpy(), boxes.conf.cpu().numpy()[:, None]], axis=1
+                    ).astype(np.float32)
+                    found.append(rows[np.argsort(-rows[:, 4])] if len(rows) else rows.reshape(0, 5))
         return found
 
     def config(self) -> dict:
@@ -188,13 +200,8 @@ def fit(
 
         yolo.add_callback("on_fit_epoch_end", epoch_end)
     started = time.perf_counter()
-    # ultralytics sets torch's threads to cores - 1 for CPU training and leaves them so:
-    # on 2 cores every later torch call in this process ran on one thread
-    threads = torch.get_num_threads()
-    try:
+    with _threads_kept():
         _train(yolo, dataset_yaml, recipe, device, seed, workdir)
-    finally:
-        torch.set_num_threads(threads)
     seconds = time.perf_counter() - started
     run = workdir / "train"
     weights = run / "weights" / "best.pt"

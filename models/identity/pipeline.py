@@ -9,6 +9,7 @@ the answer when it reaches the threshold. Used by register-sheets and evaluate i
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -241,3 +242,76 @@ def identify_markings(
         embedded = None if paint is None or not len(paint) else paint[n]
         out.append(identify(frames[i], whole, index, threshold, above, below, embedded))
     return out
+
+
+Neighbour = tuple  # (frame or None, its detections or None)
+NO_NEIGHBOUR: Neighbour = (None, None)
+
+
+class PassIdentifier:
+    """Verdicts on the markings of a recording's consecutive batches of frames, each
+    marking seen with its frame's neighbours. A batch is identified once the frame after
+    it is known, so ``add`` returns the verdicts of the batch before; ``finish`` those
+    of the last. The one loop of the inspection workers and of evaluate identity.
+
+    ``before``: the frame before the first batch and its detections, asked for only when
+    a marking sits on the first frame. ``follows`` (per batch, per frame): whether the
+    frame directly follows the one before it on the line; all do when None."""
+
+    def __init__(
+        self,
+        imprint,
+        index: SurfaceIndex,
+        threshold: float,
+        before: Callable[[], Neighbour] = lambda: NO_NEIGHBOUR,
+    ) -> None:
+        self.imprint, self.index, self.threshold = imprint, index, threshold
+        self._before = before
+        self._previous: Neighbour | None = None  # the last frame identified, its detections
+        self._pending: tuple | None = None  # (frames, markings, follows)
+
+    def add(
+        self, frames: list[np.ndarray], marks: Markings, follows: list[bool] | None = None
+    ) -> list[Verdict]:
+        out = []
+        if self._pending is not None:
+            joined = follows is None or follows[0]
+            out = self._identified((frames[0], marks.per_picture[0]) if joined else NO_NEIGHBOUR)
+        self._pending = (list(frames), marks, follows)
+        return out
+
+    def finish(self, after: Callable[[], Neighbour] = lambda: NO_NEIGHBOUR) -> list[Verdict]:
+        """The last batch's verdicts; ``after``: the frame after it and its detections,
+        asked for only when a marking sits on its last frame."""
+        if self._pending is None:
+            return []
+        frames, marks, _ = self._pending
+        on_last = np.any(marks.owners == len(frames) - 1)
+        out = self._identified(after() if on_last else NO_NEIGHBOUR)
+        self._pending = None
+        return out
+
+    def _identified(self, after: Neighbour) -> list[Verdict]:
+        frames, marks, follows = self._pending
+        joined = [True] * len(frames) if follows is None else list(follows)
+        out = []
+        if len(marks):
+            if not joined[0]:
+                before = NO_NEIGHBOUR
+            elif self._previous is not None:
+                before = self._previous
+            else:
+                before = self._before() if np.any(marks.owners == 0) else NO_NEIGHBOUR
+            out = identify_markings(
+                marks,
+                frames,
+                self.index,
+                self.threshold,
+                before[0],
+                after[0],
+                embed(self.imprint, marks.crops),
+                [True, *joined[1:]],
+                (before[1], after[1]),
+            )
+        self._previous = (frames[-1], marks.per_picture[-1])
+        return out
