@@ -57,6 +57,31 @@ def test_the_text_line_is_levelled(turn: float) -> None:
     assert surface.text_angle(station, _turned_box(box, turn)) == pytest.approx(-turn, abs=1.5)
 
 
+@pytest.mark.parametrize("turn", [-12.0, 0.0, 9.0])
+def test_only_the_text_of_a_tilted_marking_is_masked_not_the_steel_around_it(turn) -> None:
+    """A box around tilted text is mostly steel: the paint mask is the text's own
+    rectangle (its margin included), so a tilted station keeps that steel."""
+    steel, box = _sheet(1)
+    station = _seen(steel, 2, turn=turn, centre=_centre(box))
+    tilted = _turned_box(box, turn)
+    corners = surface.text_corners(tilted, surface.text_angle(station, tilted))
+    sides = np.linalg.norm(np.diff(np.vstack([corners, corners[:1]]), axis=0), axis=1)
+    margin_y, margin_x = surface.PAINT_MARGIN
+    width, height = box[2] - box[0] + 1 + 2 * margin_x, box[3] - box[1] + 1 + 2 * margin_y
+    assert sides == pytest.approx([width, height, width, height], abs=6)
+    # steel the levelled template keeps: with the box masked, a 12-degree tilt leaves
+    # little; with the text masked, about what an upright marking leaves
+    kept = np.mean(surface.imprint(station, tilted, level=True).template != 0)
+    upright = np.mean(surface.imprint(_seen(steel, 2), box, level=True).template != 0)
+    assert kept > 0.9 * upright, (kept, upright)
+
+
+def test_a_box_past_the_solvable_tilt_is_masked_whole() -> None:
+    corners = surface.text_corners((0, 0, 99, 99), 45.0)
+    assert corners.min(0) == pytest.approx(-np.array(surface.PAINT_MARGIN[::-1]) - 0.5)
+    assert corners.max(0) == pytest.approx(99 + np.array(surface.PAINT_MARGIN[::-1]) + 0.5)
+
+
 def test_the_same_sheet_verifies_and_another_with_the_same_text_does_not() -> None:
     steel, box = _sheet(1)
     other, other_box = _sheet(7)  # another sheet: the same ID, font and paint
