@@ -190,16 +190,25 @@ def match_detections(
 
 
 def detection_report(
-    predicted: Sequence[np.ndarray], truth: Sequence[np.ndarray], iou: float = 0.5
+    predicted: Sequence[np.ndarray],
+    truth: Sequence[np.ndarray],
+    iou: float = 0.5,
+    ignore: Sequence[np.ndarray] | None = None,
 ) -> dict:
     """Single-class detection figures over a set of pictures: AP at the IoU (area under
     the all-point interpolated precision-recall curve, as VOC 2010+ and COCO's AP50),
-    and precision/recall of the detections as given."""
+    and precision/recall of the detections as given. ``ignore``: per picture, boxes
+    neither to be found nor held against a detection (COCO's ignore regions): a
+    detection that matches no truth but one of them is left out, and counted apart."""
     scores, correct = [], []
-    n_truth = 0
-    for p, t in zip(predicted, truth, strict=True):
+    n_truth = ignored = 0
+    for k, (p, t) in enumerate(zip(predicted, truth, strict=True)):
+        p = np.asarray(p, np.float64).reshape(-1, 5)
         hit, _ = match_detections(p, t, iou)
-        scores.append(np.asarray(p, np.float64).reshape(-1, 5)[:, 4])
+        if ignore is not None and len(p) and len(ignore[k]):
+            spared = (hit < 0) & (box_iou(p[:, :4], np.reshape(ignore[k], (-1, 4))) >= iou).any(1)
+            p, hit, ignored = p[~spared], hit[~spared], ignored + int(spared.sum())
+        scores.append(p[:, 4])
         correct.append(hit >= 0)
         n_truth += len(np.asarray(t).reshape(-1, 4))
     s = np.concatenate(scores) if scores else np.zeros(0)
@@ -223,4 +232,5 @@ def detection_report(
         "detections": len(s),
         "precision": n_tp / len(s) if len(s) else float("nan"),
         "recall": n_tp / n_truth if n_truth else float("nan"),
+        **({"ignored": ignored} if ignore is not None else {}),
     }

@@ -14,7 +14,6 @@ cluster needs no access to the Prefect server.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +23,7 @@ from prefect.cache_policies import NO_CACHE
 
 from core.settings import Settings, get_settings
 from flows.progress import ProgressHook
+from tasks.identify import registration_key
 from tasks.inspection import ModelRefs, Registry, attempt, inspect_archive, not_inspected
 from warehouse import queries
 from warehouse.store import Warehouse
@@ -153,7 +153,7 @@ def inspect(
     warehouse = Warehouse(settings.warehouse_dir).ensure()
     refs = champion_refs(settings)
     logger.info("models: %s", refs.key())
-    identity_key = json.dumps({"imprint": refs.imprint, "marking": refs.marking}, sort_keys=True)
+    identity_key = registration_key(refs.marking, refs.imprint)
     stations = _pending(warehouse, ("marking-station",), identity_key, archives)
     todo = _pending(warehouse, ("video", "frames"), refs.key(), archives)
     if force:

@@ -29,7 +29,7 @@ from models.identity.matching import UNKNOWN, Matches, choose_threshold, identif
 from models.identity.pipeline import PassIdentifier, SurfaceIndex, Verdict, embed, reference
 from models.identity.pipeline import find_markings as find_pictures_markings
 from tasks.archives import content_hash, read_frames
-from tasks.identity import ArchivePair, csv_rows, marking_boxes, station_pictures
+from tasks.identity import ArchivePair, csv_rows, cut_parts, marking_boxes, station_pictures
 from tasks.labels import archive_id_for
 from warehouse import queries
 from warehouse.schema import TABLES
@@ -209,10 +209,7 @@ def register_station(
             "path": str(station),
             "content_sha256": archive["content_sha256"] if archive else content_hash(station),
             "received_from": archive.get("received_from") if archive else None,
-            "inspected_with": json.dumps(
-                {"marking": models.detector_version, "imprint": models.imprint_version},
-                sort_keys=True,
-            ),
+            "inspected_with": registration_key(models.detector_version, models.imprint_version),
             "status": status,
             "n_images": found.pictures,
             "n_labels": len(references),
@@ -235,6 +232,16 @@ def register_station(
     )
     offered = frozenset(rows[f]["sheet_id"] for f in found.per_frame)
     return Registered(archive_id, found.pictures, len(references), len(errors), seconds, offered)
+
+
+def registration_key(marking: str, imprint: str) -> str:
+    """What the archives table records as a station's ``inspected_with``: the identity
+    models' versions and the surface imprint's layout. A station registered under
+    another key is registered again by the next inspect, so an upgrade that changes the
+    layout (whose old rows are not searched) needs nothing from the user."""
+    return json.dumps(
+        {"marking": marking, "imprint": imprint, "surface": surface.FORMAT}, sort_keys=True
+    )
 
 
 def reference_index(
@@ -325,17 +332,23 @@ def evaluate_identity(
     )
     seconds = time.perf_counter() - started
 
-    # which ground-truth marking each detection is (IoU >= 0.5), per frame
-    truth_of: list[str | None] = []
-    for frame_id, box in zip(found.frame_ids, found.boxes, strict=True):
-        gt = truth.get(frame_id, [])
-        hit, _ = match_detections(box[None], np.array([m["box"] for m in gt]).reshape(-1, 4))
-        truth_of.append(gt[hit[0]]["sheet_id"] if hit[0] >= 0 else None)
+    # which ground-truth marking each detection is (IoU >= 0.5), per frame; and which
+    # unlisted part of a marking the frame's edge cut
+    cut = cut_parts(pair.inspection, truth)
+    detected = list(zip(found.frame_ids, found.boxes, strict=True))
+    truth_of = [_hit(box, truth.get(f, [])) for f, box in detected]
+    part_of = [_hit(box, cut.get(f, [])) for f, box in detected]
     frame_ids = list(found.per_frame)
+    listed = [_boxes(truth.get(f, [])) for f in frame_ids]
     detection = detection_report(
         [found.per_frame[f] for f in frame_ids],
-        [np.array([m["box"] for m in truth.get(f, [])]).reshape(-1, 4) for f in frame_ids],
+        listed,
+        ignore=[_boxes(cut.get(f, [])) for f in frame_ids],
     )
+    # as scored before the cut parts were known: each of them a false detection
+    detection["precision_cut_parts_counted"] = detection_report(
+        [found.per_frame[f] for f in frame_ids], listed
+    )["precision"]
 
     # per sheet: the best verified of the detected markings of each sheet the camera
     # saw; a sheet whose marking was never detected is a query answered unknown
@@ -384,10 +397,16 @@ def evaluate_identity(
         if genuine and impostor
         else None
     )
-    per_detection["unlisted_detections"] = len(truth_of) - len(listed)
-    per_detection["unlisted_given_an_id"] = sum(
-        matches.sheet_ids[i] != UNKNOWN for i, t in enumerate(truth_of) if t is None
-    )
+    unlisted = [i for i, t in enumerate(truth_of) if t is None]
+    per_detection["unlisted_detections"] = len(unlisted)
+    per_detection["unlisted_given_an_id"] = sum(matches.sheet_ids[i] != UNKNOWN for i in unlisted)
+    # the cut parts among them: the sheet is known, so an ID given is right or wrong
+    parts = [i for i in unlisted if part_of[i] is not None]
+    per_detection["cut_parts"] = {
+        "detections": len(parts),
+        "identified_right": sum(matches.sheet_ids[i] == part_of[i] for i in parts),
+        "identified_wrong": sum(matches.sheet_ids[i] not in (part_of[i], UNKNOWN) for i in parts),
+    }
     return {
         "data": {"station": str(pair.station), "inspection": str(pair.inspection)},
         "models": {"marking": models.detector_version, "imprint": models.imprint_version},
@@ -408,6 +427,16 @@ def evaluate_identity(
         "sheets_per_s": len(seen_sheets) / seconds if seconds else float("nan"),
         "identify_ms_per_marking": identify_s / len(verdicts) * 1000 if verdicts else float("nan"),
     }
+
+
+def _boxes(markings: list[dict]) -> np.ndarray:
+    return np.array([m["box"] for m in markings], np.float64).reshape(-1, 4)
+
+
+def _hit(box: np.ndarray, markings: list[dict]) -> str | None:
+    """The sheet of the marking ``box`` detects (IoU >= 0.5), if any."""
+    hit, _ = match_detections(box[None], _boxes(markings))
+    return markings[hit[0]]["sheet_id"] if hit[0] >= 0 else None
 
 
 def _per_sheet(matches: Matches, best: dict[str, int], sheets: list[str]) -> Matches:

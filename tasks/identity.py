@@ -115,6 +115,38 @@ def marking_boxes(archive: Path) -> dict[str, list[dict]]:
     return boxes
 
 
+def cut_parts(archive: Path, truth: dict[str, list[dict]]) -> dict[str, list[dict]]:
+    """Per frame id, the markings (sheet_id, box) the frame's edge cut that ``truth`` does not
+    list (the twin lists a marking in a frame when at least half of it is inside): the
+    rest of a listed marking that touches the frame's top or bottom edge, in the frame
+    before or after it. Only when the recording's frames abut (the frame step equals
+    the frame height; otherwise where the rest lies is not known): none else. A detector
+    that finds such a part is right, and the other part identifies the sheet with it
+    (``models.identity.pipeline.across_seams``), so scoring leaves these boxes out."""
+    manifest = read_manifest(archive)
+    height = manifest.frame_height
+    if abs(manifest.frame_step_lines - height) > 0.5:
+        return {}
+    order = [row["frame_id"] for row in csv_rows(archive / manifest.files.frame_index)]
+    parts: dict[str, list[dict]] = {}
+    for k, frame_id in enumerate(order):
+        for m in truth.get(frame_id, []):
+            x0, y0, x1, y1 = m["box"]
+            if m["visible"] >= 1.0:
+                continue
+            rest = round((y1 - y0 + 1) / m["visible"]) - (y1 - y0 + 1)
+            if rest <= 0:
+                continue
+            if y0 <= 0 and k > 0:
+                where, box = order[k - 1], (x0, height - rest, x1, height - 1)
+            elif y1 >= height - 1 and k + 1 < len(order):
+                where, box = order[k + 1], (x0, 0, x1, rest - 1)
+            else:
+                continue
+            parts.setdefault(where, []).append({"sheet_id": m["sheet_id"], "box": box})
+    return parts
+
+
 @dataclass
 class Observations:
     """Marking crops with who they are: the imprint network's training and test data."""

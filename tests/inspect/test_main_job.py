@@ -172,6 +172,33 @@ def test_inspecting_again_is_idempotent(world: World) -> None:
     _assert_clean(world)
 
 
+def test_a_station_registered_in_an_older_surface_layout_is_registered_again(
+    world: World,
+) -> None:
+    """Rows of another surface layout are not searched: after an upgrade that changes
+    it, the next inspect registers the station again, with nothing asked of the user."""
+    import json
+
+    from tasks.identify import registration_key
+
+    station = world.archive_id("line-1-station-s2")
+    (row,) = world.warehouse.query(
+        "SELECT * FROM archives WHERE archive_id = ?", [station]
+    ).to_pylist()
+    key = json.loads(row["inspected_with"])
+    assert row["inspected_with"] == registration_key(key["marking"], key["imprint"])
+    before = _table(world, "sheet_references", station)
+    world.warehouse.commit({**row, "inspected_with": json.dumps({**key, "surface": "steel/1"})})
+    assert inspect() == []  # no recording is due, but the station is
+    (after,) = world.warehouse.query(
+        "SELECT * FROM archives WHERE archive_id = ?", [station]
+    ).to_pylist()
+    assert after["inspected_with"] == row["inspected_with"]
+    assert after["import_id"] != row["import_id"]
+    assert _table(world, "sheet_references", station) == before
+    _assert_clean(world)
+
+
 def _start(args: list[str], log: Path, **kwargs) -> subprocess.Popen:
     return subprocess.Popen(
         args, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True, **kwargs

@@ -115,6 +115,34 @@ def test_marking_boxes_hold_the_paint(recording: Path) -> None:
     assert abs(w * 1600 - (x1 - x0 + 1)) < 1 and abs(h * 256 - (y1 - y0 + 1)) < 1
 
 
+def test_the_rest_of_a_cut_marking_is_where_its_paint_is(recording: Path) -> None:
+    """The truth lists a marking in a frame when half of it is inside; the rest, in the
+    frame before or after, is derived (tasks.identity.cut_parts): at the frame's edge,
+    of the sheet not listed there, and together the parts hold paint (one part may be
+    mostly the stencil's blank margin, or wiped)."""
+    from tasks.identity import cut_parts, marking_boxes
+
+    frames = read_frames(recording)
+    truth = marking_boxes(recording)
+    parts = cut_parts(recording, truth)
+    assert parts, "the recording has no marking cut by a frame's edge"
+    painted, untouched = [], []
+    for frame_id, found in parts.items():
+        listed = {m["sheet_id"] for m in truth.get(frame_id, [])}
+        for part in found:
+            assert part["sheet_id"] not in listed  # the part is the smaller one
+            x0, y0, x1, y1 = part["box"]
+            assert y0 == 0 or y1 == 255
+            image = frames[frame_id].astype(np.float32)
+            inside = image[y0 : y1 + 1, x0 : x1 + 1]
+            beside = image[y0 : y1 + 1, x1 + 20 : x1 + 20 + (x1 - x0)]
+            surface = np.median(beside)
+            spread = max(25.0, 4 * np.median(np.abs(beside - surface)))
+            painted.append(np.mean(np.abs(inside - surface) > spread))
+            untouched.append(np.mean(np.abs(beside - surface) > spread))
+    assert np.mean(painted) > np.mean(untouched) + 0.04, (painted, untouched)
+
+
 def test_every_frame_is_accounted_for_and_sheets_agree_with_the_station(recording: Path) -> None:
     manifest = json.loads((recording / "manifest.json").read_text())
     frames = read_frames(recording)

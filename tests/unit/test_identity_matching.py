@@ -38,6 +38,21 @@ def test_ap50_by_hand():
     assert report["recall"] == pytest.approx(1.0)
 
 
+def test_a_detection_of_an_ignored_box_is_neither_right_nor_wrong():
+    """The rest of a marking the frame's edge cut, which the truth does not list: a
+    detection of it is left out of the figures, and a detection elsewhere is not."""
+    truth = [np.array([[0, 0, 9, 9]])]
+    predicted = [np.array([[0, 0, 9, 9, 0.9], [40, 90, 79, 99, 0.8], [50, 50, 59, 59, 0.7]])]
+    cut = [np.array([[40, 92, 79, 99]])]
+    plain = detection_report(predicted, truth)
+    spared = detection_report(predicted, truth, ignore=cut)
+    assert plain["precision"] == pytest.approx(1 / 3) and "ignored" not in plain
+    assert spared["precision"] == pytest.approx(1 / 2)
+    assert (spared["ignored"], spared["detections"], spared["recall"]) == (1, 2, 1.0)
+    # a box of the truth is never ignored, even where an ignored box lies on it
+    assert detection_report(predicted[:1], truth, ignore=[truth[0]])["ignored"] == 0
+
+
 def test_a_truth_is_matched_once_by_the_best_scoring_box():
     hit, found = match_detections(
         np.array([[0, 0, 9, 9, 0.6], [0, 0, 9, 8, 0.9]]), np.array([[0, 0, 9, 9]])
