@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 
 from models.identity.matching import UNKNOWN
-from models.identity.pipeline import SurfaceIndex, embed, find_markings, identify
+from models.identity.pipeline import SurfaceIndex, embed, find_markings, identify, kept
 
 # BGR colours per class position (overlay): yellow, cyan, magenta, red, then green
 PALETTE = ((0, 215, 255), (255, 200, 0), (255, 0, 200), (0, 0, 255), (0, 200, 0))
@@ -112,16 +112,23 @@ def _markings(served: Served, frames: list[np.ndarray]) -> list[list[dict]]:
     does not know the frames around it on the line)."""
     if not served.identifies:
         return [[] for _ in frames]
-    marks = find_markings(served.marking, served.imprint, frames, batch=len(frames))
     out: list[list[dict]] = [[] for _ in frames]
-    if not len(marks) or not len(served.references):
+    if not len(served.references):
+        marks = find_markings(served.marking, served.imprint, frames, batch=len(frames))
         for i, row in zip(marks.owners, marks.boxes, strict=True):
             out[i].append(_marking(row, UNKNOWN, None, None))
         return out
+    # as the inspection workers do: weak detections too, kept when they verify
+    marks = find_markings(served.marking, served.imprint, frames, len(frames), weak=True)
     paint = embed(served.imprint, marks.crops)
-    for n, (i, row) in enumerate(zip(marks.owners, marks.boxes, strict=True)):
-        verdict = identify(frames[i], row, served.references, served.threshold, paint=paint[n])
-        out[i].append(_marking(row, verdict.sheet_id, verdict.nearest, verdict.similarity))
+    verdicts = [
+        identify(frames[i], row, served.references, served.threshold, paint=paint[n])
+        for n, (i, row) in enumerate(zip(marks.owners, marks.boxes, strict=True))
+    ]
+    keep = kept(marks.boxes[:, 4], verdicts, served.marking.conf)
+    for i, row, verdict, k in zip(marks.owners, marks.boxes, verdicts, keep, strict=True):
+        if k:
+            out[i].append(_marking(row, verdict.sheet_id, verdict.nearest, verdict.similarity))
     return out
 
 

@@ -26,7 +26,14 @@ from models.data import unit_hash
 from models.identity import surface
 from models.identity.crops import marking_crop
 from models.identity.matching import UNKNOWN, Matches, choose_threshold, identification_report
-from models.identity.pipeline import PassIdentifier, SurfaceIndex, Verdict, embed, reference
+from models.identity.pipeline import (
+    PassIdentifier,
+    SurfaceIndex,
+    Verdict,
+    embed,
+    kept,
+    reference,
+)
 from models.identity.pipeline import find_markings as find_pictures_markings
 from tasks.archives import content_hash, read_frames
 from tasks.identity import ArchivePair, csv_rows, cut_parts, marking_boxes, station_pictures
@@ -284,7 +291,7 @@ def inspection_verdicts(
     identifier = PassIdentifier(models.imprint, index, threshold)
     for batch in _batches(frames, BATCH):
         images = [image for _, image in batch]
-        marks = find_pictures_markings(models.detector, models.imprint, images, BATCH)
+        marks = find_pictures_markings(models.detector, models.imprint, images, BATCH, weak=True)
         names = [frame_id for frame_id, _ in batch]
         found.pictures += len(batch)
         found.per_frame.update(zip(names, marks.per_picture, strict=True))
@@ -297,6 +304,14 @@ def inspection_verdicts(
     started = time.perf_counter()
     verdicts += identifier.finish()
     seconds += time.perf_counter() - started
+    # the markings as inspection keeps them: weak detections only when they verified
+    keep = kept(np.array([b[4] for b in found.boxes]), verdicts, models.detector.conf)
+    found.frame_ids = [f for f, k in zip(found.frame_ids, keep, strict=True) if k]
+    found.boxes = [b for b, k in zip(found.boxes, keep, strict=True) if k]
+    verdicts = [v for v, k in zip(verdicts, keep, strict=True) if k]
+    found.per_frame = {f: np.zeros((0, 5), np.float32) for f in found.per_frame}
+    for frame_id, box in zip(found.frame_ids, found.boxes, strict=True):
+        found.per_frame[frame_id] = np.vstack([found.per_frame[frame_id], box[None, :5]])
     return found, verdicts, seconds
 
 

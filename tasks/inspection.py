@@ -207,7 +207,7 @@ def _batches_ahead(frames: Iterator[np.ndarray], size: int) -> Iterator[np.ndarr
 def inspect_chunk(chunk: Chunk, registry: Registry | None = None) -> ChunkResult:
     """Everything the models and the tracker need from a range of frames; with a
     ``registry``, the verdict on each marking found."""
-    from models.identity.pipeline import PassIdentifier, find_markings
+    from models.identity.pipeline import PassIdentifier, find_markings, kept
 
     models = worker_models(chunk.models, chunk.device)
     segmenter = models["segmentation"]
@@ -243,7 +243,13 @@ def inspect_chunk(chunk: Chunk, registry: Registry | None = None) -> ChunkResult
         gates.append(prediction.gate)
         defects += [_shift(d, done) for d in prediction.defects]
         if "marking" in models:
-            marks = find_markings(models["marking"], models["imprint"], list(batch), chunk.batch)
+            marks = find_markings(
+                models["marking"],
+                models["imprint"],
+                list(batch),
+                chunk.batch,
+                weak=bool(identifier),
+            )
             boxes += [[done + i, *box] for i, box in zip(marks.owners, marks.boxes, strict=True)]
             if identifier is not None:
                 verdicts += identifier.add(list(batch), marks, follows[done : done + len(batch)])
@@ -252,6 +258,11 @@ def inspect_chunk(chunk: Chunk, registry: Registry | None = None) -> ChunkResult
         model_s += clock - now
     if identifier is not None:
         verdicts += identifier.finish(outside(chunk.after_id))
+        keep = kept([b[5] for b in boxes], verdicts, models["marking"].conf)
+        boxes, verdicts = (
+            [b for b, k in zip(boxes, keep, strict=True) if k],
+            [v for v, k in zip(verdicts, keep, strict=True) if k],
+        )
     model_s += time.perf_counter() - clock
     n_classes = len(classes)
     return ChunkResult(

@@ -40,13 +40,17 @@ TEMPLATE_SCALE = 0.5
 # a station's descriptor is also taken turned this much either side: the text line's
 # angle is off by a few degrees now and then (wiped paint, glare)
 DESCRIPTOR_TURNS = (-4.0, 0.0, 4.0)
-# shifts tried in verification, full-resolution pixels each way (rows, columns): two
-# views' boxes of one marking put its centre 6 px apart (median) and up to 30 along the
-# text, a few across it (the detector's boxes of sheets at seed 12 against the twin's)
+# shifts tried in verification, full-resolution pixels each way (rows, columns), about
+# the shift retrieval found: two views' boxes of one marking put its centre 6 px apart
+# (median) and up to 30 along the text, a few across it (the detector's boxes of sheets
+# at seed 12 against the twin's)
 SEARCH_PX = (12, 32)
 # the query's descriptor is also taken with its window moved this far along the text,
-# so that retrieval tolerates the same offsets (the nearest at any shift counts)
-DESCRIPTOR_SHIFTS = (-24.0, -16.0, -8.0, 0.0, 8.0, 16.0, 24.0)
+# so that retrieval tolerates a detector's box that is short of the text's end or long
+# (the nearest at any shift counts, and verification searches about that shift): of
+# the sheets whose right sheet retrieval missed at +-24 px, most had boxes 30 to 60 px
+# off along the text (1,000 sheets, seed 13)
+DESCRIPTOR_SHIFTS = (-48.0, -36.0, -24.0, -16.0, -8.0, 0.0, 8.0, 16.0, 24.0, 36.0, 48.0)
 SEARCH_DEGREES = (-6.0, -4.0, -2.0, 0.0, 2.0, 4.0, 6.0)  # residual rotations tried
 # what a registered surface imprint holds, as stored (warehouse sheet_references)
 DESCRIPTOR_SHAPE = (
@@ -293,35 +297,40 @@ def verify(
     seams: Sequence[int] = (),
     degrees: Sequence[float] = SEARCH_DEGREES,
     least_steel: float = 0.3,
+    shifts: Sequence[float] | None = None,
 ) -> np.ndarray:
     """For each candidate's template, the best normalised correlation of the query's
     window (``query`` a picture, ``box`` its marking) slid over it, turned by each of
     ``degrees`` about the candidate's ``turns`` (the descriptor turn it matched best at;
     0 when None); only the query's steel counts (not its paint, nor what lies outside
-    its picture), so a window cut by the frame's edge scores on what it shows. About 0
-    for another sheet, 0.4 to 0.9 for the same one; -1 when less than ``least_steel`` of
-    the window is steel."""
+    its picture), so a window cut by the frame's edge scores on what it shows; with the
+    query's window moved each candidate's ``shifts`` px along the text first (the shift
+    retrieval matched it at; 0 when None). About 0 for another sheet, 0.4 to 0.9 for the
+    same one; -1 when less than ``least_steel`` of the window is steel."""
     scores = np.full(len(templates), -1.0, np.float32)
     turns = [0.0] * len(templates) if turns is None else list(turns)
-    windows: dict[float, tuple[np.ndarray, np.ndarray] | None] = {}
-    banded = _banded(query, box, TEMPLATE_BAND, WINDOW, steel, seams)
+    shifts = [0.0] * len(templates) if shifts is None else [float(s) for s in shifts]
+    windows: dict[tuple[float, float], tuple[np.ndarray, np.ndarray] | None] = {}
+    reach = (WINDOW[0], WINDOW[1] + 2 * int(np.ceil(max(map(abs, shifts), default=0.0))))
+    banded = _banded(query, box, TEMPLATE_BAND, reach, steel, seams)
     for i, template in enumerate(templates):
         if not np.any(template):
             continue
         for d in degrees:
             turn = round(float(d) - float(turns[i]), 3)
-            if turn not in windows:
-                band_passed, valid = _turned(banded, turn, WINDOW)
+            key = (turn, shifts[i])
+            if key not in windows:
+                band_passed, valid = _turned(banded, turn, WINDOW, shifts[i])
                 # too little steel at this turn (a window near the sheet's head turned
                 # past the table): this turn tells nothing, the others may
                 if valid.mean() < least_steel:
-                    windows[turn] = None
+                    windows[key] = None
                     continue
                 steel_part = (_scaled(valid, TEMPLATE_SCALE) > 0.99).astype(np.float32)
-                windows[turn] = (_scaled(band_passed, TEMPLATE_SCALE), steel_part)
-            if windows[turn] is None:
+                windows[key] = (_scaled(band_passed, TEMPLATE_SCALE), steel_part)
+            if windows[key] is None:
                 continue
-            w, steel_part = windows[turn]
+            w, steel_part = windows[key]
             found = cv2.matchTemplate(template, w, cv2.TM_CCORR_NORMED, mask=steel_part)
             # where the template is empty under the query's steel (a station window
             # that left its picture), the normalisation divides by 0: no evidence

@@ -135,6 +135,34 @@ def test_steel_mask_leaves_out_the_roller_table() -> None:
     assert mask[:, 120:280].all() and not mask[:, :96].any() and not mask[:, 304:].any()
 
 
+def _index(*sheets):
+    from models.identity import pipeline
+
+    references = [pipeline.reference(_seen(steel, 2), box) for steel, box in sheets]
+    return pipeline.SurfaceIndex(
+        [f"H{k}" for k in range(len(sheets))],
+        np.stack([r.descriptor for r in references]),
+        np.stack([r.template.astype(np.float16) for r in references]),
+    )
+
+
+@pytest.mark.parametrize("offset", [-44, 40])
+def test_a_box_well_off_along_the_text_is_aligned_by_retrieval_and_verified(offset) -> None:
+    """A detector's box of a wiped marking can be 30 to 60 px short of the text's end or
+    past it: retrieval finds the shift its window matches at, and verification searches
+    about that shift, past its own reach (32 px)."""
+    from models.identity import pipeline
+
+    steel, box = _sheet(1)
+    index = _index((steel, box), _sheet(7))
+    # the line's camera: the sheet between two strips of roller table
+    seen = np.pad(_seen(steel, 4, gain=1.2), ((0, 0), (40, 40)), constant_values=15)
+    moved = (box[0] + 40 + offset, box[1], box[2] + 40 + offset, box[3])
+    verdict = pipeline.identify(seen, moved, index, 0.33)
+    assert verdict.sheet_id == "H0" and verdict.similarity > 0.5, verdict
+    assert dict(verdict.verified)["H1"] < 0.2
+
+
 def test_a_marking_the_seam_cut_is_joined_across_it_and_identified() -> None:
     """The line's camera cuts the sheet into frames; the seam runs through the marking.
     A detection in each frame holds a part of it: joined across the seam, the window is
@@ -195,3 +223,29 @@ def test_a_template_empty_under_the_query_is_no_evidence() -> None:
     empty_where_it_counts[:, : empty_where_it_counts.shape[1] - 4] = 0  # a sliver left
     scores = surface.verify(_seen(steel, 4), box, [empty_where_it_counts, reference.template])
     assert np.all(np.isfinite(scores)) and scores[0] <= 1.0 and scores[1] > 0.5, scores
+
+
+def test_a_weak_detection_is_kept_only_when_it_names_a_registered_sheet() -> None:
+    from models.identity.pipeline import NOTHING, Verdict, kept
+
+    named, unnamed = Verdict("H1", "H1", 0.8), Verdict("unknown", "H2", 0.2)
+    scores = np.array([0.9, 0.12, 0.12, 0.3])
+    verdicts = [unnamed, named, unnamed, NOTHING]
+    assert kept(scores, verdicts, 0.25).tolist() == [True, True, False, True]
+    assert kept(np.zeros(0), [], 0.25).tolist() == []
+
+
+def test_a_weak_box_of_a_marking_already_found_is_not_identified_again() -> None:
+    from models.identity.pipeline import _rescues_only
+
+    rows = np.array(
+        [
+            [100, 50, 400, 100, 0.9],  # a marking
+            [90, 48, 380, 104, 0.2],  # a weak second box of it
+            [700, 150, 1000, 200, 0.15],  # a marking only weakly found
+            [710, 152, 990, 198, 0.12],  # and a second box of that one
+            [105, 52, 395, 98, 0.3],  # strong boxes stay as the detector gave them
+        ],
+        np.float32,
+    )
+    assert _rescues_only(rows, 0.25)[:, 4].tolist() == pytest.approx([0.9, 0.15, 0.3])
