@@ -690,10 +690,12 @@ def _evaluate_identity(data: Path, model: str, leave_out: float, as_json: bool) 
     table.add_row("queries", str(s["queries"]), str(p["queries"]))
     table.add_row("wrong IDs", str(s["wrong_ids"]), str(p["wrong_ids"]))
     console.print(table)
+    cut = p["cut_parts"]
     console.print(
         f"per detection: the detections of a listed marking (at least half in its frame); "
-        f"{p['unlisted_detections']} others (mostly the part of a marking the frame's edge "
-        f"cut), {p['unlisted_given_an_id']} of them given an ID"
+        f"{p['unlisted_detections']} others, {p['unlisted_given_an_id']} of them given an "
+        f"ID; {cut['detections']} of them the rest of a marking the frame's edge cut: "
+        f"{cut['identified_right']} named right, {cut['identified_wrong']} wrong"
     )
     if report["calibration"]:
         c = report["calibration"]
@@ -705,7 +707,9 @@ def _evaluate_identity(data: Path, model: str, leave_out: float, as_json: bool) 
         )
     console.print(
         f"threshold {s['threshold']:.3f}; marking mAP50 {d['map50']:.4f} (precision "
-        f"{d['precision']:.4f}, recall {d['recall']:.4f}); markings not detected: "
+        f"{d['precision']:.4f} with the {d['ignored']} cut parts left out, "
+        f"{d['precision_cut_parts_counted']:.4f} counting them; recall {d['recall']:.4f}); "
+        f"markings not detected: "
         f"{s['marking_not_detected']} of {s['sheets']} sheets; {report['frames_per_s']:.1f} "
         f"frames/s, {report['sheets_per_s']:.2f} sheets/s; identifying "
         f"{report['identify_ms_per_marking']:.1f} ms per marking (search and verification)"

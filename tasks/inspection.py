@@ -248,7 +248,7 @@ def inspect_chunk(chunk: Chunk, registry: Registry | None = None) -> ChunkResult
                 models["imprint"],
                 list(batch),
                 chunk.batch,
-                weak=bool(identifier),
+                weak=identifier is not None,
             )
             boxes += [[done + i, *box] for i, box in zip(marks.owners, marks.boxes, strict=True)]
             if identifier is not None:
