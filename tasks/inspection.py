@@ -207,7 +207,7 @@ def _batches_ahead(frames: Iterator[np.ndarray], size: int) -> Iterator[np.ndarr
 def inspect_chunk(chunk: Chunk, registry: Registry | None = None) -> ChunkResult:
     """Everything the models and the tracker need from a range of frames; with a
     ``registry``, the verdict on each marking found."""
-    from models.identity.pipeline import PassIdentifier, find_markings, kept
+    from models.identity.pipeline import PassIdentifier, find_markings, kept, line_detections
 
     models = worker_models(chunk.models, chunk.device)
     segmenter = models["segmentation"]
@@ -222,7 +222,9 @@ def inspect_chunk(chunk: Chunk, registry: Registry | None = None) -> ChunkResult
 
         def neighbour() -> tuple:
             frame = chunk.neighbour(frame_id)
-            return frame, None if frame is None else models["marking"].detect([frame])[0]
+            if frame is None:
+                return None, None
+            return frame, line_detections(models["marking"], [frame], weak=True)[0]
 
         return neighbour
 

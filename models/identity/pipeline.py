@@ -57,10 +57,10 @@ def find_markings(
     picture's highest-scoring marking, down to ``STATION_CONF`` (a station picture shows
     one sheet); ``weak``: down to ``WEAK_CONF``, for identification (see ``kept``). A box
     that leaves no crop (flat on the picture's border) is dropped."""
-    conf = STATION_CONF if best_only else (min(WEAK_CONF, detector.conf) if weak else None)
-    per_picture = detector.detect(pictures, batch=batch, conf=conf) if pictures else []
-    if weak:
-        per_picture = [_rescues_only(rows, detector.conf) for rows in per_picture]
+    if best_only:
+        per_picture = detector.detect(pictures, batch=batch, conf=STATION_CONF) if pictures else []
+    else:
+        per_picture = line_detections(detector, pictures, batch, weak)
     size = tuple(imprint.crop_size)
     owners, boxes, crops = [], [], []
     for i, rows in enumerate(per_picture):
@@ -77,6 +77,20 @@ def find_markings(
         np.stack(crops) if crops else np.zeros((0, *size), np.uint8),
         per_picture,
     )
+
+
+def line_detections(
+    detector, pictures: list[np.ndarray], batch: int = 32, weak: bool = False
+) -> list[np.ndarray]:
+    """Per picture of the line, its detections, best first; ``weak``: down to
+    ``WEAK_CONF``, less weak second boxes of a marking already found. The one rule for
+    a batch's frames and for a range's neighbours (``across_seams`` partners)."""
+    if not pictures:
+        return []
+    if not weak:
+        return detector.detect(pictures, batch=batch)
+    found = detector.detect(pictures, batch=batch, conf=min(WEAK_CONF, detector.conf))
+    return [_rescues_only(rows, detector.conf) for rows in found]
 
 
 def _rescues_only(rows: np.ndarray, conf: float, overlap: float = 0.3) -> np.ndarray:
