@@ -45,7 +45,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory):
     everything = np.arange(len(observations))
     split = {"train": everything, "validation": everything, "holdout": everything[:0]}
     recipe = imprint_recipe(
-        "tiny", width=16, epochs=10, steps_per_epoch=10, batch=16, registered=16, target_far=0.01
+        "tiny", width=16, epochs=5, steps_per_epoch=8, batch=16, registered=16, target_far=0.01
     )
     result = fit(
         observations.crops,
@@ -75,7 +75,7 @@ def _embed_on(backend: str, folder: Path, crops: Path, out: Path) -> str:
 
 def test_training_history_and_threshold_are_recorded(trained) -> None:
     root, _, result = trained
-    assert len(result.history) == 10
+    assert len(result.history) == 5
     assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
     config = json.loads((root / "work" / "model" / "imprint.json").read_text())
     assert config["trained_backend"] == "tensorflow"

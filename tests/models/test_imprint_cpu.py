@@ -75,11 +75,12 @@ def _fit(observations, recipe, workdir: Path):
     return fit(o.crops, o.sheet_ids, o.sources, split, recipe, seed=0, workdir=workdir)
 
 
-@pytest.mark.parametrize("size", ["tiny", "default", "gpu"])
+@pytest.mark.parametrize("size", ["default", "gpu"])
 def test_every_other_recipe_takes_its_first_steps(observations, size: str) -> None:
     """The networks of the other recipes (their widths and batches), two steps each. The
     `demo` recipe trains in full in the main job's fixture (tests/inspect/test_main_job.py:
-    test_the_demo_imprint_recipe_trained_as_make_demo_trains_it)."""
+    test_the_demo_imprint_recipe_trained_as_make_demo_trains_it), and `tiny` in
+    tests/models/test_imprint.py's."""
     from models.identity.imprint import imprint_recipe
 
     recipe = imprint_recipe(size, epochs=1, steps_per_epoch=2)
