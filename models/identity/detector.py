@@ -149,6 +149,22 @@ class DetectorTraining:
     device: str
 
 
+# Ultralytics keeps the weights of the epoch with the best validation fitness (best.pt).
+# On a validation split of a few markings that choice is noise: on the demo's 40-sheet
+# line (2 markings to validate on) it kept an epoch just after the detector began to
+# learn (32 and 39 of 50; 39 of 80), and the demo named 8 to 10 of its 12 sheets. Below
+# this many markings the last weights are kept (learning rate decayed, mosaic closed):
+# docs/benchmarks.md, "Which weights the demo's detector keeps".
+MIN_VALIDATION_MARKINGS = 20
+
+
+def validation_markings(dataset_yaml: Path) -> int:
+    """The boxes of the validation split of a dataset written by
+    ``tasks.identity.write_yolo_dataset`` (labels/validation beside its data.yaml)."""
+    labels = dataset_yaml.parent / "labels" / "validation"
+    return sum(len(f.read_text().splitlines()) for f in labels.glob("*.txt"))
+
+
 def _history(results_csv: Path) -> list[dict]:
     if not results_csv.exists():
         return []
@@ -205,7 +221,7 @@ def fit(
     seconds = time.perf_counter() - started
     run = workdir / "train"
     weights = run / "weights" / "best.pt"
-    if not weights.exists():
+    if not weights.exists() or validation_markings(dataset_yaml) < MIN_VALIDATION_MARKINGS:
         weights = run / "weights" / "last.pt"
     detector = MarkingDetector(weights, recipe.imgsz, recipe.conf, device)
     return DetectorTraining(

@@ -74,6 +74,12 @@ def test_detector_trains_and_predicts_offline(
     # back, or every later torch call in the process runs on fewer threads
     assert torch.get_num_threads() == threads
     assert trained.history and "val_map50" in trained.history[-1]
+    # a validation split this small cannot choose an epoch: the last weights are kept
+    from models.identity.detector import MIN_VALIDATION_MARKINGS, validation_markings
+
+    assert validation_markings(dataset.yaml) < MIN_VALIDATION_MARKINGS
+    assert (tmp_path / "runs" / "train" / "weights" / "best.pt").exists()
+    assert trained.detector.weights.name == "last.pt"
     # what the command line's bar shows: each epoch, its loss and mAP50
     assert [(e, n) for e, n, _ in epochs] == [(1, 2), (2, 2)]
     assert all(row["train_loss"] > 0 and row["val_map50"] is not None for *_, row in epochs)
@@ -93,3 +99,15 @@ def test_detector_trains_and_predicts_offline(
     from ultralytics import settings
 
     assert not any(settings.get(key) for key in ("sync", "mlflow", "comet", "clearml", "dvc"))
+
+
+def test_validation_markings_counts_the_boxes_of_the_validation_split(tmp_path: Path) -> None:
+    from models.identity.detector import validation_markings
+
+    for part, files in {"train": {"t": 5}, "validation": {"a": 2, "b": 1, "c": 0}}.items():
+        folder = tmp_path / "labels" / part
+        folder.mkdir(parents=True)
+        for name, boxes in files.items():
+            (folder / f"{name}.txt").write_text("0 0.5 0.5 0.1 0.1\n" * boxes)
+    (tmp_path / "data.yaml").write_text("path: .\ntrain: images/train\nval: images/validation\n")
+    assert validation_markings(tmp_path / "data.yaml") == 3
