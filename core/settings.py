@@ -57,6 +57,15 @@ class Settings(BaseSettings):
         "gives its grade (JSON list in STEELSIGHT_GRADES).",
     )
 
+    identity_window_hours: float = Field(
+        default=24.0,
+        ge=0.0,
+        description="A recording's sheets are looked for among those the marking station "
+        "pictured from this many hours before its first frame to 15 minutes after its "
+        "last; 0: the whole registry. Bounds the search and the memory of every worker "
+        "(about 100 kB per registered sheet); raise it where sheets wait longer between "
+        "the station and the camera.",
+    )
     identity_threshold: float | None = Field(
         default=None,
         ge=-1.0,

@@ -24,7 +24,7 @@ from prefect.cache_policies import NO_CACHE
 from core.settings import Settings, get_settings
 from flows.progress import ProgressHook
 from tasks.identify import registration_key
-from tasks.inspection import ModelRefs, Registry, attempt, inspect_archive, not_inspected
+from tasks.inspection import ModelRefs, Registries, attempt, inspect_archive, not_inspected
 from warehouse import queries
 from warehouse.store import Warehouse
 
@@ -119,7 +119,7 @@ def inspect_archive_task(
     row: dict,
     refs: ModelRefs,
     client,
-    registry,
+    registries,
     settings: Settings,
     warehouse: Warehouse,
 ) -> dict:
@@ -129,7 +129,9 @@ def inspect_archive_task(
     summary, problem = attempt(
         row,
         logger,
-        lambda: inspect_archive(row, refs, client, registry, settings, warehouse, logger, progress),
+        lambda: inspect_archive(
+            row, refs, client, registries, settings, warehouse, logger, progress
+        ),
     )
     if problem is not None:
         return not_inspected(row, refs.key(), problem, warehouse, logger)
@@ -158,17 +160,13 @@ def inspect(
     todo = _pending(warehouse, ("video", "frames"), refs.key(), archives)
     if force:
         todo = _pending(warehouse, ("video", "frames"), "", archives)
-    registry = None
     if refs.identifies:
-        from tasks.identify import load_models, reference_index, threshold_of
+        from tasks.identify import load_models
 
         if stations:
             models = load_models(settings, refs.marking, refs.imprint)
             for row in stations:
                 register_station_task(row, models, warehouse, identity_key)
-        index = reference_index(warehouse, refs.imprint)
-        registry = Registry(index, threshold_of(settings)) if len(index) else None
-        logger.info("%d registered sheets to identify against", len(index))
     else:
         logger.warning("no marking and imprint champions: sheets will not be identified")
     if not todo:
@@ -178,8 +176,20 @@ def inspect(
     summaries = []
     with dask_client(address) as client:
         logger.info("Dask cluster: %s", address or "LocalCluster")
-        if registry is not None:  # sent to every worker once, not with every range
-            registry = client.scatter(registry, broadcast=True)
+        registries = None
+        if refs.identifies:
+            from tasks.identify import threshold_of
+
+            registries = Registries(
+                client,
+                warehouse,
+                refs.imprint,
+                threshold_of(settings),
+                settings.identity_window_hours,
+                logger,
+            )
         for row in todo:
-            summaries.append(inspect_archive_task(row, refs, client, registry, settings, warehouse))
+            summaries.append(
+                inspect_archive_task(row, refs, client, registries, settings, warehouse)
+            )
     return summaries

@@ -61,7 +61,20 @@ class Champions:
         if key and key[0] == "unreadable":
             log.warning("registered sheets not readable, no sheet can be identified: %s", key[1])
             return SurfaceIndex.empty()
-        return reference_index(self.warehouse, imprint_version)
+        return reference_index(
+            self.warehouse, imprint_version, span=self._live_span(imprint_version)
+        )
+
+    def _live_span(self, imprint_version: str):
+        """The window a frame sent now is identified in: the hours of
+        settings.identity_window_hours before the station's newest picture (the line's
+        present, by the station's own clock)."""
+        from models.identity import surface
+        from tasks.identify import registration_span
+        from warehouse import queries
+
+        newest = queries.newest_registration(self.warehouse, imprint_version, surface.FORMAT)
+        return registration_span([newest], self.settings.identity_window_hours)
 
     # -- loading and swapping -------------------------------------------------------------
     def _load(self, versions: dict[str, str]) -> Served:

@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from importlib.metadata import version
 from pathlib import Path
 
@@ -252,11 +252,15 @@ def registration_key(marking: str, imprint: str) -> str:
 
 
 def reference_index(
-    warehouse: Warehouse, imprint_version: str, archive_id: str | None = None
+    warehouse: Warehouse,
+    imprint_version: str,
+    archive_id: str | None = None,
+    span: tuple[datetime, datetime] | None = None,
 ) -> SurfaceIndex:
     """Every sheet registered with this imprint version and today's surface layout (of
-    one station archive when ``archive_id`` is given), ready to search and verify."""
-    table = queries.sheet_references(warehouse, imprint_version, surface.FORMAT, archive_id)
+    one station archive when ``archive_id`` is given; pictured within ``span`` when
+    given, ``registration_span``), ready to search and verify."""
+    table = queries.sheet_references(warehouse, imprint_version, surface.FORMAT, archive_id, span)
     if not table.num_rows:
         return SurfaceIndex.empty()
     n = table.num_rows
@@ -269,6 +273,23 @@ def reference_index(
         np.frombuffer(templates, np.float16).reshape(n, *surface.TEMPLATE_SHAPE),
         paint.reshape(n, -1).astype(np.float32) if len(paint) else None,
     )
+
+
+# How far the marking station's clock may run behind the inspection camera's.
+CLOCK_SLACK = timedelta(minutes=15)
+
+
+def registration_span(
+    seen: Iterable[datetime | None], hours: float
+) -> tuple[datetime, datetime] | None:
+    """When the sheets of a recording whose frames were taken at ``seen`` can have been
+    registered: from ``hours`` before its first frame (settings.identity_window_hours)
+    to ``CLOCK_SLACK`` after its last. None, the whole registry, when ``hours`` is 0 or
+    no frame has a time. A time without a zone is taken as UTC, as ingest does."""
+    times = [t if t.tzinfo else t.replace(tzinfo=UTC) for t in seen if t is not None]
+    if not hours or not times:
+        return None
+    return min(times) - timedelta(hours=hours), max(times) + CLOCK_SLACK
 
 
 def threshold_of(settings) -> float:

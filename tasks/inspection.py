@@ -127,6 +127,47 @@ class Registry:
     threshold: float
 
 
+class Registries:
+    """The registered sheets each recording is identified against: those the marking
+    station pictured in its time window (``tasks.identify.registration_span``), sent to
+    every worker once per distinct set of sheets. Called with a recording: a Dask
+    future of its Registry, or None when no sheet is registered in its window."""
+
+    def __init__(
+        self,
+        client,
+        warehouse,
+        imprint_version: str,
+        threshold: float,
+        hours: float,
+        logger: logging.Logger,
+    ) -> None:
+        self.client, self.warehouse, self.logger = client, warehouse, logger
+        self.imprint_version, self.threshold, self.hours = imprint_version, threshold, hours
+        self._sent: tuple[tuple[str, ...], object] | None = None
+
+    def __call__(self, rec: Recording):
+        from tasks.identify import reference_index, registration_span
+
+        span = registration_span(rec.captured_at, self.hours)
+        index = reference_index(self.warehouse, self.imprint_version, span=span)
+        within = "" if span is None else f" (pictured {span[0]:%Y-%m-%d %H:%M} to {span[1]:%H:%M})"
+        self.logger.info(
+            "archive %s: %d registered sheets to identify against%s",
+            rec.archive_id,
+            len(index),
+            within,
+        )
+        if not len(index):
+            return None
+        sheets = tuple(index.sheet_ids)
+        if self._sent is None or self._sent[0] != sheets:
+            self._sent = None  # the last set's future released before the next is sent
+            registry = Registry(index, self.threshold)
+            self._sent = (sheets, self.client.scatter(registry, broadcast=True))
+        return self._sent[1]
+
+
 @dataclass
 class ChunkResult:
     start: int
@@ -673,7 +714,7 @@ def inspect_archive(
     row: dict,
     refs: ModelRefs,
     client,
-    registry,  # a Registry, or a Dask future of one (scattered once per run), or None
+    registries: Callable[[Recording], object] | None,  # Registries; None: no identity
     settings: Settings,
     warehouse: Warehouse,
     logger: logging.Logger,
@@ -686,6 +727,7 @@ def inspect_archive(
 
     started = time.perf_counter()
     rec = recording(row["archive_id"], Path(row["path"]))
+    registry = registries(rec) if registries is not None else None
     chunks = rec.chunks(settings.chunk_frames, refs, settings.batch_frames, settings.device)
     logger.info(
         "archive %s: %d frames in %d ranges of %d on %d workers",

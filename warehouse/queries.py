@@ -4,6 +4,8 @@ tests/unit/test_layers.py fails on SQL anywhere else. Every query takes paramete
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import pyarrow as pa
 
 from warehouse.store import Warehouse
@@ -74,11 +76,16 @@ def inspectable_archives(warehouse: Warehouse, kinds: list[str]) -> list[dict]:
 
 
 def sheet_references(
-    warehouse: Warehouse, imprint_version: str, surface_format: str, archive_id: str | None = None
+    warehouse: Warehouse,
+    imprint_version: str,
+    surface_format: str,
+    archive_id: str | None = None,
+    span: tuple[datetime, datetime] | None = None,
 ) -> pa.Table:
     """sheet_id, paint embedding and surface imprint of every sheet registered with this
-    imprint version and surface layout (of one station archive when given), in a
-    stable order."""
+    imprint version and surface layout (of one station archive when given; pictured
+    within ``span``, first and last time, when given: a picture without a time always
+    counts), in a stable order."""
     query = (
         "SELECT sheet_id, embedding, surface_descriptor, surface_template "
         "FROM sheet_references WHERE model_version = ? AND surface_format = ?"
@@ -87,7 +94,24 @@ def sheet_references(
     if archive_id is not None:
         query += " AND archive_id = ?"
         params.append(archive_id)
+    if span is not None:
+        query += " AND (captured_at IS NULL OR captured_at BETWEEN ? AND ?)"
+        params.extend(span)
     return warehouse.query(query + " ORDER BY archive_id, sheet_id", params)
+
+
+def newest_registration(
+    warehouse: Warehouse, imprint_version: str, surface_format: str
+) -> datetime | None:
+    """When the marking station took its newest picture of a registered sheet."""
+    found = _one(
+        warehouse.query(
+            "SELECT max(captured_at) AS newest FROM sheet_references "
+            "WHERE model_version = ? AND surface_format = ?",
+            [imprint_version, surface_format],
+        )
+    )
+    return found["newest"] if found else None
 
 
 # -- reports --------------------------------------------------------------------------------

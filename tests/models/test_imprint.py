@@ -156,3 +156,42 @@ def test_through_the_one_path_unknowns_stay_unknown_and_wiped_markings_are_ident
     assert strangers and set(strangers) == {UNKNOWN}
     known = [a == s for s, a in answers.items() if s in registered]
     assert np.mean(known) >= 0.9, f"only {np.mean(known):.0%} of wiped registered sheets named"
+
+
+def test_a_recording_is_identified_against_the_sheets_registered_in_its_window(
+    trained, home: Path
+) -> None:
+    """reference_index with a registration span (settings.identity_window_hours) holds
+    exactly the sheets the station pictured in it, read from a real warehouse."""
+    from datetime import datetime, timedelta
+
+    from tasks.identify import Models, reference_index, register_station, registration_span
+    from tasks.identity import csv_rows, find_pairs
+    from warehouse.store import Warehouse
+
+    root, _, result = trained
+    pair = find_pairs(root / "twin")[0]
+    warehouse = Warehouse(home / "warehouse").ensure()
+    register_station(
+        pair.station, Models(None, result.model, "none", "test"), warehouse, ground_truth=True
+    )
+    pictured = {
+        r["sheet_id"]: datetime.fromisoformat(r["timestamp"])
+        for r in csv_rows(pair.station / "sheets.csv")
+    }
+    everything = reference_index(warehouse, "test")
+    assert set(everything.sheet_ids) == set(pictured)
+
+    first, last = min(pictured.values()), max(pictured.values())
+    middle = first + (last - first) / 2
+    # a recording seen from the middle of the station's run: 0.01 h before its first frame
+    span = registration_span([middle + timedelta(hours=0.01), middle + timedelta(hours=1)], 0.01)
+    assert span == (middle, middle + timedelta(hours=1, minutes=15))
+    later = reference_index(warehouse, "test", span=span)
+    assert set(later.sheet_ids) == {s for s, t in pictured.items() if t >= middle}
+    assert 0 < len(later) < len(everything)
+    assert not len(reference_index(warehouse, "test", span=(first - timedelta(days=2),) * 2))
+    # 0 hours, or frames without a time: the whole registry
+    assert registration_span([middle], 0) is None and registration_span([None], 24) is None
+    naive = registration_span([datetime(2026, 1, 5, 6)], 1)
+    assert naive is not None and naive[0].utcoffset() == timedelta(0)
