@@ -110,19 +110,26 @@ def _say(message: str) -> None:
 
 
 def _terminate_children(grace_s: float = 3.0) -> None:
+    """SIGTERM to every child process, SIGKILL to those still there after ``grace_s``,
+    then wait until those are gone too (reaped), so that nothing of the command is left
+    when it exits; a second pass for any child started meanwhile."""
     import psutil
 
-    try:
-        children = psutil.Process().children(recursive=True)
-    except psutil.Error:
-        return
-    for child in children:
-        with suppress(psutil.Error):
-            child.terminate()
-    _, alive = psutil.wait_procs(children, timeout=grace_s)
-    for child in alive:
-        with suppress(psutil.Error):
-            child.kill()
+    for _ in range(2):
+        try:
+            children = psutil.Process().children(recursive=True)
+        except psutil.Error:
+            return
+        if not children:
+            return
+        for child in children:
+            with suppress(psutil.Error):
+                child.terminate()
+        _, alive = psutil.wait_procs(children, timeout=grace_s)
+        for child in alive:
+            with suppress(psutil.Error):
+                child.kill()
+        psutil.wait_procs(alive, timeout=grace_s)
 
 
 def _stop(signum: int) -> None:

@@ -63,3 +63,23 @@ def test_children_are_terminated() -> None:
     pid = int(done.stdout.split()[0])
     assert done.returncode == 128 + signal.SIGTERM
     assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text()
+
+
+def test_a_child_that_ignores_sigterm_is_killed_and_gone_before_the_exit() -> None:
+    """A child deaf to SIGTERM (a server busy shutting down) is killed after the grace
+    and reaped by the command itself: at its exit nothing of it is left, not even a
+    zombie (`train` once left its Prefect server's process behind for an instant)."""
+    done = _run("""
+        import subprocess, sys
+        interrupts.stop_on_signals("test run")
+        deaf = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+        deaf += "print(1, flush=True); time.sleep(60)"
+        child = subprocess.Popen([sys.executable, "-c", deaf], stdout=subprocess.PIPE)
+        child.stdout.readline()  # its handler is in place
+        print(child.pid, flush=True)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(30)
+    """)
+    pid = int(done.stdout.split()[0])
+    assert done.returncode == 128 + signal.SIGTERM
+    assert not Path(f"/proc/{pid}").exists()
