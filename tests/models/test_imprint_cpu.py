@@ -1,4 +1,4 @@
-"""Imprint training on any x86-64 CPU: every recipe trains in the process ``fit`` starts,
+"""Imprint training on any x86-64 CPU: the recipes train in the process ``fit`` starts,
 and that process computes the gradient of the convolution oneDNN 3.7 gets wrong.
 
 On AVX-512 machines the `demo` recipe died in training (SIGSEGV or a glibc heap abort):
@@ -75,12 +75,14 @@ def _fit(observations, recipe, workdir: Path):
     return fit(o.crops, o.sheet_ids, o.sources, split, recipe, seed=0, workdir=workdir)
 
 
-@pytest.mark.parametrize("size", ["default", "gpu"])
+@pytest.mark.parametrize("size", ["gpu"])
 def test_every_other_recipe_takes_its_first_steps(observations, size: str) -> None:
-    """The networks of the other recipes (their widths and batches), two steps each. The
-    `demo` recipe trains in full in the main job's fixture (tests/inspect/test_main_job.py:
-    test_the_demo_imprint_recipe_trained_as_make_demo_trains_it), and `tiny` in
-    tests/models/test_imprint.py's."""
+    """The widest network and largest batch (`gpu`), two steps. The `demo` recipe trains
+    in full in the main job's fixture (tests/inspect/test_main_job.py:
+    test_the_demo_imprint_recipe_trained_as_make_demo_trains_it), `tiny` in
+    tests/models/test_imprint.py's; `default` lies between them (width 24, batch 64), and
+    the oneDNN fault concerned fewer than 16 channels (the gradient test above covers 1
+    to 32)."""
     from models.identity.imprint import imprint_recipe
 
     recipe = imprint_recipe(size, epochs=1, steps_per_epoch=2)
