@@ -36,7 +36,7 @@ from rich.console import Console
 from rich.table import Table
 
 from models.identity import pipeline, surface
-from models.identity.matching import normalise
+from models.identity.matching import UNKNOWN, normalise
 from models.identity.pipeline import SurfaceIndex
 from tasks.archives import read_frames
 from tasks.identity import marking_boxes, station_pictures
@@ -122,9 +122,7 @@ def measure(index: SurfaceIndex, queries: list, rounds: int) -> list[str]:
     threshold = surface.VERIFY_THRESHOLD
     answers = [pipeline.identify(f, b, index, threshold, bf, af) for _, f, b, bf, af in queries]
     right = sum(a.sheet_id == s for (s, *_), a in zip(queries, answers, strict=True))
-    wrong = sum(
-        a.sheet_id not in (s, "unknown") for (s, *_), a in zip(queries, answers, strict=True)
-    )
+    wrong = sum(a.sheet_id not in (s, UNKNOWN) for (s, *_), a in zip(queries, answers, strict=True))
     einsum = median_ms(lambda: einsum_search(index, query), rounds)
     matmul = median_ms(lambda: matmul_search(index, query), rounds)
     whole = median_ms(

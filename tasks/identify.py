@@ -275,6 +275,17 @@ def reference_index(
     )
 
 
+def reference_sheets(
+    warehouse: Warehouse, imprint_version: str, span: tuple[datetime, datetime] | None = None
+) -> list[str]:
+    """The sheet ids ``reference_index`` would hold, in its order, without reading their
+    imprints (to tell whether an index already loaded is still the one wanted)."""
+    table = queries.sheet_references(
+        warehouse, imprint_version, surface.FORMAT, span=span, ids_only=True
+    )
+    return table["sheet_id"].to_pylist()
+
+
 # How far the marking station's clock may run behind the inspection camera's.
 CLOCK_SLACK = timedelta(minutes=15)
 

@@ -147,24 +147,24 @@ class Registries:
         self._sent: tuple[tuple[str, ...], object] | None = None
 
     def __call__(self, rec: Recording):
-        from tasks.identify import reference_index, registration_span
+        from tasks.identify import reference_index, reference_sheets, registration_span
 
         span = registration_span(rec.captured_at, self.hours)
-        index = reference_index(self.warehouse, self.imprint_version, span=span)
+        sheets = tuple(reference_sheets(self.warehouse, self.imprint_version, span))
         within = "" if span is None else f" (pictured {span[0]:%Y-%m-%d %H:%M} to {span[1]:%H:%M})"
         self.logger.info(
             "archive %s: %d registered sheets to identify against%s",
             rec.archive_id,
-            len(index),
+            len(sheets),
             within,
         )
-        if not len(index):
+        if not sheets:
             return None
-        sheets = tuple(index.sheet_ids)
         if self._sent is None or self._sent[0] != sheets:
             self._sent = None  # the last set's future released before the next is sent
+            index = reference_index(self.warehouse, self.imprint_version, span=span)
             registry = Registry(index, self.threshold)
-            self._sent = (sheets, self.client.scatter(registry, broadcast=True))
+            self._sent = (tuple(index.sheet_ids), self.client.scatter(registry, broadcast=True))
         return self._sent[1]
 
 

@@ -81,15 +81,16 @@ def sheet_references(
     surface_format: str,
     archive_id: str | None = None,
     span: tuple[datetime, datetime] | None = None,
+    ids_only: bool = False,
 ) -> pa.Table:
-    """sheet_id, paint embedding and surface imprint of every sheet registered with this
-    imprint version and surface layout (of one station archive when given; pictured
-    within ``span``, first and last time, when given: a picture without a time always
-    counts), in a stable order."""
-    query = (
-        "SELECT sheet_id, embedding, surface_descriptor, surface_template "
-        "FROM sheet_references WHERE model_version = ? AND surface_format = ?"
+    """sheet_id, paint embedding and surface imprint (only sheet_id with ``ids_only``)
+    of every sheet registered with this imprint version and surface layout (of one
+    station archive when given; pictured within ``span``, first and last time, when
+    given: a picture without a time always counts), in a stable order."""
+    columns = (
+        "sheet_id" if ids_only else ("sheet_id, embedding, surface_descriptor, surface_template")
     )
+    query = f"SELECT {columns} FROM sheet_references WHERE model_version = ? AND surface_format = ?"
     params: list = [imprint_version, surface_format]
     if archive_id is not None:
         query += " AND archive_id = ?"

@@ -165,7 +165,13 @@ def test_a_recording_is_identified_against_the_sheets_registered_in_its_window(
     exactly the sheets the station pictured in it, read from a real warehouse."""
     from datetime import datetime, timedelta
 
-    from tasks.identify import Models, reference_index, register_station, registration_span
+    from tasks.identify import (
+        Models,
+        reference_index,
+        reference_sheets,
+        register_station,
+        registration_span,
+    )
     from tasks.identity import csv_rows, find_pairs
     from warehouse.store import Warehouse
 
@@ -188,6 +194,7 @@ def test_a_recording_is_identified_against_the_sheets_registered_in_its_window(
     span = registration_span([middle + timedelta(hours=0.01), middle + timedelta(hours=1)], 0.01)
     assert span == (middle, middle + timedelta(hours=1, minutes=15))
     later = reference_index(warehouse, "test", span=span)
+    assert reference_sheets(warehouse, "test", span) == later.sheet_ids  # without imprints
     assert set(later.sheet_ids) == {s for s, t in pictured.items() if t >= middle}
     assert 0 < len(later) < len(everything)
     assert not len(reference_index(warehouse, "test", span=(first - timedelta(days=2),) * 2))
