@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from importlib.metadata import version
@@ -399,12 +399,7 @@ def evaluate_identity(
 
     # per sheet: the best verified of the detected markings of each sheet the camera
     # saw; a sheet whose marking was never detected is a query answered unknown
-    best: dict[str, int] = {}
-    for i, sheet in enumerate(truth_of):
-        if sheet is not None and (
-            sheet not in best or matches.similarity[i] > matches.similarity[best[sheet]]
-        ):
-            best[sheet] = i
+    best = best_per_sheet(truth_of, part_of, matches.similarity)
     seen_sheets = sorted({m["sheet_id"] for ms in truth.values() for m in ms})
     per_sheet = identification_report(
         seen_sheets, registered.sheet_ids, _per_sheet(matches, best, seen_sheets), threshold
@@ -484,6 +479,21 @@ def _hit(box: np.ndarray, markings: list[dict]) -> str | None:
     """The sheet of the marking ``box`` detects (IoU >= 0.5), if any."""
     hit, _ = match_detections(box[None], _boxes(markings))
     return markings[hit[0]]["sheet_id"] if hit[0] >= 0 else None
+
+
+def best_per_sheet(
+    truth_of: Sequence[str | None], part_of: Sequence[str | None], similarity: np.ndarray
+) -> dict[str, int]:
+    """Per sheet, the detection whose verdict answers for it (the highest similarity)
+    among every detection of its marking, as inspect answers from all the markings found
+    on a sheet: a listed marking (``truth_of``) or the part of one that the frame's edge
+    cut (``part_of``, in the frame beside it, where the rest of it is listed)."""
+    best: dict[str, int] = {}
+    for i, (listed, part) in enumerate(zip(truth_of, part_of, strict=True)):
+        sheet = listed if listed is not None else part
+        if sheet is not None and (sheet not in best or similarity[i] > similarity[best[sheet]]):
+            best[sheet] = i
+    return best
 
 
 def _per_sheet(matches: Matches, best: dict[str, int], sheets: list[str]) -> Matches:

@@ -123,3 +123,15 @@ def test_identification_report_counts_each_outcome():
     assert r["frr"] == pytest.approx(1 / 3)
     assert r["fpir"] == pytest.approx(1 / 2)
     assert r["wrong_ids"] == 2 and r["far"] == pytest.approx(2 / 5)
+
+
+def test_a_sheet_is_answered_by_its_best_detection_cut_parts_included():
+    from tasks.identify import best_per_sheet
+
+    # A: listed in one frame (0.5) and its cut part in the next (0.9): the part answers.
+    # B: only the cut part was detected: B is still found, not "marking never detected".
+    # a detection of no marking (None, None) answers for no sheet.
+    truth_of = ["A", None, None, None, "C"]
+    part_of = [None, "A", "B", None, None]
+    similarity = np.array([0.5, 0.9, 0.7, 0.99, -np.inf], np.float32)
+    assert best_per_sheet(truth_of, part_of, similarity) == {"A": 1, "B": 2, "C": 4}
