@@ -34,9 +34,20 @@ class DetectorRecipe:
     batch: int
     max_images: int  # training pictures at most (positives first, then empty frames)
     conf: float = 0.25  # detections below this score are dropped at prediction
+    # > 0: the epochs are chosen so that training takes about this many optimizer steps,
+    # whatever the data's size: a small dataset gets more passes, a large one the same
+    # time (``epochs`` is then unused)
+    steps: int = 0
 
     def to_params(self) -> dict:
         return asdict(self)
+
+    def epochs_for(self, train_pictures: int) -> int:
+        """The epochs to train on ``train_pictures`` pictures."""
+        if self.steps <= 0:
+            return self.epochs
+        per_epoch = max(1, -(-train_pictures // self.batch))
+        return max(1, round(self.steps / per_epoch))
 
 
 SIZES = {
@@ -46,8 +57,13 @@ SIZES = {
     # steps, then learns the markings at once (validation mAP50 0 until epoch 25, 0.995
     # from epoch 31, on the demo's 40-sheet line: 101 training pictures, 7 steps each)
     "demo": DetectorRecipe("t", imgsz=256, epochs=50, batch=16, max_images=200),
-    # CPU, 2 cores: about a quarter of an hour
-    "default": DetectorRecipe("t", imgsz=416, epochs=25, batch=16, max_images=600),
+    # CPU, 2 cores: about 20 minutes, whatever the data's size (1,400 steps of 16). It
+    # finds faint markings at low scores, and so some scale patches: the detections from
+    # WEAK_CONF up are verified, and only those at ``conf`` or above are kept unverified
+    # (docs/benchmarks.md, "The default detector's recipe")
+    "default": DetectorRecipe(
+        "t", imgsz=416, epochs=25, batch=16, max_images=600, steps=1400, conf=0.6
+    ),
     # one GPU
     "gpu": DetectorRecipe("s", imgsz=640, epochs=100, batch=64, max_images=20000),
 }
@@ -215,6 +231,10 @@ def fit(
             progress(trainer.epoch + 1, trainer.epochs, row)
 
         yolo.add_callback("on_fit_epoch_end", epoch_end)
+    # Ultralytics sets torch to cores - 1 threads for CPU training (one thread on two
+    # cores); the run is given back the threads the process had
+    threads = torch.get_num_threads()
+    yolo.add_callback("on_train_start", lambda trainer: torch.set_num_threads(threads))
     started = time.perf_counter()
     with _threads_kept():
         _train(yolo, dataset_yaml, recipe, device, seed, workdir)
@@ -233,9 +253,10 @@ def _train(
     yolo, dataset_yaml: Path, recipe: DetectorRecipe, device: str, seed: int, workdir: Path
 ) -> None:
     """Ultralytics' training run, with the settings every recipe shares."""
+    epochs = recipe.epochs_for(len(list((dataset_yaml.parent / "images" / "train").iterdir())))
     yolo.train(
         data=str(dataset_yaml),
-        epochs=recipe.epochs,
+        epochs=epochs,
         imgsz=recipe.imgsz,
         batch=recipe.batch,
         device=_ultralytics_device(device),
@@ -251,5 +272,5 @@ def _train(
         verbose=False,
         fliplr=0.0,  # a mirrored marking is not a marking
         mosaic=1.0,
-        close_mosaic=max(1, recipe.epochs // 5),
+        close_mosaic=max(1, epochs // 5),
     )

@@ -62,16 +62,17 @@ def test_detector_trains_and_predicts_offline(
 
     threads = torch.get_num_threads()
     epochs: list[tuple[int, int, dict]] = []
-    trained = fit(
-        dataset.yaml,
-        recipe_for("tiny", epochs=2),
-        "cpu",
-        0,
-        tmp_path / "runs",
-        progress=lambda *report: epochs.append(report),
-    )
-    # ultralytics sets torch's threads to cores - 1 for CPU training; fit puts them
-    # back, or every later torch call in the process runs on fewer threads
+    during: list[int] = []
+
+    def progress(*report) -> None:
+        epochs.append(report)
+        during.append(torch.get_num_threads())
+
+    trained = fit(dataset.yaml, recipe_for("tiny", epochs=2), "cpu", 0, tmp_path / "runs", progress)
+    # ultralytics sets torch's threads to cores - 1 for CPU training: the run is given
+    # the process's threads, and fit leaves them as they were, or every later torch call
+    # in the process runs on fewer threads
+    assert during == [threads, threads]
     assert torch.get_num_threads() == threads
     assert trained.history and "val_map50" in trained.history[-1]
     # a validation split this small cannot choose an epoch: the last weights are kept
@@ -111,3 +112,14 @@ def test_validation_markings_counts_the_boxes_of_the_validation_split(tmp_path: 
             (folder / f"{name}.txt").write_text("0 0.5 0.5 0.1 0.1\n" * boxes)
     (tmp_path / "data.yaml").write_text("path: .\ntrain: images/train\nval: images/validation\n")
     assert validation_markings(tmp_path / "data.yaml") == 3
+
+
+def test_recipe_steps_choose_the_epochs():
+    from models.identity.detector import recipe_for
+
+    by_epochs = recipe_for("tiny", epochs=3, batch=16)
+    assert by_epochs.epochs_for(1000) == 3
+    by_steps = recipe_for("tiny", batch=16, steps=100)
+    assert by_steps.epochs_for(160) == 10  # 10 steps an epoch
+    assert by_steps.epochs_for(170) == 9  # 11 steps an epoch: 100 / 11 rounds to 9
+    assert by_steps.epochs_for(5000) == 1  # never fewer than one epoch
