@@ -15,7 +15,15 @@ import cv2
 import numpy as np
 
 from models.identity.matching import UNKNOWN
-from models.identity.pipeline import SurfaceIndex, embed, find_markings, identify, kept
+from models.identity.pipeline import (
+    Markings,
+    SurfaceIndex,
+    embed,
+    find_markings,
+    identify_markings,
+    kept,
+    line_detections,
+)
 
 # BGR colours per class position (overlay): yellow, cyan, magenta, red, then green
 PALETTE = ((0, 215, 255), (255, 200, 0), (255, 0, 200), (0, 0, 255), (0, 200, 0))
@@ -47,6 +55,11 @@ class Served:
 class FrameJob:
     frame: np.ndarray  # (H, W) uint8 grey
     overlay: bool = False
+    # the frames just before and after it on the line, when the caller sends them: a
+    # marking is then seen as the inspection workers see it (the steel around it across
+    # the seam, and the other part of a marking the frame's edge cut)
+    before: np.ndarray | None = None
+    after: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -76,7 +89,7 @@ def inspect_frames(served: Served, jobs: list[FrameJob]) -> list[FrameAnswer]:
         for n, i in enumerate(positions):
             masks = prediction.masks[n] if jobs[i].overlay else None
             segmented[i] = (prediction.gate[n], per_frame[n], masks)
-    markings = _markings(served, [job.frame for job in jobs])
+    markings = _markings(served, jobs)
     names = [served.segmenter.classes[k] for k in served.class_ids]
     answers = []
     for i, job in enumerate(jobs):
@@ -107,9 +120,11 @@ def _defect(d, class_ids: list[int], names: list[str]) -> dict:
     }
 
 
-def _markings(served: Served, frames: list[np.ndarray]) -> list[list[dict]]:
-    """Per frame, each detected marking and who its sheet is (the frame alone: a call
-    does not know the frames around it on the line)."""
+def _markings(served: Served, jobs: list[FrameJob]) -> list[list[dict]]:
+    """Per frame, each detected marking and who its sheet is: seen with the frames
+    before and after it when the job has them, as the inspection workers see it
+    (``identify_markings``), else from the frame alone."""
+    frames = [job.frame for job in jobs]
     if not served.identifies:
         return [[] for _ in frames]
     out: list[list[dict]] = [[] for _ in frames]
@@ -121,15 +136,53 @@ def _markings(served: Served, frames: list[np.ndarray]) -> list[list[dict]]:
     # as the inspection workers do: weak detections too, kept when they verify
     marks = find_markings(served.marking, served.imprint, frames, len(frames), weak=True)
     paint = embed(served.imprint, marks.crops)
-    verdicts = [
-        identify(frames[i], row, served.references, served.threshold, paint=paint[n])
-        for n, (i, row) in enumerate(zip(marks.owners, marks.boxes, strict=True))
-    ]
+    beside = _neighbour_detections(served, jobs, set(marks.owners.tolist()))
+    verdicts: list = [None] * len(marks)
+    for i, job in enumerate(jobs):
+        mine = np.flatnonzero(marks.owners == i)
+        if not len(mine):
+            continue
+        one = Markings(
+            np.zeros(len(mine), np.int64),
+            marks.boxes[mine],
+            marks.crops[mine],
+            [marks.per_picture[i]],
+        )
+        found = identify_markings(
+            one,
+            [job.frame],
+            served.references,
+            served.threshold,
+            job.before,
+            job.after,
+            paint[mine],
+            edge_markings=beside.get(i, (None, None)),
+        )
+        for n, verdict in zip(mine, found, strict=True):
+            verdicts[n] = verdict
     keep = kept(marks.boxes[:, 4], verdicts, served.marking.conf)
     for i, row, verdict, k in zip(marks.owners, marks.boxes, verdicts, keep, strict=True):
         if k:
             out[i].append(_marking(row, verdict.sheet_id, verdict.nearest, verdict.similarity))
     return out
+
+
+def _neighbour_detections(
+    served: Served, jobs: list[FrameJob], with_markings: set[int]
+) -> dict[int, tuple[np.ndarray | None, np.ndarray | None]]:
+    """The detections of the neighbours sent with the jobs that have a marking (for a
+    marking the seam cut), found as the workers find a neighbour's, in one call."""
+    pictures, slots = [], []
+    for i in sorted(with_markings):
+        for side, picture in enumerate((jobs[i].before, jobs[i].after)):
+            if picture is not None:
+                pictures.append(picture)
+                slots.append((i, side))
+    found = line_detections(served.marking, pictures, max(1, len(pictures)), weak=True)
+    out: dict[int, list] = {}
+    for (i, side), rows in zip(slots, found, strict=True):
+        out.setdefault(i, [None, None])[side] = rows
+    return {i: (rows[0], rows[1]) for i, rows in out.items()}
 
 
 def _marking(row: np.ndarray, sheet_id: str, nearest: str | None, similarity) -> dict:

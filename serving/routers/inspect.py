@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Annotated
 
+import numpy as np
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
@@ -22,19 +23,29 @@ from serving.security import require_key
 from serving.state import ServerState
 
 router = APIRouter(tags=["inspection"])
+# the optional file parts of /v1/inspect beside `frame`: the frames around it on the line
+NEIGHBOURS = ("previous", "next")
 
 _ONE_FRAME_BODY = {
     "requestBody": {
         "required": True,
         "description": "One frame: the JPEG or PNG bytes as the body, or a multipart form "
-        "with one file part.",
+        "with the frame as its file part `frame` and, optionally, the frames just before "
+        "and after it on the line as `previous` and `next` (the same size). With them a "
+        "marking is identified as the inspect job identifies it: the steel around it "
+        "across the frame's edge, and the rest of a marking the edge cut. Only `frame` is "
+        "inspected for defects.",
         "content": {
             "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
             "image/png": {"schema": {"type": "string", "format": "binary"}},
             "multipart/form-data": {
                 "schema": {
                     "type": "object",
-                    "properties": {"frame": {"type": "string", "format": "binary"}},
+                    "properties": {
+                        "frame": {"type": "string", "format": "binary"},
+                        "previous": {"type": "string", "format": "binary"},
+                        "next": {"type": "string", "format": "binary"},
+                    },
                     "required": ["frame"],
                 }
             },
@@ -97,8 +108,12 @@ async def _read_body(request: Request, limits: Limits) -> bytes:
     return b"".join(chunks)
 
 
-async def _file_parts(request: Request, limits: Limits, most: int) -> list[tuple[str, bytes]]:
-    """(name, bytes) of every file part of a multipart body, in order."""
+async def _file_parts(
+    request: Request, limits: Limits, most: int, too_many: str
+) -> list[tuple[str, str, bytes]]:
+    """(field, name, bytes) of every file part of a multipart body, in order; ``name``
+    says which part it is in messages. ``too_many``: what to do when there are more than
+    ``most``."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limits.max_bytes * most + 65536:
         raise ApiError(
@@ -116,7 +131,7 @@ async def _file_parts(request: Request, limits: Limits, most: int) -> list[tuple
             raise ApiError(
                 413,
                 "too_many_frames",
-                f"more than {most} frames in one request (max_batch_frames): split the batch",
+                f"more than {most} file parts in one request: {too_many}",
                 "body",
             ) from None
         raise ApiError(
@@ -128,7 +143,7 @@ async def _file_parts(request: Request, limits: Limits, most: int) -> list[tuple
             continue
         name = f"{key} ({value.filename})" if value.filename else key
         check_media_type(value.content_type, f"file part {name}")
-        parts.append((name, await value.read()))
+        parts.append((key, name, await value.read()))
     await form.close()
     if not parts:
         raise ApiError(
@@ -166,16 +181,62 @@ async def inspect_frame(
 ) -> JSONResponse:
     state: ServerState = request.app.state.server
     if _multipart(request):
-        parts = await _file_parts(request, state.limits, 1)
-        field, data = parts[0]
-        field = f"file part {field}"
+        job = await _job_of_parts(
+            await _file_parts(
+                request,
+                state.limits,
+                1 + len(NEIGHBOURS),
+                "send one frame, with at most the frames before and after it "
+                "(`previous`, `next`); several frames: POST /v1/inspect/batch",
+            ),
+            state,
+            overlay,
+        )
     else:
         check_media_type(request.headers.get("content-type"))
-        field, data = "body", await _read_body(request, state.limits)
-    frame = await run_in_threadpool(decode_frame, data, state.limits, field)
+        data = await _read_body(request, state.limits)
+        job = FrameJob(await run_in_threadpool(decode_frame, data, state.limits, "body"), overlay)
     request.state.frames = 1
-    answers = await _submit(state, [FrameJob(frame, overlay)])
+    answers = await _submit(state, [job])
     return JSONResponse(_answer(answers[0]))
+
+
+async def _job_of_parts(
+    parts: list[tuple[str, str, bytes]], state: ServerState, overlay: bool
+) -> FrameJob:
+    """The frame of a one-frame multipart body, with its neighbours when sent: one file
+    part (whatever its field), or the parts `frame`, `previous` and `next`."""
+    if len(parts) == 1:
+        (_, name, data), neighbours = parts[0], {}
+    else:
+        fields = [field for field, _, _ in parts]
+        unknown = [name for field, name, _ in parts if field not in ("frame", *NEIGHBOURS)]
+        if unknown or "frame" not in fields or len(set(fields)) < len(fields):
+            raise ApiError(
+                400,
+                "invalid_multipart",
+                f"the file parts are {', '.join(name for _, name, _ in parts)}: send the frame "
+                "as the part `frame`, and the frames just before and after it on the line as "
+                "`previous` and `next` (each at most once)",
+                "body",
+            )
+        name, data = next((n, d) for f, n, d in parts if f == "frame")
+        neighbours = {f: (n, d) for f, n, d in parts if f in NEIGHBOURS}
+    frame = await run_in_threadpool(decode_frame, data, state.limits, f"file part {name}")
+    beside: dict[str, np.ndarray] = {}
+    for field, (name, data) in neighbours.items():
+        picture = await run_in_threadpool(decode_frame, data, state.limits, f"file part {name}")
+        if picture.shape != frame.shape:
+            raise ApiError(
+                400,
+                "neighbour_shape",
+                f"file part {name} is {picture.shape[1]}x{picture.shape[0]} but the frame is "
+                f"{frame.shape[1]}x{frame.shape[0]}: `{field}` must be the line camera's frame "
+                "just beside it, of the same size",
+                field,
+            )
+        beside[field] = picture
+    return FrameJob(frame, overlay, beside.get("previous"), beside.get("next"))
 
 
 @router.post(
@@ -197,10 +258,10 @@ async def inspect_batch(
             "send the frames as file parts of multipart/form-data (one frame: POST /v1/inspect)",
             "body",
         )
-    parts = await _file_parts(request, state.limits, most)
+    parts = await _file_parts(request, state.limits, most, "split the batch (max_batch_frames)")
     items: list[dict] = []
     jobs: list[FrameJob] = []
-    for name, data in parts:  # a bad frame gets its error; the others are inspected
+    for _, name, data in parts:  # a bad frame gets its error; the others are inspected
         try:
             frame = await run_in_threadpool(decode_frame, data, state.limits, f"file part {name}")
         except ApiError as error:

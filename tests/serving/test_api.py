@@ -389,6 +389,60 @@ def test_twin_frames_give_the_defects_the_twin_drew_and_the_inspect_job_found(
     assert {r["frame_id"]: r["n_markings"] for r in stored_frames} == markings
 
 
+def test_a_frame_sent_with_its_neighbours_is_identified_as_the_inspect_job_did(
+    server: Server, line: dict, main_job: MainJob
+) -> None:
+    """/v1/inspect with the frames before and after it (`previous`, `next`) sees each
+    marking as the inspect job saw it: the same markings kept per frame, and every
+    sheet's verified similarity as the job stored it comes back for one of its markings."""
+    frames, ids = line["frames"], line["ids"]
+    warehouse = Warehouse(main_job.home / "warehouse")
+    stored = {
+        r["frame_id"]: r["n_markings"]
+        for r in warehouse.query(
+            "SELECT frame_id, n_markings FROM frames WHERE archive_id = ?", [line["archive_id"]]
+        ).to_pylist()
+    }
+    sheets = warehouse.query(
+        "SELECT similarity FROM sheets WHERE archive_id = ? AND similarity IS NOT NULL",
+        [line["archive_id"]],
+    ).to_pylist()
+    markings, similarities = {}, []
+    with server.client() as http:
+        for k, frame_id in enumerate(ids):
+            files = {"frame": ("f.png", _png(frames[k]), "image/png")}
+            if k:
+                files["previous"] = ("p.png", _png(frames[k - 1]), "image/png")
+            if k + 1 < len(frames):
+                files["next"] = ("n.png", _png(frames[k + 1]), "image/png")
+            response = http.post("/v1/inspect", files=files)
+            assert response.status_code == 200, response.text
+            found = response.json()["markings"]
+            markings[frame_id] = len(found)
+            similarities += [m["similarity"] for m in found if m["similarity"] is not None]
+        # the neighbours must be frames of the same size, sent once each, under these names
+        jpeg = _jpeg(frames[1])
+        small = _jpeg(frames[0][:, :800])
+        cases = [
+            ({"frame": jpeg, "previous": small}, 400, "neighbour_shape"),
+            ({"frame": jpeg, "beside": jpeg}, 400, "invalid_multipart"),
+            ({"previous": jpeg, "next": jpeg}, 400, "invalid_multipart"),
+        ]
+        for parts, status, code in cases:
+            files = [(name, (f"{name}.jpg", data, "image/jpeg")) for name, data in parts.items()]
+            response = http.post("/v1/inspect", files=files)
+            assert response.status_code == status, (parts.keys(), response.text)
+            assert response.json()["error"]["code"] == code, response.text
+        four = [
+            (name, ("f.jpg", jpeg, "image/jpeg")) for name in ("frame", "previous", "next", "x")
+        ]
+        response = http.post("/v1/inspect", files=four)
+        assert response.status_code == 413 and "/v1/inspect/batch" in response.text
+    assert markings == stored
+    for sheet in sheets:
+        assert any(abs(sheet["similarity"] - s) < 1e-4 for s in similarities), (sheet, similarities)
+
+
 def test_overlay_draws_the_masks(server: Server, line: dict) -> None:
     frame_id = next(r["ImageId"] for r in line["truth"] if r["ClassId"] == "3")
     frame = line["frames"][line["ids"].index(frame_id)]
