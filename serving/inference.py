@@ -23,6 +23,7 @@ from models.identity.pipeline import (
     identify_markings,
     kept,
     line_detections,
+    on_seam,
 )
 
 # BGR colours per class position (overlay): yellow, cyan, magenta, red, then green
@@ -136,7 +137,12 @@ def _markings(served: Served, jobs: list[FrameJob]) -> list[list[dict]]:
     # as the inspection workers do: weak detections too, kept when they verify
     marks = find_markings(served.marking, served.imprint, frames, len(frames), weak=True)
     paint = embed(served.imprint, marks.crops)
-    beside = _neighbour_detections(served, jobs, set(marks.owners.tolist()))
+    cut = {
+        int(i)
+        for i, box in zip(marks.owners, marks.boxes, strict=True)
+        if on_seam(box, jobs[i].frame.shape[0])
+    }
+    beside = _neighbour_detections(served, jobs, cut)
     verdicts: list = [None] * len(marks)
     for i, job in enumerate(jobs):
         mine = np.flatnonzero(marks.owners == i)
@@ -168,12 +174,13 @@ def _markings(served: Served, jobs: list[FrameJob]) -> list[list[dict]]:
 
 
 def _neighbour_detections(
-    served: Served, jobs: list[FrameJob], with_markings: set[int]
+    served: Served, jobs: list[FrameJob], cut: set[int]
 ) -> dict[int, tuple[np.ndarray | None, np.ndarray | None]]:
-    """The detections of the neighbours sent with the jobs that have a marking (for a
-    marking the seam cut), found as the workers find a neighbour's, in one call."""
+    """The detections of the neighbours sent with the jobs ``cut`` (those with a marking
+    on the frame's edge: no other marking looks at them), found as the workers find a
+    neighbour's, in one call."""
     pictures, slots = [], []
-    for i in sorted(with_markings):
+    for i in sorted(cut):
         for side, picture in enumerate((jobs[i].before, jobs[i].after)):
             if picture is not None:
                 pictures.append(picture)

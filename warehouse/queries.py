@@ -88,7 +88,7 @@ def sheet_references(
     station archive when given; pictured within ``span``, first and last time, when
     given: a picture without a time always counts), in a stable order."""
     columns = (
-        "sheet_id" if ids_only else ("sheet_id, embedding, surface_descriptor, surface_template")
+        "sheet_id" if ids_only else "sheet_id, embedding, surface_descriptor, surface_template"
     )
     query = f"SELECT {columns} FROM sheet_references WHERE model_version = ? AND surface_format = ?"
     params: list = [imprint_version, surface_format]

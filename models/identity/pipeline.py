@@ -236,6 +236,12 @@ def identify(
     return Verdict(nearest if similarity >= threshold else UNKNOWN, nearest, similarity, scores)
 
 
+def on_seam(box, height: int) -> bool:
+    """Whether a box reaches the frame's top or bottom edge: a marking the seam may have
+    cut, whose other part ``across_seams`` looks for in the frame beside it."""
+    return float(box[1]) <= 1 or float(box[3]) >= height - 2
+
+
 def across_seams(
     box: np.ndarray, height: int, above: np.ndarray | None, below: np.ndarray | None
 ) -> np.ndarray:
