@@ -202,6 +202,13 @@ def test_a_marking_the_seam_cut_is_joined_across_it_and_identified() -> None:
     # a box in the neighbour that shares too few columns is not the same marking
     elsewhere = np.array([[box[2] - 20, box[1], box[2] + 300, seam - 1, 0.9]], np.float32)
     assert pipeline.across_seams(cut_lower, height, elsewhere, None)[1] == 0
+    # nor is a box from the neighbour's top to its bottom (a scale patch the detector
+    # boxed weakly), however many columns it shares: the true part is chosen beside it
+    patch = np.array([box[0] - 30, 0, box[2] + 30, height - 1, 0.3], np.float32)
+    assert pipeline.across_seams(cut_lower, height, patch[None], None)[1] == 0
+    both = pipeline.across_seams(cut_lower, height, np.stack([patch, cut_upper]), None)
+    assert both[1] == box[1] - seam and both[0] == box[0]
+    assert (pipeline.across_seams(patch, height, cut_upper[None], None) == patch).all()
 
     marks = pipeline.Markings(
         np.array([0]), cut_lower[None], np.zeros((1, 1, 1), np.uint8), [cut_lower[None]]
