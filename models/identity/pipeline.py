@@ -250,11 +250,11 @@ def across_seams(
 ) -> np.ndarray:
     """A box the frame's edge cut joined with the other part of its marking, found in
     the neighbouring frame (its detections ``above`` and ``below``, (k, >=4), the box on
-    the edge that shares most of its columns), in the frame's coordinates (it may reach
-    outside the frame). The window around a marking is centred on the whole of it. A
-    box from the frame's top to its bottom is no part of a marking (a marking is far
-    shorter than a frame; such a box is a scale patch boxed weakly): neither joined
-    nor joined to."""
+    the edge that shares most of its columns, at least half of the wider one's), in the
+    frame's coordinates (it may reach outside the frame). The window around a marking
+    is centred on the whole of it. A box from the frame's top to its bottom is no part
+    of a marking (a marking is far shorter than a frame; such a box is a scale patch
+    boxed weakly): neither joined nor joined to."""
     x0, y0, x1, y1 = (float(v) for v in box[:4])
 
     def partner(rows: np.ndarray | None, edge: str) -> np.ndarray | None:
@@ -264,7 +264,9 @@ def across_seams(
         # the part a seam cut touches that seam only: a box from edge to edge is not one
         on_edge = (bottom if edge == "bottom" else top) & ~(top & bottom)
         shared = np.minimum(rows[:, 2], x1) - np.maximum(rows[:, 0], x0)
-        fits = on_edge & (shared >= 0.5 * np.minimum(rows[:, 2] - rows[:, 0], x1 - x0))
+        # the two parts of a cut marking span much the same columns: a box sharing half
+        # of the narrower one's but twice as wide is a scale patch beside the marking
+        fits = on_edge & (shared >= 0.5 * np.maximum(rows[:, 2] - rows[:, 0], x1 - x0))
         return rows[np.argmax(np.where(fits, shared, -np.inf))] if fits.any() else None
 
     out = np.asarray(box, np.float32).copy()

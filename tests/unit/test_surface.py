@@ -209,6 +209,9 @@ def test_a_marking_the_seam_cut_is_joined_across_it_and_identified() -> None:
     both = pipeline.across_seams(cut_lower, height, np.stack([patch, cut_upper]), None)
     assert both[1] == box[1] - seam and both[0] == box[0]
     assert (pipeline.across_seams(patch, height, cut_upper[None], None) == patch).all()
+    # nor a box on the edge three times as wide as the marking (a patch beside it)
+    wide = np.array([box[0] + 40, box[1], box[0] + 40 + 3 * (box[2] - box[0]), seam - 1, 0.5])
+    assert pipeline.across_seams(cut_lower, height, wide[None], None)[1] == 0
 
     marks = pipeline.Markings(
         np.array([0]), cut_lower[None], np.zeros((1, 1, 1), np.uint8), [cut_lower[None]]
