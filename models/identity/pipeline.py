@@ -264,8 +264,8 @@ def across_seams(
         # the part a seam cut touches that seam only: a box from edge to edge is not one
         on_edge = (bottom if edge == "bottom" else top) & ~(top & bottom)
         shared = np.minimum(rows[:, 2], x1) - np.maximum(rows[:, 0], x0)
-        # the two parts of a cut marking span much the same columns: a box sharing half
-        # of the narrower one's but twice as wide is a scale patch beside the marking
+        # the two parts of a cut marking span much the same columns, at least half of
+        # the wider one's: a scale patch's box beside the marking, far wider, does not
         fits = on_edge & (shared >= 0.5 * np.maximum(rows[:, 2] - rows[:, 0], x1 - x0))
         return rows[np.argmax(np.where(fits, shared, -np.inf))] if fits.any() else None
 
