@@ -57,8 +57,8 @@ SIZES = {
     # steps, then learns the markings at once (validation mAP50 0 until epoch 25, 0.995
     # from epoch 31, on the demo's 40-sheet line: 101 training pictures, 7 steps each).
     # 50 epochs of a split with 65 training pictures were 250 steps, just past that
-    # point: the demo named 9 to 12 of its 12 sheets from run to run. 600 steps, about
-    # 3.5 minutes on 2 cores
+    # point: the demo named 9 to 12 of its 12 sheets from run to run. 600 steps took
+    # 162 s on 2 cores
     "demo": DetectorRecipe("t", imgsz=256, epochs=50, batch=16, max_images=200, steps=600),
     # CPU, 2 cores: about 20 minutes, whatever the data's size (1,400 steps of 16). It
     # finds faint markings at low scores, and so some scale patches: the detections from
