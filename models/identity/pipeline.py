@@ -239,10 +239,17 @@ def identify(
     return Verdict(nearest if similarity >= threshold else UNKNOWN, nearest, similarity, scores)
 
 
+def _reaches(y_min, y_max, height: int):
+    """(whether it reaches the frame's top, whether its bottom) of a box's y_min and
+    y_max, or elementwise of arrays of them."""
+    return y_min <= 1, y_max >= height - 2
+
+
 def on_seam(box, height: int) -> bool:
     """Whether a box reaches the frame's top or bottom edge: a marking the seam may have
     cut, whose other part ``across_seams`` looks for in the frame beside it."""
-    return float(box[1]) <= 1 or float(box[3]) >= height - 2
+    top, bottom = _reaches(float(box[1]), float(box[3]), height)
+    return top or bottom
 
 
 def across_seams(
@@ -260,7 +267,7 @@ def across_seams(
     def partner(rows: np.ndarray | None, edge: str) -> np.ndarray | None:
         if rows is None or not len(rows):
             return None
-        top, bottom = rows[:, 1] <= 1, rows[:, 3] >= height - 2
+        top, bottom = _reaches(rows[:, 1], rows[:, 3], height)
         # the part a seam cut touches that seam only: a box from edge to edge is not one
         on_edge = (bottom if edge == "bottom" else top) & ~(top & bottom)
         shared = np.minimum(rows[:, 2], x1) - np.maximum(rows[:, 0], x0)
@@ -270,12 +277,13 @@ def across_seams(
         return rows[np.argmax(np.where(fits, shared, -np.inf))] if fits.any() else None
 
     out = np.asarray(box, np.float32).copy()
-    if y0 <= 1 and y1 >= height - 2:  # from edge to edge: no marking the seam cut
+    on_top, on_bottom = _reaches(y0, y1, height)
+    if on_top and on_bottom:  # from edge to edge: no marking the seam cut
         return out
-    if y0 <= 1 and (other := partner(above, "bottom")) is not None:
+    if on_top and (other := partner(above, "bottom")) is not None:
         out[1] = float(other[1]) - height
         out[0], out[2] = min(x0, float(other[0])), max(x1, float(other[2]))
-    if y1 >= height - 2 and (other := partner(below, "top")) is not None:
+    if on_bottom and (other := partner(below, "top")) is not None:
         out[3] = float(other[3]) + height
         out[0], out[2] = min(out[0], float(other[0])), max(out[2], float(other[2]))
     return out
