@@ -17,9 +17,10 @@ from types import MappingProxyType
 import cv2
 import numpy as np
 import torch
+import torch.nn.functional as F
 
-from core.metrics import PairCounts, best_f1_threshold, pair_dice
-from core.postprocess import Thresholds, apply_thresholds
+from core.metrics import best_f1_threshold
+from core.postprocess import Thresholds
 from models.data import SegmentationData
 from models.devices import autocast, resolve_device
 from models.encoders import load_encoder_weights
@@ -101,9 +102,13 @@ def _augment(
 
 
 class CropSampler:
-    """Training batches of crops across the frame's width, half of them (by default)
-    centred on a defect pixel so that rare classes are seen often enough to be learnt.
-    The gate's targets are what each crop shows, not what the whole frame shows."""
+    """Training batches of crops across the frame's width. A share of them (by default
+    half) is centred on a defect whose class is drawn evenly among the classes the data
+    has: a rare class (pits and fine scratches are on a few per cent of the twin's
+    frames, scratches on a third) is seen as often as a common one, not as rarely as it
+    occurs. The others are taken anywhere on frames drawn in turn. The gate's targets
+    are what each crop shows, any pixel of the class in it, not what the whole frame
+    shows."""
 
     def __init__(
         self, x: torch.Tensor, y: torch.Tensor, recipe: SegmentationRecipe, g: torch.Generator
@@ -111,26 +116,33 @@ class CropSampler:
         self.x, self.y, self.recipe, self.g = x, y, recipe, g
         width = x.shape[-1]
         self.crop = min(recipe.crop_width or width, width)
-        columns = y.float().amax(dim=(1, 2))  # (N, W): columns with any defect
-        self.positives = [torch.nonzero(c > 0).flatten() for c in columns]
-        self.defective = torch.tensor([len(p) > 0 for p in self.positives])
+        covered = y.amax(dim=2) > 0  # (N, C, W): the columns each class covers
+        # per class: every (frame, column) it covers
+        self.places = [torch.nonzero(covered[:, j]) for j in range(y.shape[1])]
+        self.classes = [j for j, p in enumerate(self.places) if len(p)]
+
+    def _centred_left(self) -> tuple[int, int]:
+        """(frame, crop's left column) of a crop centred on a defect of a class drawn
+        evenly among the classes the data has."""
+        g, width = self.g, self.x.shape[-1]
+        j = self.classes[int(torch.randint(0, len(self.classes), (1,), generator=g))]
+        i, column = self.places[j][int(torch.randint(0, len(self.places[j]), (1,), generator=g))]
+        return int(i), min(max(int(column) - self.crop // 2, 0), width - self.crop)
 
     def batches(self):
         n, width = len(self.x), self.x.shape[-1]
         order = torch.randperm(n, generator=self.g)
         for start in range(0, n, self.recipe.batch_size):
-            idx = order[start : start + self.recipe.batch_size]
+            idx = order[start : start + self.recipe.batch_size].tolist()
             lefts = torch.randint(0, width - self.crop + 1, (len(idx),), generator=self.g)
             want = torch.rand(len(idx), generator=self.g) < self.recipe.positive_share
-            for k, i in enumerate(idx.tolist()):
-                if want[k] and self.defective[i]:
-                    cols = self.positives[i]
-                    centre = int(cols[torch.randint(0, len(cols), (1,), generator=self.g)])
-                    lefts[k] = min(max(centre - self.crop // 2, 0), width - self.crop)
-            pairs = list(zip(idx.tolist(), lefts.tolist(), strict=True))
+            pairs = [
+                self._centred_left() if want[k] and self.classes else (i, int(lefts[k]))
+                for k, i in enumerate(idx)
+            ]
             xb = torch.stack([self.x[i, ..., a : a + self.crop] for i, a in pairs])
             yb = torch.stack([self.y[i, ..., a : a + self.crop] for i, a in pairs]).float()
-            yield xb, yb, (yb.amax(dim=(2, 3)) >= 0.5).float()
+            yield xb, yb, (yb.amax(dim=(2, 3)) > 0).float()
 
 
 def _loss(net, xb, yb, pb, recipe, device):
@@ -238,43 +250,66 @@ def fit(
     segmenter = Segmenter(
         net, spec, pre, dict(train.classes), Thresholds.neutral(spec.n_classes), (h, w), dev
     )
-    thresholds, val_dice = calibrate(segmenter, validation, vy.numpy())
+    thresholds, val_dice = calibrate(segmenter, validation)
     segmenter.thresholds = thresholds
     return TrainingResult(
         segmenter, recipe, history, time.perf_counter() - started, str(dev), val_dice
     )
 
 
-def calibrate(
-    segmenter: Segmenter, validation: SegmentationData, soft_targets: np.ndarray
-) -> tuple[Thresholds, float]:
+def _full_resolution(segmenter: Segmenter, probabilities: np.ndarray) -> np.ndarray:
+    """A class's pixel probabilities at the model's resolution brought to the frame's, as
+    ``Segmenter.predict`` does it: logits upsampled bilinearly."""
+    p = np.clip(probabilities, 1e-6, 1 - 1e-6)
+    logits = torch.from_numpy(np.log(p) - np.log1p(-p))[None, None]
+    full = F.interpolate(logits, size=segmenter.frame_shape, mode="bilinear")
+    return torch.sigmoid(full)[0, 0].numpy()
+
+
+def calibrate(segmenter: Segmenter, validation: SegmentationData) -> tuple[Thresholds, float]:
     """Per class: the gate threshold with the best image-level F1, then the pixel threshold
-    and minimum area with the best mean Dice (at the model's resolution) given that gate.
-    ``soft_targets`` are the validation masks at the model's input size (``_targets``)."""
+    and minimum area with the best mean Dice given that gate, measured at the frames' full
+    resolution as inspection scores them. At the model's quarter scale a fine scratch one
+    or two pixels wide covers at most half of any pixel: the truth there was empty, and
+    calibration chose whatever kept such masks empty."""
     gate, pixels = segmenter.probabilities(validation.images)
-    truth = soft_targets >= 0.5
     presence = validation.presence()
-    n_classes = len(segmenter.classes)
-    gates, pixel_t, areas, dice = [], [], [], []
-    for j in range(n_classes):
-        gate_t, _ = best_f1_threshold(gate[:, j], presence[:, j])
-        best = (-1.0, 0.5, 0)
-        for p in PIXEL_GRID:
-            for a in MIN_AREA_GRID:
-                t = Thresholds((gate_t,), (p,), (a,))
-                masks = apply_thresholds(
-                    gate[:, j : j + 1], pixels[:, j : j + 1], t, segmenter.area_scale
+    n, n_classes = presence.shape
+    gates = [best_f1_threshold(gate[:, j], presence[:, j])[0] for j in range(n_classes)]
+    passed = gate >= np.array(gates)[None, :]
+    # Dice per (class, pixel threshold, minimum area, frame); a frame the gate rejects
+    # is right only when it has no such defect
+    dice = np.broadcast_to(
+        (~presence).T[:, None, None, :], (n_classes, len(PIXEL_GRID), len(MIN_AREA_GRID), n)
+    ).astype(np.float64)
+    areas_grid = np.array(MIN_AREA_GRID)
+    for i in np.flatnonzero(passed.any(axis=1)):
+        truth = validation.masks([i])[0].astype(bool)
+        for j in np.flatnonzero(passed[i]):
+            full = _full_resolution(segmenter, pixels[i, j])
+            truth_area = int(truth[j].sum())
+            for k, p in enumerate(PIXEL_GRID):
+                count, labels, stats, _ = cv2.connectedComponentsWithStats(
+                    (full >= p).astype(np.uint8), connectivity=8
                 )
-                score = float(pair_dice(PairCounts.of(masks, truth[:, j : j + 1])).mean())
-                if score > best[0] + 1e-9:
-                    best = (score, p, a)
-        gates.append(gate_t)
-        pixel_t.append(best[1])
-        areas.append(best[2])
-        dice.append(best[0])
-    thresholds = Thresholds(tuple(gates), tuple(pixel_t), tuple(areas))
-    log.info("thresholds chosen on %d validation images: %s", len(validation), thresholds.to_dict())
-    return thresholds, float(np.mean(dice))
+                area = stats[:, cv2.CC_STAT_AREA]
+                hits = np.bincount(labels[truth[j]], minlength=count)
+                keep = area[None, :] >= areas_grid[:, None]  # (areas, components)
+                keep[:, 0] = False  # the background
+                predicted, inter = keep @ area, keep @ hits
+                total = predicted + truth_area
+                dice[j, k, :, i] = np.where(total > 0, 2 * inter / np.maximum(total, 1), 1.0)
+    means = dice.mean(axis=3)  # (classes, pixel thresholds, areas)
+    pixel_t, min_areas, best = [], [], []
+    for j in range(n_classes):
+        # the first best in grid order: the lowest pixel threshold, then the smallest area
+        k, a = np.unravel_index(int(np.argmax(means[j])), means[j].shape)
+        pixel_t.append(PIXEL_GRID[k])
+        min_areas.append(MIN_AREA_GRID[a])
+        best.append(float(means[j, k, a]))
+    thresholds = Thresholds(tuple(gates), tuple(pixel_t), tuple(min_areas))
+    log.info("thresholds chosen on %d validation images: %s", n, thresholds.to_dict())
+    return thresholds, float(np.mean(best))
 
 
 def recipe_for(size: str, **overrides) -> SegmentationRecipe:

@@ -97,3 +97,23 @@ def test_loads_the_real_severstal_sample(shared_data: Path) -> None:
 def test_a_folder_of_nothing_known_is_refused(tmp_path: Path) -> None:
     with pytest.raises(SourceError, match="not a dataset steelsight knows"):
         load_segmentation(tmp_path)
+
+
+def test_crops_show_a_rare_class_as_often_as_a_common_one() -> None:
+    """Half the crops are centred on a defect of a class drawn evenly: a class on 2 of
+    100 frames is in about half of those crops, not in 2 %; and a crop that holds a
+    quarter of one input pixel of it (a fine scratch at quarter scale) is labelled as
+    showing it."""
+    from models.segmentation.train import CropSampler, recipe_for
+
+    n, width = 100, 256
+    x = torch.zeros(n, 1, 16, width)
+    y = torch.zeros(n, 2, 16, width, dtype=torch.float16)
+    y[:90, 0, 4:8, 10:200] = 1.0  # common: 90 frames
+    y[[13, 77], 1, 6, 230] = 0.25  # rare: 2 frames, a quarter of one pixel
+    recipe = recipe_for("tiny", crop_width=32, batch_size=10, positive_share=0.5)
+    sampler = CropSampler(x, y, recipe, torch.Generator().manual_seed(0))
+    shown = torch.cat([p for _ in range(20) for _, _, p in sampler.batches()])
+    assert shown.shape == (20 * n, 2)
+    rare = float(shown[:, 1].mean())
+    assert 0.15 <= rare <= 0.35, rare  # a quarter of the crops: half of the centred ones
