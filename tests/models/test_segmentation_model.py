@@ -15,6 +15,7 @@ from models.encoders import build_resnet, load_encoder_weights
 from models.preprocess import Preprocess
 from models.segmentation.network import UNetResNet, UNetSpec
 from models.segmentation.segmenter import Segmenter
+from models.segmentation.train import CropSampler, recipe_for
 from tasks.datasets import load_segmentation
 from tasks.labels import SourceError
 
@@ -104,8 +105,6 @@ def test_crops_show_a_rare_class_as_often_as_a_common_one() -> None:
     100 frames is in about half of those crops, not in 2 %; and a crop that holds a
     quarter of one input pixel of it (a fine scratch at quarter scale) is labelled as
     showing it."""
-    from models.segmentation.train import CropSampler, recipe_for
-
     n, width = 100, 256
     x = torch.zeros(n, 1, 16, width)
     y = torch.zeros(n, 2, 16, width, dtype=torch.float16)
