@@ -114,13 +114,7 @@ class Segmenter:
             if kept:
                 rows = torch.tensor([i for i, _ in kept], device=self.device)
                 cols = torch.tensor([j for _, j in kept], device=self.device)
-                full = torch.sigmoid(
-                    F.interpolate(
-                        mask_logits[rows, cols][:, None].float(),
-                        size=batch.shape[1:],
-                        mode="bilinear",
-                    )
-                )[:, 0]
+                full = upsampled(mask_logits[rows, cols], batch.shape[1:])
                 full_np = full.cpu().numpy()  # one transfer serves masks, scores and regions
                 for n, (i, j) in enumerate(kept):
                     above = full_np[n] >= t.pixel[j]
@@ -181,6 +175,14 @@ class Segmenter:
             tuple(config["frame_shape"]),
             device,
         )
+
+
+def upsampled(mask_logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Pixel probabilities at a frame's ``size`` of masks' logits (k, h, w) at the model's:
+    the logits upsampled bilinearly, then the sigmoid. The one rule of inspection and of
+    the thresholds' calibration."""
+    full = F.interpolate(mask_logits[:, None].float(), size=tuple(size), mode="bilinear")
+    return torch.sigmoid(full)[:, 0]
 
 
 def _regions(

@@ -17,7 +17,6 @@ from types import MappingProxyType
 import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from core.metrics import best_f1_threshold
 from core.postprocess import Thresholds
@@ -27,7 +26,7 @@ from models.encoders import load_encoder_weights
 from models.losses import bce_dice_loss, focal_loss
 from models.preprocess import Preprocess
 from models.segmentation.network import UNetResNet, UNetSpec
-from models.segmentation.segmenter import Segmenter
+from models.segmentation.segmenter import Segmenter, upsampled
 
 log = logging.getLogger(__name__)
 
@@ -261,9 +260,8 @@ def _full_resolution(segmenter: Segmenter, probabilities: np.ndarray) -> np.ndar
     """A class's pixel probabilities at the model's resolution brought to the frame's, as
     ``Segmenter.predict`` does it: logits upsampled bilinearly."""
     p = np.clip(probabilities, 1e-6, 1 - 1e-6)
-    logits = torch.from_numpy(np.log(p) - np.log1p(-p))[None, None]
-    full = F.interpolate(logits, size=segmenter.frame_shape, mode="bilinear")
-    return torch.sigmoid(full)[0, 0].numpy()
+    logits = torch.from_numpy(np.log(p) - np.log1p(-p))[None]
+    return upsampled(logits, segmenter.frame_shape)[0].numpy()
 
 
 def calibrate(segmenter: Segmenter, validation: SegmentationData) -> tuple[Thresholds, float]:
