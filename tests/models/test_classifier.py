@@ -10,7 +10,7 @@ import torch
 
 from models.classifier.classifier import Classifier
 from models.classifier.network import ClassifierSpec, ResNetClassifier
-from models.classifier.train import class_weights, fit, recipe_for
+from models.classifier.train import _augment, class_weights, fit, recipe_for
 from models.preprocess import Preprocess
 from tasks.datasets import load_classification
 from tests.helpers import copy_neu_subset
@@ -51,6 +51,39 @@ def test_saved_classifier_predicts_identically(tmp_path: Path) -> None:
     pictures = np.random.default_rng(0).integers(0, 256, (5, 200, 200), dtype=np.uint8)
     loaded = Classifier.load(classifier.save(tmp_path / "bundle"))
     assert np.array_equal(loaded.predict_proba(pictures), classifier.predict_proba(pictures))
+
+
+def test_members_average_their_probabilities_and_survive_saving(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    spec = ClassifierSpec("resnet10", 3, members=3)
+    net = ResNetClassifier(spec).eval()
+    pictures = np.random.default_rng(1).integers(0, 256, (4, 48, 48), dtype=np.uint8)
+    classifier = Classifier(net, spec, Preprocess(48, 48, 0.5, 0.2), ["a", "b", "c"])
+    x = torch.from_numpy(classifier.preprocess(pictures))
+    with torch.no_grad():
+        each = [member(x).softmax(dim=1).numpy() for member in net.members]
+    assert not np.allclose(each[0], each[1], atol=1e-4)  # the members differ
+    probabilities = classifier.predict_proba(pictures)
+    assert np.allclose(probabilities, np.mean(each, axis=0), atol=1e-5)
+    loaded = Classifier.load(classifier.save(tmp_path / "bundle"))
+    assert loaded.spec.members == 3
+    assert np.array_equal(loaded.predict_proba(pictures), probabilities)
+
+
+def test_quarter_turns_can_be_left_out_of_training() -> None:
+    x = torch.arange(2 * 10 * 10, dtype=torch.float32).reshape(2, 1, 10, 10)
+    g = torch.Generator().manual_seed(0)
+    turned = 0
+    for turns in (False, True):
+        for _ in range(20):
+            out = _augment(x, g, turns=turns)
+            # gain, offset, flips and the shift aside, steps along a row stay steps along a
+            # row unless the picture was turned (a step of 10 along its columns)
+            steps = (out[:, 0, :, 1:] - out[:, 0, :, :-1]).abs()
+            along_rows = (steps.median(dim=-1).values.median(dim=-1).values < 2).tolist()
+            assert all(along_rows) or turns
+            turned += along_rows.count(False)
+    assert turned > 5  # with turns, about half the pictures
 
 
 @pytest.mark.slow
