@@ -39,7 +39,8 @@ class ClassifierRecipe:
     # Quarter turns in training: off where the rolling direction is a cue (it is fixed
     # by the line's camera, and defects stretch along it).
     turns: bool = True
-    # Networks trained apart (each from its own seed) whose probabilities are averaged.
+    # Networks trained one after another from their own random start, on their own
+    # shuffles, whose probabilities are averaged.
     members: int = 1
 
     def to_params(self) -> dict:
@@ -51,7 +52,7 @@ SIZES = MappingProxyType(
         "tiny": ClassifierRecipe("resnet10", 64, 32, 2, 3e-3),
         "demo": ClassifierRecipe("resnet10", 64, 32, 4, 3e-3),
         # Three ResNet10s without quarter turns: NEU validation 0.978 against 0.974 for one
-        # ResNet18 (holdout 0.980 against 0.967; docs/benchmarks.md, 2026-12-01).
+        # ResNet18, holdout 0.973-0.980 against 0.967 (docs/benchmarks.md, 2026-12-01).
         "default": ClassifierRecipe("resnet10", 128, 32, 24, 2e-3, turns=False, members=3),
         "gpu": ClassifierRecipe("resnet34", 200, 64, 80, 1e-3),
     }
