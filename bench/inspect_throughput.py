@@ -13,6 +13,10 @@ A twin recording is simulated into a temporary folder. Per round (median reporte
   and ``assemble`` (tracking, identification, placing and grading): the inspect
   flow's work on one Dask worker, without the cluster around it.
 
+Both paths run once per engine of ``--engines`` (torch, and ONNX Runtime for the models
+`steelsight export` registered an ONNX graph for: ``settings.inference_engine=onnx``), in
+the same run, torch first as the baseline.
+
 The ratio end-to-end / model-only is what the data path costs; the target on an H200
 is >= 0.8 at >= 3,200 frames/s of 1600x256.
 """
@@ -39,6 +43,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--chunk", type=int, default=64)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--engines", default="torch,onnx", help="comma-separated")
     args = parser.parse_args()
 
     os.environ["STEELSIGHT_HOME"] = str(args.home.resolve())
@@ -51,6 +56,7 @@ def main() -> None:
     import numpy as np
     import torch
 
+    import tasks.inspection
     from flows.inspect import champion_refs
     from models.identity.crops import marking_crop
     from tasks.identify import reference_index, threshold_of
@@ -68,7 +74,6 @@ def main() -> None:
     from warehouse.store import Warehouse
 
     refs = champion_refs(settings)
-    models = worker_models(refs, args.device)
     warehouse = Warehouse(settings.warehouse_dir).ensure()
     index = reference_index(warehouse, refs.imprint) if refs.identifies else None
     registry = Registry(index, threshold_of(settings)) if index is not None and len(index) else None
@@ -99,15 +104,23 @@ def main() -> None:
             results = [inspect_chunk(c, registry) for c in chunks]
             assemble(rec, results, refs, settings.grades, "bench")
 
-        model_only()  # warm-up: first calls allocate and pick kernels
         rows = []
-        for name, run in (("model-only", model_only), ("end-to-end", end_to_end)):
-            times = []
-            for _ in range(args.rounds):
-                started = time.perf_counter()
-                run()
-                times.append(time.perf_counter() - started)
-            rows.append((name, statistics.median(times), n / statistics.median(times)))
+        for engine in args.engines.split(","):
+            # the engine as a worker started with STEELSIGHT_INFERENCE_ENGINE takes it
+            os.environ["STEELSIGHT_INFERENCE_ENGINE"] = engine
+            get_settings.cache_clear()
+            tasks.inspection._MODELS.clear()
+            models = worker_models(refs, args.device)
+            engines = ", ".join(f"{k} {getattr(m, 'engine', 'torch')}" for k, m in models.items())
+            model_only()  # warm-up: first calls allocate and pick kernels
+            for name, run in (("model-only", model_only), ("end-to-end", end_to_end)):
+                times = []
+                for _ in range(args.rounds):
+                    started = time.perf_counter()
+                    run()
+                    times.append(time.perf_counter() - started)
+                median = statistics.median(times)
+                rows.append((engine, engines, name, median, n / median))
 
     device = str(models["segmentation"].device)
     print(
@@ -116,10 +129,16 @@ def main() -> None:
         f"device {device}; torch threads {torch.get_num_threads()}; batch {args.batch}; "
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
     )
-    print(f"{'path':<12} {'seconds':>9} {'frames/s':>10}")
-    for name, seconds, rate in rows:
-        print(f"{name:<12} {seconds:>9.2f} {rate:>10.1f}")
-    print(f"end-to-end / model-only: {rows[1][2] / rows[0][2]:.2f}")
+    print(f"{'engine':<7} {'path':<12} {'seconds':>9} {'frames/s':>10}  networks on")
+    for engine, engines, name, seconds, rate in rows:
+        print(f"{engine:<7} {name:<12} {seconds:>9.2f} {rate:>10.1f}  {engines}")
+    for i in range(0, len(rows), 2):
+        print(f"{rows[i][0]}: end-to-end / model-only {rows[i + 1][4] / rows[i][4]:.2f}")
+    if len(rows) == 4:
+        print(
+            f"{rows[2][0]} / {rows[0][0]}: model-only {rows[2][4] / rows[0][4]:.2f}x, "
+            f"end to end {rows[3][4] / rows[1][4]:.2f}x"
+        )
 
 
 if __name__ == "__main__":

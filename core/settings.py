@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -27,6 +28,13 @@ class Settings(BaseSettings):
     )
     device: str = Field(
         default="auto", description="Where models run: auto (GPU when present), cpu, cuda, cuda:N."
+    )
+    inference_engine: Literal["auto", "torch", "onnx"] = Field(
+        default="auto",
+        description="What runs the networks on the CPU: auto takes a model's ONNX graph "
+        "(`steelsight export`) on ONNX Runtime where its export measured it faster than "
+        "torch with equal outputs, torch otherwise; onnx takes every exported graph; torch "
+        "never does. On a GPU the networks run on torch.",
     )
 
     ingest_timeout_s: float = Field(

@@ -91,6 +91,16 @@ class Family(Protocol):
     def output(self, config: dict) -> tuple[np.dtype, tuple[int, ...]]: ...
 
 
+class Exportable(Family, Protocol):
+    """A family whose models `steelsight export` writes as ONNX graphs (models.onnx): the
+    model's ``export_onnx(path)`` and ``run_onnx(path)``, and what the two engines are
+    compared on, each output with the most the engines may differ by."""
+
+    ONNX_TOLERANCE: Mapping[str, float]
+
+    def onnx_outputs(self, model: Any, frames: np.ndarray) -> dict[str, np.ndarray]: ...
+
+
 @dataclass
 class Trained:
     """A family's ``fit``: the model, its recipe and how training went."""
@@ -202,6 +212,11 @@ def kind(name: str) -> ModelKind:
 
 def family(name: str) -> Family:
     return kind(name).implementation  # type: ignore[return-value]
+
+
+def exportable(name: str) -> bool:
+    """Whether ``name``'s family can be exported to ONNX (``Exportable``)."""
+    return hasattr(family(name), "onnx_outputs")
 
 
 def floor_least(floors: Mapping[str, float], name: str) -> float:

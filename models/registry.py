@@ -37,6 +37,7 @@ import models
 from core import interrupts
 from core.settings import Settings
 from models import kinds
+from models.devices import resolve_device
 from models.kinds import KINDS, Floor, NoChampion
 
 log = logging.getLogger(__name__)
@@ -438,6 +439,19 @@ def register_challenger(
     return registration
 
 
+def version_of(client: MlflowClient, kind: str, ref: str | int) -> int:
+    """The version number behind an alias (``champion``) or a version number."""
+    if str(ref).isdigit():
+        return int(ref)
+    try:
+        return int(client.get_model_version_by_alias(model_name(kind), str(ref)).version)
+    except MlflowException:
+        raise RegistryError(
+            f"{model_name(kind)} has no {ref!r} version: train one with "
+            f"`steelsight train {kind} --data DIR`"
+        ) from None
+
+
 def model_uri(kind: str, ref: str | int) -> str:
     """``champion`` (or another alias) or a version number → a models:/ URI."""
     ref = str(ref)
@@ -462,7 +476,49 @@ def load_model(settings: Settings, kind: str, ref: str | int = CHAMPION):
         ) from None
     finally:  # MLflow put the model's copy of the code first; this process has its own
         sys.path[:] = path
-    return pyfunc.unwrap_python_model().model
+    model = pyfunc.unwrap_python_model().model
+    if settings.inference_engine != "torch" and resolve_device(settings.device).type == "cpu":
+        model = _on_onnx(settings, kind, ref, model)
+    return model
+
+
+# -- ONNX graphs beside the registered models (`steelsight export`, tasks/export.py) --
+ONNX_TAG = "onnx"  # on a model version: the export's check, JSON (``register_onnx``)
+ONNX_FOLDER = "onnx"  # artifact folder of the version's run holding the graph
+
+
+def register_onnx(client: MlflowClient, kind: str, version: int, graph: Path, check: dict) -> None:
+    """The ONNX graph of version ``version`` logged beside its model (the run's
+    ``onnx/`` artifacts), and the export's ``check`` (agreement, speeds, whether ONNX
+    Runtime is faster) on the version as its ``onnx`` tag."""
+    name = model_name(kind)
+    run_id = client.get_model_version(name, str(version)).run_id
+    client.log_artifact(run_id, str(graph), ONNX_FOLDER)
+    check = {**check, "artifact": f"{ONNX_FOLDER}/{graph.name}"}
+    client.set_model_version_tag(name, str(version), ONNX_TAG, json.dumps(check))
+
+
+def onnx_check(client: MlflowClient, kind: str, ref: str | int) -> tuple[str, dict] | None:
+    """The run and export check of the version behind ``ref``; None when not exported."""
+    try:
+        found = client.get_model_version(model_name(kind), str(version_of(client, kind, ref)))
+    except (MlflowException, RegistryError):
+        return None
+    tag = found.tags.get(ONNX_TAG)
+    return (found.run_id, json.loads(tag)) if tag else None
+
+
+def _on_onnx(settings: Settings, kind: str, ref: str | int, model):
+    """``model`` running its exported graph, when the settings and its export say so."""
+    exported = onnx_check(connect(settings), kind, ref)
+    if exported is None:
+        return model
+    run_id, check = exported
+    if settings.inference_engine == "auto" and not check.get("faster"):
+        return model
+    graph = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=check["artifact"])
+    log.info("%s %s runs on ONNX Runtime (%s)", kind, ref, settings.inference_engine)
+    return model.run_onnx(Path(graph))
 
 
 def versions(client: MlflowClient, kind: str) -> list[dict]:

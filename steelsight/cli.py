@@ -789,6 +789,90 @@ def rollback(kind: KindOption = Kind.segmentation) -> None:
 
 
 @app.command()
+def export(
+    kind: Annotated[
+        list[Kind] | None,
+        typer.Option(
+            "--kind",
+            help="A kind to export (repeat for several); default: every champion that "
+            "inspection uses.",
+        ),
+    ] = None,
+    model: Annotated[
+        str, typer.Option(help="champion, another alias, or a version (with one --kind).")
+    ] = "champion",
+    frames: Annotated[
+        Path | None,
+        typer.Option(
+            **existing(
+                "An inspection recording whose frames the engines are compared on; "
+                "default: a few sheets the twin renders.",
+                file_okay=False,
+            )
+        ),
+    ] = None,
+) -> None:
+    """Export models to ONNX, beside their registered versions: compared with torch on
+    the same frames (registered only when equal within the kind's tolerance) and timed;
+    CPU workers and the API then run them on ONNX Runtime where faster."""
+    import tempfile
+
+    from models.kinds import NoChampion
+    from models.registry import champion_set, version_of
+    from tasks.export import export_version, sample_frames
+
+    settings = get_settings()
+    client = _registry_action(lambda client: client)
+    if kind:
+        chosen = [str(k) for k in kind]
+    else:
+        try:
+            chosen = list(champion_set(client, settings))
+        except NoChampion as error:
+            fail(str(error))
+    if model != "champion" and len(chosen) != 1:
+        fail(f"--model {model} names one version: give one --kind with it")
+    unfit = [k for k in chosen if not kinds.exportable(k)]
+    if unfit:
+        fail(f"{', '.join(unfit)} models cannot be exported to ONNX")
+    with tempfile.TemporaryDirectory() as tmp:
+        if frames is None:
+            from twin.config import TwinConfig
+            from twin.recorder import simulate
+
+            frames = simulate(TwinConfig(), 3, seed=0, out=Path(tmp)).inspection
+        sample = sample_frames(frames)
+    table = Table(title=f"ONNX export, compared on {len(sample)} frames of {frames.name}")
+    for column in (
+        "kind",
+        "version",
+        "largest difference (tolerance)",
+        "torch ms",
+        "ONNX ms",
+        "registered",
+    ):
+        table.add_column(column)
+    refused = False
+    for name in chosen:
+        version = _registry_action(lambda client, name=name: version_of(client, name, model))
+        done = export_version(settings, name, version, sample)
+        refused |= not done.registered
+        table.add_row(
+            name,
+            str(version),
+            ", ".join(f"{k} {v:.2g} ({done.tolerance[k]:g})" for k, v in done.differences.items()),
+            f"{done.torch_ms:.0f}",
+            f"{done.onnx_ms:.0f}",
+            ("yes, runs on ONNX" if done.faster else "yes, torch is faster")
+            if done.registered
+            else "no: outputs differ",
+        )
+    console.print(table)
+    if refused:
+        fail("an export whose outputs differ from torch's was not registered (table above)")
+
+
+@app.command()
 def models(kind: KindOption = Kind.segmentation) -> None:
     """The registered versions of a model, newest first, and which one is champion."""
     from models.registry import model_name, versions

@@ -520,15 +520,7 @@ def load_models(settings, marking: str = "champion", imprint: str = "champion") 
     client = registry.connect(settings)
 
     def resolved(kind: str, ref: str) -> str:
-        if str(ref).isdigit():
-            return str(ref)
-        try:
-            return str(client.get_model_version_by_alias(registry.model_name(kind), ref).version)
-        except Exception:
-            raise registry.RegistryError(
-                f"{registry.model_name(kind)} has no {ref!r} version: train one with "
-                f"`steelsight train {kind} --data DIR`"
-            ) from None
+        return str(registry.version_of(client, kind, ref))
 
     marking_version, imprint_version = resolved("marking", marking), resolved("imprint", imprint)
     return Models(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -21,6 +22,7 @@ import torch
 
 from models.devices import resolve_device
 from models.identity import offline
+from models.onnx import quiet
 
 FORMAT = "steelsight-marking-detector/1"
 ARCHITECTURE = Path(__file__).with_name("marking-yolov8.yaml")
@@ -117,6 +119,32 @@ class MarkingDetector:
         self.conf = conf
         self.device = _ultralytics_device(device)
         self.yolo = ultralytics.YOLO(str(self.weights), task="detect")
+        self.engine = "torch"
+
+    def export_onnx(self, path: Path) -> Path:
+        """The network as an ONNX graph at ``path`` (Ultralytics' export, batch and
+        picture size free, so that predictions letterbox as the torch weights do)."""
+        ultralytics = offline.prepare(_config_dir())
+        with tempfile.TemporaryDirectory() as tmp, _threads_kept(), quiet("ultralytics"):
+            weights = Path(tmp) / "weights.pt"  # the export writes beside its weights
+            shutil.copyfile(self.weights, weights)
+            exported = ultralytics.YOLO(str(weights), task="detect").export(
+                format="onnx", imgsz=self.imgsz, dynamic=True, simplify=False, device="cpu"
+            )
+            path.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(exported, path)
+        return path
+
+    def run_onnx(self, path: Path) -> MarkingDetector:
+        """From now on the network runs as the ONNX graph at ``path`` on ONNX Runtime
+        (CPU); letterboxing and non-maximum suppression stay Ultralytics'."""
+        if self.device != "cpu":
+            raise ValueError(f"ONNX Runtime runs here on the CPU, not on GPU {self.device}")
+        ultralytics = offline.prepare(_config_dir())
+        with quiet("ultralytics"):
+            self.yolo = ultralytics.YOLO(str(path), task="detect")
+        self.engine = "onnx"
+        return self
 
     def detect(
         self, images: list[np.ndarray], batch: int = 32, conf: float | None = None

@@ -73,6 +73,11 @@ class ImprintModel:
         self.network = network
         self.config_ = config
         self.folder = folder
+        self.onnx = None  # the network as an ONNX graph (``run_onnx``)
+
+    @property
+    def engine(self) -> str:
+        return "torch" if self.onnx is None else "onnx"
 
     @property
     def threshold(self) -> float:
@@ -99,8 +104,27 @@ class ImprintModel:
         out = np.zeros((len(crops), dim), np.float32)
         for start in range(0, len(crops), batch):
             x = standardise(crops[start : start + batch])
-            out[start : start + batch] = ops.convert_to_numpy(self.network(x, training=False))
+            if self.onnx is not None:
+                out[start : start + batch] = self.onnx(x)[0]
+            else:
+                out[start : start + batch] = ops.convert_to_numpy(self.network(x, training=False))
         return out
+
+    def export_onnx(self, path: Path) -> Path:
+        """The network as an ONNX graph at ``path`` (Keras' own export): standardised
+        crops (N, H, W, 1) float32 → embeddings (N, dim)."""
+        # Keras exports a model only once it has been called
+        self.network(np.zeros((1, *self.crop_size, 1), np.float32), training=False)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.network.export(str(path), format="onnx", verbose=False)
+        return path
+
+    def run_onnx(self, path: Path) -> ImprintModel:
+        """From now on the network runs as the ONNX graph at ``path`` on ONNX Runtime."""
+        from models.onnx import OnnxNetwork
+
+        self.onnx = OnnxNetwork(path)
+        return self
 
     def config(self) -> dict:
         return dict(self.config_)

@@ -121,3 +121,17 @@ def predict(model, frames: np.ndarray) -> np.ndarray:
 
 def output(config: dict) -> tuple[np.dtype, tuple[int, ...]]:
     return np.dtype(np.float32), (-1, int(config["dim"]))
+
+
+# Components of unit embeddings
+ONNX_TOLERANCE = {"embeddings": 1e-3}
+
+
+def onnx_outputs(model, frames: np.ndarray) -> dict[str, np.ndarray]:
+    """What the two engines are compared on: the embeddings of ``frames`` each shrunk to
+    a crop (steel, and the marking where a frame shows one)."""
+    import cv2
+
+    rows, cols = model.crop_size
+    crops = np.stack([cv2.resize(f, (cols, rows), interpolation=cv2.INTER_AREA) for f in frames])
+    return {"embeddings": model.embed(crops)}

@@ -66,3 +66,17 @@ def predict(model, frames: np.ndarray) -> np.ndarray:
 
 def output(config: dict) -> tuple[np.dtype, tuple[int, ...]]:
     return np.dtype(np.float32), (-1, 6)
+
+
+# Box corners in pixels and scores; a box found by one engine only is a difference
+ONNX_TOLERANCE = {"boxes": 0.5, "scores": 1e-3}
+
+
+def onnx_outputs(model, frames: np.ndarray) -> dict[str, np.ndarray]:
+    """What the two engines are compared on: every box of ``frames`` down to the weak
+    detections identification verifies (models.identity.pipeline.WEAK_CONF)."""
+    from models.identity.pipeline import WEAK_CONF
+
+    found = model.detect(list(frames), conf=WEAK_CONF)
+    rows = np.concatenate(found) if found else np.zeros((0, 5), np.float32)
+    return {"boxes": rows[:, :4], "scores": rows[:, 4]}

@@ -100,3 +100,14 @@ def predict(model, frames: np.ndarray) -> np.ndarray:
 
 def output(config: dict) -> tuple[np.dtype, tuple[int, ...]]:
     return np.dtype(np.uint8), (-1, len(config["classes"]), -1, -1)
+
+
+# What torch and ONNX Runtime may differ by on the same frames: pixel and gate
+# probabilities (float32 graphs of the same weights differ by about 1e-5)
+ONNX_TOLERANCE = {"gate": 1e-3, "pixels": 1e-3}
+
+
+def onnx_outputs(model, frames: np.ndarray) -> dict[str, np.ndarray]:
+    """What the two engines are compared on: gate and pixel probabilities of ``frames``."""
+    gate, pixels = model.probabilities(frames)
+    return {"gate": gate, "pixels": pixels}

@@ -7,6 +7,7 @@ Loading never unpickles code: the weights are a plain state dict read with
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ import torch.nn.functional as F
 from core.postprocess import Thresholds, remove_small_components
 from core.rle import rle_encode
 from models.devices import autocast, resolve_device
+from models.onnx import OnnxNetwork, export_torch
 from models.preprocess import Preprocess
 from models.segmentation.network import UNetResNet, UNetSpec
 
@@ -63,6 +65,11 @@ class Segmenter:
         self.classes = dict(classes)
         self.thresholds = thresholds
         self.frame_shape = tuple(frame_shape)
+        self.onnx: OnnxNetwork | None = None  # the network as an ONNX graph (``run_onnx``)
+
+    @property
+    def engine(self) -> str:
+        return "torch" if self.onnx is None else "onnx"
 
     @property
     def area_scale(self) -> float:
@@ -72,6 +79,9 @@ class Segmenter:
 
     def _forward(self, batch: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """Mask and gate logits for a batch of uint8 frames."""
+        if self.onnx is not None:
+            masks, gates = self.onnx(self.preprocess(batch))
+            return torch.from_numpy(masks), torch.from_numpy(gates)
         x = torch.from_numpy(self.preprocess(batch)).to(self.device)
         with autocast(self.device):
             return self.net(x)
@@ -117,9 +127,15 @@ class Segmenter:
                 full = upsampled(mask_logits[rows, cols], batch.shape[1:])
                 full_np = full.cpu().numpy()  # one transfer serves masks, scores and regions
                 for n, (i, j) in enumerate(kept):
-                    above = full_np[n] >= t.pixel[j]
-                    binary_np[i, j] = remove_small_components(above, t.min_area[j])
-                    probs[i, j] = full_np[n]
+                    p = full_np[n]
+                    probs[i, j] = p
+                    if regions:  # one labelling serves the minimum area and the regions
+                        above = p >= t.pixel[j]
+                        labels, stats, keep = _components(above, t.min_area[j])
+                        binary_np[i, j] = _kept(above, labels, stats, keep)
+                        found += _described(start + i, j, labels, stats, keep, p)
+                    else:
+                        binary_np[i, j] = remove_small_components(p >= t.pixel[j], t.min_area[j])
             score = np.zeros((len(batch), len(t.gate)), np.float32)
             for (i, j), p in probs.items():
                 inside = binary_np[i, j]
@@ -129,14 +145,27 @@ class Segmenter:
             scores.append(score)
             masks.append(binary_np)
             gates.append(gate.cpu().numpy())
-            if regions:
-                found += _regions(binary_np, probs, start)
         return Prediction(
             np.concatenate(masks),
             np.concatenate(gates),
             np.concatenate(scores),
             found if regions else None,
         )
+
+    def export_onnx(self, path: Path) -> Path:
+        """The network as an ONNX graph at ``path``: preprocessed frames (N, 1, h, w)
+        float32 → mask logits (N, C, h, w) and gate logits (N, C)."""
+        example = torch.zeros(2, 1, self.preprocess.height, self.preprocess.width)
+        network = copy.deepcopy(self.net).float().cpu()
+        return export_torch(network, example, path, ["mask_logits", "gate_logits"])
+
+    def run_onnx(self, path: Path) -> Segmenter:
+        """From now on the network runs as the ONNX graph at ``path`` on ONNX Runtime
+        (CPU); everything around it stays as it is."""
+        if self.device.type != "cpu":
+            raise ValueError(f"ONNX Runtime runs here on the CPU, not on {self.device}")
+        self.onnx = OnnxNetwork(path)
+        return self
 
     def config(self) -> dict:
         return {
@@ -182,30 +211,52 @@ def upsampled(mask_logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     the logits upsampled bilinearly, then the sigmoid. The one rule of inspection and of
     the thresholds' calibration."""
     full = F.interpolate(mask_logits[:, None].float(), size=tuple(size), mode="bilinear")
-    return torch.sigmoid(full)[:, 0]
+    return full.sigmoid_()[:, 0]  # in place: the full-resolution copy is new already
 
 
-def _regions(
-    binary: np.ndarray, probs: dict[tuple[int, int], np.ndarray], offset: int
+def _components(above: np.ndarray, min_area: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The 8-connected components of a mask: labels, stats (OpenCV's), and the labels
+    of those of ``min_area`` pixels or more, in OpenCV's order (by first pixel)."""
+    _, labels, stats, _ = cv2.connectedComponentsWithStats(above.view(np.uint8), connectivity=8)
+    keep = np.flatnonzero(stats[1:, cv2.CC_STAT_AREA] >= min_area) + 1
+    return labels, stats, keep
+
+
+def _kept(above: np.ndarray, labels: np.ndarray, stats: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """``above`` without the components left out of ``keep``, each cleared inside its
+    own box (they are the small ones: cheaper than relabelling the whole frame)."""
+    if len(keep) == len(stats) - 1:
+        return above
+    kept = above.copy()
+    for k in np.setdiff1d(np.arange(1, len(stats)), keep):
+        x, y, w, h = (int(v) for v in stats[k, :4])
+        kept[y : y + h, x : x + w] &= labels[y : y + h, x : x + w] != k
+    return kept
+
+
+def _described(
+    frame: int,
+    class_index: int,
+    labels: np.ndarray,
+    stats: np.ndarray,
+    keep: np.ndarray,
+    p: np.ndarray,
 ) -> list[Defect]:
-    """Connected regions (8-connectivity) of every (frame, class) mask of a batch."""
+    """A Defect per kept component, with its RLE and its mean pixel probability."""
+    if not len(keep):
+        return []
+    sums = np.bincount(labels.ravel(), weights=p.ravel(), minlength=int(keep[-1]) + 1)
     found = []
-    for i, j in zip(*np.nonzero(binary.any(axis=(2, 3))), strict=True):
-        n, labels, stats, _ = cv2.connectedComponentsWithStats(
-            binary[i, j].astype(np.uint8), connectivity=8
-        )
-        p = probs[int(i), int(j)].ravel()
-        sums = np.bincount(labels.ravel(), weights=p, minlength=n)
-        for k in range(1, n):
-            x, y, w, h, area = (int(v) for v in stats[k])
-            found.append(
-                Defect(
-                    offset + int(i),
-                    int(j),
-                    rle_encode(labels == k),
-                    area,
-                    (x, y, x + w - 1, y + h - 1),
-                    float(sums[k] / area),
-                )
+    for k in keep:
+        x, y, w, h, area = (int(v) for v in stats[k])
+        found.append(
+            Defect(
+                frame,
+                class_index,
+                rle_encode(labels == k),
+                area,
+                (x, y, x + w - 1, y + h - 1),
+                float(sums[k] / area),
             )
+        )
     return found

@@ -360,6 +360,71 @@ def test_demo_runs_the_main_job_and_a_second_run_reuses_it(world: World, shared_
     assert Warehouse(home / "warehouse").row_counts()["sheets"] == 3
 
 
+def _close(before: list[dict], after: list[dict]) -> None:
+    """The same rows, floats equal within what two engines' float32 graphs differ by."""
+    assert len(after) == len(before)
+    for a, b in zip(before, after, strict=True):
+        assert a.keys() == b.keys()
+        for column, value in a.items():
+            floats = isinstance(value, list) and value and isinstance(value[0], float)
+            if isinstance(value, float) or floats:
+                assert b[column] == pytest.approx(value, rel=1e-4, abs=1e-5), column
+            else:
+                assert b[column] == value, column
+
+
+def test_exported_models_inspect_on_onnx_runtime_with_the_same_tables(
+    world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`steelsight export` registers each champion's ONNX graph beside it, checked
+    against torch; with the engine set to onnx, workers run the graphs and the tables
+    are torch's. A graph whose outputs differ is not registered."""
+    from models import registry
+    from models.segmentation import kind as segmentation_family
+    from tasks.export import export_version, sample_frames
+    from tasks.inspection import worker_models
+
+    home = tmp_path / "home"  # the export writes beside the models: a copy
+    shutil.copytree(world.home, home)
+    env = {**os.environ, "STEELSIGHT_HOME": str(home)}
+    done = subprocess.run(
+        [str(BIN / "steelsight"), "export"], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    monkeypatch.setenv("STEELSIGHT_HOME", str(home))
+    monkeypatch.setenv("STEELSIGHT_INFERENCE_ENGINE", "onnx")
+    get_settings.cache_clear()
+    settings = get_settings()
+    client = registry.connect(settings)
+    refs = champion_refs(settings)
+    for kind, version in refs.versions().items():
+        _, check = registry.onnx_check(client, kind, version)
+        assert check["registered"] and check["agrees"], (kind, check)
+        assert check["differences"] and check["torch_ms"] > 0 and check["onnx_ms"] > 0
+    models = worker_models(refs, "cpu")
+    assert {kind: model.engine for kind, model in models.items()} == dict.fromkeys(
+        refs.versions(), "onnx"
+    )
+
+    archive_id = world.archive_id("line-1-inspection-s2")
+    tables = ("frames", "defects", "sheets")
+    before = {t: _table(world, t, archive_id) for t in tables}
+    (again,) = inspect(archives=[archive_id], force=True)
+    assert again["status"] == "ok"
+    copy = World(world.root, home, world.line, [], [], {})
+    for t in tables:
+        _close(before[t], _table(copy, t, archive_id))
+
+    # outputs that differ by more than the tolerance: the graph is not registered
+    monkeypatch.setattr(segmentation_family, "ONNX_TOLERANCE", {"gate": -1.0, "pixels": -1.0})
+    frames = sample_frames(home / "archives" / "line-1-inspection-s2", most=4)
+    version = refs.versions()["segmentation"]
+    refused = export_version(settings, "segmentation", int(version), frames, rounds=1)
+    assert not refused.registered and not refused.agrees
+    _, check = registry.onnx_check(client, "segmentation", version)
+    assert check["registered"]  # the earlier, agreeing export stays
+
+
 def test_a_model_below_its_promotion_floor_is_registered_without_the_alias(world: World) -> None:
     """Each demo-size model of the fixture was registered; it took the alias (there was
     no champion) only if it scored above what a model that learnt nothing scores."""

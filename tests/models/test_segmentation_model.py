@@ -70,6 +70,32 @@ def test_saved_segmenter_predicts_identically_after_loading(tmp_path: Path) -> N
     assert before.masks.shape == (3, 4, 128, 256)
 
 
+def test_regions_are_the_masks_components_after_the_minimum_area() -> None:
+    """With regions, one labelling serves the minimum area and the regions: the masks
+    are those of the plain path, and the regions' RLEs cover exactly them."""
+    from core.rle import rle_decode
+
+    segmenter = small_segmenter(seed=3)
+    segmenter.thresholds = Thresholds((0.0,) * 4, (0.5,) * 4, (0, 16, 0, 64))
+    frames = np.random.default_rng(2).integers(0, 256, (4, 128, 256), dtype=np.uint8)
+    plain = segmenter.predict(frames, batch_size=3)
+    with_regions = segmenter.predict(frames, batch_size=3, regions=True)
+    assert np.array_equal(plain.masks, with_regions.masks)
+    assert np.array_equal(plain.scores, with_regions.scores)
+    drawn = np.zeros_like(plain.masks)
+    for d in with_regions.defects:
+        region = rle_decode(d.rle, (128, 256)).astype(bool)
+        assert region.sum() == d.area >= segmenter.thresholds.min_area[d.class_index]
+        assert not (drawn[d.frame, d.class_index] & region).any()
+        drawn[d.frame, d.class_index] |= region
+    assert np.array_equal(drawn, plain.masks)
+    # the minimum areas removed components here, so the test covers that path
+    unfiltered = segmenter.thresholds
+    segmenter.thresholds = Thresholds((0.0,) * 4, (0.5,) * 4, (0,) * 4)
+    assert segmenter.predict(frames).masks.sum() > plain.masks.sum()
+    segmenter.thresholds = unfiltered
+
+
 def test_predict_rejects_colour_or_float_frames() -> None:
     with pytest.raises(ValueError, match="grey uint8 frames"):
         small_segmenter().predict(np.zeros((1, 128, 256, 3), np.uint8))
