@@ -25,7 +25,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
@@ -248,12 +248,18 @@ def _batches_ahead(frames: Iterator[np.ndarray], size: int) -> Iterator[np.ndarr
 def inspect_chunk(chunk: Chunk, registry: Registry | None = None) -> ChunkResult:
     """Everything the models and the tracker need from a range of frames; with a
     ``registry``, the verdict on each marking found."""
-    from models.identity.pipeline import PassIdentifier, find_markings, kept, line_detections
+    from models.identity.pipeline import (
+        NO_NEIGHBOUR,
+        PassIdentifier,
+        find_markings,
+        kept,
+        line_detections,
+    )
 
     models = worker_models(chunk.models, chunk.device)
     segmenter = models["segmentation"]
     classes = [segmenter.classes[k] for k in sorted(segmenter.classes)]
-    contrast, edges, gates, defects, boxes, verdicts = [], [], [], [], [], []
+    contrast, edges, gates, defects, boxes = [], [], [], [], []
     decode_s = model_s = 0.0
     done = 0
     follows = list(chunk.follows) or [True] * len(chunk.frame_ids)
@@ -270,35 +276,51 @@ def inspect_chunk(chunk: Chunk, registry: Registry | None = None) -> ChunkResult
         return neighbour
 
     identifier = None
+    # The frame before the range and its markings, found here (the detector stays on
+    # this thread) when the first batch has a marking on its first frame.
+    edge: dict[str, tuple] = {"before": NO_NEIGHBOUR}
     if registry is not None and "marking" in models:
         identifier = PassIdentifier(
-            models["imprint"], registry.index, registry.threshold, outside(chunk.before_id)
+            models["imprint"], registry.index, registry.threshold, lambda: edge["before"]
         )
+    pending: list[Future] = []  # each batch's verdicts, identified on their own thread
     clock = time.perf_counter()
-    for batch in _batches_ahead(decode_range(chunk), chunk.batch):
-        now = time.perf_counter()
-        decode_s += now - clock
-        for frame in batch:
-            c, e = frame_profile(frame)
-            contrast.append(c)
-            edges.append(e)
-        prediction = segmenter.predict(batch, batch_size=chunk.batch, regions=True)
-        gates.append(prediction.gate)
-        defects += [_shift(d, done) for d in prediction.defects]
-        if "marking" in models:
-            marks = find_markings(
-                models["marking"],
-                models["imprint"],
-                list(batch),
-                chunk.batch,
-                weak=identifier is not None,
-            )
-            boxes += [[done + i, *box] for i, box in zip(marks.owners, marks.boxes, strict=True)]
-            if identifier is not None:
-                verdicts += identifier.add(list(batch), marks, follows[done : done + len(batch)])
-        done += len(batch)
-        clock = time.perf_counter()
-        model_s += clock - now
+    # Identification (describing and verifying each marking: OpenCV on one core) runs on
+    # its own thread, batch after batch in order, while this thread runs the models on
+    # the next batch (docs/benchmarks.md, "Inspection throughput").
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="identify") as identifying:
+        for batch in _batches_ahead(decode_range(chunk), chunk.batch):
+            now = time.perf_counter()
+            decode_s += now - clock
+            for frame in batch:
+                c, e = frame_profile(frame)
+                contrast.append(c)
+                edges.append(e)
+            prediction = segmenter.predict(batch, batch_size=chunk.batch, regions=True)
+            gates.append(prediction.gate)
+            defects += [_shift(d, done) for d in prediction.defects]
+            if "marking" in models:
+                marks = find_markings(
+                    models["marking"],
+                    models["imprint"],
+                    list(batch),
+                    chunk.batch,
+                    weak=identifier is not None,
+                )
+                boxes += [
+                    [done + i, *box] for i, box in zip(marks.owners, marks.boxes, strict=True)
+                ]
+                if identifier is not None:
+                    if done == 0 and np.any(marks.owners == 0):
+                        edge["before"] = outside(chunk.before_id)()
+                    frames_follow = follows[done : done + len(batch)]
+                    pending.append(
+                        identifying.submit(identifier.add, list(batch), marks, frames_follow)
+                    )
+            done += len(batch)
+            clock = time.perf_counter()
+            model_s += clock - now
+        verdicts = [v for verdicts_of in pending for v in verdicts_of.result()]
     if identifier is not None:
         verdicts += identifier.finish(outside(chunk.after_id))
         keep = kept([b[5] for b in boxes], verdicts, models["marking"].conf)
