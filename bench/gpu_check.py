@@ -1,0 +1,344 @@
+"""The GPU check: what the data path of one inspection worker reaches on this machine.
+
+    bash bench/gpu_check.sh OUT [--device auto|cpu|cuda] [--size gpu] [--sheets 40]
+        [--segmenter BUNDLE] [--rounds 3] [--batch 64] [--threads N]
+
+Needs only numpy, OpenCV, torch, torchvision and pydantic (what the H200 machine has,
+`bench/gpu_check.sh` installs the rest from wheels it brings): no MLflow, Dask, DuckDB or
+Prefect. It renders a twin recording (FFV1 video of 1600x256 frames) and prints, and
+writes into OUT (``gpu_check.md``, ``gpu_check.json``):
+
+* decode rates: the FFV1 video on 1 and on ``--threads`` CPU threads (each thread its
+  own range of the video), JPEG frames with OpenCV on one CPU thread and, on CUDA, with
+  nvJPEG (``torchvision.io.decode_jpeg(..., device="cuda")``) in batches;
+* the segmenter (the worker's ``Segmenter.predict`` with regions and RLE): model-only
+  on frames already in memory, and end to end with the video decoded ``--threads`` ways
+  a batch ahead; their ratio; on CPU also the network as an ONNX graph on ONNX Runtime;
+* GPU utilisation during the end-to-end run (``nvidia-smi``), and the network's FLOPs
+  per frame against the H200's bf16 peak.
+
+The segmenter is ``--segmenter`` (a folder ``Segmenter.save`` wrote, e.g. a registered
+bundle) or, by default, the ``--size`` recipe's network with random weights and a gate
+no frame passes: then the rows time the network and the gate, not the regions (a
+trained model's regions add their cost).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import queue
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+H200_BF16_FLOPS = 790e12  # dense bf16, the machine's datasheet figure
+H200_BYTES_PER_S = 4.3e12
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--size", default="gpu", help="segmentation recipe: tiny, demo, ...")
+    parser.add_argument("--segmenter", type=Path, help="a Segmenter.save folder")
+    parser.add_argument("--sheets", type=int, default=40)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=min(8, os.cpu_count() or 1))
+    args = parser.parse_args()
+
+    import numpy as np
+    import torch
+
+    from models.devices import resolve_device
+
+    device = resolve_device(args.device)
+    args.out.mkdir(parents=True, exist_ok=True)
+    segmenter = _segmenter(args.segmenter, args.size, device)
+    tables: dict[str, list[dict]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        video, n_frames = _recording(Path(tmp), args.sheets)
+        frames = np.stack(list(_decode(video, 0, n_frames)))
+        tables["decode"] = _decode_rates(video, frames, device, args)
+        tables["segmenter"], utilisation = _segmenter_rates(segmenter, video, frames, args)
+    tables["limits"] = _limits(segmenter, tables["segmenter"], device, utilisation)
+
+    header = (
+        f"GPU check, {time.strftime('%Y-%m-%d %H:%M')}: device {device}"
+        + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
+        + f"; {platform.processor() or platform.machine()}, {os.cpu_count()} cores; torch "
+        f"{torch.__version__}; {len(frames)} frames of {frames.shape[2]}x{frames.shape[1]} "
+        f"({args.sheets} twin sheets); segmenter {segmenter.spec.encoder} at "
+        f"{segmenter.preprocess.height}x{segmenter.preprocess.width} "
+        f"({'trained: ' + str(args.segmenter) if args.segmenter else 'random weights'}); "
+        f"batch {args.batch}; median of {args.rounds} rounds"
+    )
+    text = "\n\n".join([header, *(_markdown(name, rows) for name, rows in tables.items())])
+    print(text)
+    (args.out / "gpu_check.md").write_text(text + "\n")
+    (args.out / "gpu_check.json").write_text(
+        json.dumps({"header": header, **tables}, indent=2) + "\n"
+    )
+
+
+def _segmenter(bundle: Path | None, size: str, device):
+    from core.postprocess import Thresholds
+    from models.preprocess import Preprocess
+    from models.segmentation.network import UNetResNet, UNetSpec
+    from models.segmentation.segmenter import Segmenter
+    from models.segmentation.train import recipe_for
+
+    if bundle is not None:
+        return Segmenter.load(bundle, device)
+    recipe = recipe_for(size)
+    height, width = round(256 * recipe.scale), round(1600 * recipe.scale)
+    spec = UNetSpec(recipe.encoder, 4)
+    closed = Thresholds((1.01,) * 4, (0.5,) * 4, (0,) * 4)  # no frame passes the gate
+    return Segmenter(
+        UNetResNet(spec), spec, Preprocess(height, width, 0.3, 0.2), dict(enumerate("1234")),
+        closed, (256, 1600), device,
+    )  # fmt: skip
+
+
+def _recording(folder: Path, sheets: int) -> tuple[Path, int]:
+    from twin.config import TwinConfig
+    from twin.recorder import simulate
+
+    line = simulate(TwinConfig(), sheets, seed=7, out=folder)
+    video = next(line.inspection.glob("*.mkv"))
+    return video, int(json.loads((line.inspection / "manifest.json").read_text())["frame_count"])
+
+
+def _decode(video: Path, start: int, stop: int) -> Iterator:
+    import cv2
+
+    capture = cv2.VideoCapture(str(video))
+    capture.set(cv2.CAP_PROP_POS_FRAMES, start)
+    try:
+        for _ in range(start, stop):
+            ok, frame = capture.read()
+            if not ok:
+                return
+            yield frame[:, :, 0] if frame.ndim == 3 else frame
+    finally:
+        capture.release()
+
+
+def _decoded_ahead(video: Path, n: int, threads: int, batch: int) -> Iterator:
+    """Batches of the video in order, decoded by ``threads`` threads (each its own range,
+    FFV1 frames are independent) into a queue ahead of the caller."""
+    import numpy as np
+
+    bounds = np.linspace(0, n, threads + 1).astype(int)
+    parts: list[queue.Queue] = [queue.Queue(maxsize=2 * batch) for _ in range(threads)]
+
+    def work(i: int) -> None:
+        for frame in _decode(video, int(bounds[i]), int(bounds[i + 1])):
+            parts[i].put(frame)
+        parts[i].put(None)
+
+    workers = [threading.Thread(target=work, args=(i,), daemon=True) for i in range(threads)]
+    for w in workers:
+        w.start()
+    pending = []
+    for part in parts:
+        while (frame := part.get()) is not None:
+            pending.append(frame)
+            if len(pending) == batch:
+                yield np.stack(pending)
+                pending = []
+    if pending:
+        yield np.stack(pending)
+
+
+def _median(run: Callable[[], object], rounds: int) -> float:
+    times = []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def _decode_rates(video: Path, frames, device, args) -> list[dict]:
+    import cv2
+    import numpy as np
+
+    n = len(frames)
+    rows = []
+    for threads in sorted({1, args.threads}):
+        seconds = _median(lambda t=threads: sum(1 for _ in _decoded_ahead(video, n, t, 64)), 2)
+        rows.append(_rate(f"FFV1 video, {threads} CPU thread(s)", n, seconds, threads))
+    jpegs = [cv2.imencode(".jpg", f, [cv2.IMWRITE_JPEG_QUALITY, 95])[1] for f in frames]
+    seconds = _median(lambda: [cv2.imdecode(j, cv2.IMREAD_GRAYSCALE) for j in jpegs], 2)
+    rows.append(_rate("JPEG q95, OpenCV, 1 CPU thread", n, seconds, 1))
+    if device.type == "cuda":
+        import torch
+        from torchvision.io import decode_jpeg
+
+        data = [torch.from_numpy(np.asarray(j).ravel().copy()) for j in jpegs]
+
+        def nvjpeg() -> None:
+            for start in range(0, n, args.batch):
+                decode_jpeg(data[start : start + args.batch], device=device)
+            torch.cuda.synchronize(device)
+
+        nvjpeg()
+        rows.append(_rate("JPEG q95, nvJPEG on the GPU", n, _median(nvjpeg, 3), None))
+    return rows
+
+
+def _rate(what: str, n: int, seconds: float, threads: int | None) -> dict:
+    row = {"path": what, "frames": n, "seconds": round(seconds, 3), "frames/s": n / seconds}
+    if threads:
+        row["frames/s per thread"] = n / seconds / threads
+    return row
+
+
+def _segmenter_rates(segmenter, video: Path, frames, args) -> tuple[list[dict], float | None]:
+    import torch
+
+    n = len(frames)
+
+    def synced(run: Callable[[], object]) -> Callable[[], None]:
+        def call() -> None:
+            run()
+            if segmenter.device.type == "cuda":
+                torch.cuda.synchronize(segmenter.device)
+
+        return call
+
+    def model_only() -> None:
+        for start in range(0, n, args.batch):
+            segmenter.predict(frames[start : start + args.batch], args.batch, regions=True)
+
+    def end_to_end() -> None:
+        for batch in _decoded_ahead(video, n, args.threads, args.batch):
+            segmenter.predict(batch, args.batch, regions=True)
+
+    rows = []
+    synced(model_only)()  # first calls allocate and pick kernels
+    seconds = _median(synced(model_only), args.rounds)
+    rows.append(_rate(f"model-only, torch on {segmenter.device}", n, seconds, None))
+    with _gpu_utilisation(segmenter.device) as samples:
+        seconds = _median(synced(end_to_end), args.rounds)
+    rows.append(_rate(f"end to end, torch on {segmenter.device}", n, seconds, None))
+    rows[-1]["of model-only"] = rows[-1]["frames/s"] / rows[0]["frames/s"]
+    utilisation = statistics.mean(samples) if samples else None
+    if segmenter.device.type == "cpu" and _has("onnxruntime"):
+        with tempfile.TemporaryDirectory() as tmp:
+            segmenter.run_onnx(segmenter.export_onnx(Path(tmp) / "segmenter.onnx"))
+            model_only()
+            seconds = _median(model_only, args.rounds)
+            rows.append(_rate("model-only, ONNX Runtime on cpu", n, seconds, None))
+            seconds = _median(end_to_end, args.rounds)
+            rows.append(_rate("end to end, ONNX Runtime on cpu", n, seconds, None))
+            rows[-1]["of model-only"] = rows[-1]["frames/s"] / rows[-2]["frames/s"]
+            segmenter.onnx = None
+    return rows, utilisation
+
+
+class _gpu_utilisation:
+    """``nvidia-smi``'s GPU utilisation (%) every 0.2 s while the block runs; no
+    samples on a CPU or without nvidia-smi."""
+
+    def __init__(self, device) -> None:
+        self.on = device.type == "cuda" and shutil.which("nvidia-smi") is not None
+        self.samples: list[float] = []
+        self.stop = threading.Event()
+
+    def __enter__(self) -> list[float]:
+        if self.on:
+            self.thread = threading.Thread(target=self._sample, daemon=True)
+            self.thread.start()
+        return self.samples
+
+    def _sample(self) -> None:
+        query = ["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits"]
+        while not self.stop.wait(0.2):
+            out = subprocess.run(query, capture_output=True, text=True, timeout=5).stdout
+            if out.strip():
+                self.samples.append(float(out.split()[0]))
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        if self.on:
+            self.thread.join(timeout=10)
+
+
+def _limits(segmenter, rows: list[dict], device, utilisation: float | None) -> list[dict]:
+    """The network's work per frame and what the measured rates reach of the H200's
+    limits: FLOPs (torch's counter: 2 per multiply-add of convolutions and matrix
+    products) against 790 TFLOP/s bf16, and the bytes its layers write and read again
+    (every leaf layer's output once each way, bf16; weights and caches left out) against
+    4.3 TB/s. The lower of the two rates is the frame rate no implementation passes."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = torch.zeros(1, 1, segmenter.preprocess.height, segmenter.preprocess.width)
+    net = segmenter.net.float().cpu()
+    written = []
+    hooks = [
+        m.register_forward_hook(lambda _m, _i, out: written.append(out.numel()))
+        for m in net.modules()
+        if not list(m.children())
+    ]
+    with FlopCounterMode(display=False) as counter, torch.inference_mode():
+        net(x)
+    for hook in hooks:
+        hook.remove()
+    segmenter.net.to(segmenter.device)
+    flops = counter.get_total_flops()
+    moved = 2 * 2 * sum(written)  # bf16, written once and read once
+    at_peak = min(H200_BF16_FLOPS / flops, H200_BYTES_PER_S / moved)
+    out = []
+    for row in rows:
+        out.append(
+            {
+                "path": row["path"],
+                "GFLOP per frame": flops / 1e9,
+                "MB moved per frame": moved / 1e6,
+                "achieved TFLOP/s": flops * row["frames/s"] / 1e12,
+                "H200 limit, frames/s": at_peak,
+                "of that limit": row["frames/s"] / at_peak,
+                "GPU busy %": utilisation if "end to end, torch" in row["path"] else None,
+            }
+        )
+    return out
+
+
+def _has(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+def _markdown(name: str, rows: list[dict]) -> str:
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+
+    def cell(v) -> str:
+        if v is None:
+            return "n/a"
+        if isinstance(v, float):
+            return f"{v:.3g}" if abs(v) < 100 else f"{v:,.0f}"
+        return str(v)
+
+    lines = [f"### {name}", "", "| " + " | ".join(columns) + " |"]
+    lines.append("| " + " | ".join("---" for _ in columns) + " |")
+    lines += ["| " + " | ".join(cell(r.get(c)) for c in columns) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,41 @@
+"""The GPU check runs on the CPU too (small sizes), so it cannot rot between the times a
+GPU is lent: one call, its tables printed and written into the folder it is given."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_the_gpu_check_runs_on_the_cpu_and_writes_its_tables(tmp_path: Path) -> None:
+    out = tmp_path / "check"
+    small = ["--size", "tiny", "--sheets", "2", "--rounds", "1", "--batch", "8"]
+    done = subprocess.run(
+        ["bash", str(REPO / "bench" / "gpu_check.sh"), str(out), "--device", "cpu", *small],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    tables = json.loads((out / "gpu_check.json").read_text())
+    paths = [row["path"] for row in tables["segmenter"]]
+    assert paths == [
+        "model-only, torch on cpu",
+        "end to end, torch on cpu",
+        "model-only, ONNX Runtime on cpu",
+        "end to end, ONNX Runtime on cpu",
+    ]
+    assert all(row["frames/s"] > 0 for row in tables["segmenter"] + tables["decode"])
+    assert any(row["path"].startswith("FFV1 video") for row in tables["decode"])
+    limits = tables["limits"]
+    assert limits[0]["GFLOP per frame"] > 0 and limits[0]["MB moved per frame"] > 0
+    assert 0 < limits[0]["of that limit"] < 1
+    written = (out / "gpu_check.md").read_text()
+    assert "### segmenter" in written and "### limits" in written
+    assert written.splitlines()[0] in done.stdout
