@@ -51,9 +51,9 @@ def champion_refs(settings: Settings) -> ModelRefs:
 
 @contextlib.contextmanager
 def dask_client(address: str | None) -> Iterator:
-    """A client of the cluster at ``address``, or of a LocalCluster sized to this
-    machine: one worker per GPU (resource GPU=1), else one per two CPU cores."""
-    from distributed import Client, LocalCluster
+    """A client of the cluster at ``address``, or of a cluster on this machine
+    (``local_cluster``)."""
+    from distributed import Client
 
     if address:
         with Client(address, timeout="30s") as client:
@@ -61,22 +61,48 @@ def dask_client(address: str | None) -> Iterator:
         return
     import torch
 
-    gpus = torch.cuda.device_count()
-    cores = os.cpu_count() or 1
-    workers = gpus or max(1, cores // 2)
-    threads = max(1, cores // workers)
     with (
-        LocalCluster(
+        local_cluster(torch.cuda.device_count(), os.cpu_count() or 1) as cluster,
+        Client(cluster) as client,
+    ):
+        yield client
+
+
+def local_cluster(gpus: int, cores: int):
+    """A Dask cluster on this machine, sized to it: one worker process per GPU, which
+    sees only its own GPU (``CUDA_VISIBLE_DEVICES``, so its ``cuda`` is that one) and
+    holds the resource ``GPU=1``; without GPUs, one worker per two CPU cores. The cores
+    are shared among the workers (torch's and OpenCV's threads)."""
+    from distributed import LocalCluster, Nanny, Scheduler, SpecCluster
+
+    workers = gpus or max(1, cores // 2)
+    threads = str(max(1, cores // workers))
+    env = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+    if not gpus:
+        return LocalCluster(
             n_workers=workers,
             threads_per_worker=1,
             processes=True,
             dashboard_address=None,
-            resources={"GPU": 1} if gpus else None,
-            env={"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)},
-        ) as cluster,
-        Client(cluster) as client,
-    ):
-        yield client
+            env=env,
+        )
+    # the GPUs this process may use, in its own numbering
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    ids = visible.split(",") if visible else [str(i) for i in range(gpus)]
+    return SpecCluster(
+        scheduler={"cls": Scheduler, "options": {"dashboard_address": None}},
+        workers={
+            f"gpu-{ids[i]}": {
+                "cls": Nanny,
+                "options": {
+                    "nthreads": 1,
+                    "resources": {"GPU": 1},
+                    "env": {**env, "CUDA_VISIBLE_DEVICES": ids[i]},
+                },
+            }
+            for i in range(gpus)
+        },
+    )
 
 
 def _pending(warehouse: Warehouse, kinds: tuple[str, ...], key: str, only: list[str] | None):
