@@ -14,6 +14,10 @@ writes into OUT (``gpu_check.md``, ``gpu_check.json``):
 * the segmenter (the worker's ``Segmenter.predict`` with regions and RLE): model-only
   on frames already in memory, and end to end with the video decoded ``--threads`` ways
   a batch ahead; their ratio; on CPU also the network as an ONNX graph on ONNX Runtime;
+* the serving core's latency: single frames from 1 and 8 concurrent callers through
+  the API's micro-batcher (``serving.batching``) into the segmenter, without HTTP and
+  JPEG (FastAPI and MLflow are not on the H200 machine; `bench/serve_load.py` measures
+  the whole API where they are);
 * GPU utilisation during the end-to-end run (``nvidia-smi``), and the network's FLOPs
   per frame against the H200's bf16 peak.
 
@@ -56,6 +60,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--threads", type=int, default=min(8, os.cpu_count() or 1))
+    parser.add_argument("--requests", type=int, default=400, help="per serving row")
     args = parser.parse_args()
 
     import numpy as np
@@ -72,6 +77,10 @@ def main() -> None:
         frames = np.stack(list(_decode(video, 0, n_frames)))
         tables["decode"] = _decode_rates(video, frames, device, args)
         tables["segmenter"], utilisation = _segmenter_rates(segmenter, video, frames, args)
+        tables["serving"] = [
+            _serving_latency(segmenter, frames, concurrency, args.requests)
+            for concurrency in (1, 8)
+        ]
     tables["limits"] = _limits(segmenter, tables["segmenter"], device, utilisation)
 
     header = (
@@ -247,6 +256,50 @@ def _segmenter_rates(segmenter, video: Path, frames, args) -> tuple[list[dict], 
             rows[-1]["of model-only"] = rows[-1]["frames/s"] / rows[-2]["frames/s"]
             segmenter.onnx = None
     return rows, utilisation
+
+
+def _serving_latency(segmenter, frames, concurrency: int, requests: int) -> dict:
+    """Latency of one frame from ``concurrency`` callers at once, through the API's
+    micro-batcher (batches of up to 16, 2 ms to gather) into ``Segmenter.predict``."""
+    import asyncio
+
+    import numpy as np
+
+    from serving.batching import MicroBatcher
+
+    def run(batch: list) -> list:
+        found = segmenter.predict(np.stack(batch), len(batch), regions=True).defects
+        return [[d for d in found if d.frame == i] for i in range(len(batch))]
+
+    async def load() -> tuple[list[float], float]:
+        batcher = MicroBatcher(run, max_batch=16, max_wait_s=0.002, capacity=1024)
+        await batcher.start()
+        latencies: list[float] = []
+        per_caller = max(1, requests // concurrency)
+
+        async def caller(k: int) -> None:
+            for r in range(per_caller):
+                started = time.perf_counter()
+                await batcher.submit([frames[(k * per_caller + r) % len(frames)]])
+                latencies.append(time.perf_counter() - started)
+
+        await batcher.submit([frames[0]])  # first calls allocate and pick kernels
+        started = time.perf_counter()
+        await asyncio.gather(*(caller(k) for k in range(concurrency)))
+        seconds = time.perf_counter() - started
+        await batcher.stop()
+        return latencies, seconds
+
+    latencies, seconds = asyncio.run(load())
+    ms = np.percentile(np.array(latencies) * 1000, [50, 95, 99])
+    return {
+        "concurrency": concurrency,
+        "requests": len(latencies),
+        "p50 ms": float(ms[0]),
+        "p95 ms": float(ms[1]),
+        "p99 ms": float(ms[2]),
+        "requests/s": len(latencies) / seconds,
+    }
 
 
 class _gpu_utilisation:

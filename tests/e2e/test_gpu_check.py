@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 def test_the_gpu_check_runs_on_the_cpu_and_writes_its_tables(tmp_path: Path) -> None:
     out = tmp_path / "check"
-    small = ["--size", "tiny", "--sheets", "2", "--rounds", "1", "--batch", "8"]
+    small = ["--size", "tiny", "--sheets", "2", "--rounds", "1", "--batch", "8", "--requests", "16"]
     done = subprocess.run(
         ["bash", str(REPO / "bench" / "gpu_check.sh"), str(out), "--device", "cpu", *small],
         capture_output=True,
@@ -33,6 +33,8 @@ def test_the_gpu_check_runs_on_the_cpu_and_writes_its_tables(tmp_path: Path) -> 
     ]
     assert all(row["frames/s"] > 0 for row in tables["segmenter"] + tables["decode"])
     assert any(row["path"].startswith("FFV1 video") for row in tables["decode"])
+    assert [row["concurrency"] for row in tables["serving"]] == [1, 8]
+    assert all(0 < row["p50 ms"] <= row["p99 ms"] for row in tables["serving"])
     limits = tables["limits"]
     assert limits[0]["GFLOP per frame"] > 0 and limits[0]["MB moved per frame"] > 0
     assert 0 < limits[0]["of that limit"] < 1
