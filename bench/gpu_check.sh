@@ -12,7 +12,8 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 wheels=${GPU_CHECK_WHEELS:-$root/.gpu-wheels}
 # what the check imports beyond torch, numpy and OpenCV, pinned as uv.lock pins them
-needs=(pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5)
+needs=(pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5
+       typing-extensions==4.16.0)
 
 if [ "${1:-}" = "--fetch-wheels" ]; then  # here, online: wheels for the H200's Python 3.12
     python3 -m pip download --quiet --only-binary=:all: --no-deps --dest "$wheels" \
