@@ -8,9 +8,10 @@ Needs only numpy, OpenCV, torch, torchvision and pydantic (what the H200 machine
 Prefect. It renders a twin recording (FFV1 video of 1600x256 frames) and prints, and
 writes into OUT (``gpu_check.md``, ``gpu_check.json``):
 
-* decode rates: the FFV1 video on 1 and on ``--threads`` CPU threads (each thread its
-  own range of the video), JPEG frames with OpenCV on one CPU thread and, on CUDA, with
-  nvJPEG (``torchvision.io.decode_jpeg(..., device="cuda")``) in batches;
+* decode rates: the FFV1 video by 1 and by ``--threads`` readers (each a thread with
+  its own range of the video; FFmpeg's decoder adds threads of its own), JPEG frames
+  with OpenCV on one CPU thread and, on CUDA, with nvJPEG
+  (``torchvision.io.decode_jpeg(..., device="cuda")``) in batches;
 * the segmenter (the worker's ``Segmenter.predict`` with regions and RLE): model-only
   on frames already in memory, and end to end with the video decoded ``--threads`` ways
   a batch ahead; their ratio; on CPU also the network as an ONNX graph on ONNX Runtime;
@@ -188,7 +189,7 @@ def _decode_rates(video: Path, frames, device, args) -> list[dict]:
     rows = []
     for threads in sorted({1, args.threads}):
         seconds = _median(lambda t=threads: sum(1 for _ in _decoded_ahead(video, n, t, 64)), 2)
-        rows.append(_rate(f"FFV1 video, {threads} CPU thread(s)", n, seconds, threads))
+        rows.append(_rate(f"FFV1 video, {threads} reader(s)", n, seconds, threads))
     jpegs = [cv2.imencode(".jpg", f, [cv2.IMWRITE_JPEG_QUALITY, 95])[1] for f in frames]
     seconds = _median(lambda: [cv2.imdecode(j, cv2.IMREAD_GRAYSCALE) for j in jpegs], 2)
     rows.append(_rate("JPEG q95, OpenCV, 1 CPU thread", n, seconds, 1))
@@ -211,7 +212,7 @@ def _decode_rates(video: Path, frames, device, args) -> list[dict]:
 def _rate(what: str, n: int, seconds: float, threads: int | None) -> dict:
     row = {"path": what, "frames": n, "seconds": round(seconds, 3), "frames/s": n / seconds}
     if threads:
-        row["frames/s per thread"] = n / seconds / threads
+        row["frames/s per reader"] = n / seconds / threads
     return row
 
 

@@ -516,9 +516,20 @@ def _on_onnx(settings: Settings, kind: str, ref: str | int, model):
     run_id, check = exported
     if settings.inference_engine == "auto" and not check.get("faster"):
         return model
-    graph = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=check["artifact"])
+    try:
+        graph = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=check["artifact"])
+        model = model.run_onnx(Path(graph))
+    except Exception as error:  # a missing artifact, a graph this ONNX Runtime refuses
+        problem = f"{kind} {ref}: its ONNX graph ({check['artifact']}) cannot run: {error}"
+        if settings.inference_engine == "onnx":
+            raise RegistryError(
+                f"{problem}; export it again (`steelsight export --kind {kind}`) or set "
+                "STEELSIGHT_INFERENCE_ENGINE=auto"
+            ) from None
+        log.warning("%s; it runs on torch", problem)
+        return model
     log.info("%s %s runs on ONNX Runtime (%s)", kind, ref, settings.inference_engine)
-    return model.run_onnx(Path(graph))
+    return model
 
 
 def versions(client: MlflowClient, kind: str) -> list[dict]:

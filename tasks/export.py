@@ -24,7 +24,7 @@ import numpy as np
 
 from core.settings import Settings
 from models import kinds, registry
-from tasks.archives import read_frames
+from tasks.archives import read_frames, read_manifest
 
 
 @dataclass(frozen=True)
@@ -57,12 +57,13 @@ class Exported:
 
 
 def sample_frames(archive: Path, most: int = 32) -> np.ndarray:
-    """Up to ``most`` frames of an inspection recording, spread over it."""
-    frames = [frame for _, frame in read_frames(archive)]
+    """Up to ``most`` frames of an inspection recording, spread over it (only those are
+    kept in memory)."""
+    step = max(1, read_manifest(archive).frame_count // most)
+    frames = [frame for i, (_, frame) in enumerate(read_frames(archive)) if i % step == 0]
     if not frames:
         raise ValueError(f"{archive} holds no frames to compare the engines on")
-    step = max(1, len(frames) // most)
-    return np.stack(frames[::step][:most])
+    return np.stack(frames[:most])
 
 
 def export_version(

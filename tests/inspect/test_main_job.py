@@ -424,6 +424,18 @@ def test_exported_models_inspect_on_onnx_runtime_with_the_same_tables(
     _, check = registry.onnx_check(client, "segmentation", version)
     assert check["registered"]  # the earlier, agreeing export stays
 
+    # a graph that cannot run: auto keeps torch, onnx names the graph and what to do
+    (graph,) = (home / "mlflow" / "artifacts").rglob(f"onnx/{Path(check['artifact']).name}")
+    graph.write_bytes(b"not a graph")
+    faster = json.dumps({**check, "faster": True})  # so that auto would take the graph
+    client.set_model_version_tag(
+        registry.model_name("segmentation"), version, registry.ONNX_TAG, faster
+    )
+    auto = settings.model_copy(update={"inference_engine": "auto"})
+    assert registry.load_model(auto, "segmentation", version).engine == "torch"
+    with pytest.raises(registry.RegistryError, match="steelsight export --kind segmentation"):
+        registry.load_model(settings, "segmentation", version)
+
 
 def test_a_model_below_its_promotion_floor_is_registered_without_the_alias(world: World) -> None:
     """Each demo-size model of the fixture was registered; it took the alias (there was
