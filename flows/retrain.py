@@ -14,7 +14,7 @@ from core.interrupts import cleaned_up
 from core.settings import get_settings
 from flows.progress import ProgressHook
 from models import kinds, registry
-from tasks import training
+from tasks import export, training
 
 # The steps as Prefect tasks (the work itself is in tasks.training, which knows nothing
 # of Prefect, and in each kind's family, models.kinds).
@@ -23,6 +23,7 @@ train_task = task(training.train, name="train", cache_policy=NO_CACHE)
 evaluate_task = task(training.evaluate, name="evaluate-holdout", cache_policy=NO_CACHE)
 champion_score_task = task(training.champion_score, name="score-champion", cache_policy=NO_CACHE)
 register_task = task(training.register, name="register", cache_policy=NO_CACHE)
+export_task = task(export.export_as_before, name="export-onnx", cache_policy=NO_CACHE)
 
 # (epoch, epochs, row) after each training epoch: the command line shows it
 progress = ProgressHook()
@@ -72,7 +73,32 @@ def retrain(
         registration.score,
         registration.reason,
     )
-    return _summary(registration, trained.seconds, report)
+    exported = None
+    if registration.promoted:
+        try:
+            exported = export_task(
+                settings, kind, registration.version, registration.champion_before
+            )
+        except Exception as error:  # the new champion stands; it runs on torch meanwhile
+            logger.warning(
+                "%s version %d is champion but its ONNX export failed (%s): it runs on "
+                "torch until `steelsight export --kind %s` succeeds",
+                kind,
+                registration.version,
+                error,
+                kind,
+            )
+        if exported is not None and not exported.registered:
+            logger.warning(
+                "%s version %d: its ONNX graph differs from torch (%s), not registered; "
+                "it runs on torch",
+                kind,
+                registration.version,
+                exported.differences,
+            )
+    summary = _summary(registration, trained.seconds, report)
+    summary["onnx"] = exported.check() if exported is not None else None
+    return summary
 
 
 def _summary(registration: registry.Registration, seconds: float, holdout: dict) -> dict:

@@ -581,6 +581,16 @@ def train(
     print_metrics(kind, result["holdout"], f"version {result['version']} on the holdout")
     mark = "[green]champion[/green]" if result["promoted"] else "[yellow]not promoted[/yellow]"
     console.print(f"{mark}: {result['reason']} (trained in {result['training_seconds']:.0f} s)")
+    if result["onnx"] is not None:  # exported as the champion before it was
+        onnx = result["onnx"]
+        console.print(
+            "exported to ONNX as the champion before it was: "
+            + (
+                ("runs on ONNX Runtime" if onnx["faster"] else "torch is faster")
+                if onnx["registered"]
+                else f"not registered, its outputs differ from torch's {onnx['differences']}"
+            )
+        )
 
 
 @app.command()
@@ -819,7 +829,7 @@ def export(
 
     from models.kinds import NoChampion
     from models.registry import champion_set, version_of
-    from tasks.export import export_version, sample_frames
+    from tasks.export import export_version, sample_frames, twin_frames
 
     settings = get_settings()
     client = _registry_action(lambda client: client)
@@ -835,14 +845,12 @@ def export(
     unfit = [k for k in chosen if not kinds.exportable(k)]
     if unfit:
         fail(f"{', '.join(unfit)} models cannot be exported to ONNX")
-    with tempfile.TemporaryDirectory() as tmp:
-        if frames is None:
-            from twin.config import TwinConfig
-            from twin.recorder import simulate
-
-            frames = simulate(TwinConfig(), 3, seed=0, out=Path(tmp)).inspection
-        sample = sample_frames(frames)
-    table = Table(title=f"ONNX export, compared on {len(sample)} frames of {frames.name}")
+    if frames is None:
+        with tempfile.TemporaryDirectory() as tmp:
+            sample, source = twin_frames(Path(tmp))
+    else:
+        sample, source = sample_frames(frames), frames.name
+    table = Table(title=f"ONNX export, compared on {len(sample)} frames of {source}")
     for column in (
         "kind",
         "version",

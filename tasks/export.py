@@ -56,6 +56,16 @@ class Exported:
         }
 
 
+def twin_frames(folder: Path, most: int = 32) -> tuple[np.ndarray, str]:
+    """Frames to compare the engines on when none are given: a 3-sheet recording the
+    twin renders into ``folder``, and its name."""
+    from twin.config import TwinConfig
+    from twin.recorder import simulate
+
+    archive = simulate(TwinConfig(), 3, seed=0, out=folder).inspection
+    return sample_frames(archive, most), archive.name
+
+
 def sample_frames(archive: Path, most: int = 32) -> np.ndarray:
     """Up to ``most`` frames of an inspection recording, spread over it (only those are
     kept in memory)."""
@@ -96,6 +106,21 @@ def export_version(
             result = Exported(**{**asdict(result), "registered": True})
             registry.register_onnx(registry.connect(settings), kind, version, graph, result.check())
     return result
+
+
+def export_as_before(
+    settings: Settings, kind: str, version: int, champion_before: int | None
+) -> Exported | None:
+    """After ``version`` took the champion alias from ``champion_before``: export it too
+    when the champion before it was exported (a plant that runs its champions on ONNX
+    Runtime keeps doing so after a retrain). None when there was nothing to follow."""
+    if champion_before is None or not kinds.exportable(kind):
+        return None
+    if registry.onnx_check(registry.connect(settings), kind, champion_before) is None:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        frames, _ = twin_frames(Path(tmp))
+    return export_version(settings, kind, version, frames)
 
 
 def _timed(run: Callable[[], dict], rounds: int) -> tuple[dict, float]:

@@ -272,3 +272,40 @@ def test_a_copied_home_loads_its_models_from_the_copy(world, first, tmp_path: Pa
             if value and "artifacts" in value
         ]
     assert locations and all(str(copied) in v and str(home) not in v for v in locations)
+
+
+def test_a_retrain_exports_its_new_champion_when_the_one_before_was_exported(
+    world, first, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A plant that runs its champions on ONNX Runtime keeps doing so after a retrain: a
+    version promoted over an exported champion is exported too. A champion that was
+    never exported (the module's own version 1) is followed by none."""
+    from tasks.export import export_version, sample_frames
+
+    archive, _ = world
+    assert first["onnx"] is None  # nothing before it
+    monkeypatch.setenv("STEELSIGHT_HOME", str(tmp_path / "home"))
+    get_settings.cache_clear()
+    try:
+        settings = get_settings()
+        client = registry.connect(settings)
+        weak = retrain(
+            kind="segmentation", data=str(archive), size="tiny", device="cpu",
+            overrides={"epochs": 1},
+        )  # fmt: skip
+        if not weak["promoted"]:  # below the floor: promoted by hand, as a person would
+            registry.promote(client, "segmentation", weak["version"], "tests: a champion")
+        exported = export_version(
+            settings, "segmentation", weak["version"], sample_frames(archive, 8), rounds=1
+        )
+        assert exported.registered
+        better = retrain(
+            kind="segmentation", data=str(archive), size="tiny", device="cpu",
+            overrides={"epochs": 40},
+        )  # fmt: skip
+        assert better["promoted"] and better["champion_before"] == weak["version"]
+        assert better["onnx"]["registered"] and better["onnx"]["version"] == better["version"]
+        _, check = registry.onnx_check(client, "segmentation", "champion")
+        assert check["version"] == better["version"] and check["agrees"]
+    finally:
+        get_settings.cache_clear()
