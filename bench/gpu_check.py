@@ -131,6 +131,8 @@ def _recording(folder: Path, sheets: int) -> tuple[Path, int]:
 
 
 def _decode(video: Path, start: int, stop: int) -> Iterator:
+    """Grey frames ``start`` to ``stop`` of the video. Not ``tasks.archives.decode_frames``:
+    that module brings DuckDB (warehouse.schema), which the H200 machine lacks."""
     import cv2
 
     capture = cv2.VideoCapture(str(video))

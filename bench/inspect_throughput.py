@@ -111,7 +111,7 @@ def main() -> None:
             get_settings.cache_clear()
             tasks.inspection._MODELS.clear()
             models = worker_models(refs, args.device)
-            engines = ", ".join(f"{k} {getattr(m, 'engine', 'torch')}" for k, m in models.items())
+            engines = ", ".join(f"{k} {m.engine}" for k, m in models.items())
             model_only()  # warm-up: first calls allocate and pick kernels
             for name, run in (("model-only", model_only), ("end-to-end", end_to_end)):
                 times = []

@@ -465,7 +465,7 @@ def model_uri(kind: str, ref: str | int) -> str:
 def load_model(settings: Settings, kind: str, ref: str | int = CHAMPION):
     """The model behind an alias or version, as its family loads it (Segmenter,
     Classifier, MarkingDetector, ImprintModel)."""
-    connect(settings)
+    client = connect(settings)
     path = list(sys.path)
     try:
         pyfunc = mlflow.pyfunc.load_model(model_uri(kind, ref))
@@ -478,7 +478,7 @@ def load_model(settings: Settings, kind: str, ref: str | int = CHAMPION):
         sys.path[:] = path
     model = pyfunc.unwrap_python_model().model
     if settings.inference_engine != "torch" and resolve_device(settings.device).type == "cpu":
-        model = _on_onnx(settings, kind, ref, model)
+        model = _on_onnx(client, settings, kind, ref, model)
     return model
 
 
@@ -508,9 +508,9 @@ def onnx_check(client: MlflowClient, kind: str, ref: str | int) -> tuple[str, di
     return (found.run_id, json.loads(tag)) if tag else None
 
 
-def _on_onnx(settings: Settings, kind: str, ref: str | int, model):
+def _on_onnx(client: MlflowClient, settings: Settings, kind: str, ref: str | int, model):
     """``model`` running its exported graph, when the settings and its export say so."""
-    exported = onnx_check(connect(settings), kind, ref)
+    exported = onnx_check(client, kind, ref)
     if exported is None:
         return model
     run_id, check = exported

@@ -119,7 +119,11 @@ class MarkingDetector:
         self.conf = conf
         self.device = _ultralytics_device(device)
         self.yolo = ultralytics.YOLO(str(self.weights), task="detect")
-        self.engine = "torch"
+        self.onnx: Path | None = None  # the network as an ONNX graph (``run_onnx``)
+
+    @property
+    def engine(self) -> str:
+        return "torch" if self.onnx is None else "onnx"
 
     def export_onnx(self, path: Path) -> Path:
         """The network as an ONNX graph at ``path`` (Ultralytics' export, batch and
@@ -143,7 +147,7 @@ class MarkingDetector:
         ultralytics = offline.prepare(_config_dir())
         with quiet("ultralytics"):
             self.yolo = ultralytics.YOLO(str(path), task="detect")
-        self.engine = "onnx"
+        self.onnx = Path(path)
         return self
 
     def detect(
