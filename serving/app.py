@@ -18,7 +18,7 @@ from fastapi import FastAPI, Request
 
 from core.runtime import configure_environment
 from core.settings import Settings, get_settings
-from serving import errors
+from serving import errors, openapi
 from serving.access_log import access_logger
 from serving.guards import BodyGuard, request_id
 from serving.routers import inspect, ops, sheets
@@ -65,12 +65,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         "from the champion models, sheets from the warehouse.",
         version="1",
         lifespan=lifespan,
+        docs_url=None,  # served by serving.openapi from local files, not from a CDN
+        redoc_url=None,
     )
     app.state.server = ServerState.build(settings)
     errors.install(app)
     app.include_router(ops.router)
     app.include_router(inspect.router)
     app.include_router(sheets.router)
+    openapi.install(app, settings.api_key_header, open_access=app.state.server.keys.open)
     # added before the access log's middleware, so it runs inside it: its 413s and 408s
     # are logged and counted like any other answer
     app.add_middleware(

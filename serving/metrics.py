@@ -1,4 +1,9 @@
-"""Prometheus metrics: requests, latency, micro-batch sizes, queue depth, served versions.
+"""Prometheus metrics: requests, latency, micro-batch sizes, queue depth, served versions,
+and what the models answered (frames, defects by class, identities by status).
+
+Names follow Prometheus' conventions: seconds in ``_seconds``, counters in ``_total``, and
+no ``_created`` series (disabled for the process: they double every counter's series and
+no dashboard reads them).
 
 With one server process the metrics live in the app's own registry. With several
 (``serve_workers`` > 1) ``steelsight serve`` sets PROMETHEUS_MULTIPROC_DIR before the
@@ -15,6 +20,7 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    disable_created_metrics,
     generate_latest,
     multiprocess,
 )
@@ -25,6 +31,7 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 
 class Metrics:
     def __init__(self) -> None:
+        disable_created_metrics()
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter(
@@ -62,6 +69,18 @@ class Metrics:
             multiprocess_mode="liveall",
             registry=r,
         )
+        self.frames = Counter(
+            "steelsight_frames_inspected", "Frames the models answered.", registry=r
+        )
+        self.defects = Counter(
+            "steelsight_defects", "Defects found, by class.", ["class_name"], registry=r
+        )
+        self.identities = Counter(
+            "steelsight_identities",
+            "Frames answered, by identity status (identified, unknown, no_marking, not_served).",
+            ["status"],
+            registry=r,
+        )
         self._served: dict[str, str] = {}
 
     def served(self, versions: dict[str, str]) -> None:
@@ -71,6 +90,14 @@ class Metrics:
         for kind, version in versions.items():
             self.model.labels(kind, version).set(1)
         self._served = dict(versions)
+
+    def answered(self, answers) -> None:
+        """Count what the models said (serving.inference.FrameAnswer each)."""
+        self.frames.inc(len(answers))
+        for answer in answers:
+            for defect in answer.defects:
+                self.defects.labels(defect["class_name"]).inc()
+            self.identities.labels(answer.identity["status"]).inc()
 
     def batch(self, frames: int, seconds: float) -> None:
         self.batch_frames.observe(frames)

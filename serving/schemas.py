@@ -63,6 +63,13 @@ class ErrorOut(BaseModel):
     field: str | None = None
 
 
+class ErrorBody(BaseModel):
+    """Every 4xx and 5xx the API sends: ``code`` is stable for programs, ``message`` is for
+    the person reading the log, ``field`` names the parameter, header or part at fault."""
+
+    error: ErrorOut
+
+
 class BatchItemOut(BaseModel):
     name: str = Field(description="The file part: form field (file name).")
     result: InspectOut | None = Field(description="The answer; null when the frame was refused.")

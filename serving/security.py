@@ -10,13 +10,19 @@ from __future__ import annotations
 import hmac
 import logging
 
-from fastapi import Request
+from fastapi import Request, Security
+from fastapi.security import APIKeyHeader
 
 from core.settings import Settings
 from serving.errors import ApiError
 
 log = logging.getLogger(__name__)
 ANONYMOUS = "anonymous"
+# The key as an OpenAPI security scheme: every operation that depends on require_key lists
+# it, so Swagger UI's Authorize button sends the key. serving.openapi writes the header the
+# server really reads (settings.api_key_header) into the published scheme; the check below
+# reads that header itself.
+KEY_SCHEME = APIKeyHeader(name="X-API-Key", scheme_name="ApiKey", auto_error=False)
 
 
 class ServeConfigError(RuntimeError):
@@ -68,7 +74,7 @@ class KeyCheck:
         return found
 
 
-def require_key(request: Request) -> str:
+def require_key(request: Request, _scheme: str | None = Security(KEY_SCHEME)) -> str:
     """FastAPI dependency: the calling client's name, or 401."""
     check: KeyCheck = request.app.state.server.keys
     client = check.client(request.headers.get(check.header))

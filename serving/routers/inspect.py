@@ -18,6 +18,15 @@ from serving.batching import Overloaded
 from serving.errors import ApiError
 from serving.images import Limits, check_media_type, decode_frame
 from serving.inference import FrameAnswer, FrameJob
+from serving.openapi import (
+    INVALID,
+    NO_MODELS,
+    OVERLOADED,
+    TOO_SLOW,
+    UNAUTHORIZED,
+    Refusal,
+    responses,
+)
 from serving.schemas import BatchOut, InspectOut
 from serving.security import require_key
 from serving.state import ServerState
@@ -72,6 +81,60 @@ _BATCH_BODY = {
         },
     }
 }
+# what a frame can be refused for, in either route
+_FRAME_REFUSALS = (
+    UNAUTHORIZED,
+    Refusal(400, "empty_body", "body is empty: send the frame's JPEG or PNG bytes", "body"),
+    Refusal(
+        400,
+        "invalid_multipart",
+        "the multipart body cannot be read: Did not find boundary character",
+        "body",
+    ),
+    Refusal(400, "no_frame", "the multipart body has no file part: send the frame as a file"),
+    TOO_SLOW,
+    Refusal(
+        413,
+        "body_too_large",
+        "the body is more than the 8388608 bytes allowed (max_image_bytes)",
+        "body",
+    ),
+    Refusal(
+        413,
+        "image_too_large",
+        "body has 20000x20000 pixels, more than the 16000000 allowed (max_image_pixels)",
+        "body",
+    ),
+    Refusal(
+        415,
+        "unsupported_media_type",
+        "body is text/plain: send image/jpeg or image/png, or a multipart form",
+        "body",
+    ),
+    Refusal(415, "unsupported_pixel_format", "body: pixel mode CMYK is not supported", "body"),
+    INVALID,
+    Refusal(
+        422,
+        "not_an_image",
+        "body is not a JPEG or PNG image (its first bytes are 47 49 46 38 39 61 01 00)",
+        "body",
+    ),
+    Refusal(
+        422,
+        "undecodable_image",
+        "body: the image header cannot be read: send an unbroken JPEG or PNG",
+        "body",
+    ),
+    Refusal(
+        422,
+        "truncated_image",
+        "body: the JPEG image (1600x256) ends before its last pixel: the file is truncated, "
+        "send it again whole",
+        "body",
+    ),
+    NO_MODELS,
+    OVERLOADED,
+)
 Overlay = Annotated[
     bool, Query(description="Add the frame with the defect masks drawn (base64 PNG).")
 ]
@@ -156,7 +219,7 @@ async def _submit(state: ServerState, jobs: list[FrameJob]) -> list[FrameAnswer]
     if state.champions.current is None:
         raise ApiError(503, "no_models", f"no models loaded: {state.champions.problem}")
     try:
-        return await state.batcher.submit(jobs)
+        answers = await state.batcher.submit(jobs)
     except Overloaded as error:
         state.metrics.rejected.inc(len(jobs))
         raise ApiError(
@@ -164,6 +227,8 @@ async def _submit(state: ServerState, jobs: list[FrameJob]) -> list[FrameAnswer]
         ) from None
     except NoChampion as error:
         raise ApiError(503, "no_models", str(error)) from None
+    state.metrics.answered(answers)
+    return answers
 
 
 def _multipart(request: Request) -> bool:
@@ -175,6 +240,23 @@ def _multipart(request: Request) -> bool:
     response_model=InspectOut,
     summary="Inspect one frame: defects per class, gate probabilities, sheet identity.",
     openapi_extra=_ONE_FRAME_BODY,
+    responses=responses(
+        *_FRAME_REFUSALS,
+        Refusal(
+            400,
+            "neighbour_shape",
+            "file part previous (a.png) is 800x256 but the frame is 1600x256: `previous` must "
+            "be the line camera's frame just beside it, of the same size",
+            "previous",
+        ),
+        Refusal(
+            413,
+            "too_many_frames",
+            "more than 3 file parts in one request: send one frame, with at most the frames "
+            "before and after it",
+            "body",
+        ),
+    ),
 )
 async def inspect_frame(
     request: Request, _client: Client, overlay: Overlay = False
@@ -245,6 +327,15 @@ async def _job_of_parts(
     summary="Inspect several frames (multipart, one file part each); one result or error "
     "per frame, in order.",
     openapi_extra=_BATCH_BODY,
+    responses=responses(
+        *_FRAME_REFUSALS,
+        Refusal(
+            413,
+            "too_many_frames",
+            "more than 64 file parts in one request: split the batch (max_batch_frames)",
+            "body",
+        ),
+    ),
 )
 async def inspect_batch(
     request: Request, _client: Client, overlay: Overlay = False

@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 
+from serving.openapi import UNAUTHORIZED, responses
 from serving.schemas import ModelsOut
 from serving.security import require_key
 from serving.state import ServerState
@@ -57,6 +58,7 @@ def metrics(request: Request) -> Response:
     tags=["models"],
     response_model=ModelsOut,
     summary="The model versions being served, and when the registry was last checked.",
+    responses=responses(UNAUTHORIZED),
 )
 def served_models(request: Request, _client: Annotated[str, Depends(require_key)]) -> ModelsOut:
     state = _state(request)

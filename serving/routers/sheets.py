@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Path, Query, Request
 
 from serving.errors import ApiError
+from serving.openapi import INVALID, NO_WAREHOUSE, UNAUTHORIZED, Refusal, responses
 from serving.schemas import SheetDetailOut, SheetListOut
 from serving.security import require_key
 from serving.state import ServerState
@@ -27,6 +28,17 @@ def _utc(moment: datetime | None) -> datetime | None:
     "/v1/sheets",
     response_model=SheetListOut,
     summary="Sheets seen on the line, newest first, by time window and grade.",
+    responses=responses(
+        UNAUTHORIZED,
+        INVALID,
+        Refusal(
+            422,
+            "empty_window",
+            "until (2026-12-01 06:00:00+00:00) is not after since (2026-12-01 14:00:00+00:00)",
+            "until",
+        ),
+        NO_WAREHOUSE,
+    ),
 )
 def list_sheets(
     request: Request,
@@ -56,6 +68,18 @@ def list_sheets(
     "/v1/sheets/{sheet_id}",
     response_model=SheetDetailOut,
     summary="One identified sheet: its latest pass, grade, defect summary and defects.",
+    responses=responses(
+        UNAUTHORIZED,
+        Refusal(
+            404,
+            "sheet_not_found",
+            "no sheet 'L2-000123' in the warehouse: it has not been identified on the line "
+            "(GET /v1/sheets lists the sheets seen)",
+            "sheet_id",
+        ),
+        INVALID,
+        NO_WAREHOUSE,
+    ),
 )
 def get_sheet(
     request: Request,
