@@ -115,6 +115,8 @@ class SheetOut(BaseModel):
     archive_id: str = Field(description="The recording the sheet was seen in.")
     sheet_index: int = Field(description="Order of the sheet within that recording.")
     seen_at: datetime | None = Field(description="When its head passed the camera (UTC).")
+    line_id: str | None = Field(None, description="The line that recorded it (manifest).")
+    camera_id: str | None = Field(None, description="The camera that recorded it (manifest).")
     grade: str
     similarity: float | None
     nearest_sheet_id: str | None

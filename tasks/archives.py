@@ -613,6 +613,15 @@ def read_frames(archive: Path) -> Iterator[tuple[str, np.ndarray]]:
 
 
 # -- registering ---------------------------------------------------------------------------
+def origin(manifest: RecordingManifest) -> dict:
+    """What the archives table keeps of a recording's manifest: where and how it was seen."""
+    return {
+        "line_id": manifest.line_id,
+        "camera_id": manifest.camera_id,
+        "mm_per_px": manifest.mm_per_px,
+    }
+
+
 def archive_row(
     archive_id: str,
     import_id: str,

@@ -42,7 +42,9 @@ from tasks.archives import (
     archive_row,
     content_hash,
     error_rows,
+    origin,
     printable,
+    read_manifest,
 )
 from tasks.labels import archive_id_for, import_label_source
 from warehouse import queries
@@ -324,6 +326,7 @@ def _register(
             0,
             len(warnings),
             **received,
+            **origin(read_manifest(target)),
         ),
         {"ingest_errors": error_rows(warnings, archive_id, import_id)},
     )

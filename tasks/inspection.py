@@ -44,6 +44,7 @@ from tasks.archives import (
     check_archive,
     decode_frames,
     error_rows,
+    origin,
 )
 from warehouse.schema import TABLES
 from warehouse.store import Warehouse
@@ -367,6 +368,7 @@ class Recording:
     video: str | None
     frames_dir: str | None
     warnings: tuple = ()  # tasks.archives.Problem: usable, but worth a row (dropped frames)
+    origin: dict = field(default_factory=dict)  # line, camera and scale (archives table)
 
     def follows(self) -> list[bool]:
         """Per frame, whether it directly follows the frame before it on the line (the
@@ -420,6 +422,7 @@ def recording(archive_id: str, path: Path) -> Recording:
         str(path / m.files.video) if m.files.video else None,
         str(path / m.files.frames) if m.files.frames else None,
         tuple(checked.problems),
+        origin(m),
     )
 
 
@@ -779,6 +782,7 @@ def inspect_archive(
             n_errors=len(problems),
             received_from=row["received_from"],
             inspected_with=refs.key(),
+            **rec.origin,
         ),
         {
             "frames": inspected.frames,
@@ -915,6 +919,7 @@ def not_inspected(
             n_errors=1,
             received_from=row["received_from"],
             inspected_with=key,
+            **{k: row.get(k) for k in ("line_id", "camera_id", "mm_per_px")},
         ),
         {"ingest_errors": error_rows([problem], row["archive_id"], import_id)},
     )

@@ -9,7 +9,8 @@ import json
 from datetime import datetime
 
 _SHEET_COLUMNS = (
-    "sheet_id, archive_id, sheet_index, seen_at, grade, similarity, nearest_sheet_id, "
+    "sheet_id, archive_id, sheet_index, seen_at, line_id, camera_id, grade, similarity, "
+    "nearest_sheet_id, "
     "complete, length_mm, width_mm, n_defects, defect_counts, defect_areas_mm2, "
     "defect_area_ratio, model_versions"
 )
@@ -54,8 +55,7 @@ def latest_pass(cur, sheet_id: str) -> tuple[dict, int] | None:
     """The latest time an identified sheet was seen, and how many times it was."""
     rows = (
         cur.sql(
-            f"SELECT {_SHEET_COLUMNS}, count(*) OVER () AS passes FROM sheet_passes "
-            "WHERE sheet_id = ? ORDER BY seen_at DESC NULLS LAST, archive_id DESC LIMIT 1",
+            f"SELECT {_SHEET_COLUMNS}, passes FROM sheet_latest_pass WHERE sheet_id = ?",
             params=[sheet_id],
         )
         .to_arrow_table()

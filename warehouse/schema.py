@@ -8,13 +8,15 @@ without ``import_id``, because the views show one import per archive.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
+from importlib import resources
 from types import MappingProxyType
 
 import pyarrow as pa
 
 # Bump when a table's columns change: the catalogue's views are rebuilt then.
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 
 def col(name: str, dtype: pa.DataType, doc: str, nullable: bool = False) -> pa.Field:
@@ -103,6 +105,24 @@ ARCHIVES = TableSpec(
                 "inspected_with",
                 pa.string(),
                 "Model versions of the committed inspection (JSON); null: not inspected.",
+                nullable=True,
+            ),
+            col(
+                "line_id",
+                pa.string(),
+                "The rolling line, from a recording's manifest; null for datasets.",
+                nullable=True,
+            ),
+            col(
+                "camera_id",
+                pa.string(),
+                "The camera that recorded it, from the manifest; null for datasets.",
+                nullable=True,
+            ),
+            col(
+                "mm_per_px",
+                pa.float64(),
+                "Millimetres per pixel of a recording (manifest); null for datasets.",
                 nullable=True,
             ),
             col(
@@ -407,8 +427,8 @@ def describe_markdown() -> str:
         "",
         "Generated from `warehouse/schema.py` (`python -m warehouse.schema > docs/warehouse.md`).",
         "Every table is a view over Parquet files that shows each archive's committed import;",
-        "`import_id` tells imports apart. Analysts' views (`label_summary`, `image_labels`,",
-        "`ingest_error_report`, `sheet_passes`) are defined in `warehouse/views.sql`.",
+        "`import_id` tells imports apart. The analysts' views at the end are defined in",
+        "`warehouse/views.sql`.",
     ]
     for spec in TABLES.values():
         lines += ["", f"## {spec.name}", "", spec.description, "", f"Key: `{', '.join(spec.key)}`."]
@@ -418,7 +438,24 @@ def describe_markdown() -> str:
         for f in spec.schema:
             doc = f.metadata[b"doc"].decode()
             lines.append(f"| `{f.name}` | {f.type} | {'yes' if f.nullable else 'no'} | {doc} |")
+    lines += ["", "## Analysts' views", ""]
+    lines += [f"- `{name}`: {about}" for name, about in analyst_views()]
     return "\n".join(lines) + "\n"
+
+
+def analyst_views() -> list[tuple[str, str]]:
+    """(name, the comment above it) of each view in views.sql, in order."""
+    sql = resources.files("warehouse").joinpath("views.sql").read_text()
+    found, comment = [], []
+    for line in sql.splitlines():
+        if line.startswith("-- "):
+            comment.append(line[3:].strip())
+        elif match := re.match(r"CREATE OR REPLACE VIEW (\w+)", line):
+            found.append((match.group(1), " ".join(comment)))
+            comment = []
+        elif not line.strip():
+            comment = []
+    return found
 
 
 if __name__ == "__main__":

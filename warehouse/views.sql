@@ -39,9 +39,79 @@ JOIN archives AS a USING (archive_id)
 ORDER BY a.imported_at DESC, e.error_index;
 
 -- One row per sheet seen on the line, with when its head passed the camera (null when
--- the recording has no timestamps) and the recording it is in.
+-- the recording has no timestamps), the recording it is in and the line and camera that
+-- recorded it.
 CREATE OR REPLACE VIEW sheet_passes AS
-SELECT s.*, f.captured_at AS seen_at, a.path AS archive_path
+SELECT s.*, f.captured_at AS seen_at, a.path AS archive_path, a.line_id, a.camera_id
 FROM sheets AS s
 JOIN archives AS a ON a.archive_id = s.archive_id
 LEFT JOIN frames AS f ON f.archive_id = s.archive_id AND f.frame_number = s.first_frame;
+
+-- The latest pass of each identified sheet (newest seen_at, then the newest archive), with
+-- how many passes it had: what the API's GET /v1/sheets/{sheet_id} answers.
+CREATE OR REPLACE VIEW sheet_latest_pass AS
+SELECT *, count(*) OVER (PARTITION BY sheet_id) AS passes
+FROM sheet_passes
+WHERE sheet_id <> 'unknown'
+QUALIFY row_number() OVER (
+    PARTITION BY sheet_id ORDER BY seen_at DESC NULLS LAST, archive_id DESC, sheet_index DESC
+) = 1;
+
+-- Each sheet pass with its production day and shift. Shifts are 8 hours from 06:00 UTC
+-- (A 06-14, B 14-22, C 22-06): a C shift's sheets after midnight count to the day it
+-- began. Passes without a time (recordings without timestamps) have neither.
+CREATE OR REPLACE VIEW sheet_shifts AS
+SELECT
+    line_id,
+    camera_id,
+    archive_id,
+    sheet_index,
+    sheet_id,
+    seen_at,
+    CAST(seen_at - INTERVAL 6 HOUR AS DATE) AS production_day,
+    CASE
+        WHEN seen_at IS NULL THEN NULL
+        WHEN hour(seen_at) >= 6 AND hour(seen_at) < 14 THEN 'A'
+        WHEN hour(seen_at) >= 14 AND hour(seen_at) < 22 THEN 'B'
+        ELSE 'C'
+    END AS shift,
+    grade,
+    sheet_id <> 'unknown' AS identified,
+    n_defects,
+    defect_counts,
+    defect_area_ratio
+FROM sheet_passes;
+
+-- Per line, production day and shift: sheets, how many were identified, how many had a
+-- defect, defects per sheet and the grades given.
+CREATE OR REPLACE VIEW quality_by_shift AS
+SELECT
+    line_id,
+    production_day,
+    shift,
+    count(*) AS sheets,
+    count(*) FILTER (WHERE identified) AS identified,
+    count(*) FILTER (WHERE n_defects > 0) AS with_defects,
+    round(avg(CAST(n_defects > 0 AS DOUBLE)), 4) AS defect_rate,
+    round(avg(n_defects), 3) AS defects_per_sheet,
+    round(avg(defect_area_ratio), 6) AS mean_defect_area_ratio,
+    histogram(grade) AS grades
+FROM sheet_shifts
+GROUP BY ALL
+ORDER BY line_id, production_day, shift;
+
+-- The same per line and production day.
+CREATE OR REPLACE VIEW quality_by_day AS
+SELECT
+    line_id,
+    production_day,
+    count(*) AS sheets,
+    count(*) FILTER (WHERE identified) AS identified,
+    count(*) FILTER (WHERE n_defects > 0) AS with_defects,
+    round(avg(CAST(n_defects > 0 AS DOUBLE)), 4) AS defect_rate,
+    round(avg(n_defects), 3) AS defects_per_sheet,
+    round(avg(defect_area_ratio), 6) AS mean_defect_area_ratio,
+    histogram(grade) AS grades
+FROM sheet_shifts
+GROUP BY ALL
+ORDER BY line_id, production_day;
