@@ -11,9 +11,9 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-import cv2
 import numpy as np
 
+from core import drawing
 from models.identity.matching import UNKNOWN
 from models.identity.pipeline import (
     Markings,
@@ -27,7 +27,6 @@ from models.identity.pipeline import (
 )
 
 # BGR colours per class position (overlay): yellow, cyan, magenta, red, then green
-PALETTE = ((0, 215, 255), (255, 200, 0), (255, 0, 200), (0, 0, 255), (0, 200, 0))
 
 
 @dataclass(frozen=True)
@@ -223,21 +222,7 @@ def frame_identity(markings: list[dict], threshold: float | None, served: bool) 
 
 def _overlay(frame: np.ndarray, masks: np.ndarray) -> str:
     """The frame with each class's mask tinted and outlined, as base64 PNG."""
-    picture = cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
-    for c, mask in enumerate(masks):
-        if not mask.any():
-            continue
-        colour = np.array(PALETTE[c % len(PALETTE)], np.float32)
-        tinted = picture[mask].astype(np.float32) * 0.55 + colour * 0.45
-        picture[mask] = tinted.astype(np.uint8)
-        contours, _ = cv2.findContours(
-            mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE
-        )
-        cv2.drawContours(picture, contours, -1, PALETTE[c % len(PALETTE)], 1)
-    ok, png = cv2.imencode(".png", picture)
-    if not ok:
-        raise RuntimeError("the overlay could not be encoded as PNG")
-    return base64.b64encode(png.tobytes()).decode("ascii")
+    return base64.b64encode(drawing.png(drawing.overlay(frame, masks))).decode("ascii")
 
 
 def warm_up(served: Served) -> None:

@@ -351,6 +351,38 @@ def sql(
         err_console.print(f"{written:,d} rows written to {out}", highlight=False)
 
 
+@app.command("sheet-map")
+def sheet_map(
+    archive: Annotated[
+        str, typer.Argument(help="The inspected recording: its archive_id or folder name.")
+    ],
+    sheet: Annotated[
+        str, typer.Argument(help="The sheet: its index in the recording or its sheet ID.")
+    ],
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="The PNG to write (replaced whole); default <archive_id>-sheet-<index>.png here.",
+            dir_okay=False,
+        ),
+    ] = None,
+) -> None:
+    """Draw one sheet to scale with its defects outlined by class (PNG), for claims and QA
+    reports; the quality page shows the same picture."""
+    from tasks.sheet_maps import SheetMapError, resolve, write_sheet_map
+
+    with _warehouse().reader() as con:
+        cur = con.cursor()
+        try:
+            archive_id, index = resolve(cur, archive, sheet)
+            written = write_sheet_map(
+                cur, archive_id, index, out or Path(f"{archive_id}-sheet-{index}.png")
+            )
+        except SheetMapError as error:
+            fail(str(error))
+    console.print(f"sheet {index} of {archive_id} drawn to {written}", highlight=False)
+
+
 @warehouse_app.command("info")
 def warehouse_info() -> None:
     """Where the warehouse is, and how many rows each table holds."""

@@ -613,12 +613,17 @@ def read_frames(archive: Path) -> Iterator[tuple[str, np.ndarray]]:
 
 
 # -- registering ---------------------------------------------------------------------------
+ORIGIN = ("line_id", "camera_id", "mm_per_px", "frame_width", "frame_height")
+
+
 def origin(manifest: RecordingManifest) -> dict:
     """What the archives table keeps of a recording's manifest: where and how it was seen."""
     return {
         "line_id": manifest.line_id,
         "camera_id": manifest.camera_id,
         "mm_per_px": manifest.mm_per_px,
+        "frame_width": manifest.frame_width,
+        "frame_height": manifest.frame_height,
     }
 
 

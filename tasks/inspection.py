@@ -37,6 +37,7 @@ import pyarrow as pa
 from core.settings import Settings
 from core.tracking import EDGE_BLOCK, MIN_CONTRAST, TrackedSheet, frame_profile, track_sheets
 from tasks.archives import (
+    ORIGIN,
     FrameError,
     Problem,
     archive_row,
@@ -919,7 +920,7 @@ def not_inspected(
             n_errors=1,
             received_from=row["received_from"],
             inspected_with=key,
-            **{k: row.get(k) for k in ("line_id", "camera_id", "mm_per_px")},
+            **{k: row.get(k) for k in ORIGIN},
         ),
         {"ingest_errors": error_rows([problem], row["archive_id"], import_id)},
     )

@@ -101,3 +101,83 @@ def references_key(cur, imprint_version: str) -> tuple:
             [imprint_version],
         ).fetchall()[0]
     )
+
+
+# -- sheet maps and the quality page ---------------------------------------------------------
+def find_archive(cur, name: str) -> str | None:
+    """The inspected archive with this id, or whose folder has this name (the newest)."""
+    rows = cur.execute(
+        "SELECT archive_id FROM archives WHERE inspected_with IS NOT NULL "
+        "AND (archive_id = ? OR parse_filename(path) = ?) ORDER BY imported_at DESC LIMIT 1",
+        [name, name],
+    ).fetchall()
+    return rows[0][0] if rows else None
+
+
+def find_sheet(cur, archive_id: str, sheet: str) -> int | None:
+    """The sheet of the archive by its index (a number) or its identified ID."""
+    rows = cur.execute(
+        "SELECT sheet_index FROM sheets WHERE archive_id = ? AND (sheet_index = ? OR "
+        "(sheet_id = ? AND sheet_id <> 'unknown')) ORDER BY sheet_index <> ?, sheet_index",
+        [
+            archive_id,
+            int(sheet) if sheet.isdigit() else -1,
+            sheet,
+            int(sheet) if sheet.isdigit() else -1,
+        ],
+    ).fetchall()
+    return int(rows[0][0]) if rows else None
+
+
+def sheet_to_draw(cur, archive_id: str, sheet_index: int) -> dict | None:
+    """A sheet with what drawing it needs: its size, frames and the recording's scale."""
+    rows = (
+        cur.sql(
+            "SELECT s.sheet_id, s.sheet_index, s.archive_id, s.grade, s.length_mm, s.width_mm, "
+            "s.first_frame, s.last_frame, s.first_line, s.last_line, s.n_defects, "
+            "s.defect_counts, s.similarity, s.complete, a.path, a.line_id, a.camera_id, "
+            "a.mm_per_px, a.frame_width, a.frame_height, p.seen_at "
+            "FROM sheets AS s JOIN archives AS a USING (archive_id) "
+            "JOIN sheet_passes AS p USING (archive_id, sheet_index) "
+            "WHERE s.archive_id = ? AND s.sheet_index = ?",
+            params=[archive_id, sheet_index],
+        )
+        .to_arrow_table()
+        .to_pylist()
+    )
+    if not rows:
+        return None
+    row = rows[0]
+    row["defect_counts"] = dict(row["defect_counts"] or [])
+    return row
+
+
+def sheet_frames(cur, archive_id: str, first: int, last: int) -> list[dict]:
+    """The frames numbered first..last of an archive, in order, with their defect counts."""
+    return (
+        cur.sql(
+            "SELECT frame_id, frame_number, captured_at, n_defects, n_markings FROM frames "
+            "WHERE archive_id = ? AND frame_number BETWEEN ? AND ? ORDER BY frame_number",
+            params=[archive_id, first, last],
+        )
+        .to_arrow_table()
+        .to_pylist()
+    )
+
+
+def frame_defects(cur, archive_id: str, frame_id: str) -> list[dict]:
+    """The defects found on one frame: class and mask."""
+    return (
+        cur.sql(
+            "SELECT class_id, class_name, rle, area, score FROM defects "
+            "WHERE archive_id = ? AND frame_id = ? ORDER BY defect_index",
+            params=[archive_id, frame_id],
+        )
+        .to_arrow_table()
+        .to_pylist()
+    )
+
+
+def archive_location(cur, archive_id: str) -> str | None:
+    rows = cur.execute("SELECT path FROM archives WHERE archive_id = ?", [archive_id]).fetchall()
+    return rows[0][0] if rows else None

@@ -126,6 +126,18 @@ ARCHIVES = TableSpec(
                 nullable=True,
             ),
             col(
+                "frame_width",
+                pa.int32(),
+                "Frame width in pixels of a recording (manifest); null for datasets.",
+                nullable=True,
+            ),
+            col(
+                "frame_height",
+                pa.int32(),
+                "Frame height in pixels of a recording (manifest); null for datasets.",
+                nullable=True,
+            ),
+            col(
                 "landed_signature",
                 pa.string(),
                 "Set on an archive ingest could not move out of the landing folder: a digest "
