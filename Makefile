@@ -11,7 +11,7 @@ UV     := $(TOOLS)/bin/uv
 # never fetch a Python interpreter: use the machine's
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: install lock-check lock demo serve test lint bench-rle clean
+.PHONY: install lock-check lock demo serve test lint bench-rle clean browser
 
 $(UV):
 	$(PYTHON) -m venv $(TOOLS)
@@ -43,7 +43,15 @@ demo: install
 serve: install
 	$(BIN)/steelsight serve --allow-no-keys
 
-test: lock-check install
+# The quality page's tests drive Debian's chromium (Playwright never downloads a browser).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+		echo "installing Debian's chromium for the quality page's browser tests"; \
+		apt-get install -y -q chromium >/dev/null 2>&1 \
+		|| { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1; } \
+		|| echo "could not install chromium (not root?): run apt-get install chromium"; }
+
+test: lock-check install browser
 	STEELSIGHT_SHARED_DATA=$(DATA) $(BIN)/python -m pytest
 
 lint: install

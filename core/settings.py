@@ -65,6 +65,20 @@ class Settings(BaseSettings):
         "gives its grade (JSON list in STEELSIGHT_GRADES).",
     )
 
+    drift_psi_threshold: float = Field(
+        default=0.25,
+        gt=0.0,
+        description="An inspected archive is flagged as drifted when the population "
+        "stability index of any class's gate probabilities, against the champion "
+        "segmenter's holdout, is above this (0.1: stable; 0.25: shifted).",
+    )
+    drift_unknown_share: float | None = Field(
+        default=0.5,
+        ge=0.0,
+        le=1.0,
+        description="An inspected archive is flagged as drifted when more than this share "
+        "of its sheets is answered 'unknown'; null: not flagged on identity.",
+    )
     identity_window_hours: float = Field(
         default=24.0,
         ge=0.0,

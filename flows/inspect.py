@@ -20,9 +20,11 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.events import emit_event
 
 from core.settings import Settings, get_settings
 from flows.progress import ProgressHook
+from tasks.drift import reference_for
 from tasks.identify import registration_key
 from tasks.inspection import ModelRefs, Registries, attempt, inspect_archive, not_inspected
 from warehouse import queries
@@ -148,20 +150,45 @@ def inspect_archive_task(
     registries,
     settings: Settings,
     warehouse: Warehouse,
+    drift_reference: dict | None,
 ) -> dict:
     """Inspect one recording on the cluster and commit its tables as one import; one that
-    changed since ingest, or that fails, is recorded as failed with the reason."""
+    changed since ingest, or that fails, is recorded as failed with the reason. A
+    drifted recording is announced as the Prefect event ``steelsight.archive.drifted``
+    (automations can react to it)."""
     logger = get_run_logger()
     summary, problem = attempt(
         row,
         logger,
         lambda: inspect_archive(
-            row, refs, client, registries, settings, warehouse, logger, progress
+            row, refs, client, registries, settings, warehouse, logger, progress, drift_reference
         ),
     )
     if problem is not None:
         return not_inspected(row, refs.key(), problem, warehouse, logger)
+    if summary.get("drift") and summary["drift"]["drifted"]:
+        announce_drift(row, refs, summary["drift"], logger)
     return summary
+
+
+def announce_drift(row: dict, refs: ModelRefs, drift: dict, logger) -> None:
+    flagged = ", ".join(
+        f"{f['measure']} of {f['subject']} {f['value']:.3g} > {f['threshold']:.3g}"
+        for f in drift["flagged"]
+    )
+    logger.warning(
+        "archive %s has drifted from what the models were validated on: %s",
+        row["archive_id"],
+        flagged,
+    )
+    emit_event(
+        event="steelsight.archive.drifted",
+        resource={
+            "prefect.resource.id": f"steelsight.archive.{row['archive_id']}",
+            "prefect.resource.name": Path(row["path"]).name,
+        },
+        payload={"flagged": drift["flagged"], "models": refs.versions()},
+    )
 
 
 @flow(name="inspect")
@@ -214,8 +241,9 @@ def inspect(
                 settings.identity_window_hours,
                 logger,
             )
+        reference = reference_for(settings, refs.segmentation)
         for row in todo:
             summaries.append(
-                inspect_archive_task(row, refs, client, registries, settings, warehouse)
+                inspect_archive_task(row, refs, client, registries, settings, warehouse, reference)
             )
     return summaries

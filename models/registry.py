@@ -508,6 +508,17 @@ def onnx_check(client: MlflowClient, kind: str, ref: str | int) -> tuple[str, di
     return (found.run_id, json.loads(tag)) if tag else None
 
 
+def holdout_report(client: MlflowClient, kind: str, ref: str | int) -> dict | None:
+    """The holdout report the version was registered with (its per-class table and, for
+    the segmenter, its drift reference); None when the registry has none."""
+    try:
+        found = client.get_model_version(model_name(kind), str(version_of(client, kind, ref)))
+        return mlflow.artifacts.load_dict(f"runs:/{found.run_id}/holdout_metrics.json")
+    except (MlflowException, RegistryError, OSError) as error:
+        log.warning("%s %s: no holdout report (%s)", kind, ref, error)
+        return None
+
+
 def _on_onnx(client: MlflowClient, settings: Settings, kind: str, ref: str | int, model):
     """``model`` running its exported graph, when the settings and its export say so."""
     exported = onnx_check(client, kind, ref)

@@ -15,13 +15,15 @@ from contextlib import asynccontextmanager
 
 import anyio
 from fastapi import FastAPI, Request
+from starlette.middleware.sessions import SessionMiddleware
 
 from core.runtime import configure_environment
 from core.settings import Settings, get_settings
 from serving import errors, openapi
 from serving.access_log import access_logger
 from serving.guards import BodyGuard, request_id
-from serving.routers import inspect, ops, sheets
+from serving.routers import inspect, ops, pages, sheets
+from serving.security import LoginRequired, session_secret
 from serving.state import ServerState
 
 log = logging.getLogger(__name__)
@@ -73,7 +75,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(ops.router)
     app.include_router(inspect.router)
     app.include_router(sheets.router)
+    app.include_router(pages.router)
+    app.add_exception_handler(LoginRequired, pages.login_redirect)
     openapi.install(app, settings.api_key_header, open_access=app.state.server.keys.open)
+    # the quality page's login: a signed cookie, only for this site, for one shift
+    app.add_middleware(
+        SessionMiddleware,
+        secret_key=session_secret(settings),
+        session_cookie="steelsight_session",
+        max_age=12 * 3600,
+        same_site="strict",
+    )
     # added before the access log's middleware, so it runs inside it: its 413s and 408s
     # are logged and counted like any other answer
     app.add_middleware(

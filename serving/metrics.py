@@ -81,6 +81,20 @@ class Metrics:
             ["status"],
             registry=r,
         )
+        self.drift = Gauge(
+            "steelsight_drift",
+            "The newest inspected recording's drift measures (warehouse drift table).",
+            ["measure", "subject"],
+            multiprocess_mode="mostrecent",
+            registry=r,
+        )
+        self.drift_flagged = Gauge(
+            "steelsight_drift_flagged",
+            "1 when the newest inspected recording drifted from the champion's holdout.",
+            ["archive_id"],
+            multiprocess_mode="mostrecent",
+            registry=r,
+        )
         self._served: dict[str, str] = {}
 
     def served(self, versions: dict[str, str]) -> None:
@@ -98,6 +112,18 @@ class Metrics:
             for defect in answer.defects:
                 self.defects.labels(defect["class_name"]).inc()
             self.identities.labels(answer.identity["status"]).inc()
+
+    def drifted(self, latest: tuple[str, list[dict]] | None) -> None:
+        """The newest recording's drift rows (warehouse.reads.latest_drift) as gauges."""
+        self.drift.clear()
+        self.drift_flagged.clear()
+        if latest is None:
+            return
+        archive_id, rows = latest
+        for row in rows:
+            if row["value"] is not None:
+                self.drift.labels(row["measure"], row["subject"]).set(row["value"])
+        self.drift_flagged.labels(archive_id).set(int(any(r["drifted"] for r in rows)))
 
     def batch(self, frames: int, seconds: float) -> None:
         self.batch_frames.observe(frames)

@@ -139,5 +139,6 @@ def install(app: FastAPI, key_header: str, open_access: bool) -> None:
             swagger_js_url=f"{DOCS_FILES}/swagger-ui-bundle.js",
             swagger_css_url=f"{DOCS_FILES}/swagger-ui.css",
             swagger_favicon_url=f"{DOCS_FILES}/favicon-32x32.png",
-            swagger_ui_parameters={"persistAuthorization": True},
+            # no online validator badge: nothing leaves the plant
+            swagger_ui_parameters={"persistAuthorization": True, "validatorUrl": None},
         )

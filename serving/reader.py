@@ -3,10 +3,13 @@ started before the first ingest becomes ready once there is a warehouse)."""
 
 from __future__ import annotations
 
+import logging
 import threading
 
 from serving.errors import ApiError
 from warehouse.store import Warehouse
+
+log = logging.getLogger(__name__)
 
 
 class WarehouseReader:
@@ -26,8 +29,18 @@ class WarehouseReader:
                         f"no warehouse at {self.warehouse.root}: run `steelsight ingest` and "
                         "`steelsight inspect` first",
                     )
+                self._placeholders()
                 self._connection = self.warehouse.reader()
             return self._connection.cursor()
+
+    def _placeholders(self) -> None:
+        """A warehouse written by an older steelsight lacks the empty placeholder of a
+        table added since (the views need one file per table): write those first, as any
+        command does. A read-only warehouse is read as it is."""
+        try:
+            self.warehouse.ensure()
+        except OSError as error:
+            log.warning("warehouse %s not brought up to date: %s", self.warehouse.root, error)
 
     def close(self) -> None:
         with self._lock:

@@ -7,8 +7,10 @@ goes into the access log. Serving without keys is possible only when settings sa
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import logging
+import secrets
 
 from fastapi import Request, Security
 from fastapi.security import APIKeyHeader
@@ -46,6 +48,10 @@ class KeyCheck:
     @property
     def open(self) -> bool:
         return not self._keys
+
+    @property
+    def names(self) -> set[str]:
+        return {name for name, _ in self._keys}
 
     def announce(self) -> None:
         if self.open:
@@ -90,3 +96,32 @@ def require_key(request: Request, _scheme: str | None = Security(KEY_SCHEME)) ->
         )
     request.state.client = client
     return client
+
+
+class LoginRequired(Exception):
+    """A page asked for without a session: answered with a redirect to the login form."""
+
+
+def page_client(request: Request) -> str:
+    """FastAPI dependency of the quality page: the client whose key was given at the
+    login form (kept in the signed session cookie), or LoginRequired. A client whose key
+    was removed from the settings since is logged out."""
+    check: KeyCheck = request.app.state.server.keys
+    if check.open:
+        return ANONYMOUS
+    client = request.session.get("client")
+    if client not in check.names:
+        request.session.clear()
+        raise LoginRequired()
+    request.state.client = client
+    return client
+
+
+def session_secret(settings: Settings) -> str:
+    """What signs the page's session cookie: derived from the configured keys, so every
+    server process signs alike and changing the keys ends every session. Without keys (a
+    demo) nobody logs in, and a random secret will do."""
+    keys = sorted(f"{name}={key.get_secret_value()}" for name, key in settings.api_keys.items())
+    if not keys:
+        return secrets.token_hex(32)
+    return hashlib.sha256(("steelsight-session\n" + "\n".join(keys)).encode()).hexdigest()

@@ -291,14 +291,26 @@ def inspect(
         "errors",
         "frames_per_s",
     )
-    for column in columns:
+    for column in (*columns, "drift"):
         table.add_column(column.replace("_", " "), overflow="fold")
     for s in summaries:
-        table.add_row(*(str(s[c]) for c in columns))
+        drift = s.get("drift")
+        verdict = "—" if not drift else "drifted" if drift["drifted"] else "stable"
+        table.add_row(*(str(s[c]) for c in columns), verdict)
     console.print(table)
     for s in summaries:
         if s["reason"]:
             console.print(f"{s['archive_id']} ({s['status']}): {s['reason']}", highlight=False)
+        if s.get("drift") and s["drift"]["drifted"]:
+            flagged = ", ".join(
+                f"{f['measure']} of {f['subject']} {f['value']:.3g} > {f['threshold']:.3g}"
+                for f in s["drift"]["flagged"]
+            )
+            console.print(
+                f"{s['archive_id']} has drifted from the champion's holdout: {flagged} "
+                "(the drift table; the quality page's /ui/drift)",
+                highlight=False,
+            )
     if any(s["status"] == "failed" for s in summaries):
         raise typer.Exit(1)
 

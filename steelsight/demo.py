@@ -149,9 +149,11 @@ def run_demo(
         with progress_to(advance):
             inspected = inspect(dask_address=dask_address)
     for s in inspected:
+        drift = s.get("drift")
         console.print(
             f"inspected {s['archive_id']}: {s['frames']} frames at {s['frames_per_s']} frames/s, "
             f"{s['sheets']} sheets ({s['identified']} identified), {s['defects']} defects"
+            + (f"; drift: {'DRIFTED' if drift['drifted'] else 'stable'}" if drift else "")
         )
 
     warehouse = Warehouse(settings.warehouse_dir).ensure()
@@ -190,4 +192,9 @@ def run_demo(
     console.print(
         f"warehouse: {warehouse.catalogue_path} (duckdb {warehouse.catalogue_path} -c "
         f"'select * from sheets'); demo took {time.perf_counter() - started:.0f} s"
+    )
+    console.print(
+        "next: `make serve`, then the quality page at http://127.0.0.1:8000/ui (sheets, "
+        "sheet maps, upload a frame, drift) and the API at /docs; a sheet's map as a file: "
+        f"`.venv/bin/steelsight sheet-map {archive_id} 0`"
     )

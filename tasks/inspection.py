@@ -31,6 +31,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TypeVar
 
+import cv2
 import numpy as np
 import pyarrow as pa
 
@@ -184,6 +185,7 @@ class ChunkResult:
     decode_s: float = 0.0
     model_s: float = 0.0
     worker: str = ""
+    level: np.ndarray | None = None  # (n,) float32: mean grey level of each frame
 
 
 # -- on the worker ---------------------------------------------------------------------------
@@ -261,7 +263,7 @@ def inspect_chunk(chunk: Chunk, registry: Registry | None = None) -> ChunkResult
     models = worker_models(chunk.models, chunk.device)
     segmenter = models["segmentation"]
     classes = [segmenter.classes[k] for k in sorted(segmenter.classes)]
-    contrast, edges, gates, defects, boxes = [], [], [], [], []
+    contrast, edges, gates, defects, boxes, levels = [], [], [], [], [], []
     decode_s = model_s = 0.0
     done = 0
     follows = list(chunk.follows) or [True] * len(chunk.frame_ids)
@@ -298,6 +300,7 @@ def inspect_chunk(chunk: Chunk, registry: Registry | None = None) -> ChunkResult
                 c, e = frame_profile(frame)
                 contrast.append(c)
                 edges.append(e)
+                levels.append(cv2.mean(frame)[0])
             prediction = segmenter.predict(batch, batch_size=chunk.batch, regions=True)
             gates.append(prediction.gate)
             defects += [_shift(d, done) for d in prediction.defects]
@@ -342,6 +345,7 @@ def inspect_chunk(chunk: Chunk, registry: Registry | None = None) -> ChunkResult
         defects=defects,
         boxes=np.array(boxes, np.float32).reshape(-1, 6),
         verdicts=verdicts,
+        level=np.array(levels, np.float32),
         decode_s=decode_s,
         model_s=model_s,
         worker=os.environ.get("DASK_WORKER_NAME", str(os.getpid())),
@@ -496,6 +500,7 @@ class Stitched:
     edges: np.ndarray  # (n, B, 2)
     gate: np.ndarray  # (n, C)
     classes: list[str]
+    level: np.ndarray  # (n,) mean grey level; NaN where a range did not say
 
     @property
     def line_of(self) -> dict[int, int]:
@@ -512,7 +517,14 @@ def stitch(rec: Recording, results: list[ChunkResult]) -> Stitched:
         np.concatenate([r.edges for r in results]) if results else np.zeros((0, 1, 2)),
         np.concatenate([r.gate for r in results]) if results else np.zeros((0, 0)),
         results[0].classes if results else [],
+        np.concatenate([_levels(r) for r in results]) if results else np.zeros(0),
     )
+
+
+def _levels(result: ChunkResult) -> np.ndarray:
+    if result.level is None or len(result.level) != result.n_frames:
+        return np.full(result.n_frames, np.nan, np.float32)
+    return result.level
 
 
 @dataclass
@@ -647,6 +659,7 @@ def frame_rows(
                 "n_defects": len(found),
                 "defect_pixels": sum(d.area for d in found),
                 "gate": line.gate[k].tolist(),
+                "mean_level": None if np.isnan(line.level[k]) else round(float(line.level[k]), 3),
                 "model_versions": versions,
             }
         )
@@ -745,10 +758,13 @@ def inspect_archive(
     warehouse: Warehouse,
     logger: logging.Logger,
     progress: Callable[[str, int, int], None],
+    drift_reference: dict | None = None,
 ) -> dict:
     """Inspect one recording on the Dask cluster of ``client`` and commit its frames,
-    defects and sheets as one import; a range that cannot be read is a warning row, the
-    rest goes on. Returns what the flow reports. ``progress(archive_id, done, frames)``."""
+    defects, sheets and drift (against ``drift_reference``, tasks.drift) as one import; a
+    range that cannot be read is a warning row, the rest goes on. Returns what the flow
+    reports. ``progress(archive_id, done, frames)``."""
+    from tasks import drift
     from warehouse.store import new_import_id
 
     started = time.perf_counter()
@@ -770,6 +786,14 @@ def inspect_archive(
     status = "partial" if problems else "ok"
     if not results:
         status = "failed"
+    measures = []
+    if drift_reference is not None and results:
+        try:
+            measures = drift.measure(
+                drift_reference, inspected.frames, inspected.defects, inspected.sheets, settings
+            )
+        except ValueError as error:  # a reference of other classes than the model's
+            logger.warning("archive %s: drift not measured (%s)", rec.archive_id, error)
     warehouse.import_archive(
         archive_row(
             rec.archive_id,
@@ -790,9 +814,12 @@ def inspect_archive(
             "defects": inspected.defects,
             "sheets": inspected.sheets,
             "ingest_errors": error_rows(problems, rec.archive_id, import_id),
+            "drift": drift.drift_rows(measures, rec.archive_id, import_id, refs.segmentation),
         },
     )
-    return report(rec, inspected, status, problems, time.perf_counter() - started, logger)
+    summary = report(rec, inspected, status, problems, time.perf_counter() - started, logger)
+    summary["drift"] = drift.summary(measures) if measures else None
+    return summary
 
 
 def run_chunks(

@@ -1,11 +1,23 @@
-"""Builders of small datasets on disk for tests, from the real data in shared/."""
+"""Builders of small datasets on disk for tests, from the real data in shared/, and
+`steelsight serve` started on a home for the HTTP tests."""
 
 from __future__ import annotations
 
 import csv
+import os
 import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
+
+import httpx
+import pytest
+
+BIN = Path(sys.executable).parent
 
 
 def copy_severstal(shared_data: Path, dest: Path) -> Path:
@@ -82,3 +94,70 @@ class MainJob:
     ingested: list[dict]
     inspected: list[dict]
     trained: dict[str, dict]  # kind -> what its retrain run returned
+
+
+@dataclass
+class Server:
+    url: str
+    home: Path
+    log: Path
+    process: subprocess.Popen
+    key: str | None = None  # the key clients send unless told otherwise
+
+    def client(self, key: str | None = "") -> httpx.Client:
+        """An HTTP client sending ``key`` (default: the server's ``key``; None: no key)."""
+        key = self.key if key == "" else key
+        headers = {"X-API-Key": key} if key else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=120)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(
+    home: Path, log: Path, extra_env: dict[str, str], args: list[str], key: str | None = None
+) -> Server:
+    """`steelsight serve` on a free loopback port with the home's models and warehouse,
+    once /readyz says ready."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "STEELSIGHT_HOME": str(home),
+        "STEELSIGHT_DEVICE": "cpu",
+        "STEELSIGHT_SERVE_POLL_S": "1",
+        **extra_env,
+    }
+    env.pop("STEELSIGHT_MLFLOW_TRACKING_URI", None)
+    process = subprocess.Popen(
+        [str(BIN / "steelsight"), "serve", "--port", str(port), *args],
+        env=env,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    server = Server(f"http://127.0.0.1:{port}", home, log, process, key)
+    deadline = time.monotonic() + 240
+    with server.client(key=None) as http:
+        while time.monotonic() < deadline:
+            assert process.poll() is None, log.read_text()[-4000:]
+            try:
+                if http.get("/readyz").status_code == 200:
+                    return server
+            except httpx.TransportError:
+                pass
+            time.sleep(0.5)
+    stop_server(server)
+    pytest.fail(f"the server did not become ready: {log.read_text()[-4000:]}")
+
+
+def stop_server(server: Server) -> None:
+    if server.process.poll() is None:
+        os.killpg(server.process.pid, signal.SIGTERM)
+        try:
+            server.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.process.pid, signal.SIGKILL)
+            server.process.wait(timeout=30)

@@ -80,6 +80,14 @@ class TwinConfig(BaseModel):
         description="How hard each pass treats the marking: wiping, blur, lighting, "
         "contrast, noise. 0 clean, 0.5 moderate, 1 strong.",
     )
+    exposure: float = Field(
+        1.0,
+        gt=0,
+        le=4,
+        description="The inspection camera's exposure relative to the line's usual (1: as "
+        "the models were trained): a lamp ageing or a changed camera setting darkens (<1) "
+        "or brightens (>1) every frame. For drift tests; the station camera keeps 1.",
+    )
     station_width: int = Field(640, ge=64, description="Marking station picture width, px.")
     station_height: int = Field(320, ge=64, description="Marking station picture height, px.")
     station_mm_per_px: float = Field(

@@ -141,12 +141,17 @@ def background(config: TwinConfig, first_line: int) -> np.ndarray:
     return (14 + bars * (1 - 0.5 * across**2)).astype(np.float32)
 
 
-def camera(config: TwinConfig, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """What the camera adds: gain, uneven light across the width, glare, blur, noise."""
+def camera(
+    config: TwinConfig, image: np.ndarray, rng: np.random.Generator, exposure: float = 1.0
+) -> np.ndarray:
+    """What the camera adds: gain, uneven light across the width, glare, blur, noise;
+    ``exposure`` scales the light (1: unchanged, the same pixels as without it)."""
     d = config.distortion
     h, w = image.shape
     across = np.linspace(-1, 1, w, dtype=np.float32)[None, :]
     light = rng.normal(1, 0.05 + 0.12 * d) * (1 - rng.uniform(0.05, 0.3) * across**2)
+    if exposure != 1.0:
+        light = light * exposure
     image = image * light + rng.normal(0, 4 + 8 * d)
     if rng.random() < 0.1 + 0.2 * d:  # glare from a wet spot or the lamp
         cy, cx = rng.uniform(0, h), rng.uniform(0, w)
@@ -204,7 +209,7 @@ def frames(
             marking = _marking_in_frame(sheet, first, h)
             if marking:
                 frame.markings.append(marking)
-        frame.image = camera(config, image, rng_for(seed, FRAME, index))
+        frame.image = camera(config, image, rng_for(seed, FRAME, index), config.exposure)
         frame.rles = {c: rle_encode(masks[c]) for c in CLASS_IDS}
         yield frame
 

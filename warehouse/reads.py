@@ -31,9 +31,18 @@ def sheet_passes(
     grade: str | None = None,
     limit: int = 100,
     offset: int = 0,
+    identified: bool | None = None,
+    line_id: str | None = None,
 ) -> list[dict]:
-    """Sheets seen in [since, until), of one grade if given, newest first."""
+    """Sheets seen in [since, until), of one grade, identified or not, of one line if
+    given; newest first."""
     where, params = [], []
+    if identified is not None:
+        where.append("(sheet_id <> 'unknown') = ?")
+        params.append(identified)
+    if line_id is not None:
+        where.append("line_id = ?")
+        params.append(line_id)
     if since is not None:
         where.append("seen_at >= ?")
         params.append(since)
@@ -104,6 +113,14 @@ def references_key(cur, imprint_version: str) -> tuple:
 
 
 # -- sheet maps and the quality page ---------------------------------------------------------
+def line_ids(cur) -> list[str]:
+    """The lines recordings came from."""
+    rows = cur.execute(
+        "SELECT DISTINCT line_id FROM archives WHERE line_id IS NOT NULL ORDER BY 1"
+    ).fetchall()
+    return [r[0] for r in rows]
+
+
 def find_archive(cur, name: str) -> str | None:
     """The inspected archive with this id, or whose folder has this name (the newest)."""
     rows = cur.execute(
@@ -181,3 +198,50 @@ def frame_defects(cur, archive_id: str, frame_id: str) -> list[dict]:
 def archive_location(cur, archive_id: str) -> str | None:
     rows = cur.execute("SELECT path FROM archives WHERE archive_id = ?", [archive_id]).fetchall()
     return rows[0][0] if rows else None
+
+
+# -- drift ------------------------------------------------------------------------------------
+def drift_overview(cur, limit: int = 50) -> list[dict]:
+    """The newest inspected recordings with their drift: flagged or not, the worst class's
+    gate PSI and the share of unknown sheets."""
+    return (
+        cur.sql(
+            "SELECT a.archive_id, parse_filename(a.path) AS recording, a.line_id, "
+            "a.imported_at AS inspected_at, bool_or(d.drifted) AS drifted, "
+            "max(d.value) FILTER (WHERE d.measure = 'gate_psi') AS worst_gate_psi, "
+            "arg_max(d.subject, d.value) FILTER (WHERE d.measure = 'gate_psi') AS worst_class, "
+            "max(d.value) FILTER (WHERE d.measure = 'unknown_share') AS unknown_share, "
+            "max(d.value) FILTER (WHERE d.measure = 'identified_similarity') "
+            "AS identified_similarity, max(d.samples) FILTER (WHERE d.measure = 'gate_psi') "
+            "AS frames, any_value(d.model_version) AS model_version "
+            "FROM drift AS d JOIN archives AS a USING (archive_id) "
+            "GROUP BY ALL ORDER BY inspected_at DESC, archive_id LIMIT ?",
+            params=[limit],
+        )
+        .to_arrow_table()
+        .to_pylist()
+    )
+
+
+def drift_measures(cur, archive_id: str) -> list[dict]:
+    """Every drift row of one recording."""
+    return (
+        cur.sql(
+            "SELECT measure, subject, value, reference, threshold, drifted, samples "
+            "FROM drift WHERE archive_id = ? ORDER BY measure, subject",
+            params=[archive_id],
+        )
+        .to_arrow_table()
+        .to_pylist()
+    )
+
+
+def latest_drift(cur) -> tuple[str, list[dict]] | None:
+    """The newest inspected recording that has drift rows, and its rows."""
+    rows = cur.execute(
+        "SELECT archive_id FROM archives WHERE archive_id IN (SELECT archive_id FROM drift) "
+        "ORDER BY imported_at DESC LIMIT 1"
+    ).fetchall()
+    if not rows:
+        return None
+    return rows[0][0], drift_measures(cur, rows[0][0])

@@ -233,6 +233,12 @@ FRAMES = TableSpec(
             col("n_defects", pa.int32(), "Defects found on the frame."),
             col("defect_pixels", pa.int64(), "Pixels of the frame inside a defect."),
             col("gate", pa.list_(pa.float32()), "Gate probability per defect class, in order."),
+            col(
+                "mean_level",
+                pa.float32(),
+                "Mean grey level of the frame (0-255): what the camera's light gave.",
+                nullable=True,
+            ),
             col("model_versions", pa.string(), "Models that produced the row (JSON)."),
         ]
     ),
@@ -392,6 +398,53 @@ SHEET_REFERENCES = TableSpec(
     references={("archive_id",): ("archives", ("archive_id",))},
 )
 
+DRIFT = TableSpec(
+    name="drift",
+    description=(
+        "Per inspected recording, what the models saw compared with what they were "
+        "validated on (core.drift): one row per measure and class (or 'sheets')."
+    ),
+    schema=pa.schema(
+        [
+            ARCHIVE_ID,
+            IMPORT_ID,
+            col(
+                "measure",
+                pa.string(),
+                "gate_psi (population stability index of the class's gate probabilities "
+                "against the champion's holdout), defect_share (share of frames with a defect "
+                "of the class), unknown_share (share of sheets not identified), "
+                "identified_similarity (median verified similarity of identified sheets).",
+            ),
+            col("subject", pa.string(), "The class the measure is of, or 'sheets'."),
+            col(
+                "value",
+                pa.float64(),
+                "The archive's value; null: nothing to measure.",
+                nullable=True,
+            ),
+            col(
+                "reference",
+                pa.float64(),
+                "The holdout's value where there is one (gate_psi: 0).",
+                nullable=True,
+            ),
+            col(
+                "threshold",
+                pa.float64(),
+                "Settings' threshold above which the measure flags the archive; null: reported "
+                "only.",
+                nullable=True,
+            ),
+            col("drifted", pa.bool_(), "The value is above the threshold."),
+            col("samples", pa.int64(), "Frames or sheets the value is of."),
+            col("model_version", pa.string(), "The segmenter whose holdout is the reference."),
+        ]
+    ),
+    key=("archive_id", "measure", "subject"),
+    references={("archive_id",): ("archives", ("archive_id",))},
+)
+
 INGEST_ERRORS = TableSpec(
     name="ingest_errors",
     description=(
@@ -426,6 +479,7 @@ TABLES: MappingProxyType[str, TableSpec] = MappingProxyType(
             DEFECTS,
             SHEETS,
             SHEET_REFERENCES,
+            DRIFT,
             INGEST_ERRORS,
         )
     }

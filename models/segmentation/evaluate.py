@@ -16,6 +16,7 @@ class SegmentationEvaluation:
     report: dict  # mean_dice, empty_score, per_class ...
     gate: np.ndarray  # (N, C) gate probabilities, for PR curves
     presence: np.ndarray  # (N, C) truth: class present
+    predicted: np.ndarray  # (N, C) a defect of the class found on the frame
 
 
 def evaluate_segmenter(
@@ -29,11 +30,14 @@ def evaluate_segmenter(
         raise ValueError(
             f"frames are {data.images.shape[1:]}, the model was trained on {segmenter.frame_shape}"
         )
-    counts, gates = [], []
+    counts, gates, found = [], [], []
     for start in range(0, len(data), batch_size):
         index = np.arange(start, min(start + batch_size, len(data)))
         prediction = segmenter.predict(data.images[index], batch_size)
         counts.append(PairCounts.of(prediction.masks, data.masks(index)))
         gates.append(prediction.gate)
+        found.append(prediction.masks.any(axis=(2, 3)))
     report = segmentation_report(PairCounts.concat(counts), data.classes)
-    return SegmentationEvaluation(report, np.concatenate(gates), data.presence())
+    return SegmentationEvaluation(
+        report, np.concatenate(gates), data.presence(), np.concatenate(found)
+    )

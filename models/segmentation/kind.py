@@ -30,11 +30,22 @@ def fit(
 
 
 def evaluate(model, data, plots: Path | None = None) -> dict:
-    """Mean Dice and the per-class table on ``data``; with ``plots``, the gate's PR curves
-    and overlays of a few frames (one per class where possible) there."""
+    """Mean Dice and the per-class table on ``data``, and what the frames looked like to
+    the model (``drift_reference``: inspection compares each archive with it); with
+    ``plots``, the gate's PR curves and overlays of a few frames (one per class where
+    possible) there."""
+    from core.drift import reference_of
     from models.segmentation.evaluate import evaluate_segmenter
 
     result = evaluate_segmenter(model, data)
+    levels = data.images.reshape(len(data.images), -1).mean(axis=1)
+    result.report["drift_reference"] = reference_of(
+        result.gate,
+        result.predicted,
+        levels,
+        list(data.classes.values()),
+        units=len(np.unique(data.groups)),
+    )
     if plots is not None:
         from models import plots as draw
 

@@ -215,7 +215,9 @@ async def _file_parts(
     return parts
 
 
-async def _submit(state: ServerState, jobs: list[FrameJob]) -> list[FrameAnswer]:
+async def submit(state: ServerState, jobs: list[FrameJob]) -> list[FrameAnswer]:
+    """The answers of the served models to ``jobs``, through the micro-batcher; 503 when
+    no models are loaded or the queue is full. Counted in the metrics."""
     if state.champions.current is None:
         raise ApiError(503, "no_models", f"no models loaded: {state.champions.problem}")
     try:
@@ -279,7 +281,7 @@ async def inspect_frame(
         data = await _read_body(request, state.limits)
         job = FrameJob(await run_in_threadpool(decode_frame, data, state.limits, "body"), overlay)
     request.state.frames = 1
-    answers = await _submit(state, [job])
+    answers = await submit(state, [job])
     return JSONResponse(_answer(answers[0]))
 
 
@@ -361,7 +363,7 @@ async def inspect_batch(
         items.append({"name": name, "result": len(jobs), "error": None})
         jobs.append(FrameJob(frame, overlay))
     request.state.frames = len(jobs)
-    answers = await _submit(state, jobs) if jobs else []
+    answers = await submit(state, jobs) if jobs else []
     for item in items:
         if item["result"] is not None:
             item["result"] = _answer(answers[item["result"]])

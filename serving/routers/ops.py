@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request, Response
@@ -14,6 +15,7 @@ from serving.state import ServerState
 from warehouse import reads
 
 router = APIRouter()
+log = logging.getLogger(__name__)
 
 
 def _state(request: Request) -> ServerState:
@@ -49,6 +51,11 @@ def readyz(request: Request) -> JSONResponse:
 def metrics(request: Request) -> Response:
     state = _state(request)
     state.metrics.queued.set(state.batcher.queued)
+    try:
+        with state.cursor() as cur:
+            state.metrics.drifted(reads.latest_drift(cur))
+    except Exception as error:  # no warehouse yet: the other metrics all the same
+        log.debug("drift not in the metrics: %s", getattr(error, "message", error))
     body, content_type = state.metrics.exposition()
     return Response(body, media_type=content_type)
 

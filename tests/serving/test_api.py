@@ -12,7 +12,6 @@ import csv
 import json
 import os
 import shutil
-import signal
 import socket
 import sqlite3
 import subprocess
@@ -20,7 +19,6 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -34,7 +32,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from core.labels import SEVERSTAL_CLASSES
 from core.rle import rle_decode
 from tasks.inspection_report import compare_defects
-from tests.helpers import LINE_SHEETS, MainJob
+from tests.helpers import LINE_SHEETS, MainJob, Server, free_port, start_server, stop_server
 from warehouse.schema import TABLES
 from warehouse.store import Warehouse, new_import_id
 
@@ -44,24 +42,6 @@ KEY = "mes-line-1-" + "k" * 24
 OTHER_KEY = "mes-line-1-" + "x" * 24
 NAMED_SHEET = "S-TEST-0002"  # the ID the test gives the line's sheet 2
 FIELD_ONLY = b'--b\r\nContent-Disposition: form-data; name="frame"\r\n\r\nabc\r\n--b--\r\n'
-
-
-@dataclass
-class Server:
-    url: str
-    home: Path
-    log: Path
-    process: subprocess.Popen
-
-    def client(self, key: str | None = KEY) -> httpx.Client:
-        headers = {"X-API-Key": key} if key else {}
-        return httpx.Client(base_url=self.url, headers=headers, timeout=120)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _home_copy(main_job: MainJob, dest: Path) -> Path:
@@ -100,48 +80,6 @@ def _name_sheet(home: Path, archive_id: str, sheet_index: int, sheet_id: str) ->
         tables[name] = pa.Table.from_pylist(table, schema=tables[name].schema)
     (archive_row,) = tables.pop("archives").to_pylist()
     warehouse.import_archive({**archive_row, "import_id": import_id}, tables)
-
-
-def _start(home: Path, log: Path, extra_env: dict[str, str], args: list[str]) -> Server:
-    port = _free_port()
-    env = {
-        **os.environ,
-        "STEELSIGHT_HOME": str(home),
-        "STEELSIGHT_DEVICE": "cpu",
-        "STEELSIGHT_SERVE_POLL_S": "1",
-        **extra_env,
-    }
-    env.pop("STEELSIGHT_MLFLOW_TRACKING_URI", None)
-    process = subprocess.Popen(
-        [str(BIN / "steelsight"), "serve", "--port", str(port), *args],
-        env=env,
-        stdout=log.open("w"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    server = Server(f"http://127.0.0.1:{port}", home, log, process)
-    deadline = time.monotonic() + 240
-    with server.client() as http:
-        while time.monotonic() < deadline:
-            assert process.poll() is None, log.read_text()[-4000:]
-            try:
-                if http.get("/readyz").status_code == 200:
-                    return server
-            except httpx.TransportError:
-                pass
-            time.sleep(0.5)
-    _stop(server)
-    pytest.fail(f"the server did not become ready: {log.read_text()[-4000:]}")
-
-
-def _stop(server: Server) -> None:
-    if server.process.poll() is None:
-        os.killpg(server.process.pid, signal.SIGTERM)
-        try:
-            server.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.process.pid, signal.SIGKILL)
-            server.process.wait(timeout=30)
 
 
 @pytest.fixture(scope="module")
@@ -183,9 +121,9 @@ def server(main_job: MainJob, line: dict, tmp_path_factory: pytest.TempPathFacto
         "STEELSIGHT_SERVE_BODY_TIMEOUT_S": "4",
         "STEELSIGHT_SERVE_MAX_HEAD_BYTES": "8192",
     }
-    started = _start(home, root / "serve.log", env, [])
+    started = start_server(home, root / "serve.log", env, [], key=KEY)
     yield started
-    _stop(started)
+    stop_server(started)
 
 
 def _png(frame: np.ndarray) -> bytes:
@@ -222,10 +160,50 @@ def test_operations_endpoints_and_docs(server: Server) -> None:
         metrics = _metrics(http)
         assert 'steelsight_model_info{kind="segmentation",version="1"} 1.0' in metrics
         assert "steelsight_request_seconds_bucket" in metrics
-        assert http.get("/docs").status_code == 200
+        assert "_created" not in metrics  # one series per counter, as the conventions say
+        docs = http.get("/docs")
+        assert docs.status_code == 200 and "/docs/files/swagger-ui-bundle.js" in docs.text
+        assert "cdn" not in docs.text and http.get("/docs/files/swagger-ui-bundle.js").is_success
         spec = http.get("/openapi.json").json()
         body = spec["paths"]["/v1/inspect"]["post"]["requestBody"]["content"]
         assert {"image/jpeg", "image/png", "multipart/form-data"} <= set(body)
+    # the key is a security scheme on every operation that checks it, and only those
+    assert spec["components"]["securitySchemes"]["ApiKey"] == {
+        "type": "apiKey",
+        "in": "header",
+        "name": "X-API-Key",
+        "description": spec["components"]["securitySchemes"]["ApiKey"]["description"],
+    }
+    keyed = {
+        (path, method)
+        for path, operations in spec["paths"].items()
+        for method, operation in operations.items()
+        if operation.get("security") == [{"ApiKey": []}]
+    }
+    assert keyed == {
+        ("/v1/inspect", "post"),
+        ("/v1/inspect/batch", "post"),
+        ("/v1/sheets", "get"),
+        ("/v1/sheets/{sheet_id}", "get"),
+        ("/v1/models", "get"),
+    }
+    # every refusal documented in the shape the API sends, none in FastAPI's own
+    assert "HTTPValidationError" not in spec["components"]["schemas"]
+    for path, method in keyed:
+        responses = spec["paths"][path][method]["responses"]
+        assert ("401" in responses and "422" in responses) or path == "/v1/models"
+        for status, response in responses.items():
+            if status.startswith(("4", "5")):
+                content = response["content"]["application/json"]
+                assert content["schema"] == {"$ref": "#/components/schemas/ErrorBody"}
+                for example in content["examples"].values():
+                    assert example["value"]["error"]["status"] == int(status)
+    with server.client(key=None) as http:
+        refused = http.get("/v1/models")
+    documented = spec["paths"]["/v1/models"]["get"]["responses"]["401"]["content"]
+    assert set(refused.json()["error"]) == set(
+        documented["examples"]["unauthorized"]["value"]["error"]
+    )
     with server.client() as http:
         models = http.get("/v1/models").json()
     assert {m["kind"]: m["version"] for m in models["served"]} == {
@@ -260,7 +238,7 @@ def test_no_keys_is_refused_unless_allowed(tmp_path: Path) -> None:
     for name in ("STEELSIGHT_API_KEYS", "STEELSIGHT_ALLOW_NO_KEYS"):
         env.pop(name, None)
     refused = subprocess.run(
-        [str(BIN / "steelsight"), "serve", "--port", str(_free_port())],
+        [str(BIN / "steelsight"), "serve", "--port", str(free_port())],
         env=env,
         capture_output=True,
         text=True,
@@ -336,7 +314,17 @@ def test_twin_frames_give_the_defects_the_twin_drew_and_the_inspect_job_found(
     shape = line["frames"][0].shape
     served = []
     gates, markings = {}, {}
+
+    def counted(http: httpx.Client) -> tuple[float, float, float]:
+        metrics = _metrics(http)
+        return (
+            sum(v for _, v in _samples(metrics, "steelsight_frames_inspected_total")),
+            sum(v for _, v in _samples(metrics, "steelsight_defects_total")),
+            sum(v for _, v in _samples(metrics, "steelsight_identities_total")),
+        )
+
     with server.client() as http:
+        before = counted(http)
         for start in range(0, len(line["ids"]), 4):
             ids = line["ids"][start : start + 4]
             files = [
@@ -355,6 +343,10 @@ def test_twin_frames_give_the_defects_the_twin_drew_and_the_inspect_job_found(
                 gates[frame_id] = result["gate"]
                 markings[frame_id] = len(result["markings"])
                 served += [{**d, "frame_id": frame_id} for d in result["defects"]]
+        after = counted(http)
+    # the domain counters say what was answered: frames, defects, one identity per frame
+    n = len(line["ids"])
+    assert [a - b for a, b in zip(after, before, strict=True)] == [n, len(served), n]
     classes = dict(SEVERSTAL_CLASSES)
     report = compare_defects(line["truth"], served, classes, shape)
     scratches = report["scratches"]
@@ -594,7 +586,7 @@ def test_a_flood_beyond_the_queue_gets_503_then_service_resumes(
     home = _home_copy(main_job, tmp_path / "home")
     env = {"STEELSIGHT_SERVE_QUEUE_FRAMES": "3", "STEELSIGHT_SERVE_BATCH_FRAMES": "2"}
     env_clear = {"STEELSIGHT_API_KEYS": "{}"}
-    flood = _start(
+    flood = start_server(
         home, tmp_path / "serve.log", {**env, **env_clear}, ["--allow-no-keys", "--workers", "2"]
     )
     try:
@@ -644,7 +636,7 @@ def test_a_flood_beyond_the_queue_gets_503_then_service_resumes(
             ("POST", "503"): float(codes.count(503)),
         }
     finally:
-        _stop(flood)
+        stop_server(flood)
 
 
 # -- clients a plant cannot trust -----------------------------------------------------------
