@@ -5,15 +5,16 @@
 - Every refusal a route can give is documented with the one error shape
   (``{"error": {...}}``, serving.errors) and an example per code; FastAPI's own 422 schema,
   which the API never sends, is replaced.
-- ``/docs`` is Swagger UI from the swagger-ui-bundle package's files, served by the API
-  itself: nothing comes from a CDN.
+- ``/docs`` is Swagger UI 5 (OpenAPI 3.1: FastAPI's) from the fastapi-offline package's
+  files, served by the API itself: nothing comes from a CDN.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import NamedTuple
 
-import swagger_ui_bundle
+import fastapi_offline
 from fastapi import FastAPI
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.openapi.utils import get_openapi
@@ -24,6 +25,9 @@ from serving.schemas import ErrorBody
 from serving.security import KEY_SCHEME
 
 SCHEME = KEY_SCHEME.scheme_name
+# Swagger UI's files as the fastapi-offline package ships them (its own app factory
+# replaces FastAPI; only the files are used)
+SWAGGER_FILES = Path(fastapi_offline.__file__).parent / "static"
 DOCS_FILES = "/docs/files"
 
 
@@ -129,7 +133,7 @@ def install(app: FastAPI, key_header: str, open_access: bool) -> None:
         return spec
 
     app.openapi = schema  # type: ignore[method-assign]
-    app.mount(DOCS_FILES, StaticFiles(directory=swagger_ui_bundle.swagger_ui_path), "docs-files")
+    app.mount(DOCS_FILES, StaticFiles(directory=SWAGGER_FILES), "docs-files")
 
     @app.get("/docs", include_in_schema=False)
     async def docs() -> HTMLResponse:
@@ -138,7 +142,7 @@ def install(app: FastAPI, key_header: str, open_access: bool) -> None:
             title=f"{app.title} — API",
             swagger_js_url=f"{DOCS_FILES}/swagger-ui-bundle.js",
             swagger_css_url=f"{DOCS_FILES}/swagger-ui.css",
-            swagger_favicon_url=f"{DOCS_FILES}/favicon-32x32.png",
+            swagger_favicon_url=f"{DOCS_FILES}/favicon.png",
             # no online validator badge: nothing leaves the plant
             swagger_ui_parameters={"persistAuthorization": True, "validatorUrl": None},
         )

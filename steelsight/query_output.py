@@ -64,9 +64,33 @@ def _batch_writer(
             yield writer.write_batch
 
 
+def _flat_for_csv(relation):
+    """The relation with its nested columns (maps, lists, structs: CSV has none) as JSON
+    text, e.g. ``{"scratches": 3}``."""
+    nested = {
+        f.name
+        for f in relation.to_arrow_reader(1).schema
+        if pa.types.is_nested(f.type) or pa.types.is_map(f.type)
+    }
+    if not nested:
+        return relation
+
+    def quoted(name: str) -> str:
+        return '"' + name.replace('"', '""') + '"'
+
+    return relation.project(
+        ", ".join(
+            f"to_json({quoted(c)})::VARCHAR AS {quoted(c)}" if c in nested else quoted(c)
+            for c in relation.columns
+        )
+    )
+
+
 def write_rows(relation, output_format: str, out: Path | None) -> int:
     """Write every row of a DuckDB relation as ``csv``, ``json`` or ``parquet`` (``table``
-    to a file is CSV too); returns the number of rows."""
+    to a file is CSV too; nested values as JSON text there); returns the number of rows."""
+    if output_format not in ("json", "parquet"):
+        relation = _flat_for_csv(relation)
     reader = relation.to_arrow_reader(BATCH_ROWS)
     rows = 0
     with _destination(out) as f, _batch_writer(output_format, f, reader.schema) as write:

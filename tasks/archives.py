@@ -600,6 +600,13 @@ def decode_frames(
 def read_frames(archive: Path) -> Iterator[tuple[str, np.ndarray]]:
     """(frame_id, grey frame) of a recording in order, as its manifest and index say.
     ArchiveError when the manifest or index cannot be read, FrameError at a bad frame."""
+    ids, video, frames_dir = frame_sources(archive)
+    yield from zip(ids, decode_frames(video, frames_dir, 0, ids), strict=False)
+
+
+def frame_sources(archive: Path) -> tuple[list[str], str | None, str | None]:
+    """A recording's frame ids in order, its video and its frames folder, as its
+    manifest and index say (for decode_frames); ArchiveError when they cannot be read."""
     manifest = read_manifest(archive)
     files = manifest.files
     index = archive / (files.frame_index or files.sheets)
@@ -609,7 +616,7 @@ def read_frames(archive: Path) -> Iterator[tuple[str, np.ndarray]]:
         raise ArchiveError(f"{index} cannot be read ({error})") from None
     video = str(archive / files.video) if files.video else None
     frames_dir = str(archive / files.frames) if files.frames else None
-    yield from zip(ids, decode_frames(video, frames_dir, 0, ids), strict=False)
+    return ids, video, frames_dir
 
 
 # -- registering ---------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import numpy as np
 
 from core import drawing
 from core.rle import rle_decode
-from tasks.archives import ArchiveError, FrameError, decode_frames, read_manifest
+from tasks.archives import ArchiveError, FrameError, decode_frames, frame_sources, read_manifest
 from warehouse import reads
 
 
@@ -93,25 +93,23 @@ def write_sheet_map(cur, archive_id: str, sheet_index: int, out: Path) -> Path:
 
 def frame_overlay(cur, archive_id: str, frame_id: str) -> np.ndarray:
     """One frame of a recording with the defects found on it drawn, BGR."""
-    from tasks.inspection import recording  # the recording's frame index and files
-
     path = reads.archive_location(cur, archive_id)
     if path is None:
         raise SheetMapError(f"no archive {archive_id} in the warehouse")
     try:
-        rec = recording(archive_id, Path(path))
-        position = rec.frame_ids.index(frame_id)
-        frame = next(decode_frames(rec.video, rec.frames_dir, position, [frame_id]))
+        ids, video, frames_dir = frame_sources(Path(path))
+        position = ids.index(frame_id)
+        frame = next(decode_frames(video, frames_dir, position, [frame_id]))
     except ValueError:
+        raise SheetMapError(f"{path} has no frame {frame_id!r} in its index") from None
+    except (ArchiveError, FrameError) as error:
         raise SheetMapError(
-            f"frame {frame_id!r} of {archive_id} cannot be read from {path}: the recording "
-            "is not where the warehouse says, or the frame is not in its index"
+            f"frame {frame_id!r} of {archive_id} cannot be read: {error} (is the recording "
+            "still where the archives table says?)"
         ) from None
-    except FrameError as error:
-        raise SheetMapError(str(error)) from None
     found = reads.frame_defects(cur, archive_id, frame_id)
     classes = max((d["class_id"] for d in found), default=0)
     masks = np.zeros((max(classes, 1), *frame.shape), bool)
     for d in found:
-        masks[d["class_id"] - 1] |= rle_decode(d["rle"], frame.shape)
+        masks[d["class_id"] - 1] |= rle_decode(d["rle"], frame.shape).astype(bool)
     return drawing.overlay(frame, masks)

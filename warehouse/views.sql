@@ -82,13 +82,15 @@ SELECT
     defect_area_ratio
 FROM sheet_passes;
 
--- Per line, production day and shift: sheets, how many were identified, how many had a
--- defect, defects per sheet and the grades given.
-CREATE OR REPLACE VIEW quality_by_shift AS
+-- Per line and production day, and per shift within it: sheets, how many were
+-- identified, how many had a defect, defects per sheet and the grades given (whole_day:
+-- the day's row, for all its shifts). quality_by_shift and quality_by_day read it.
+CREATE OR REPLACE VIEW quality_rollup AS
 SELECT
     line_id,
     production_day,
     shift,
+    grouping(shift) = 1 AS whole_day,
     count(*) AS sheets,
     count(*) FILTER (WHERE identified) AS identified,
     count(*) FILTER (WHERE n_defects > 0) AS with_defects,
@@ -97,21 +99,14 @@ SELECT
     round(avg(defect_area_ratio), 6) AS mean_defect_area_ratio,
     histogram(grade) AS grades
 FROM sheet_shifts
-GROUP BY ALL
+GROUP BY GROUPING SETS ((line_id, production_day, shift), (line_id, production_day));
+
+-- Per line, production day and shift: sheets, identified, defect rate, grades.
+CREATE OR REPLACE VIEW quality_by_shift AS
+SELECT * EXCLUDE (whole_day) FROM quality_rollup WHERE NOT whole_day
 ORDER BY line_id, production_day, shift;
 
 -- The same per line and production day.
 CREATE OR REPLACE VIEW quality_by_day AS
-SELECT
-    line_id,
-    production_day,
-    count(*) AS sheets,
-    count(*) FILTER (WHERE identified) AS identified,
-    count(*) FILTER (WHERE n_defects > 0) AS with_defects,
-    round(avg(CAST(n_defects > 0 AS DOUBLE)), 4) AS defect_rate,
-    round(avg(n_defects), 3) AS defects_per_sheet,
-    round(avg(defect_area_ratio), 6) AS mean_defect_area_ratio,
-    histogram(grade) AS grades
-FROM sheet_shifts
-GROUP BY ALL
+SELECT * EXCLUDE (whole_day, shift) FROM quality_rollup WHERE whole_day
 ORDER BY line_id, production_day;

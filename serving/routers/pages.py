@@ -156,18 +156,25 @@ def sheet(
     return _page(request, "sheet.html", client, sheet=found, defects=defects, frames=frames)
 
 
+def _picture(request: Request, draw, *args) -> Response:
+    """A PNG drawn from the warehouse (tasks.sheet_maps); 404 saying why it cannot be."""
+    from tasks.sheet_maps import SheetMapError
+
+    try:
+        with _state(request).cursor() as cur:
+            picture = draw(cur, *args)
+    except SheetMapError as error:
+        raise ApiError(404, "no_picture", str(error)) from None
+    return Response(drawing.png(picture), media_type="image/png")
+
+
 @router.get("/sheets/{archive_id}/{sheet_index}/map.png")
 def sheet_map_png(
     request: Request, archive_id: ArchiveRef, sheet_index: SheetRef, _client: Client
 ) -> Response:
-    from tasks.sheet_maps import SheetMapError, sheet_map
+    from tasks.sheet_maps import sheet_map
 
-    try:
-        with _state(request).cursor() as cur:
-            picture = sheet_map(cur, archive_id, sheet_index)
-    except SheetMapError as error:
-        raise ApiError(404, "no_sheet_map", str(error)) from None
-    return Response(drawing.png(picture), media_type="image/png")
+    return _picture(request, sheet_map, archive_id, sheet_index)
 
 
 @router.get("/frames/{archive_id}/{frame_id}.png")
@@ -177,14 +184,9 @@ def frame_png(
     frame_id: Annotated[str, PathParam(min_length=1, max_length=256)],
     _client: Client,
 ) -> Response:
-    from tasks.sheet_maps import SheetMapError, frame_overlay
+    from tasks.sheet_maps import frame_overlay
 
-    try:
-        with _state(request).cursor() as cur:
-            picture = frame_overlay(cur, archive_id, frame_id)
-    except SheetMapError as error:
-        raise ApiError(404, "no_frame", str(error)) from None
-    return Response(drawing.png(picture), media_type="image/png")
+    return _picture(request, frame_overlay, archive_id, frame_id)
 
 
 @router.get("/inspect", response_class=HTMLResponse)
