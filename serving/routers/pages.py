@@ -43,10 +43,12 @@ def _state(request: Request) -> ServerState:
     return request.app.state.server
 
 
-def _page(request: Request, name: str, client: str, status: int = 200, **context) -> HTMLResponse:
+def _page(
+    request: Request, template: str, client: str, status: int = 200, **context
+) -> HTMLResponse:
     return templates.TemplateResponse(
         request,
-        name,
+        template,
         {"client": client, "open_access": _state(request).keys.open, **context},
         status_code=status,
     )
@@ -218,7 +220,7 @@ async def inspect_upload(request: Request, client: Client) -> HTMLResponse:
         "inspect.html",
         client,
         answer=answer,
-        name=upload.filename,
+        frame_name=upload.filename,
         problem=None,
         gate=sorted(answer.gate.items(), key=lambda kv: -kv[1]),
         class_ids={d["class_name"]: d["class_id"] for d in answer.defects},
