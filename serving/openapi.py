@@ -143,6 +143,7 @@ def install(app: FastAPI, key_header: str, open_access: bool) -> None:
             swagger_js_url=f"{DOCS_FILES}/swagger-ui-bundle.js",
             swagger_css_url=f"{DOCS_FILES}/swagger-ui.css",
             swagger_favicon_url=f"{DOCS_FILES}/favicon.png",
-            # no online validator badge: nothing leaves the plant
-            swagger_ui_parameters={"persistAuthorization": True, "validatorUrl": None},
+            # no online validator badge: nothing leaves the plant; the key is not kept in
+            # the browser's storage (Swagger's persistAuthorization stays off)
+            swagger_ui_parameters={"validatorUrl": None},
         )

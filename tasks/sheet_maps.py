@@ -63,17 +63,20 @@ def sheet_map(cur, archive_id: str, sheet_index: int, width_px: int = 1600) -> n
             "outside the recording), so it cannot be drawn to scale"
         )
     mm_per_px, frame_shape = _geometry(sheet)
+    found = reads.sheet_defects(cur, archive_id, sheet_index)
     defects = [
         drawing.MapDefect(
             d["class_id"], d["class_name"], d["rle"], tuple(d["bbox"]), d["x_mm"], d["y_mm"]
         )
-        for d in reads.sheet_defects(cur, archive_id, sheet_index)
+        for d in found
         if d["x_mm"] is not None and d["y_mm"] is not None
     ]
     seen = f", seen {sheet['seen_at']:%Y-%m-%d %H:%M} UTC" if sheet["seen_at"] else ""
+    unplaced = len(found) - len(defects)
     title = (
         f"sheet {sheet['sheet_id']} - {archive_id} #{sheet_index}{seen} - "
         f"grade {sheet['grade']} - {sheet['n_defects']} defects"
+        + (f" ({unplaced} not drawn: the sheet's edge was not found there)" if unplaced else "")
     )
     outline = drawing.SheetOutline(
         title, sheet["length_mm"], sheet["width_mm"], mm_per_px, frame_shape

@@ -36,7 +36,6 @@ router = APIRouter(prefix="/ui", include_in_schema=False)
 templates = Jinja2Templates(directory=Path(__file__).resolve().parents[1] / "templates")
 templates.env.globals["class_colour"] = drawing.hex_colour
 Client = Annotated[str, Depends(page_client)]
-IDENTITY = ("identified", "unknown")
 
 
 def _state(request: Request) -> ServerState:
