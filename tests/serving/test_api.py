@@ -200,7 +200,9 @@ def test_operations_endpoints_and_docs(server: Server) -> None:
                     assert example["value"]["error"]["status"] == int(status)
     with server.client(key=None) as http:
         refused = http.get("/v1/models")
-    documented = spec["paths"]["/v1/models"]["get"]["responses"]["401"]["content"]
+    documented = spec["paths"]["/v1/models"]["get"]["responses"]["401"]["content"][
+        "application/json"
+    ]
     assert set(refused.json()["error"]) == set(
         documented["examples"]["unauthorized"]["value"]["error"]
     )
