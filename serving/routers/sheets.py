@@ -27,7 +27,7 @@ def _utc(moment: datetime | None) -> datetime | None:
 @router.get(
     "/v1/sheets",
     response_model=SheetListOut,
-    summary="Sheets seen on the line, newest first, by time window and grade.",
+    summary="Sheets seen on the line, newest first, by time window, grade, line and identity.",
     responses=responses(
         UNAUTHORIZED,
         INVALID,
@@ -50,6 +50,13 @@ def list_sheets(
         datetime | None, Query(description="Seen before (ISO 8601; UTC if no zone).")
     ] = None,
     grade: Annotated[str | None, Query(max_length=32, description="Only this grade.")] = None,
+    line: Annotated[
+        str | None, Query(max_length=128, description="Only sheets of this line (line_id).")
+    ] = None,
+    identified: Annotated[
+        bool | None,
+        Query(description="true: only identified sheets; false: only those answered unknown."),
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
 ) -> SheetListOut:
@@ -60,7 +67,9 @@ def list_sheets(
             422, "empty_window", f"until ({until}) is not after since ({since})", "until"
         )
     with state.cursor() as cur:
-        rows = reads.sheet_passes(cur, since, until, grade, limit, offset)
+        rows = reads.sheet_passes(
+            cur, since, until, grade, limit, offset, identified=identified, line_id=line
+        )
     return SheetListOut(sheets=rows, limit=limit, offset=offset)
 
 

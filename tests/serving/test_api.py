@@ -484,6 +484,16 @@ def test_sheets_come_from_the_warehouse(server: Server, line: dict) -> None:
         assert http.get("/v1/sheets", params={"grade": "Z"}).json()["sheets"] == []
         page = http.get("/v1/sheets", params={"limit": 2, "offset": 2}).json()["sheets"]
         assert page == listed[2:4]
+        # by identity and line: the named sheet is the only identified one, on line-1
+        named = http.get("/v1/sheets", params={"identified": "true"}).json()["sheets"]
+        assert [(s["sheet_id"], s["line_id"], s["camera_id"]) for s in named] == [
+            (NAMED_SHEET, "line-1", "line-1-inspection")
+        ]
+        unknown = http.get("/v1/sheets", params={"identified": "false"}).json()["sheets"]
+        assert len(unknown) == len(listed) - 1
+        on_line = http.get("/v1/sheets", params={"line": "line-1"}).json()["sheets"]
+        assert on_line == [s for s in listed if s["line_id"] == "line-1"] and on_line
+        assert http.get("/v1/sheets", params={"line": "line-9"}).json()["sheets"] == []
         sheet = http.get(f"/v1/sheets/{NAMED_SHEET}").json()
     assert sheet["sheet_id"] == NAMED_SHEET and sheet["sheet_index"] == 2 and sheet["passes"] == 1
     stored = warehouse.query(
