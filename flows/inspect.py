@@ -24,7 +24,7 @@ from prefect.events import emit_event
 
 from core.settings import Settings, get_settings
 from flows.progress import ProgressHook
-from tasks.drift import reference_for
+from tasks.drift import described, reference_for
 from tasks.identify import registration_key
 from tasks.inspection import ModelRefs, Registries, attempt, inspect_archive, not_inspected
 from warehouse import queries
@@ -172,14 +172,10 @@ def inspect_archive_task(
 
 
 def announce_drift(row: dict, refs: ModelRefs, drift: dict, logger) -> None:
-    flagged = ", ".join(
-        f"{f['measure']} of {f['subject']} {f['value']:.3g} > {f['threshold']:.3g}"
-        for f in drift["flagged"]
-    )
     logger.warning(
         "archive %s has drifted from what the models were validated on: %s",
         row["archive_id"],
-        flagged,
+        described(drift),
     )
     emit_event(
         event="steelsight.archive.drifted",

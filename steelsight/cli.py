@@ -302,12 +302,11 @@ def inspect(
         if s["reason"]:
             console.print(f"{s['archive_id']} ({s['status']}): {s['reason']}", highlight=False)
         if s.get("drift") and s["drift"]["drifted"]:
-            flagged = ", ".join(
-                f"{f['measure']} of {f['subject']} {f['value']:.3g} > {f['threshold']:.3g}"
-                for f in s["drift"]["flagged"]
-            )
+            from tasks.drift import described
+
             console.print(
-                f"{s['archive_id']} has drifted from the champion's holdout: {flagged} "
+                f"{s['archive_id']} has drifted from the champion's holdout: "
+                f"{described(s['drift'])} "
                 "(the drift table; the quality page's /ui/drift)",
                 highlight=False,
             )

@@ -124,7 +124,7 @@ def run_demo(
     from flows.inspect import inspect, progress_to
     from steelsight.query_output import rich_table
     from tasks.inspection_report import against_twin
-    from warehouse import queries
+    from warehouse import queries, reads
     from warehouse.store import Warehouse
 
     started = time.perf_counter()
@@ -157,7 +157,8 @@ def run_demo(
         )
 
     warehouse = Warehouse(settings.warehouse_dir).ensure()
-    archive_id = queries.inspected_archive_named(warehouse, f"line-1-inspection-s{LINE_SEED}")
+    with warehouse.connect() as con:
+        archive_id = reads.find_archive(con, f"line-1-inspection-s{LINE_SEED}")
     if archive_id is None:
         console.print("[red]the demo line was not inspected: see the messages above[/red]")
         return

@@ -99,3 +99,11 @@ def summary(measures: list[Measure]) -> dict:
         if m.drifted
     ]
     return {"drifted": bool(flagged), "flagged": flagged}
+
+
+def described(drift: dict) -> str:
+    """A summary's flagged measures in one line, for the log and the terminal."""
+    return ", ".join(
+        f"{f['measure']} of {f['subject']} {f['value']:.3g} > {f['threshold']:.3g}"
+        for f in drift["flagged"]
+    )

@@ -142,17 +142,6 @@ def archive_defects(warehouse: Warehouse, archive_id: str) -> list[dict]:
     ).to_pylist()
 
 
-def inspected_archive_named(warehouse: Warehouse, name: str) -> str | None:
-    """The id of the inspected archive whose folder is called ``name``."""
-    found = _one(
-        warehouse.query(
-            "SELECT archive_id FROM archives WHERE path LIKE ? AND inspected_with IS NOT NULL",
-            [f"%/{name}"],
-        )
-    )
-    return found["archive_id"] if found else None
-
-
 def sheet_summary(warehouse: Warehouse, archive_id: str) -> pa.Table:
     """One line per sheet of an archive, for a person: id, size, defects, grade."""
     return warehouse.query(

@@ -133,15 +133,11 @@ def find_archive(cur, name: str) -> str | None:
 
 def find_sheet(cur, archive_id: str, sheet: str) -> int | None:
     """The sheet of the archive by its index (a number) or its identified ID."""
+    index = int(sheet) if sheet.isdigit() else -1
     rows = cur.execute(
         "SELECT sheet_index FROM sheets WHERE archive_id = ? AND (sheet_index = ? OR "
         "(sheet_id = ? AND sheet_id <> 'unknown')) ORDER BY sheet_index <> ?, sheet_index",
-        [
-            archive_id,
-            int(sheet) if sheet.isdigit() else -1,
-            sheet,
-            int(sheet) if sheet.isdigit() else -1,
-        ],
+        [archive_id, index, sheet, index],
     ).fetchall()
     return int(rows[0][0]) if rows else None
 
@@ -150,13 +146,12 @@ def sheet_to_draw(cur, archive_id: str, sheet_index: int) -> dict | None:
     """A sheet with what drawing it needs: its size, frames and the recording's scale."""
     rows = (
         cur.sql(
-            "SELECT s.sheet_id, s.sheet_index, s.archive_id, s.grade, s.length_mm, s.width_mm, "
-            "s.first_frame, s.last_frame, s.first_line, s.last_line, s.n_defects, "
-            "s.defect_counts, s.similarity, s.complete, a.path, a.line_id, a.camera_id, "
-            "a.mm_per_px, a.frame_width, a.frame_height, p.seen_at "
-            "FROM sheets AS s JOIN archives AS a USING (archive_id) "
-            "JOIN sheet_passes AS p USING (archive_id, sheet_index) "
-            "WHERE s.archive_id = ? AND s.sheet_index = ?",
+            "SELECT p.sheet_id, p.sheet_index, p.archive_id, p.grade, p.length_mm, p.width_mm, "
+            "p.first_frame, p.last_frame, p.first_line, p.last_line, p.n_defects, "
+            "p.defect_counts, p.similarity, p.complete, p.archive_path AS path, p.line_id, "
+            "p.camera_id, p.seen_at, a.mm_per_px, a.frame_width, a.frame_height "
+            "FROM sheet_passes AS p JOIN archives AS a USING (archive_id) "
+            "WHERE p.archive_id = ? AND p.sheet_index = ?",
             params=[archive_id, sheet_index],
         )
         .to_arrow_table()
