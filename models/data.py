@@ -116,7 +116,8 @@ class SegmentationData:
 
 @dataclass
 class ClassificationData:
-    """Grey images (N, H, W) uint8, one class index each into ``class_names``."""
+    """Images (N, H, W) grey or (N, H, W, 3) RGB, uint8, one class index each into
+    ``class_names``."""
 
     source: str
     ids: list[str]

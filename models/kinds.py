@@ -163,7 +163,7 @@ KINDS: Mapping[str, ModelKind] = MappingProxyType(
             ModelKind(
                 name="classification",
                 registered_name="steelsight-classifier",
-                summary="NEU classes",
+                summary="ResNet defect classes of whole pictures, grey or colour",
                 data="a NEU-DET folder (images/ + annotations/) or one folder of images per class",
                 reader="class-images",
                 score="accuracy",
@@ -212,6 +212,16 @@ def kind(name: str) -> ModelKind:
 
 def family(name: str) -> Family:
     return kind(name).implementation  # type: ignore[return-value]
+
+
+GREY_FRAMES = (-1, -1, -1)  # (N, H, W) uint8: what every family's pyfunc takes unless it says
+
+
+def input_shape(name: str, config: dict) -> tuple[int, ...]:
+    """The shape of the uint8 pictures ``name``'s registered model takes: its family's
+    ``inputs(config)`` where it has one (a colour classifier: (N, H, W, 3)), else grey."""
+    inputs = getattr(family(name), "inputs", None)
+    return tuple(inputs(config)) if inputs is not None else GREY_FRAMES
 
 
 def exportable(name: str) -> bool:

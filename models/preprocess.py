@@ -1,4 +1,5 @@
-"""Turning grey uint8 pictures into network input, identically in training and inference.
+"""Turning uint8 pictures (grey, or colour for a classifier of colour pictures) into
+network input, identically in training and inference.
 
 The recipe (input size, mean, standard deviation) is stored with each registered model.
 """
@@ -10,6 +11,34 @@ from dataclasses import asdict, dataclass
 import cv2
 import numpy as np
 
+# A picture is in colour when its channels differ by more than this many grey levels on
+# average (the most against the least of each pixel): a grey picture stored as colour
+# (NEU's JPEGs) differs by 0, and JPEG's chroma noise on a grey one by a level or less.
+COLOUR_SPREAD = 2.0
+
+
+def colourful(rgb: np.ndarray) -> bool:
+    """Whether an (H, W, 3) uint8 picture shows colour, not grey stored as colour."""
+    spread = rgb.max(axis=2).astype(np.int16) - rgb.min(axis=2)
+    return bool(spread.mean() > COLOUR_SPREAD)
+
+
+def with_channels(images: np.ndarray, channels: int) -> np.ndarray:
+    """Pictures (N, H, W) grey or (N, H, W, 3) RGB, uint8, as ``channels`` 1 (grey, (N, H,
+    W)) or 3 (RGB, (N, H, W, 3)): grey repeated into three channels, or RGB to grey as
+    OpenCV weighs it."""
+    if channels not in (1, 3):
+        raise ValueError(f"pictures have 1 (grey) or 3 (RGB) channels, not {channels}")
+    colour = images.ndim == 4
+    if (colour and images.shape[3] != 3) or images.ndim not in (3, 4):
+        raise ValueError(f"expected pictures (N, H, W) or (N, H, W, 3), got {images.shape}")
+    if colour == (channels == 3):
+        return images
+    if colour:
+        grey = [cv2.cvtColor(np.ascontiguousarray(i), cv2.COLOR_RGB2GRAY) for i in images]
+        return np.stack(grey) if grey else np.zeros(images.shape[:3], np.uint8)
+    return np.repeat(images[..., None], 3, axis=3)
+
 
 @dataclass(frozen=True)
 class Preprocess:
@@ -19,15 +48,17 @@ class Preprocess:
     std: float
 
     def resize(self, images: np.ndarray) -> np.ndarray:
-        """(N, H, W) uint8 → (N, height, width) uint8, area-averaged."""
-        if images.shape[1:] == (self.height, self.width):
+        """(N, H, W[, C]) uint8 → (N, height, width[, C]) uint8, area-averaged."""
+        if images.shape[1:3] == (self.height, self.width):
             return images
         size = (self.width, self.height)
         return np.stack([cv2.resize(i, size, interpolation=cv2.INTER_AREA) for i in images])
 
     def normalise(self, resized: np.ndarray) -> np.ndarray:
-        """(N, h, w) uint8 → (N, 1, h, w) float32, zero mean and unit spread."""
-        x = resized.astype(np.float32)[:, None]
+        """(N, h, w) uint8 → (N, 1, h, w) float32, zero mean and unit spread; colour
+        (N, h, w, C) → (N, C, h, w), the one mean and spread over all channels."""
+        x = resized.astype(np.float32)
+        x = np.ascontiguousarray(x.transpose(0, 3, 1, 2)) if x.ndim == 4 else x[:, None]
         return (x / 255.0 - self.mean) / self.std
 
     def __call__(self, images: np.ndarray) -> np.ndarray:

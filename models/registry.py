@@ -186,7 +186,7 @@ def _device() -> str:
 
 
 def _signature(kind: str, config: dict) -> ModelSignature:
-    images = Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1))])
+    images = Schema([TensorSpec(np.dtype(np.uint8), kinds.input_shape(kind, config))])
     dtype, shape = kinds.family(kind).output(config)
     return ModelSignature(inputs=images, outputs=Schema([TensorSpec(dtype, shape)]))
 

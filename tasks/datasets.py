@@ -29,6 +29,7 @@ from core.labels import (
     read_csv_rows,
 )
 from models.data import ClassificationData, SegmentationData, digest_ids
+from models.preprocess import colourful, with_channels
 from tasks.archives import ArchiveError, read_frames, read_manifest
 from tasks.identity import find_pairs, load_observations, write_yolo_dataset
 from tasks.labels import READERS as LABEL_READERS
@@ -139,17 +140,37 @@ def load_segmentation(path: Path) -> SegmentationData:
 
 
 def _resize_to(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    if image.shape == shape:
+    if image.shape[:2] == shape:
         return image
     return cv2.resize(image, (shape[1], shape[0]), interpolation=cv2.INTER_AREA)
+
+
+# A data set is in colour when at least this share of its pictures is: colour may be what
+# tells its classes apart (red scale), while a grey set loses nothing but a channel count.
+COLOUR_SHARE = 0.1
+
+
+def _class_picture(path: Path) -> np.ndarray | None:
+    """A picture to classify: RGB (H, W, 3) uint8 when it shows colour, else grey (H, W)
+    (a grey picture stored as colour, as NEU's JPEGs are, becomes grey); None: unreadable."""
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        return None
+    rgb = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    return rgb if colourful(rgb) else cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
 
 
 def _classification_data(
     path: Path, ids: list[str], pixels: list[np.ndarray], labels: list[int], names: list[str]
 ) -> ClassificationData:
-    """Pictures brought to the folder's most common size, stacked with their labels."""
-    shape = Counter(p.shape for p in pixels).most_common(1)[0][0]
-    pixels = [_resize_to(p, shape) for p in pixels]
+    """Pictures brought to the folder's most common size, and all to colour when enough of
+    them are in colour (else all to grey), stacked with their labels."""
+    colour = bool(pixels) and sum(p.ndim == 3 for p in pixels) >= COLOUR_SHARE * len(pixels)
+    channels = 3 if colour else 1
+    if colour:
+        log.info("%s: pictures in colour, classified in colour (RGB)", path)
+    shape = Counter(p.shape[:2] for p in pixels).most_common(1)[0][0]
+    pixels = [with_channels(_resize_to(p, shape)[None], channels)[0] for p in pixels]
     return ClassificationData(str(path), ids, np.stack(pixels), np.array(labels), names)
 
 
@@ -177,7 +198,7 @@ def _neu_det(path: Path) -> ClassificationData:
             continue
         mixed += len(classes_of[image.image_id]) > 1
         ids.append(image.image_id)
-        pixels.append(cv2.imread(str(image.path), cv2.IMREAD_GRAYSCALE))
+        pixels.append(_class_picture(image.path))
         labels.append(names.index(name))
     if mixed:
         log.info(
@@ -195,7 +216,7 @@ def _class_folders(path: Path) -> ClassificationData:
         for file in sorted((path / name).iterdir()):
             if file.suffix.lower() not in IMAGE_SUFFIXES:
                 continue
-            image = cv2.imread(str(file), cv2.IMREAD_GRAYSCALE)
+            image = _class_picture(file)
             if image is None:
                 log.warning("skipped %s: not a readable image", file)
                 continue

@@ -11,7 +11,7 @@ import torch
 
 from models.classifier.network import ClassifierSpec, ResNetClassifier
 from models.devices import autocast, resolve_device
-from models.preprocess import Preprocess
+from models.preprocess import Preprocess, with_channels
 
 FORMAT = "steelsight-classifier/1"
 
@@ -33,11 +33,14 @@ class Classifier:
 
     @torch.inference_mode()
     def predict_proba(self, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
-        """Class probabilities (N, K) for grey uint8 pictures (N, H, W) of any one size."""
-        if images.ndim != 3 or images.dtype != np.uint8:
+        """Class probabilities (N, K) for uint8 pictures of any one size, grey (N, H, W) or
+        RGB (N, H, W, 3): brought to the channels the network was trained on."""
+        if images.ndim not in (3, 4) or images.dtype != np.uint8:
             raise ValueError(
-                f"expected grey uint8 pictures (N, H, W), got {images.dtype} {images.shape}"
+                f"expected uint8 pictures (N, H, W) or (N, H, W, 3), got {images.dtype} "
+                f"{images.shape}"
             )
+        images = with_channels(images, self.spec.channels)
         out = []
         for start in range(0, len(images), batch_size):
             x = torch.from_numpy(self.preprocess(images[start : start + batch_size])).to(

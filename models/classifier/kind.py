@@ -69,8 +69,14 @@ def load(bundle: Path, device: str):
     return Classifier.load(bundle, device)
 
 
+def inputs(config: dict) -> tuple[int, ...]:
+    """Grey pictures (N, H, W), or RGB (N, H, W, 3) for a classifier trained in colour."""
+    return (-1, -1, -1, 3) if config["network"].get("channels", 1) == 3 else (-1, -1, -1)
+
+
 def predict(model, frames: np.ndarray) -> np.ndarray:
-    """Grey pictures (N, H, W) uint8 → class probabilities (N, K) float32."""
+    """Pictures (N, H, W) grey or (N, H, W, 3) RGB, uint8 → class probabilities (N, K)
+    float32."""
     return model.predict_proba(frames).astype(np.float32)
 
 

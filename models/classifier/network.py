@@ -1,4 +1,5 @@
-"""Single-label defect classifier: a ResNet on grey pictures (seed 002's design, from scratch)."""
+"""Single-label defect classifier: a ResNet on grey or colour pictures (seed 002's design,
+from scratch)."""
 
 from __future__ import annotations
 
@@ -15,16 +16,17 @@ class ClassifierSpec:
     encoder: str = "resnet18"
     n_classes: int = 6
     members: int = 1  # networks trained apart, their probabilities averaged
+    channels: int = 1  # 1: grey pictures; 3: colour (RGB), where the data set has colour
 
 
 def _member(spec: ClassifierSpec) -> nn.Module:
-    net = build_resnet(spec.encoder)
+    net = build_resnet(spec.encoder, spec.channels)
     net.fc = nn.Sequential(nn.Dropout(0.2), nn.Linear(STAGE_CHANNELS[4], spec.n_classes))
     return net
 
 
 class ResNetClassifier(nn.Module):
-    """(N,1,H,W) float → class logits (N,K). With several members, the logits are the log
+    """(N,C,H,W) float → class logits (N,K). With several members, the logits are the log
     of the members' mean probabilities, so that their softmax is that mean."""
 
     def __init__(self, spec: ClassifierSpec) -> None:

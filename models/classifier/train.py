@@ -22,7 +22,7 @@ from models.classifier.classifier import Classifier
 from models.classifier.network import ClassifierSpec, ResNetClassifier
 from models.data import ClassificationData
 from models.devices import autocast, resolve_device
-from models.preprocess import Preprocess
+from models.preprocess import Preprocess, with_channels
 
 log = logging.getLogger(__name__)
 
@@ -173,10 +173,11 @@ def fit(
     g = torch.Generator().manual_seed(seed)
     dev = resolve_device(device)
     pre = Preprocess.fit(train.images, recipe.input_size, recipe.input_size)
-    spec = ClassifierSpec(recipe.encoder, len(train.class_names), recipe.members)
+    channels = 3 if train.images.ndim == 4 else 1  # colour where the data set has it
+    spec = ClassifierSpec(recipe.encoder, len(train.class_names), recipe.members, channels)
     x, labels = torch.from_numpy(pre(train.images)), torch.from_numpy(train.labels).long()
     vx, vlabels = (
-        torch.from_numpy(pre(validation.images)),
+        torch.from_numpy(pre(with_channels(validation.images, channels))),
         torch.from_numpy(validation.labels).long(),
     )
     weights = class_weights(train.labels, len(train.class_names)).to(dev)

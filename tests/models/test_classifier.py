@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from dataclasses import replace
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -11,7 +16,7 @@ import torch
 from models.classifier.classifier import Classifier
 from models.classifier.network import ClassifierSpec, ResNetClassifier
 from models.classifier.train import _augment, class_weights, fit, recipe_for
-from models.preprocess import Preprocess
+from models.preprocess import Preprocess, with_channels
 from tasks.datasets import load_classification
 from tests.helpers import copy_neu_subset
 
@@ -35,6 +40,74 @@ def test_class_folders_are_a_dataset_too(tmp_path: Path, shared_data: Path) -> N
     data = load_classification(tmp_path)
     assert data.class_names == ["crazing", "scratches"]
     assert data.labels.tolist() == [0, 0, 0, 1, 1, 1]
+
+
+def write_colour_set(folder: Path, per_class: int) -> Path:
+    """Class folders of noisy pictures whose classes differ only in colour: each class adds
+    a chroma that OpenCV's grey weights cancel, so in grey the classes look alike."""
+    rng = np.random.default_rng(0)
+    chroma = {"blue_scale": (0.0, -9.7, 50.0), "red_scale": (40.0, -20.4, 0.0)}
+    for name, rgb_shift in chroma.items():
+        (folder / name).mkdir(parents=True)
+        for k in range(per_class):
+            grey = cv2.GaussianBlur(rng.uniform(70, 180, (48, 48)), (0, 0), 2)
+            rgb = np.clip(grey[..., None] + np.array(rgb_shift), 0, 255).astype(np.uint8)
+            cv2.imwrite(str(folder / name / f"{k}.png"), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    return folder
+
+
+def test_a_colour_set_is_classified_in_colour(tmp_path: Path) -> None:
+    """A plant's class folders in colour keep their colour: here only colour tells the
+    classes apart, which a grey classifier cannot learn."""
+    data = load_classification(write_colour_set(tmp_path / "colour", per_class=60))
+    assert data.images.shape[1:] == (48, 48, 3)
+    grey = with_channels(data.images, 1).astype(np.float32)
+    assert abs(grey[data.labels == 0].mean() - grey[data.labels == 1].mean()) < 1  # no grey cue
+    split = data.splits()
+    train, validation = data.subset(split["train"]), data.subset(split["validation"])
+    unseen = data.subset(np.concatenate([split["validation"], split["holdout"]]))
+    recipe = recipe_for("tiny", epochs=6)
+    colour = fit(train, validation, recipe, "cpu").classifier
+    assert colour.spec.channels == 3
+    assert float((colour.predict(unseen.images) == unseen.labels).mean()) >= 0.9
+
+    # the control: the same pictures in grey
+    train, validation = (replace(d, images=with_channels(d.images, 1)) for d in (train, validation))
+    blind = fit(train, validation, recipe, "cpu").classifier
+    assert blind.spec.channels == 1
+    assert float((blind.predict(with_channels(unseen.images, 1)) == unseen.labels).mean()) <= 0.75
+
+    loaded = Classifier.load(colour.save(tmp_path / "bundle"))
+    assert loaded.spec.channels == 3
+    assert np.array_equal(loaded.predict_proba(unseen.images), colour.predict_proba(unseen.images))
+    assert loaded.predict_proba(grey.astype(np.uint8)[:3]).shape == (3, 2)  # grey is taken too
+
+
+@pytest.mark.e2e
+def test_train_registers_a_colour_classifier_that_mlflow_serves_in_colour(
+    home: Path, tmp_path: Path
+) -> None:
+    """`steelsight train classification` on colour class folders, as a user runs it: the
+    registered model's signature takes RGB pictures and its pyfunc answers them."""
+    import mlflow
+
+    from core.settings import get_settings
+    from models import registry
+
+    folder = write_colour_set(tmp_path / "colour", per_class=30)
+    steelsight = Path(sys.executable).parent / "steelsight"
+    command = [str(steelsight), "train", "classification", "--data", str(folder), "--size", "tiny"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=os.environ)
+    assert result.returncode == 0, result.stderr[-2000:]
+
+    registry.connect(get_settings())
+    pyfunc = mlflow.pyfunc.load_model(registry.model_uri("classification", "champion"))
+    assert pyfunc.metadata.get_input_schema().inputs[0].shape == (-1, -1, -1, 3)
+    pictures = load_classification(folder).images[:4]
+    assert pictures.shape == (4, 48, 48, 3)
+    probabilities = pyfunc.predict(pictures)
+    assert probabilities.shape == (4, 2)
+    assert np.allclose(probabilities.sum(axis=1), 1, atol=1e-4)
 
 
 def test_class_weights_favour_the_rare_class() -> None:
