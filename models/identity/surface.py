@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
@@ -310,12 +310,13 @@ def verify(
     scores = np.full(len(templates), -1.0, np.float32)
     turns = [0.0] * len(templates) if turns is None else list(turns)
     shifts = [0.0] * len(templates) if shifts is None else [float(s) for s in shifts]
-    windows: dict[tuple[float, float], tuple[np.ndarray, np.ndarray] | None] = {}
+    windows: dict[tuple[float, float], _Window | None] = {}
     reach = (WINDOW[0], WINDOW[1] + 2 * int(np.ceil(max(map(abs, shifts), default=0.0))))
     banded = _banded(query, box, TEMPLATE_BAND, reach, steel, seams)
     for i, template in enumerate(templates):
         if not np.any(template):
             continue
+        slid: _Slid | None = None
         for d in degrees:
             turn = round(float(d) - float(turns[i]), 3)
             key = (turn, shifts[i])
@@ -327,13 +328,85 @@ def verify(
                     windows[key] = None
                     continue
                 steel_part = (_scaled(valid, TEMPLATE_SCALE) > 0.99).astype(np.float32)
-                windows[key] = (_scaled(band_passed, TEMPLATE_SCALE), steel_part)
+                windows[key] = _Window(_scaled(band_passed, TEMPLATE_SCALE), steel_part)
             if windows[key] is None:
                 continue
-            w, steel_part = windows[key]
-            found = cv2.matchTemplate(template, w, cv2.TM_CCORR_NORMED, mask=steel_part)
-            # where the template is empty under the query's steel (a station window
-            # that left its picture), the normalisation divides by 0: no evidence
-            found = np.nan_to_num(found, nan=-1.0, posinf=-1.0, neginf=-1.0)
-            scores[i] = max(scores[i], float(found.max()))
+            if slid is None:
+                slid = _Slid.of(template)
+            scores[i] = max(scores[i], slid.best(windows[key]))
     return scores
+
+
+def _spectrum(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """OpenCV's packed spectrum of ``image`` placed in zeros of ``shape``."""
+    padded = np.zeros(shape, np.float32)
+    padded[: image.shape[0], : image.shape[1]] = image
+    return cv2.dft(padded)
+
+
+@dataclass
+class _Window:
+    """A query's window at template scale and the steel in it (1/0), with their spectra
+    at each transform size asked for (one per template size: all of an index's agree)."""
+
+    values: np.ndarray
+    steel: np.ndarray
+    spectra: dict = field(default_factory=dict)
+
+    def at(self, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, float]:
+        """(spectrum of the values on the steel, spectrum of the steel, the values'
+        energy on the steel) for transforms of ``shape``."""
+        if shape not in self.spectra:
+            on_steel = self.values * self.steel
+            self.spectra[shape] = (
+                _spectrum(on_steel, shape),
+                _spectrum(self.steel, shape),
+                float(np.square(on_steel, dtype=np.float64).sum()),
+            )
+        return self.spectra[shape]
+
+
+@dataclass(frozen=True)
+class _Slid:
+    """A candidate's template ready to have windows slid over it: its spectrum and its
+    square's, transformed once for all the turns tried."""
+
+    shape: tuple[int, int]  # the template's
+    size: tuple[int, int]  # the transforms'
+    values: np.ndarray
+    squares: np.ndarray
+    floor: float  # below this, a window's steel covers no template (numerical zero)
+
+    @staticmethod
+    def of(template: np.ndarray) -> _Slid:
+        template = np.asarray(template, np.float32)
+        size = (cv2.getOptimalDFTSize(template.shape[0]), cv2.getOptimalDFTSize(template.shape[1]))
+        squared = np.square(template)
+        return _Slid(
+            template.shape,
+            size,
+            _spectrum(template, size),
+            _spectrum(squared, size),
+            1e-5 * float(squared.sum(dtype=np.float64)),
+        )
+
+    def best(self, window: _Window) -> float:
+        """The best normalised correlation of ``window`` slid over the template, only its
+        steel counting: what ``cv2.matchTemplate(template, values, TM_CCORR_NORMED,
+        mask=steel)`` gives (within 1e-6), its two sums taken as products of spectra
+        that every turn and candidate share. -1 where the template is empty under the
+        window's steel (a station window that left its picture): no evidence."""
+        on_steel, steel, energy = window.at(self.size)
+        rows = self.shape[0] - window.values.shape[0] + 1
+        cols = self.shape[1] - window.values.shape[1] + 1
+        if rows < 1 or cols < 1 or energy <= 0:
+            return -1.0
+        flags = cv2.DFT_REAL_OUTPUT | cv2.DFT_SCALE
+        products = cv2.mulSpectrums(self.values, on_steel, 0, conjB=True)
+        covered = cv2.mulSpectrums(self.squares, steel, 0, conjB=True)
+        products = cv2.idft(products, flags=flags)[:rows, :cols]
+        covered = cv2.idft(covered, flags=flags)[:rows, :cols]
+        found = np.where(
+            covered > self.floor, products / np.sqrt(np.maximum(covered, self.floor) * energy), -1.0
+        )
+        return float(found.max())
