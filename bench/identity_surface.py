@@ -17,6 +17,9 @@ sheets are told apart among real impostors is `steelsight evaluate identity`'s.
 Methods, interleaved in every round so a noisy machine hits all alike:
   search, einsum (baseline): the descriptor search as first written, np.einsum;
   search, matmul: the same products as one BLAS call (what SurfaceIndex.candidates does);
+  verify, matchTemplate (baseline): the nearest candidates verified by cv2.matchTemplate,
+    once per candidate and turn (surface.verify(by_spectra=False));
+  verify, spectra: the same scores as products of spectra (what identify does);
   identify: the whole of pipeline.identify for one marking (describe, search, verify).
 
     python bench/identity_surface.py [--rounds 5] [--sizes 1000 10000 100000]
@@ -125,6 +128,19 @@ def measure(index: SurfaceIndex, queries: list, rounds: int) -> list[str]:
     wrong = sum(a.sheet_id not in (s, UNKNOWN) for (s, *_), a in zip(queries, answers, strict=True))
     einsum = median_ms(lambda: einsum_search(index, query), rounds)
     matmul = median_ms(lambda: matmul_search(index, query), rounds)
+    steel = surface.steel_mask(frame)
+    chosen = index.candidates(query, surface.DESCRIPTOR_SHIFTS, None, surface.CANDIDATES, 0)
+    templates = [index.templates[i].astype(np.float32) for i, _, _ in chosen]
+    turns, shifts = [t for _, t, _ in chosen], [d for _, _, d in chosen]
+
+    def verified(by_spectra: bool) -> np.ndarray:
+        return surface.verify(
+            frame, box, templates, steel, turns, shifts=shifts, by_spectra=by_spectra
+        )
+
+    assert np.allclose(verified(True), verified(False), atol=1e-5)
+    by_matching = median_ms(lambda: verified(False), rounds)
+    by_spectra = median_ms(lambda: verified(True), rounds)
     whole = median_ms(
         lambda: pipeline.identify(frame, box, index, threshold, before, after), rounds
     )
@@ -136,6 +152,9 @@ def measure(index: SurfaceIndex, queries: list, rounds: int) -> list[str]:
         f"{einsum:.1f}",
         f"{matmul:.1f}",
         f"{einsum / matmul:.1f}",
+        f"{by_matching:.1f}",
+        f"{by_spectra:.1f}",
+        f"{by_matching / by_spectra:.1f}",
         f"{whole:.1f}",
         f"{right}/{len(queries)}, {wrong} wrong",
         f"{len(index) * d_bytes / 1e9:.2f} + {len(index) * t_bytes / 1e9:.2f} = {gb:.2f}",
@@ -160,6 +179,9 @@ def main() -> None:
         "search, einsum (baseline)",
         "search, matmul",
         "x baseline",
+        "verify, matchTemplate (baseline)",
+        "verify, spectra",
+        "x baseline ",
         "identify, whole",
         "right / asked",
         "registry GB (descriptors + templates)",

@@ -261,29 +261,6 @@ def test_a_weak_box_of_a_marking_already_found_is_not_identified_again() -> None
     assert _rescues_only(rows, 0.25)[:, 4].tolist() == pytest.approx([0.9, 0.15, 0.3])
 
 
-def _verified_by_matchtemplate(query, box, templates, steel=None, turns=None, shifts=None):
-    """``surface.verify`` as it was written first: cv2.matchTemplate with the window's
-    steel as mask, once per turn and candidate (the reference its figures rest on)."""
-    turns = [0.0] * len(templates) if turns is None else turns
-    shifts = [0.0] * len(templates) if shifts is None else shifts
-    reach = (surface.WINDOW[0], surface.WINDOW[1] + 2 * int(np.ceil(max(map(abs, shifts)))))
-    banded = surface._banded(query, box, surface.TEMPLATE_BAND, reach, steel, ())
-    scores = np.full(len(templates), -1.0, np.float32)
-    for i, template in enumerate(templates):
-        if not np.any(template):
-            continue
-        for d in surface.SEARCH_DEGREES:
-            band_passed, valid = surface._turned(banded, d - turns[i], surface.WINDOW, shifts[i])
-            if valid.mean() < 0.3:
-                continue
-            mask = (surface._scaled(valid, surface.TEMPLATE_SCALE) > 0.99).astype(np.float32)
-            w = surface._scaled(band_passed, surface.TEMPLATE_SCALE)
-            found = cv2.matchTemplate(template, w, cv2.TM_CCORR_NORMED, mask=mask)
-            found = np.nan_to_num(found, nan=-1.0, posinf=-1.0, neginf=-1.0)
-            scores[i] = max(scores[i], float(found.max()))
-    return scores
-
-
 def test_verification_by_spectra_scores_as_matchtemplate_did() -> None:
     """Verification slides each window over a candidate's template as products of their
     spectra, transformed once per candidate and turn: the same scores as OpenCV's masked
@@ -306,7 +283,9 @@ def test_verification_by_spectra_scores_as_matchtemplate_did() -> None:
         (cut, cut_steel, None, [8.0, 0.0, 0.0, 0.0]),
     ]
     for picture, mask, turns, shifts in cases:
-        expected = _verified_by_matchtemplate(picture, box, templates, mask, turns, shifts)
+        expected = surface.verify(
+            picture, box, templates, mask, turns, shifts=shifts, by_spectra=False
+        )
         found = surface.verify(picture, box, templates, mask, turns, shifts=shifts)
         assert np.allclose(found, expected, atol=1e-5), (found, expected)
     assert expected[0] > 0.5 and expected[3] == -1  # the cases are the ones meant
