@@ -37,7 +37,7 @@ from tasks.labels import SourceError
 
 log = logging.getLogger(__name__)
 TWIN_SPLIT_BLOCK = 8  # consecutive frames (about 2 m of line) that share a split
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
 
 
 def dataset_kind(path: Path) -> str:
