@@ -181,7 +181,7 @@ def main() -> None:
         "x baseline",
         "verify, matchTemplate (baseline)",
         "verify, spectra",
-        "x baseline ",
+        "verify x baseline",
         "identify, whole",
         "right / asked",
         "registry GB (descriptors + templates)",
