@@ -133,25 +133,38 @@ def _markings(served: Served, jobs: list[FrameJob]) -> list[list[dict]]:
         for i, row in zip(marks.owners, marks.boxes, strict=True):
             out[i].append(_marking(row, UNKNOWN, None, None))
         return out
-    # as the inspection workers do: weak detections too, kept when they verify
-    marks = find_markings(served.marking, served.imprint, frames, len(frames), weak=True)
-    paint = embed(served.imprint, marks.crops)
+    # as the inspection workers do: weak detections too, kept when they verify; a frame
+    # sent with the one before it is also looked at across the seam between them, as
+    # the workers look at the seam above every frame (a marking it cuts is the lower
+    # frame's), with the frame before's detections
+    pictures, follows, slot = [], [], []
+    for job in jobs:
+        if job.before is not None:
+            pictures.append(job.before)
+            follows.append(False)
+        slot.append(len(pictures))
+        pictures.append(job.frame)
+        follows.append(job.before is not None and job.before.shape == job.frame.shape)
+    marks = find_markings(
+        served.marking, served.imprint, pictures, len(pictures), weak=True, follows=follows
+    )
+    job_of = {p: i for i, p in enumerate(slot)}
+    ours = np.array([int(o) in job_of for o in marks.owners], bool).reshape(-1)
+    owners = np.array([job_of.get(int(o), -1) for o in marks.owners], np.int64)[ours]
+    boxes, crops = marks.boxes[ours], marks.crops[ours]
+    paint = embed(served.imprint, crops)
     cut = {
-        int(i)
-        for i, box in zip(marks.owners, marks.boxes, strict=True)
-        if on_seam(box, jobs[i].frame.shape[0])
+        int(i) for i, box in zip(owners, boxes, strict=True) if on_seam(box, jobs[i].frame.shape[0])
     }
-    beside = _neighbour_detections(served, jobs, cut)
-    verdicts: list = [None] * len(marks)
+    below = _detections_after(served, jobs, cut, [marks.per_picture[k] for k in slot])
+    verdicts: list = [None] * len(boxes)
     for i, job in enumerate(jobs):
-        mine = np.flatnonzero(marks.owners == i)
+        mine = np.flatnonzero(owners == i)
         if not len(mine):
             continue
+        above = marks.per_picture[slot[i] - 1] if job.before is not None else None
         one = Markings(
-            np.zeros(len(mine), np.int64),
-            marks.boxes[mine],
-            marks.crops[mine],
-            [marks.per_picture[i]],
+            np.zeros(len(mine), np.int64), boxes[mine], crops[mine], [marks.per_picture[slot[i]]]
         )
         found = identify_markings(
             one,
@@ -161,34 +174,38 @@ def _markings(served: Served, jobs: list[FrameJob]) -> list[list[dict]]:
             job.before,
             job.after,
             paint[mine],
-            edge_markings=beside.get(i, (None, None)),
+            edge_markings=(above, below.get(i)),
         )
         for n, verdict in zip(mine, found, strict=True):
             verdicts[n] = verdict
-    keep = kept(marks.boxes[:, 4], verdicts, served.marking.conf)
-    for i, row, verdict, k in zip(marks.owners, marks.boxes, verdicts, keep, strict=True):
+    keep = kept(boxes[:, 4], verdicts, served.marking.conf)
+    for i, row, verdict, k in zip(owners, boxes, verdicts, keep, strict=True):
         if k:
             out[i].append(_marking(row, verdict.sheet_id, verdict.nearest, verdict.similarity))
     return out
 
 
-def _neighbour_detections(
-    served: Served, jobs: list[FrameJob], cut: set[int]
-) -> dict[int, tuple[np.ndarray | None, np.ndarray | None]]:
-    """The detections of the neighbours sent with the jobs ``cut`` (those with a marking
-    on the frame's edge: no other marking looks at them), found as the workers find a
-    neighbour's, in one call."""
-    pictures, slots = [], []
+def _detections_after(
+    served: Served, jobs: list[FrameJob], cut: set[int], rows: list[np.ndarray]
+) -> dict[int, np.ndarray]:
+    """The detections of the frames sent after the jobs ``cut`` (those with a marking on
+    the frame's edge: no other marking looks at them), found as the workers find the
+    next frame's: with the markings across the seam above it (the job's frame and its
+    detections ``rows[i]`` above)."""
+    found = {}
     for i in sorted(cut):
-        for side, picture in enumerate((jobs[i].before, jobs[i].after)):
-            if picture is not None:
-                pictures.append(picture)
-                slots.append((i, side))
-    found = line_detections(served.marking, pictures, max(1, len(pictures)), weak=True)
-    out: dict[int, list] = {}
-    for (i, side), rows in zip(slots, found, strict=True):
-        out.setdefault(i, [None, None])[side] = rows
-    return {i: (rows[0], rows[1]) for i, rows in out.items()}
+        after = jobs[i].after
+        if after is not None:
+            follows = [after.shape == jobs[i].frame.shape]
+            (found[i],) = line_detections(
+                served.marking,
+                [after],
+                1,
+                weak=True,
+                follows=follows,
+                previous=(jobs[i].frame, rows[i]),
+            )
+    return found
 
 
 def _marking(row: np.ndarray, sheet_id: str, nearest: str | None, similarity) -> dict:

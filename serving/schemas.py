@@ -18,7 +18,12 @@ class DefectOut(BaseModel):
 
 
 class MarkingOut(BaseModel):
-    bbox: list[float] = Field(description="x_min, y_min, x_max, y_max of the marking.")
+    bbox: list[float] = Field(
+        description="x_min, y_min, x_max, y_max of the marking, in the frame's pixels. A "
+        "marking the seam with the previous frame cuts, found whole across it, starts "
+        "above the frame (y_min < 0); a part the frame's edge cut is joined with the rest "
+        "for identification but boxed as the frame shows it."
+    )
     score: float = Field(description="Detector confidence.")
     sheet_id: str = Field(description="Registered sheet, or 'unknown' below the threshold.")
     nearest_sheet_id: str | None = Field(

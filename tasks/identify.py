@@ -27,6 +27,7 @@ from models.identity import surface
 from models.identity.crops import marking_crop
 from models.identity.matching import UNKNOWN, Matches, choose_threshold, identification_report
 from models.identity.pipeline import (
+    NO_NEIGHBOUR,
     PassIdentifier,
     SurfaceIndex,
     Verdict,
@@ -35,7 +36,7 @@ from models.identity.pipeline import (
     reference,
 )
 from models.identity.pipeline import find_markings as find_pictures_markings
-from tasks.archives import content_hash, read_frames
+from tasks.archives import content_hash, read_frames, read_manifest
 from tasks.identity import ArchivePair, csv_rows, cut_parts, marking_boxes, station_pictures
 from tasks.labels import archive_id_for
 from warehouse import queries
@@ -321,9 +322,19 @@ def inspection_verdicts(
     workers see it); the seconds spent identifying (not detecting)."""
     found, verdicts, seconds = Found(), [], 0.0
     identifier = PassIdentifier(models.imprint, index, threshold)
+    above = NO_NEIGHBOUR  # the frame before the batch and its markings: the seam above it
     for batch in _batches(frames, BATCH):
         images = [image for _, image in batch]
-        marks = find_pictures_markings(models.detector, models.imprint, images, BATCH, weak=True)
+        marks = find_pictures_markings(
+            models.detector,
+            models.imprint,
+            images,
+            BATCH,
+            weak=True,
+            follows=[True] * len(images),
+            previous=above,
+        )
+        above = (images[-1], marks.per_picture[-1])
         names = [frame_id for frame_id, _ in batch]
         found.pictures += len(batch)
         found.per_frame.update(zip(names, marks.per_picture, strict=True))
@@ -372,6 +383,11 @@ def evaluate_identity(
     found, verdicts, identify_s = inspection_verdicts(
         _counted(read_frames(pair.inspection), progress), models, index, threshold
     )
+    # a marking found across a seam reaches into the frame below: scored as the part
+    # in its own frame, as the twin lists it (or as the cut part beside a listed one)
+    height = read_manifest(pair.inspection).frame_height
+    found.boxes = [_within(box, height) for box in found.boxes]
+    found.per_frame = {f: _within(rows, height) for f, rows in found.per_frame.items()}
     matches = Matches(
         [v.sheet_id for v in verdicts],
         [v.nearest or UNKNOWN for v in verdicts],
@@ -469,6 +485,13 @@ def evaluate_identity(
         "sheets_per_s": len(seen_sheets) / seconds if seconds else float("nan"),
         "identify_ms_per_marking": identify_s / len(verdicts) * 1000 if verdicts else float("nan"),
     }
+
+
+def _within(boxes: np.ndarray, height: int) -> np.ndarray:
+    """Boxes (..., >=4) with their rows cut to a frame of ``height`` rows."""
+    out = np.array(boxes, np.float32, copy=True)
+    out[..., [1, 3]] = np.clip(out[..., [1, 3]], 0, height - 1)
+    return out
 
 
 def _boxes(markings: list[dict]) -> np.ndarray:

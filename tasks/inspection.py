@@ -281,8 +281,10 @@ def inspect_chunk(chunk: Chunk, registry: Registry | None = None) -> ChunkResult
 
     identifier = None
     # The frame before the range and its markings, found here (the detector stays on
-    # this thread) when the first batch has a marking on its first frame.
+    # this thread) when markings are identified; ``above``: the last frame of the batch
+    # before and its markings (the seam above each batch is looked at with them).
     edge: dict[str, tuple] = {"before": NO_NEIGHBOUR}
+    above: tuple = NO_NEIGHBOUR
     if registry is not None and "marking" in models:
         identifier = PassIdentifier(
             models["imprint"], registry.index, registry.threshold, lambda: edge["before"]
@@ -305,20 +307,25 @@ def inspect_chunk(chunk: Chunk, registry: Registry | None = None) -> ChunkResult
             gates.append(prediction.gate)
             defects += [_shift(d, done) for d in prediction.defects]
             if "marking" in models:
+                frames_follow = follows[done : done + len(batch)]
+                if identifier is not None and done == 0:
+                    # the frame before the range: the seam above the first frame, and
+                    # the other part of a marking that seam cuts
+                    edge["before"] = outside(chunk.before_id)()
                 marks = find_markings(
                     models["marking"],
                     models["imprint"],
                     list(batch),
                     chunk.batch,
                     weak=identifier is not None,
+                    follows=frames_follow if identifier is not None else None,
+                    previous=above if done else edge["before"],
                 )
+                above = (batch[-1], marks.per_picture[-1])
                 boxes += [
                     [done + i, *box] for i, box in zip(marks.owners, marks.boxes, strict=True)
                 ]
                 if identifier is not None:
-                    if done == 0 and np.any(marks.owners == 0):
-                        edge["before"] = outside(chunk.before_id)()
-                    frames_follow = follows[done : done + len(batch)]
                     pending.append(
                         identifying.submit(identifier.add, list(batch), marks, frames_follow)
                     )

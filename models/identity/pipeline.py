@@ -47,6 +47,9 @@ STATION_CONF = 0.005
 # 11 of which it had boxed (IoU >= 0.5) at 0.1 to 0.25 (strong distortion, seed 13).
 WEAK_CONF = 0.1
 
+Neighbour = tuple  # (frame or None, its detections or None)
+NO_NEIGHBOUR: Neighbour = (None, None)
+
 
 def find_markings(
     detector,
@@ -55,21 +58,32 @@ def find_markings(
     batch: int = 32,
     best_only: bool = False,
     weak: bool = False,
+    follows: Sequence[bool] | None = None,
+    previous: Neighbour | None = None,
 ) -> Markings:
     """Detect the markings of ``pictures`` and cut each one's crop. ``best_only`` keeps a
     picture's highest-scoring marking, down to ``STATION_CONF`` (a station picture shows
-    one sheet); ``weak``: down to ``WEAK_CONF``, for identification (see ``kept``). A box
-    that leaves no crop (flat on the picture's border) is dropped."""
+    one sheet); ``weak``: down to ``WEAK_CONF``, for identification (see ``kept``);
+    ``follows`` (with ``weak``): per picture, whether it directly follows the one before
+    it on the line (the first: ``previous``, that frame and its detections), so that the
+    seams between them are looked at too (``seam_markings``). A box that leaves no crop
+    (flat on the picture's border) is dropped."""
     if best_only:
         per_picture = detector.detect(pictures, batch=batch, conf=STATION_CONF) if pictures else []
     else:
-        per_picture = line_detections(detector, pictures, batch, weak)
+        per_picture = line_detections(detector, pictures, batch, weak, follows, previous)
     size = tuple(imprint.crop_size)
     owners, boxes, crops = [], [], []
     for i, rows in enumerate(per_picture):
         for row in rows[:1] if best_only else rows:
+            picture, box = pictures[i], row[:4]
+            if row[1] < 0:  # found across the seam above: its crop is cut across it too
+                above = pictures[i - 1] if i else previous[0] if previous else None
+                if above is not None and above.shape == picture.shape:
+                    picture = np.concatenate([above, picture])
+                    box = box + np.array([0, above.shape[0], 0, above.shape[0]], np.float32)
             try:
-                crops.append(marking_crop(pictures[i], row[:4], size, imprint.margin))
+                crops.append(marking_crop(picture, box, size, imprint.margin))
             except ValueError:
                 continue
             owners.append(i)
@@ -83,17 +97,109 @@ def find_markings(
 
 
 def line_detections(
-    detector, pictures: list[np.ndarray], batch: int = 32, weak: bool = False
+    detector,
+    pictures: list[np.ndarray],
+    batch: int = 32,
+    weak: bool = False,
+    follows: Sequence[bool] | None = None,
+    previous: Neighbour | None = None,
 ) -> list[np.ndarray]:
     """Per picture of the line, its detections, best first; ``weak``: down to
-    ``WEAK_CONF``, less weak second boxes of a marking already found. The one rule for
-    a batch's frames and for a range's neighbours (``across_seams`` partners)."""
+    ``WEAK_CONF``, less weak second boxes of a marking already found, and (``follows``
+    given) the markings found across the seam above each picture that follows the one
+    before it (``seam_markings``; the first picture's: ``previous``). The one rule for a
+    batch's frames and for a range's neighbours (``across_seams`` partners)."""
     if not pictures:
         return []
     if not weak:
         return detector.detect(pictures, batch=batch)
     found = detector.detect(pictures, batch=batch, conf=min(WEAK_CONF, detector.conf))
-    return [_rescues_only(rows, detector.conf) for rows in found]
+    found = [_rescues_only(rows, detector.conf) for rows in found]
+    if follows is None:
+        return found
+    return seam_markings(detector, pictures, found, follows, previous, batch)
+
+
+# A box found across a seam counts when it reaches this many rows into both frames; it
+# is a marking neither frame's detections hold unless a box of either frame shares this
+# much of the smaller of the two with it (a part of the marking the detector found,
+# which ``across_seams`` joins with the other part as before)
+SEAM_REACH = 4
+SEAM_COVERED = 0.5
+
+
+def seam_markings(
+    detector,
+    pictures: list[np.ndarray],
+    found: list[np.ndarray],
+    follows: Sequence[bool],
+    previous: Neighbour | None = None,
+    batch: int = 32,
+) -> list[np.ndarray]:
+    """``found`` (per picture, its weak detections) with the markings that the seam above
+    each picture cuts, when the picture directly follows the one above (``follows``; for
+    the first picture, ``previous``: that frame and its detections) and neither
+    picture's detections hold a part of them.
+
+    The detector sees such a marking only in two parts, each lit as its own frame, and
+    often finds neither: 6 of the 19 registered sheets lost at 400 and 1,000 sheets
+    (strong distortion) were markings cut by a seam (docs/benchmarks.md). A picture of
+    the seam itself (the lower half of the frame above, the upper half of the frame
+    below) shows the marking whole. It is added to the frame below, its box reaching
+    above that frame's top edge, as ``across_seams`` joins two parts; a worker or an API
+    call that has a frame and the one before it looks at the same seam."""
+    uppers = [
+        (previous or NO_NEIGHBOUR) if i == 0 else (pictures[i - 1], found[i - 1])
+        for i in range(len(pictures))
+    ]
+    pairs = [
+        i
+        for i, (upper, _) in enumerate(uppers)
+        if follows[i] and upper is not None and upper.shape == pictures[i].shape
+    ]
+    if not pairs:
+        return found
+    seams = []
+    for i in pairs:
+        upper = uppers[i][0]
+        half = upper.shape[0] // 2
+        seams.append(np.concatenate([upper[half:], pictures[i][:half]]))
+    conf = min(WEAK_CONF, detector.conf)
+    out = list(found)
+    for i, rows in zip(pairs, detector.detect(seams, batch=batch, conf=conf), strict=True):
+        upper, upper_rows = uppers[i]
+        height = upper.shape[0]
+        # the seam's picture shows the marking whole: a box on its top or bottom edge
+        # is no such marking (mostly a scale patch boxed weakly across the seam)
+        top, bottom = _reaches(rows[:, 1], rows[:, 3], height)
+        rows = rows[~top & ~bottom].copy()
+        rows[:, [1, 3]] -= height - height // 2  # into the lower picture's rows
+        crossing = (rows[:, 1] <= -SEAM_REACH) & (rows[:, 3] >= SEAM_REACH - 1)
+        above = np.zeros((0, 5), np.float32) if upper_rows is None else upper_rows[:, :5].copy()
+        above[:, [1, 3]] -= height
+        either = np.concatenate([above, found[i][:, :5]])
+        new = [
+            row
+            for row in rows[crossing]
+            if not len(either) or _covered(row, either).max() < SEAM_COVERED
+        ]
+        if new:
+            merged = np.concatenate([found[i], _rescues_only(np.stack(new), np.inf)])
+            out[i] = merged[np.argsort(-merged[:, 4], kind="stable")]
+    return out
+
+
+def _covered(row: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """How much ``row``'s box and each of ``boxes`` share, as a share of the smaller of
+    the two (inclusive corners): 1 for a part of the marking inside it."""
+    x0 = np.maximum(row[0], boxes[:, 0])
+    y0 = np.maximum(row[1], boxes[:, 1])
+    x1 = np.minimum(row[2], boxes[:, 2])
+    y1 = np.minimum(row[3], boxes[:, 3])
+    inter = np.clip(x1 - x0 + 1, 0, None) * np.clip(y1 - y0 + 1, 0, None)
+    area = (row[2] - row[0] + 1) * (row[3] - row[1] + 1)
+    areas = (boxes[:, 2] - boxes[:, 0] + 1) * (boxes[:, 3] - boxes[:, 1] + 1)
+    return inter / np.maximum(np.minimum(area, areas), 1.0)
 
 
 def _rescues_only(rows: np.ndarray, conf: float, overlap: float = 0.3) -> np.ndarray:
@@ -330,10 +436,6 @@ def identify_markings(
         embedded = None if paint is None or not len(paint) else paint[n]
         out.append(identify(frames[i], whole, index, threshold, above, below, embedded))
     return out
-
-
-Neighbour = tuple  # (frame or None, its detections or None)
-NO_NEIGHBOUR: Neighbour = (None, None)
 
 
 class PassIdentifier:

@@ -289,3 +289,67 @@ def test_verification_by_spectra_scores_as_matchtemplate_did() -> None:
         found = surface.verify(picture, box, templates, mask, turns, shifts=shifts)
         assert np.allclose(found, expected, atol=1e-5), (found, expected)
     assert expected[0] > 0.5 and expected[3] == -1  # the cases are the ones meant
+
+
+class _PaintFinder:
+    """A stand-in for the marking detector in the seam rule's geometry: it boxes every
+    blob of bright paint, sure of it (0.9) when the blob is whole and barely (0.05, below
+    the weak floor) when the picture's top or bottom edge cuts it, as the real detector
+    scores a marking cut by a seam (docs/benchmarks.md)."""
+
+    conf = 0.6
+
+    def detect(self, pictures, batch=32, conf=None):
+        out = []
+        for picture in pictures:
+            n, _, stats, _ = cv2.connectedComponentsWithStats((picture > 200).astype(np.uint8))
+            rows = []
+            for x, y, w, h, _ in stats[1:n]:
+                cut = y == 0 or y + h == picture.shape[0]
+                rows.append([x, y, x + w - 1, y + h - 1, 0.05 if cut else 0.9])
+            rows = np.array(rows, np.float32).reshape(-1, 5)
+            rows = rows[rows[:, 4] >= (self.conf if conf is None else conf)]
+            out.append(rows[np.argsort(-rows[:, 4])])
+        return out
+
+
+def test_a_marking_the_seam_cuts_is_found_whole_across_it() -> None:
+    """Neither frame shows the whole of a marking the seam cuts, and the detector finds
+    neither part; a picture of the seam does. The marking is added to the lower frame,
+    its box reaching above the frame's top, and its crop is cut across the seam; a
+    marking a frame shows whole, or one a part of which either frame holds, is not
+    added again; nor one across frames that do not follow each other."""
+    from models.identity import pipeline
+
+    height, width = 256, 1600
+    line = np.full((3 * height, width), 90, np.uint8)
+    line[230:290, 300:700] = 255  # cut by the first seam (row 256)
+    line[400:440, 900:1200] = 255  # whole in the second frame
+    frames = [line[k * height : (k + 1) * height] for k in range(3)]
+    detector = _PaintFinder()
+
+    alone = pipeline.line_detections(detector, frames, weak=True)
+    assert [len(rows) for rows in alone] == [0, 1, 0]  # the cut one is not found
+    found = pipeline.line_detections(detector, frames, weak=True, follows=[True] * 3)
+    assert [len(rows) for rows in found] == [0, 2, 0]
+    assert found[1][0].tolist() == pytest.approx([900, 144, 1199, 183, 0.9])  # once only
+    assert found[1][1].tolist() == pytest.approx([300, -26, 699, 33, 0.9])  # from frame 1
+    broken = pipeline.line_detections(detector, frames, weak=True, follows=[True, False, True])
+    assert [len(rows) for rows in broken] == [0, 1, 0]
+    # the first frame's seam is the one with the frame before it, given with its detections
+    part = np.array([[300, 230, 699, 255, 0.2]], np.float32)  # its part, weakly found
+    first = pipeline.line_detections(
+        detector, frames[1:], weak=True, follows=[True] * 2, previous=(frames[0], part)
+    )
+    assert [len(rows) for rows in first] == [1, 0]  # the part is joined, as before: not added
+    first = pipeline.line_detections(
+        detector, frames[1:], weak=True, follows=[True] * 2, previous=(frames[0], part[:0])
+    )
+    assert [len(rows) for rows in first] == [2, 0]
+
+    class Imprint:
+        crop_size, margin = (48, 192), 0.0
+
+    marks = pipeline.find_markings(detector, Imprint(), frames, weak=True, follows=[True] * 3)
+    assert marks.owners.tolist() == [1, 1]
+    assert marks.crops[1].min() == 255  # the whole paint, from both frames
