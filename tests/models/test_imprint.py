@@ -98,6 +98,23 @@ def test_same_keras_file_embeds_alike_on_tensorflow_and_torch(trained, tmp_path:
     assert not np.allclose(tf_emb[0], tf_emb[1])  # and they say something
 
 
+def _identified(frame, box, frames, k: int, index, **options):
+    """The verdict on the marking at ``box`` of ``frame`` (frame ``k`` of ``frames``, or
+    a changed copy of it), seen with its neighbours as the inspection workers see it."""
+    from models.identity import pipeline
+    from models.identity.surface import VERIFY_THRESHOLD
+
+    return pipeline.identify(
+        frame,
+        box,
+        index,
+        VERIFY_THRESHOLD,
+        frames[k - 1] if k else None,
+        frames[k + 1] if k + 1 < len(frames) else None,
+        **options,
+    )
+
+
 def test_through_the_one_path_unknowns_stay_unknown_and_wiped_markings_are_identified(
     trained, home: Path
 ) -> None:
@@ -107,7 +124,6 @@ def test_through_the_one_path_unknowns_stay_unknown_and_wiped_markings_are_ident
     sheet; a sheet the station never registered is unknown; nobody gets another's ID."""
     from models.identity import pipeline
     from models.identity.matching import UNKNOWN
-    from models.identity.surface import VERIFY_THRESHOLD
     from tasks.archives import read_frames
     from tasks.identify import Models, reference_index, register_station
     from tasks.identity import find_pairs, marking_boxes
@@ -136,14 +152,7 @@ def test_through_the_one_path_unknowns_stay_unknown_and_wiped_markings_are_ident
             for _ in range(3):  # three smears across most of the paint
                 x = int(rng.integers(x0, max(x0 + 1, x1 - (x1 - x0) // 3)))
                 wiped[y0 : y1 + 1, x : x + (x1 - x0) // 3] = int(np.median(frame))
-            verdict = pipeline.identify(
-                wiped,
-                m["box"],
-                index,
-                VERIFY_THRESHOLD,
-                frames[k - 1] if k else None,
-                frames[k + 1] if k + 1 < len(frames) else None,
-            )
+            verdict = _identified(wiped, m["box"], frames, k, index)
             kept = best.get(m["sheet_id"])
             if verdict.similarity is not None and (
                 kept is None or verdict.similarity > kept.similarity
@@ -249,15 +258,7 @@ def test_a_look_alike_from_the_same_heat_is_never_accepted(trained, home: Path) 
     neighbour_scores = []
     for k, (frame_id, frame) in enumerate(zip(ids, frames, strict=True)):
         for m in boxes.get(frame_id, []):
-            verdict = pipeline.identify(
-                frame,
-                m["box"],
-                index,
-                VERIFY_THRESHOLD,
-                frames[k - 1] if k else None,
-                frames[k + 1] if k + 1 < len(frames) else None,
-                top=len(index),
-            )
+            verdict = _identified(frame, m["box"], frames, k, index, top=len(index))
             if verdict.similarity is None:
                 continue
             answers.setdefault(m["sheet_id"], set()).add(verdict.sheet_id)
