@@ -154,9 +154,9 @@ def best_f1_threshold(scores: np.ndarray, positive: np.ndarray) -> tuple[float, 
     return float(thresholds[best]), float(f1[best])
 
 
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of every box in a (n, 4) with every box in b (m, 4); boxes are inclusive pixel
-    corners (x_min, y_min, x_max, y_max)."""
+def _box_overlaps(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(pixels every box of a (n, 4) shares with every box of b (m, 4), (n, m); the areas
+    of a (n,); of b (m,)); boxes are inclusive pixel corners."""
     a, b = np.asarray(a, np.float64).reshape(-1, 4), np.asarray(b, np.float64).reshape(-1, 4)
     x0 = np.maximum(a[:, None, 0], b[None, :, 0])
     y0 = np.maximum(a[:, None, 1], b[None, :, 1])
@@ -165,8 +165,22 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     inter = np.clip(x1 - x0 + 1, 0, None) * np.clip(y1 - y0 + 1, 0, None)
     area_a = (a[:, 2] - a[:, 0] + 1) * (a[:, 3] - a[:, 1] + 1)
     area_b = (b[:, 2] - b[:, 0] + 1) * (b[:, 3] - b[:, 1] + 1)
+    return inter, area_a, area_b
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of every box in a (n, 4) with every box in b (m, 4); boxes are inclusive pixel
+    corners (x_min, y_min, x_max, y_max)."""
+    inter, area_a, area_b = _box_overlaps(a, b)
     union = area_a[:, None] + area_b[None, :] - inter
     return np.where(union > 0, inter / np.maximum(union, 1e-9), 0.0)
+
+
+def box_cover(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """What every box in a (n, 4) shares with every box in b (m, 4), as a share of the
+    smaller of the two: 1 when one lies inside the other (inclusive pixel corners)."""
+    inter, area_a, area_b = _box_overlaps(a, b)
+    return inter / np.maximum(np.minimum(area_a[:, None], area_b[None, :]), 1.0)
 
 
 def match_detections(

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from core.metrics import box_iou
+from core.metrics import box_cover, box_iou
 from models.identity import surface
 from models.identity.crops import marking_crop
 from models.identity.matching import UNKNOWN, normalise
@@ -178,28 +178,13 @@ def seam_markings(
         above = np.zeros((0, 5), np.float32) if upper_rows is None else upper_rows[:, :5].copy()
         above[:, [1, 3]] -= height
         either = np.concatenate([above, found[i][:, :5]])
-        new = [
-            row
-            for row in rows[crossing]
-            if not len(either) or _covered(row, either).max() < SEAM_COVERED
-        ]
-        if new:
-            merged = np.concatenate([found[i], _rescues_only(np.stack(new), np.inf)])
+        new = rows[crossing]
+        if len(either):
+            new = new[box_cover(new[:, :4], either[:, :4]).max(axis=1, initial=0.0) < SEAM_COVERED]
+        if len(new):
+            merged = np.concatenate([found[i], _rescues_only(new, np.inf)])
             out[i] = merged[np.argsort(-merged[:, 4], kind="stable")]
     return out
-
-
-def _covered(row: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    """How much ``row``'s box and each of ``boxes`` share, as a share of the smaller of
-    the two (inclusive corners): 1 for a part of the marking inside it."""
-    x0 = np.maximum(row[0], boxes[:, 0])
-    y0 = np.maximum(row[1], boxes[:, 1])
-    x1 = np.minimum(row[2], boxes[:, 2])
-    y1 = np.minimum(row[3], boxes[:, 3])
-    inter = np.clip(x1 - x0 + 1, 0, None) * np.clip(y1 - y0 + 1, 0, None)
-    area = (row[2] - row[0] + 1) * (row[3] - row[1] + 1)
-    areas = (boxes[:, 2] - boxes[:, 0] + 1) * (boxes[:, 3] - boxes[:, 1] + 1)
-    return inter / np.maximum(np.minimum(area, areas), 1.0)
 
 
 def _rescues_only(rows: np.ndarray, conf: float, overlap: float = 0.3) -> np.ndarray:
