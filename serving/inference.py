@@ -164,7 +164,11 @@ def _markings(served: Served, jobs: list[FrameJob]) -> list[list[dict]]:
             continue
         above = marks.per_picture[slot[i] - 1] if job.before is not None else None
         one = Markings(
-            np.zeros(len(mine), np.int64), boxes[mine], crops[mine], [marks.per_picture[slot[i]]]
+            np.zeros(len(mine), np.int64),
+            boxes[mine],
+            crops[mine],
+            [marks.per_picture[slot[i]]],
+            marks.second[ours][mine],
         )
         found = identify_markings(
             one,
@@ -178,7 +182,7 @@ def _markings(served: Served, jobs: list[FrameJob]) -> list[list[dict]]:
         )
         for n, verdict in zip(mine, found, strict=True):
             verdicts[n] = verdict
-    keep = kept(boxes[:, 4], verdicts, served.marking.conf)
+    keep = kept(boxes, verdicts, served.marking.conf)
     for i, row, verdict, k in zip(owners, boxes, verdicts, keep, strict=True):
         if k:
             out[i].append(_marking(row, verdict.sheet_id, verdict.nearest, verdict.similarity))

@@ -37,7 +37,14 @@ from models.identity.pipeline import (
 )
 from models.identity.pipeline import find_markings as find_pictures_markings
 from tasks.archives import content_hash, read_frames, read_manifest
-from tasks.identity import ArchivePair, csv_rows, cut_parts, marking_boxes, station_pictures
+from tasks.identity import (
+    ArchivePair,
+    csv_rows,
+    cut_parts,
+    marking_boxes,
+    sheets_at,
+    station_pictures,
+)
 from tasks.labels import archive_id_for
 from warehouse import queries
 from warehouse.schema import TABLES
@@ -348,7 +355,7 @@ def inspection_verdicts(
     verdicts += identifier.finish()
     seconds += time.perf_counter() - started
     # the markings as inspection keeps them: weak detections only when they verified
-    keep = kept(np.array([b[4] for b in found.boxes]), verdicts, models.detector.conf)
+    keep = kept(found.boxes, verdicts, models.detector.conf)
     found.frame_ids = [f for f, k in zip(found.frame_ids, keep, strict=True) if k]
     found.boxes = [b for b, k in zip(found.boxes, keep, strict=True) if k]
     verdicts = [v for v, k in zip(verdicts, keep, strict=True) if k]
@@ -369,7 +376,8 @@ def evaluate_identity(
     """Register the pair's station, identify every marking the detector finds in the
     inspection frames, and score it against the ground truth.
 
-    Per sheet, the answer is its best verified marking's, as the inspect flow gives it.
+    Per sheet, the answer is that of the best verified detection on it (where the twin
+    drew the sheet), as the inspect flow gives it from the sheets it tracks.
     """
     registered = register_station(pair.station, models, warehouse, leave_out)
     # the registry of this pair's station only, so the figures do not depend on what
@@ -383,17 +391,20 @@ def evaluate_identity(
     found, verdicts, identify_s = inspection_verdicts(
         _counted(read_frames(pair.inspection), progress), models, index, threshold
     )
-    # a marking found across a seam reaches into the frame below: scored as the part
-    # in its own frame, as the twin lists it (or as the cut part beside a listed one)
-    height = read_manifest(pair.inspection).frame_height
-    found.boxes = [_within(box, height) for box in found.boxes]
-    found.per_frame = {f: _within(rows, height) for f, rows in found.per_frame.items()}
     matches = Matches(
         [v.sheet_id for v in verdicts],
         [v.nearest or UNKNOWN for v in verdicts],
         np.array([-np.inf if v.similarity is None else v.similarity for v in verdicts], np.float32),
     )
     seconds = time.perf_counter() - started
+    # the sheet each detection lies on, as inspect places it (before the boxes are cut
+    # to their frames: a marking found across a seam lies partly in the frame above)
+    on_sheet = sheets_at(pair.inspection, found.frame_ids, found.boxes)
+    # a marking found across a seam reaches above its frame: scored as the part in its
+    # own frame, as the twin lists it (or as the cut part beside a listed one)
+    height = read_manifest(pair.inspection).frame_height
+    found.boxes = [_within(box, height) for box in found.boxes]
+    found.per_frame = {f: _within(rows, height) for f, rows in found.per_frame.items()}
 
     # which ground-truth marking each detection is (IoU >= 0.5), per frame; and which
     # unlisted part of a marking the frame's edge cut
@@ -413,10 +424,12 @@ def evaluate_identity(
         [found.per_frame[f] for f in frame_ids], listed
     )["precision"]
 
-    # per sheet: the best verified of the detected markings of each sheet the camera
-    # saw; a sheet whose marking was never detected is a query answered unknown
-    best = best_per_sheet(truth_of, part_of, matches.similarity)
-    seen_sheets = sorted({m["sheet_id"] for ms in truth.values() for m in ms})
+    # per sheet, as inspect answers: the best verified of every detection on the sheet,
+    # whatever it boxed (a marking, part of one, or some other mark on the steel), for
+    # each sheet whose marking the camera saw or that a detection lies on; a sheet with
+    # no detection on it is a query answered unknown
+    best = best_per_sheet(on_sheet, matches.similarity)
+    seen_sheets = sorted({m["sheet_id"] for ms in truth.values() for m in ms} | set(best))
     per_sheet = identification_report(
         seen_sheets, registered.sheet_ids, _per_sheet(matches, best, seen_sheets), threshold
     )
@@ -430,7 +443,8 @@ def evaluate_identity(
         for sheet, i in best.items()
         if matches.sheet_ids[i] not in (sheet, UNKNOWN)
     ]
-    per_sheet["marking_not_detected"] = sum(s not in best for s in seen_sheets)
+    boxed = set(truth_of) | set(part_of)
+    per_sheet["marking_not_detected"] = sum(s not in boxed for s in seen_sheets)
     # per detection: those that are a listed marking (the twin lists a marking in a frame
     # when at least half of it is inside); the rest are mostly the smaller part of a
     # marking the frame's edge cut, whose truth is not listed: counted apart
@@ -504,16 +518,12 @@ def _hit(box: np.ndarray, markings: list[dict]) -> str | None:
     return markings[hit[0]]["sheet_id"] if hit[0] >= 0 else None
 
 
-def best_per_sheet(
-    truth_of: Sequence[str | None], part_of: Sequence[str | None], similarity: np.ndarray
-) -> dict[str, int]:
-    """Per sheet, the detection whose verdict answers for it (the highest similarity)
-    among every detection of its marking, as inspect answers from all the markings found
-    on a sheet: a listed marking (``truth_of``) or the part of one that the frame's edge
-    cut (``part_of``, in the frame beside it, where the rest of it is listed)."""
+def best_per_sheet(on_sheet: Sequence[str | None], similarity: np.ndarray) -> dict[str, int]:
+    """Per sheet, the detection whose verdict answers for it: the highest similarity
+    among every detection that lies on it (``on_sheet``; None: on no sheet), as inspect
+    answers from all the markings found on a sheet."""
     best: dict[str, int] = {}
-    for i, (listed, part) in enumerate(zip(truth_of, part_of, strict=True)):
-        sheet = listed if listed is not None else part
+    for i, sheet in enumerate(on_sheet):
         if sheet is not None and (sheet not in best or similarity[i] > similarity[best[sheet]]):
             best[sheet] = i
     return best

@@ -115,6 +115,43 @@ def marking_boxes(archive: Path) -> dict[str, list[dict]]:
     return boxes
 
 
+def true_sheets(archive: Path) -> list[tuple[str, int, int]]:
+    """(sheet_id, first line, last line) of every sheet the twin drew on a recording, in
+    order (lines: rows of the recording from its first frame's top, ground_truth/sheets.csv)."""
+    lines = _frame_lines(archive)
+    spans: dict[str, list[int]] = {}
+    for r in csv_rows(archive / "ground_truth" / "sheets.csv"):
+        line = round(lines[r["frame_id"]])
+        s = spans.setdefault(r["sheet_id"], [10**12, -1])
+        s[0] = min(s[0], line + int(r["first_row"]))
+        s[1] = max(s[1], line + int(r["last_row"]))
+    return sorted(((k, a, b) for k, (a, b) in spans.items()), key=lambda t: t[1])
+
+
+def sheets_at(archive: Path, frame_ids: list[str], boxes: list[np.ndarray]) -> list[str | None]:
+    """The twin's sheet each box of a frame lies on (the line of its centre; a box may
+    reach outside its frame), None between sheets: where inspect places a marking on
+    the sheets it tracks."""
+    lines = _frame_lines(archive)
+    sheets = true_sheets(archive)
+    starts = np.array([first for _, first, _ in sheets])
+    out: list[str | None] = []
+    for frame_id, box in zip(frame_ids, boxes, strict=True):
+        line = lines[frame_id] + (float(box[1]) + float(box[3])) / 2
+        i = int(np.searchsorted(starts, line, side="right")) - 1
+        out.append(sheets[i][0] if i >= 0 and line <= sheets[i][2] else None)
+    return out
+
+
+def _frame_lines(archive: Path) -> dict[str, float]:
+    """Each frame's top line on the recording, by frame id."""
+    manifest = read_manifest(archive)
+    return {
+        r["frame_id"]: int(r["frame_number"]) * manifest.frame_step_lines
+        for r in csv_rows(archive / manifest.files.frame_index)
+    }
+
+
 def cut_parts(archive: Path, truth: dict[str, list[dict]]) -> dict[str, list[dict]]:
     """Per frame id, the markings (sheet_id, box) the frame's edge cut that ``truth`` does not
     list (the twin lists a marking in a frame when at least half of it is inside): the

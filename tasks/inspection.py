@@ -335,7 +335,7 @@ def inspect_chunk(chunk: Chunk, registry: Registry | None = None) -> ChunkResult
         verdicts = [v for verdicts_of in pending for v in verdicts_of.result()]
     if identifier is not None:
         verdicts += identifier.finish(outside(chunk.after_id))
-        keep = kept([b[5] for b in boxes], verdicts, models["marking"].conf)
+        keep = kept([b[1:6] for b in boxes], verdicts, models["marking"].conf)
         boxes, verdicts = (
             [b for b, k in zip(boxes, keep, strict=True) if k],
             [v for v, k in zip(verdicts, keep, strict=True) if k],

@@ -21,6 +21,7 @@ import numpy as np
 
 from core.labels import SEVERSTAL_CLASSES
 from core.rle import rle_decode
+from tasks.identity import true_sheets
 from warehouse import queries
 from warehouse.store import Warehouse
 
@@ -30,18 +31,6 @@ COVER = 0.25
 def _rows(path: Path) -> list[dict]:
     with path.open(newline="") as f:
         return list(csv.DictReader(f))
-
-
-def true_sheets(archive: Path, step_lines: float) -> list[tuple[str, int, int]]:
-    """(sheet_id, first line, last line) of every sheet the twin drew, in order."""
-    numbers = {r["frame_id"]: int(r["frame_number"]) for r in _rows(archive / "frame_index.csv")}
-    spans: dict[str, list[int]] = {}
-    for r in _rows(archive / "ground_truth" / "sheets.csv"):
-        line = round(numbers[r["frame_id"]] * step_lines)
-        s = spans.setdefault(r["sheet_id"], [10**12, -1])
-        s[0] = min(s[0], line + int(r["first_row"]))
-        s[1] = max(s[1], line + int(r["last_row"]))
-    return sorted(((k, a, b) for k, (a, b) in spans.items()), key=lambda t: t[1])
 
 
 def compare_sheets(found: list[dict], truth: list[tuple[str, int, int]], registered: set[str]):
@@ -143,7 +132,7 @@ def against_twin(warehouse: Warehouse, archive_id: str) -> dict:
     shape = (manifest.frame_height, manifest.frame_width)
     return {
         "archive_id": archive_id,
-        "sheets": compare_sheets(found, true_sheets(path, manifest.frame_step_lines), registered),
+        "sheets": compare_sheets(found, true_sheets(path), registered),
         "defects": compare_defects(
             _rows(path / "ground_truth" / "defects.csv"), predicted, classes, shape
         ),

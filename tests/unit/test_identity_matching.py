@@ -125,13 +125,38 @@ def test_identification_report_counts_each_outcome():
     assert r["wrong_ids"] == 2 and r["far"] == pytest.approx(2 / 5)
 
 
-def test_a_sheet_is_answered_by_its_best_detection_cut_parts_included():
+def test_a_sheet_is_answered_by_its_best_detection_on_it():
     from tasks.identify import best_per_sheet
 
-    # A: listed in one frame (0.5) and its cut part in the next (0.9): the part answers.
-    # B: only the cut part was detected: B is still found, not "marking never detected".
-    # a detection of no marking (None, None) answers for no sheet.
-    truth_of = ["A", None, None, None, "C"]
-    part_of = [None, "A", "B", None, None]
-    similarity = np.array([0.5, 0.9, 0.7, 0.99, -np.inf], np.float32)
-    assert best_per_sheet(truth_of, part_of, similarity) == {"A": 1, "B": 2, "C": 4}
+    # A: two detections on it (0.5, then 0.9): the better answers. B: one detection,
+    # unverified (-inf), still B's answer (unknown), not "nothing on the sheet".
+    # a detection between sheets (None) answers for no sheet.
+    on_sheet = ["A", "A", "B", None, "C"]
+    similarity = np.array([0.5, 0.9, -np.inf, 0.99, 0.2], np.float32)
+    assert best_per_sheet(on_sheet, similarity) == {"A": 1, "B": 2, "C": 4}
+
+
+def test_a_box_is_placed_on_the_sheet_it_lies_on(tmp_path):
+    """Where evaluate identity places a detection: the twin's sheet under the box's
+    centre, as inspect places it on a tracked sheet, also for a box that reaches above
+    its frame (a marking found across the seam) and none for a box between sheets."""
+    from tasks.identity import csv_rows, marking_boxes, sheets_at
+    from twin.config import TwinConfig
+    from twin.recorder import simulate
+
+    recording = simulate(TwinConfig(), 4, seed=5, out=tmp_path).inspection
+    height = TwinConfig().frame_height
+    order = [r["frame_id"] for r in csv_rows(recording / "frame_index.csv")]
+    listed = [(f, m) for f, ms in marking_boxes(recording).items() for m in ms]
+    frame_ids = [f for f, _ in listed]
+    boxes = [np.array(m["box"], float) for _, m in listed]
+    assert sheets_at(recording, frame_ids, boxes) == [m["sheet_id"] for _, m in listed]
+    # the same boxes from the frame below, reaching above its top
+    lower = [order[order.index(f) + 1] for f in frame_ids]
+    raised = [b - [0, height, 0, height] for b in boxes]
+    assert sheets_at(recording, lower, raised) == [m["sheet_id"] for _, m in listed]
+    # rows above the first sheet's head, in the frame it enters
+    first = csv_rows(recording / "ground_truth" / "sheets.csv")[0]
+    head = int(first["first_row"])
+    assert head >= 2
+    assert sheets_at(recording, [first["frame_id"]], [np.array([100, 0, 300, head - 2])]) == [None]

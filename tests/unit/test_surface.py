@@ -212,6 +212,11 @@ def test_a_marking_the_seam_cut_is_joined_across_it_and_identified() -> None:
     # nor a box on the edge three times as wide as the marking (a patch beside it)
     wide = np.array([box[0] + 40, box[1], box[0] + 40 + 3 * (box[2] - box[0]), seam - 1, 0.5])
     assert pipeline.across_seams(cut_lower, height, wide[None], None)[1] == 0
+    # nor a box that ends on the edge but starts far up the neighbour: joined, the two
+    # would be no line of text (a whole marking that merely reaches the frame's top,
+    # beside a weak box over most of the frame above)
+    far_up = np.array([box[0], seam - 0.6 * (box[2] - box[0]), box[2], seam - 1, 0.3])
+    assert pipeline.across_seams(cut_lower, height, far_up[None], None)[1] == 0
 
     marks = pipeline.Markings(
         np.array([0]), cut_lower[None], np.zeros((1, 1, 1), np.uint8), [cut_lower[None]]
@@ -239,26 +244,69 @@ def test_a_weak_detection_is_kept_only_when_it_names_a_registered_sheet() -> Non
     from models.identity.pipeline import NOTHING, Verdict, kept
 
     named, unnamed = Verdict("H1", "H1", 0.8), Verdict("unknown", "H2", 0.2)
-    scores = np.array([0.9, 0.12, 0.12, 0.3])
-    verdicts = [unnamed, named, unnamed, NOTHING]
-    assert kept(scores, verdicts, 0.25).tolist() == [True, True, False, True]
-    assert kept(np.zeros(0), [], 0.25).tolist() == []
+    box = [100, 50, 400, 100]
+    seam = [100, -30, 400, 20]  # found across the seam above its frame
+    boxes = np.array(
+        [[*box, 0.9], [*box, 0.12], [*box, 0.12], [*box, 0.3], [*seam, 0.9], [*seam, 0.9]]
+    )
+    verdicts = [unnamed, named, unnamed, NOTHING, unnamed, named]
+    assert kept(boxes, verdicts, 0.25).tolist() == [True, True, False, True, False, True]
+    assert kept(np.zeros((0, 5)), [], 0.25).tolist() == []
+    assert kept([], [], 0.25).tolist() == []
 
 
 def test_a_weak_box_of_a_marking_already_found_is_not_identified_again() -> None:
-    from models.identity.pipeline import _rescues_only
+    from models.identity.pipeline import _rescues_only, _second_guesses
 
     rows = np.array(
         [
             [100, 50, 400, 100, 0.9],  # a marking
             [90, 48, 380, 104, 0.2],  # a weak second box of it
             [700, 150, 1000, 200, 0.15],  # a marking only weakly found
-            [710, 152, 990, 198, 0.12],  # and a second box of that one
+            [710, 152, 990, 198, 0.12],  # a second guess at where it lies
+            [705, 151, 995, 199, 0.11],  # a third box of it
             [105, 52, 395, 98, 0.3],  # strong boxes stay as the detector gave them
         ],
         np.float32,
     )
-    assert _rescues_only(rows, 0.25)[:, 4].tolist() == pytest.approx([0.9, 0.15, 0.3])
+    rows[5, 4] = 0.95
+    rows = rows[np.argsort(-rows[:, 4], kind="stable")]
+    left = _rescues_only(rows, 0.25)
+    assert left[:, 4].tolist() == pytest.approx([0.95, 0.9, 0.15, 0.12])
+    assert _second_guesses(left, 0.25).tolist() == [False, False, False, True]
+
+
+def test_a_second_guess_is_identified_only_when_the_first_names_no_sheet() -> None:
+    """The detector's best box of a weakly found marking can reach over a scale patch
+    beside the text and not verify; the weak box under it, over the text alone, is
+    verified then, and only then."""
+    from models.identity import pipeline
+
+    steel, box = _sheet(1)
+    index = pipeline.SurfaceIndex(
+        ["H1"],
+        pipeline.reference(_seen(steel, 2), box).descriptor[None],
+        pipeline.reference(_seen(steel, 2), box).template[None].astype(np.float16),
+    )
+    # the line's camera: the sheet between two strips of roller table
+    frame = np.pad(_seen(steel, 4, gain=1.2), ((0, 0), (40, 40)), constant_values=15)
+    x0, y0, x1, y1 = box[0] + 40, box[1], box[2] + 40, box[3]
+    right = [x0, y0, x1, y1, 0.40]
+    for first in ([x0 - 330, y0 - 8, x1 - 20, y1 + 6, 0.43], [x0 + 2, y0, x1 - 1, y1, 0.45]):
+        rows = np.array([first, right], np.float32)
+        marks = pipeline.Markings(
+            np.zeros(2, np.int64),
+            rows,
+            np.zeros((2, 1, 1), np.uint8),
+            [rows],
+            pipeline._second_guesses(rows, 0.6),
+        )
+        verdicts = pipeline.identify_markings(marks, [frame], index, 0.41)
+        named = [v.sheet_id for v in verdicts]
+        if first[0] < x0 - 100:  # off the text: not named, so the second guess is tried
+            assert named == ["unknown", "H1"], verdicts
+        else:  # named: its second guess is not identified at all
+            assert named == ["H1", "unknown"] and verdicts[1] is pipeline.NOTHING
 
 
 def test_verification_by_spectra_scores_as_matchtemplate_did() -> None:
@@ -293,20 +341,22 @@ def test_verification_by_spectra_scores_as_matchtemplate_did() -> None:
 
 class _PaintFinder:
     """A stand-in for the marking detector in the seam rule's geometry: it boxes every
-    blob of bright paint, sure of it (0.9) when the blob is whole and barely (0.05, below
-    the weak floor) when the picture's top or bottom edge cuts it, as the real detector
+    blob of bright paint, sure of it (0.9) when the blob is whole and barely (below the
+    weak floor) when the picture's top or bottom edge cuts it, as the real detector
     scores a marking cut by a seam (docs/benchmarks.md)."""
 
     conf = 0.6
 
     def detect(self, pictures, batch=32, conf=None):
+        from models.identity.pipeline import WEAK_CONF
+
         out = []
         for picture in pictures:
             n, _, stats, _ = cv2.connectedComponentsWithStats((picture > 200).astype(np.uint8))
             rows = []
             for x, y, w, h, _ in stats[1:n]:
                 cut = y == 0 or y + h == picture.shape[0]
-                rows.append([x, y, x + w - 1, y + h - 1, 0.05 if cut else 0.9])
+                rows.append([x, y, x + w - 1, y + h - 1, WEAK_CONF / 2 if cut else 0.9])
             rows = np.array(rows, np.float32).reshape(-1, 5)
             rows = rows[rows[:, 4] >= (self.conf if conf is None else conf)]
             out.append(rows[np.argsort(-rows[:, 4])])
