@@ -373,9 +373,12 @@ def on_seam(box, height: int) -> bool:
 
 
 # A marking is a line of stencilled text: its box, tilted text too, is at least this
-# many times as wide as it is tall (the twin's whole markings: 4.9 to 5.3 times at
-# strong distortion, seed 13)
-MARKING_ASPECT = 2.0
+# many times as wide as it is tall (a line of ten letters is about six times as wide as
+# tall, three times when tilted by 10 degrees; the twin's whole markings: 4.9 to 5.3
+# times at strong distortion, seed 13). A whole marking that touched the frame's top,
+# joined with a weak box over the frame above, made a box 2.1 times as wide as tall,
+# and its sheet was lost (too little steel around it)
+MARKING_ASPECT = 3.0
 
 
 def across_seams(
