@@ -168,6 +168,7 @@ def _markings(served: Served, jobs: list[FrameJob]) -> list[list[dict]]:
             boxes[mine],
             crops[mine],
             [marks.per_picture[slot[i]]],
+            marks.weak[ours][mine],
             marks.second[ours][mine],
         )
         found = identify_markings(

@@ -28,6 +28,10 @@ class Markings:
     boxes: np.ndarray  # (m, 5) float32: x_min, y_min, x_max, y_max, score
     crops: np.ndarray  # (m, H, W) uint8: what the imprint network reads
     per_picture: list[np.ndarray]  # every detection of each picture, best first
+    # (m,) bool: found below the detector's operating score (``weak=True``): kept only
+    # when it names a sheet, which it does at ``WEAK_THRESHOLD`` (``identify_markings``);
+    # None: none is
+    weak: np.ndarray | None = None
     # (m,) bool: a second guess at where a weakly found marking lies, a weak box over
     # the weak one before it (``_rescues_only``): identified only when that one names
     # no sheet (``identify_markings``); None: none is
@@ -52,6 +56,12 @@ STATION_CONF = 0.005
 # 0.1, two more whole markings boxed at 0.053 and 0.073 were lost, which verified at
 # 0.84 and 0.79 (docs/benchmarks.md, "Every detection on a sheet")
 WEAK_CONF = 0.05
+# A weak detection is no evidence that a marking is there, and most are none (scale
+# patches, the sheet's edge): it names a sheet only at this correlation or above, not at
+# the threshold of the detector's sure boxes. At weak boxes that were markings the right
+# sheet scored 0.61 or more (116 boxes, seeds 13 and 14); at one that was none, near the
+# sheet's edge, another sheet scored 0.47, over the threshold of 0.41
+WEAK_THRESHOLD = 0.55
 
 Neighbour = tuple  # (frame or None, its detections or None)
 NO_NEIGHBOUR: Neighbour = (None, None)
@@ -79,7 +89,7 @@ def find_markings(
     else:
         per_picture = line_detections(detector, pictures, batch, weak, follows, previous)
     size = tuple(imprint.crop_size)
-    owners, boxes, crops, second = [], [], [], []
+    owners, boxes, crops, weakly, second = [], [], [], [], []
     for i, rows in enumerate(per_picture):
         guesses = _second_guesses(rows, detector.conf) if weak else np.zeros(len(rows), bool)
         for row, guess in zip(rows[:1] if best_only else rows, guesses, strict=False):
@@ -95,12 +105,14 @@ def find_markings(
                 continue
             owners.append(i)
             boxes.append(np.asarray(row[:5], np.float32))
+            weakly.append(weak and not kept(row[None, :5], [NOTHING], detector.conf)[0])
             second.append(bool(guess))
     return Markings(
         np.asarray(owners, np.int64),
         np.stack(boxes) if boxes else np.zeros((0, 5), np.float32),
         np.stack(crops) if crops else np.zeros((0, *size), np.uint8),
         per_picture,
+        np.asarray(weakly, bool),
         np.asarray(second, bool),
     )
 
@@ -443,7 +455,8 @@ def identify_markings(
     dropped frame breaks it); ``edge_markings``: the detections of ``before`` and
     ``after``, for markings the seam cut. ``paint``: the markings' paint embeddings. A
     second guess (``Markings.second``) whose weak box before it named a sheet is not
-    identified again: its verdict is ``NOTHING``."""
+    identified again: its verdict is ``NOTHING``. A weak marking (``Markings.weak``)
+    names a sheet at ``WEAK_THRESHOLD``, if that is above ``threshold``."""
     last = len(frames) - 1
     joined = [True] * len(frames) if follows is None else list(follows)
     found = marks.per_picture
@@ -461,6 +474,7 @@ def identify_markings(
         return (*above, *below)
 
     second = np.zeros(len(marks), bool) if marks.second is None else marks.second
+    weak = np.zeros(len(marks), bool) if marks.weak is None else marks.weak
     out: list[Verdict] = []
     for n, (owner, box) in enumerate(zip(marks.owners, marks.boxes, strict=True)):
         i = int(owner)
@@ -470,7 +484,8 @@ def identify_markings(
         above, above_rows, below, below_rows = neighbours(i)
         whole = across_seams(box, frames[i].shape[0], above_rows, below_rows)
         embedded = None if paint is None or not len(paint) else paint[n]
-        out.append(identify(frames[i], whole, index, threshold, above, below, embedded))
+        needed = max(threshold, WEAK_THRESHOLD) if weak[n] else threshold
+        out.append(identify(frames[i], whole, index, needed, above, below, embedded))
     return out
 
 

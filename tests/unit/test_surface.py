@@ -255,6 +255,33 @@ def test_a_weak_detection_is_kept_only_when_it_names_a_registered_sheet() -> Non
     assert kept([], [], 0.25).tolist() == []
 
 
+def test_a_weak_marking_needs_the_stronger_evidence(monkeypatch) -> None:
+    """A detection below the detector's operating score names a sheet only at
+    ``WEAK_THRESHOLD``: the same marking, verified at the same correlation, is named
+    when the detector was sure of it and not when it was not."""
+    from models.identity import pipeline
+
+    steel, box = _sheet(1)
+    reference = pipeline.reference(_seen(steel, 2), box)
+    index = pipeline.SurfaceIndex(
+        ["H1"], reference.descriptor[None], reference.template[None].astype(np.float16)
+    )
+    frame = np.pad(_seen(steel, 4, gain=1.2), ((0, 0), (40, 40)), constant_values=15)
+    rows = np.array([[box[0] + 40, box[1], box[2] + 40, box[3], 0.3]] * 2, np.float32)
+
+    def verdicts(weak: list[bool]) -> list[str]:
+        marks = pipeline.Markings(
+            np.zeros(2, np.int64), rows, np.zeros((2, 1, 1), np.uint8), [rows], np.array(weak)
+        )
+        return pipeline.identify_markings(marks, [frame], index, 0.41)
+
+    (sure, _) = verdicts([False, False])
+    assert sure.sheet_id == "H1"
+    monkeypatch.setattr(pipeline, "WEAK_THRESHOLD", sure.similarity + 0.01)
+    assert [v.sheet_id for v in verdicts([False, True])] == ["H1", "unknown"]
+    assert verdicts([False, True])[1].nearest == "H1"
+
+
 def test_a_weak_box_of_a_marking_already_found_is_not_identified_again() -> None:
     from models.identity.pipeline import _rescues_only, _second_guesses
 
@@ -299,7 +326,8 @@ def test_a_second_guess_is_identified_only_when_the_first_names_no_sheet() -> No
             rows,
             np.zeros((2, 1, 1), np.uint8),
             [rows],
-            pipeline._second_guesses(rows, 0.6),
+            weak=np.ones(2, bool),
+            second=pipeline._second_guesses(rows, 0.6),
         )
         verdicts = pipeline.identify_markings(marks, [frame], index, 0.41)
         named = [v.sheet_id for v in verdicts]
