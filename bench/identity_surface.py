@@ -106,7 +106,7 @@ def einsum_search(index: SurfaceIndex, query: np.ndarray) -> np.ndarray:
 
 def matmul_search(index: SurfaceIndex, query: np.ndarray) -> np.ndarray:
     chosen = index.candidates(query, surface.DESCRIPTOR_SHIFTS, None, surface.CANDIDATES, 0)
-    return np.array([row for row, _, _ in chosen])
+    return np.array([row for row, *_ in chosen])
 
 
 def median_ms(run, rounds: int) -> float:
@@ -130,8 +130,8 @@ def measure(index: SurfaceIndex, queries: list, rounds: int) -> list[str]:
     matmul = median_ms(lambda: matmul_search(index, query), rounds)
     steel = surface.steel_mask(frame)
     chosen = index.candidates(query, surface.DESCRIPTOR_SHIFTS, None, surface.CANDIDATES, 0)
-    templates = [index.templates[i].astype(np.float32) for i, _, _ in chosen]
-    turns, shifts = [t for _, t, _ in chosen], [d for _, _, d in chosen]
+    templates = [index.templates[i].astype(np.float32) for i, *_ in chosen]
+    turns, shifts = [t for _, t, *_ in chosen], [d for _, _, d, _ in chosen]
 
     def verified(by_spectra: bool) -> np.ndarray:
         return surface.verify(

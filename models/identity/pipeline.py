@@ -62,6 +62,12 @@ WEAK_CONF = 0.05
 # sheet scored 0.61 or more (116 boxes, seeds 13 and 14); at one that was none, near the
 # sheet's edge, another sheet scored 0.47, over the threshold of 0.41
 WEAK_THRESHOLD = 0.55
+# Nor is a weak detection verified (150 ms on 2 cores) when no registered sheet's steel
+# descriptor matches the steel around it at this cosine. Of the weak boxes verified,
+# 994 of 1,081 (seed 13) and 423 of 454 (seed 14) named no sheet, and 887 and 390 of
+# those matched below 0.25; the 118 that named one matched at 0.276 or more
+# (docs/benchmarks.md, "Every detection on a sheet")
+WEAK_MATCH = 0.25
 
 Neighbour = tuple  # (frame or None, its detections or None)
 NO_NEIGHBOUR: Neighbour = (None, None)
@@ -284,12 +290,12 @@ class SurfaceIndex:
         paint: np.ndarray | None,
         top: int,
         paint_top: int,
-    ) -> list[tuple[int, float, float]]:
+    ) -> list[tuple[int, float, float, float]]:
         """(registered row, the turn and the query's shift its descriptor matched best
-        at), nearest first: the ``top`` nearest by the steel (``descriptor``: the
-        query's, (len(shifts), D), its window moved by each of ``shifts`` along the
-        text; the best of every turn and shift counts), then the ``paint_top`` nearest
-        by the paint that are not among them."""
+        at, that match's cosine), nearest first: the ``top`` nearest by the steel
+        (``descriptor``: the query's, (len(shifts), D), its window moved by each of
+        ``shifts`` along the text; the best of every turn and shift counts), then the
+        ``paint_top`` nearest by the paint that are not among them."""
         query = np.atleast_2d(descriptor).astype(np.float32, copy=False)
         n, turns_, dim = self.descriptors.shape
         # one BLAS product: einsum's own loop took 2.4 to 4 times as long (1,000 to
@@ -304,7 +310,7 @@ class SurfaceIndex:
         out = []
         for i in order:
             turn, shift = np.unravel_index(int(np.argmax(flat[i])), similar.shape[1:])
-            out.append((int(i), turns[turn], float(shifts[shift])))
+            out.append((int(i), turns[turn], float(shifts[shift]), float(flat[i].max())))
         return out
 
 
@@ -333,12 +339,15 @@ def identify(
     paint: np.ndarray | None = None,
     top: int = surface.CANDIDATES,
     paint_top: int = PAINT_CANDIDATES,
+    least_match: float = -1.0,
 ) -> Verdict:
     """Identify the marking at ``box`` of an inspection ``frame``, seen with the frames
     just before and after it on the line when given (a marking near the frame's edge
     leaves too little steel in one frame); ``paint``: its paint crop's embedding. The
     box is in the frame's coordinates and may reach past its edges into a neighbour
-    (a marking the seam cut, joined with its other part: ``across_seams``)."""
+    (a marking the seam cut, joined with its other part: ``across_seams``). When no
+    registered sheet's descriptor matches the steel around it at ``least_match`` or
+    more (cosine), nothing is verified: ``NOTHING``."""
     if not len(index):
         return NOTHING
     parts = [p for p in (before, frame, after) if p is not None and p.shape == frame.shape]
@@ -351,14 +360,16 @@ def identify(
     shifts = surface.DESCRIPTOR_SHIFTS
     described = surface.describe(picture, box, steel=steel, seams=seams, shifts=shifts)
     chosen = index.candidates(described, shifts, paint, top, paint_top)
+    if max(match for *_, match in chosen) < least_match:
+        return NOTHING
     verified = surface.verify(
         picture,
         box,
-        [index.templates[i].astype(np.float32) for i, _, _ in chosen],
+        [index.templates[i].astype(np.float32) for i, *_ in chosen],
         steel,
-        [turn for _, turn, _ in chosen],
+        [turn for _, turn, *_ in chosen],
         seams,
-        shifts=[shift for _, _, shift in chosen],
+        shifts=[shift for _, _, shift, _ in chosen],
     )
     best = int(np.argmax(verified))
     similarity = float(verified[best])
@@ -366,7 +377,7 @@ def identify(
         return NOTHING
     nearest = index.sheet_ids[chosen[best][0]]
     scores = tuple(
-        (index.sheet_ids[i], float(v)) for (i, _, _), v in zip(chosen, verified, strict=True)
+        (index.sheet_ids[i], float(v)) for (i, *_), v in zip(chosen, verified, strict=True)
     )
     return Verdict(nearest if similarity >= threshold else UNKNOWN, nearest, similarity, scores)
 
@@ -484,8 +495,13 @@ def identify_markings(
         above, above_rows, below, below_rows = neighbours(i)
         whole = across_seams(box, frames[i].shape[0], above_rows, below_rows)
         embedded = None if paint is None or not len(paint) else paint[n]
-        needed = max(threshold, WEAK_THRESHOLD) if weak[n] else threshold
-        out.append(identify(frames[i], whole, index, needed, above, below, embedded))
+        if weak[n]:  # stronger evidence, and none looked for where the steel matches none
+            needed, least = max(threshold, WEAK_THRESHOLD), WEAK_MATCH
+        else:
+            needed, least = threshold, -1.0
+        out.append(
+            identify(frames[i], whole, index, needed, above, below, embedded, least_match=least)
+        )
     return out
 
 

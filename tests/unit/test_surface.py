@@ -258,7 +258,8 @@ def test_a_weak_detection_is_kept_only_when_it_names_a_registered_sheet() -> Non
 def test_a_weak_marking_needs_the_stronger_evidence(monkeypatch) -> None:
     """A detection below the detector's operating score names a sheet only at
     ``WEAK_THRESHOLD``: the same marking, verified at the same correlation, is named
-    when the detector was sure of it and not when it was not."""
+    when the detector was sure of it and not when it was not; and it is verified only
+    where a registered sheet's steel descriptor matches at ``WEAK_MATCH``."""
     from models.identity import pipeline
 
     steel, box = _sheet(1)
@@ -280,6 +281,11 @@ def test_a_weak_marking_needs_the_stronger_evidence(monkeypatch) -> None:
     monkeypatch.setattr(pipeline, "WEAK_THRESHOLD", sure.similarity + 0.01)
     assert [v.sheet_id for v in verdicts([False, True])] == ["H1", "unknown"]
     assert verdicts([False, True])[1].nearest == "H1"
+    # nor is a weak one verified at all where no sheet's steel descriptor matches
+    assert verdicts([False, True])[1].similarity is not None
+    monkeypatch.setattr(pipeline, "WEAK_MATCH", 1.01)  # above any cosine
+    sure_again, weak = verdicts([False, True])
+    assert sure_again == sure and weak is pipeline.NOTHING
 
 
 def test_a_weak_box_of_a_marking_already_found_is_not_identified_again() -> None:
