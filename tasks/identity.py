@@ -118,7 +118,11 @@ def marking_boxes(archive: Path) -> dict[str, list[dict]]:
 def true_sheets(archive: Path) -> list[tuple[str, int, int]]:
     """(sheet_id, first line, last line) of every sheet the twin drew on a recording, in
     order (lines: rows of the recording from its first frame's top, ground_truth/sheets.csv)."""
-    lines = _frame_lines(archive)
+    return _sheet_spans(archive, _frame_lines(archive))
+
+
+def _sheet_spans(archive: Path, lines: dict[str, float]) -> list[tuple[str, int, int]]:
+    """``true_sheets`` from the frames' top lines (``_frame_lines``)."""
     spans: dict[str, list[int]] = {}
     for r in csv_rows(archive / "ground_truth" / "sheets.csv"):
         line = round(lines[r["frame_id"]])
@@ -133,7 +137,7 @@ def sheets_at(archive: Path, frame_ids: list[str], boxes: list[np.ndarray]) -> l
     reach outside its frame), None between sheets: where inspect places a marking on
     the sheets it tracks."""
     lines = _frame_lines(archive)
-    sheets = true_sheets(archive)
+    sheets = _sheet_spans(archive, lines)  # the frame index read once
     starts = np.array([first for _, first, _ in sheets])
     out: list[str | None] = []
     for frame_id, box in zip(frame_ids, boxes, strict=True):
