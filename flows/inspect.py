@@ -134,12 +134,12 @@ def register_station_task(row: dict, models, warehouse: Warehouse, key: str) -> 
     logger.info(
         "station %s: %d of %d sheets registered (%d without a marking) in %.1f s",
         row["archive_id"],
-        done.references,
+        done.registered,
         done.sheets,
         done.errors,
         done.seconds,
     )
-    return done.references
+    return done.registered
 
 
 @task(name="inspect-archive", task_run_name="inspect {row[archive_id]}", cache_policy=NO_CACHE)

@@ -793,7 +793,7 @@ def register_sheets(
     except (RegistryError, IdentityDataError, ArchiveError) as error:
         fail(str(error))
     console.print(
-        f"registered {done.references} of {done.sheets} sheets from {station} "
+        f"registered {done.registered} of {done.sheets} sheets from {station} "
         f'({done.errors} without a marking found: see `steelsight sql "select * from '
         f'ingest_errors"`) in {done.seconds:.1f} s'
     )

@@ -89,11 +89,12 @@ class Found:
 
 
 def station_found(pictures: Iterable[tuple[str, np.ndarray]], models: Models) -> Found:
-    """The best marking of each (frame_id, station picture), its crop and surface imprint."""
+    """The markings each (frame_id, station picture) registers (its best; when the
+    detector is unsure of it, its next ones too), their crops and surface imprints."""
     found = Found()
     for batch in _batches(pictures, BATCH):
         images = [image for _, image in batch]
-        marks = find_pictures_markings(models.detector, models.imprint, images, BATCH, True)
+        marks = find_pictures_markings(models.detector, models.imprint, images, BATCH, station=True)
         names = [frame_id for frame_id, _ in batch]
         found.pictures += len(batch)
         found.per_frame.update(zip(names, marks.per_picture, strict=True))
@@ -112,8 +113,9 @@ def _embed(found: Found, models: Models) -> np.ndarray:
 @dataclass(frozen=True)
 class Registered:
     archive_id: str
-    sheets: int
-    references: int
+    sheets: int  # station pictures read
+    registered: int  # sheets with a reference
+    references: int  # rows of sheet_references
     errors: int
     seconds: float
     sheet_ids: frozenset[str]  # the sheets offered for registration (after leave_out)
@@ -167,9 +169,11 @@ def register_station(
 ) -> Registered:
     """Take every station picture's marking imprint (the steel around it, its paint's
     embedding) and store it with its sheet ID in ``sheet_references`` (one import of the
-    station archive: re-running replaces it). A picture where no marking is found goes to
-    ``ingest_errors`` with the reason. ``archive``: the station's archives row when
-    ingest registered it (its id, hash and origin are kept)."""
+    station archive: re-running replaces it); one row per box the picture registers, its
+    best and, where the detector was unsure of that, its next ones (``station_boxes``).
+    A picture where no marking is found goes to ``ingest_errors`` with the reason.
+    ``archive``: the station's archives row when ingest registered it (its id, hash and
+    origin are kept)."""
     started = time.perf_counter()
     station = Path(station).resolve()
     found, rows = station_markings(station, models, leave_out, ground_truth, progress)
@@ -188,6 +192,7 @@ def register_station(
             "x_max": round(box[2]),
             "y_max": round(box[3]),
             "detection_score": float(box[4]),
+            "box_rank": rank,
             "embedding": embedding.tolist(),
             "surface_format": surface.FORMAT,
             "surface_angle": imprinted.angle,
@@ -196,8 +201,13 @@ def register_station(
             "model_version": models.imprint_version,
             "detector_version": "ground-truth" if ground_truth else models.detector_version,
         }
-        for frame_id, box, embedding, imprinted in zip(
-            found.frame_ids, found.boxes, embeddings, found.surfaces, strict=True
+        for frame_id, rank, box, embedding, imprinted in zip(
+            found.frame_ids,
+            _ranks(found.frame_ids),
+            found.boxes,
+            embeddings,
+            found.surfaces,
+            strict=True,
         )
     ]
     seen = set(found.frame_ids)
@@ -239,14 +249,27 @@ def register_station(
     )
     seconds = time.perf_counter() - started
     log.info(
-        "registered %d sheets of %s (%d without a marking found) in %.1f s",
-        len(references),
+        "registered %d sheets of %s (%d references; %d without a marking found) in %.1f s",
+        len(seen),
         station,
+        len(references),
         len(errors),
         seconds,
     )
     offered = frozenset(rows[f]["sheet_id"] for f in found.per_frame)
-    return Registered(archive_id, found.pictures, len(references), len(errors), seconds, offered)
+    return Registered(
+        archive_id, found.pictures, len(seen), len(references), len(errors), seconds, offered
+    )
+
+
+def _ranks(frame_ids: Sequence[str]) -> list[int]:
+    """Each detection's rank among its picture's (they come best first)."""
+    seen: dict[str, int] = {}
+    ranks = []
+    for frame_id in frame_ids:
+        ranks.append(seen.get(frame_id, 0))
+        seen[frame_id] = ranks[-1] + 1
+    return ranks
 
 
 def registration_key(marking: str, imprint: str) -> str:
@@ -482,7 +505,7 @@ def evaluate_identity(
     return {
         "data": {"station": str(pair.station), "inspection": str(pair.inspection)},
         "models": {"marking": models.detector_version, "imprint": models.imprint_version},
-        "registered_sheets": len(index),
+        "registered_sheets": index.sheets,
         "station": {
             "pictures": registered.sheets,
             "references": registered.references,

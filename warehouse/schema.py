@@ -16,7 +16,7 @@ from types import MappingProxyType
 import pyarrow as pa
 
 # Bump when a table's columns change: the catalogue's views are rebuilt then.
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 
 def col(name: str, dtype: pa.DataType, doc: str, nullable: bool = False) -> pa.Field:
@@ -350,10 +350,11 @@ SHEETS = TableSpec(
 SHEET_REFERENCES = TableSpec(
     name="sheet_references",
     description=(
-        "The reference registry for identification: one row per sheet the marking station "
-        "photographed, with its L2 sheet ID, the surface imprint of the steel around its "
-        "marking and the embedding of its paint. Inspection finds the nearest rows and "
-        "verifies them by aligned correlation of the surface."
+        "The reference registry for identification: one row per marking box of each sheet "
+        "the marking station photographed (the detector's best; its next ones too when it "
+        "was unsure of the best), with its L2 sheet ID, the surface imprint of the steel "
+        "around the box and the embedding of its paint. Inspection finds the nearest rows "
+        "and verifies them by aligned correlation of the surface."
     ),
     schema=pa.schema(
         [
@@ -364,6 +365,14 @@ SHEET_REFERENCES = TableSpec(
             col("captured_at", TIMESTAMP, "When the station took the picture (UTC)."),
             *_bbox(),
             col("detection_score", pa.float32(), "Marking detector confidence."),
+            col(
+                "box_rank",
+                pa.int16(),
+                "Which of the picture's boxes: 0 the detector's best; 1 and 2 its next "
+                "ones, registered beside it when it scored under 0.7 "
+                "(models.identity.pipeline.STATION_SURE). Null: registered before ranks.",
+                nullable=True,
+            ),
             col(
                 "embedding",
                 pa.list_(pa.float32()),
@@ -394,7 +403,7 @@ SHEET_REFERENCES = TableSpec(
             col("detector_version", pa.string(), "steelsight-marking version that found it."),
         ]
     ),
-    key=("archive_id", "sheet_id"),
+    key=("archive_id", "sheet_id", "box_rank"),
     references={("archive_id",): ("archives", ("archive_id",))},
 )
 

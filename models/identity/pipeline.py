@@ -49,6 +49,16 @@ class Markings:
 # scored 0.010 and 0.020 (dark pictures, seed 13); a floor of 0.05 lost those sheets.
 # Each reference keeps its ``detection_score``: a weak registration can be looked up.
 STATION_CONF = 0.005
+# Below this score the station's best box is not trusted alone: the detector's next
+# boxes of the picture (down to ``STATION_OTHER_CONF``, up to ``STATION_OTHERS`` of
+# them) are registered beside it, each a reference of the same sheet, and whichever
+# the line's view verifies against counts. Every best box that was off the marking
+# (IoU < 0.6 with the twin's) scored under 0.7, 9 of 1,273 (seeds 13 and 14): boxes
+# over a scale patch beside the text, or reaching over it to the picture's edge; in 5 of
+# them the next box fitted the marking (IoU 0.65 to 0.91, scores 0.10 to 0.54)
+STATION_SURE = 0.7
+STATION_OTHERS = 2
+STATION_OTHER_CONF = 0.05
 # On the line, detections down to this score are identified as well: a weak detection
 # is kept only when it verifies as a registered sheet (``kept``), which no false one
 # does. The detector's own operating score (0.25) missed 28 of 1,000 sheets' markings,
@@ -78,19 +88,20 @@ def find_markings(
     imprint,
     pictures: list[np.ndarray],
     batch: int = 32,
-    best_only: bool = False,
+    station: bool = False,
     weak: bool = False,
     follows: Sequence[bool] | None = None,
     previous: Neighbour | None = None,
 ) -> Markings:
-    """Detect the markings of ``pictures`` and cut each one's crop. ``best_only`` keeps a
-    picture's highest-scoring marking, down to ``STATION_CONF`` (a station picture shows
-    one sheet); ``weak``: down to ``WEAK_CONF``, for identification (see ``kept``);
+    """Detect the markings of ``pictures`` and cut each one's crop. ``station``: each is a
+    station picture, showing one sheet: keep its highest-scoring marking, down to
+    ``STATION_CONF``, and when the detector is unsure of it its next boxes as well
+    (``station_boxes``); ``weak``: down to ``WEAK_CONF``, for identification (see ``kept``);
     ``follows`` (with ``weak``): per picture, whether it directly follows the one before
     it on the line (the first: ``previous``, that frame and its detections), so that the
     seams between them are looked at too (``seam_markings``). A box that leaves no crop
     (flat on the picture's border) is dropped."""
-    if best_only:
+    if station:
         per_picture = detector.detect(pictures, batch=batch, conf=STATION_CONF) if pictures else []
     else:
         per_picture = line_detections(detector, pictures, batch, weak, follows, previous)
@@ -98,7 +109,8 @@ def find_markings(
     owners, boxes, crops, weakly, second = [], [], [], [], []
     for i, rows in enumerate(per_picture):
         guesses = _second_guesses(rows, detector.conf) if weak else np.zeros(len(rows), bool)
-        for row, guess in zip(rows[:1] if best_only else rows, guesses, strict=False):
+        chosen = station_boxes(rows) if station else rows
+        for row, guess in zip(chosen, guesses, strict=False):
             picture, box = pictures[i], row[:4]
             if row[1] < 0:  # found across the seam above: its crop is cut across it too
                 above = pictures[i - 1] if i else previous[0] if previous else None
@@ -121,6 +133,16 @@ def find_markings(
         np.asarray(weakly, bool),
         np.asarray(second, bool),
     )
+
+
+def station_boxes(rows: np.ndarray) -> np.ndarray:
+    """The boxes a station picture registers, of its detections (best first): the best,
+    and when it scored under ``STATION_SURE`` the next ones down to
+    ``STATION_OTHER_CONF`` (``STATION_OTHERS`` at most)."""
+    if not len(rows) or rows[0, 4] >= STATION_SURE:
+        return rows[:1]
+    others = rows[1:][rows[1:, 4] >= STATION_OTHER_CONF][:STATION_OTHERS]
+    return np.concatenate([rows[:1], others])
 
 
 def line_detections(
@@ -267,9 +289,10 @@ def reference(picture: np.ndarray, box) -> surface.Surface:
 
 @dataclass(frozen=True)
 class SurfaceIndex:
-    """The registered sheets as identification searches them: per sheet its surface
-    descriptors (one per turn), its verification template, and the embedding of its
-    paint (optional: candidates from the paint as well)."""
+    """The registered sheets as identification searches them: per reference (a sheet has
+    one per box its station picture registered) its surface descriptors (one per turn),
+    its verification template, and the embedding of its paint (optional: candidates from
+    the paint as well)."""
 
     sheet_ids: list[str]
     descriptors: np.ndarray  # float32 (n, turns, D), L2-normalised
@@ -278,6 +301,11 @@ class SurfaceIndex:
 
     def __len__(self) -> int:
         return len(self.sheet_ids)
+
+    @property
+    def sheets(self) -> int:
+        """How many sheets it holds: a sheet the station was unsure of has several rows."""
+        return len(set(self.sheet_ids))
 
     @staticmethod
     def empty() -> SurfaceIndex:

@@ -74,7 +74,7 @@ def served_models(request: Request, _client: Annotated[str, Depends(require_key)
         served=[{"kind": k, "version": v} for k, v in (served.versions if served else {}).items()],
         loaded_at=served.loaded_at if served else None,
         checked_at=state.champions.checked_at,
-        registered_sheets=len(served.references) if served else 0,
+        registered_sheets=served.references.sheets if served else 0,
         imprint_threshold=served.threshold if served else None,
         problem=state.champions.problem,
     )

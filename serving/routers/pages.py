@@ -263,7 +263,7 @@ def models_page(request: Request, client: Client) -> HTMLResponse:
         rows=rows,
         problem=problem,
         loaded_at=served.loaded_at if served else None,
-        registered_sheets=len(served.references) if served else 0,
+        registered_sheets=served.references.sheets if served else 0,
     )
 
 

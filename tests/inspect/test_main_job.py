@@ -128,10 +128,16 @@ def test_inspect_finds_the_twins_sheets_identities_and_defects(world: World) -> 
     report = against_twin(world.warehouse, archive_id)
     sheets = report["sheets"]
     assert sheets["tracked_sheets"] == sheets["true_sheets"] == sheets["paired"] == LINE_SHEETS
-    # The station was registered with the champions: every picture is a reference or an
-    # ingest error saying no marking was found (nothing lost).
+    # The station was registered with the champions: every picture gave its sheet one
+    # reference or more (its best box ranked 0, the others after it) or an ingest error
+    # saying no marking was found (nothing lost).
     station = world.archive_id("line-1-station-s2")
-    references = len(_table(world, "sheet_references", station))
+    rows = _table(world, "sheet_references", station)
+    ranks = {}
+    for row in rows:
+        ranks.setdefault(row["sheet_id"], []).append(row["box_rank"])
+    assert all(sorted(r) == list(range(len(r))) for r in ranks.values()), ranks
+    references = len(ranks)
     missing = world.warehouse.query(
         "SELECT count(*) AS n FROM ingest_errors WHERE archive_id = ? "
         "AND error_kind = 'no_marking_found'",

@@ -146,6 +146,52 @@ def _index(*sheets):
     )
 
 
+def test_a_station_unsure_of_its_best_box_registers_its_next_ones_too() -> None:
+    from models.identity import pipeline
+
+    def rows(*scores):
+        return np.array([[10 * k, 0, 10 * k + 300, 60, v] for k, v in enumerate(scores)])
+
+    assert len(pipeline.station_boxes(rows(0.9, 0.5, 0.2))) == 1
+    assert pipeline.station_boxes(rows(0.3, 0.2, 0.1, 0.08))[:, 4].tolist() == [0.3, 0.2, 0.1]
+    assert pipeline.station_boxes(rows(0.3, 0.04))[:, 4].tolist() == [0.3]
+    assert len(pipeline.station_boxes(np.zeros((0, 5)))) == 0
+
+
+def test_a_sheet_whose_best_station_box_is_off_the_marking_is_identified_by_another() -> None:
+    """The station's detector boxed a scale patch beside the marking (the right box
+    second): both are the sheet's references, and the line's view verifies against the
+    right one; with the off box alone nothing verifies."""
+    from models.identity import pipeline
+
+    steel, box = _sheet(1)
+    other, other_box = _sheet(7)
+    station = _seen(steel, 2)
+    off = (box[0] + 260, box[1] + 150, box[2] + 260, box[3] + 150)  # beside the text
+    references = [
+        pipeline.reference(station, off),
+        pipeline.reference(station, box),
+        pipeline.reference(_seen(other, 2), other_box),
+    ]
+
+    def index(kept):
+        return pipeline.SurfaceIndex(
+            [["H0", "H0", "H1"][k] for k in kept],
+            np.stack([references[k].descriptor for k in kept]),
+            np.stack([references[k].template.astype(np.float16) for k in kept]),
+        )
+
+    both = index([0, 1, 2])
+    assert len(both) == 3 and both.sheets == 2
+    # the line's camera: the sheet between two strips of roller table
+    seen = np.pad(_seen(steel, 4, gain=1.2), ((0, 0), (40, 40)), constant_values=15)
+    moved = (box[0] + 40, box[1], box[2] + 40, box[3])
+    verdict = pipeline.identify(seen, moved, both, 0.41)
+    assert verdict.sheet_id == "H0" and verdict.similarity > 0.5, verdict
+    alone = pipeline.identify(seen, moved, index([0, 2]), 0.41)
+    assert alone.sheet_id == pipeline.UNKNOWN, alone
+
+
 @pytest.mark.parametrize("offset", [-44, 40])
 def test_a_box_well_off_along_the_text_is_aligned_by_retrieval_and_verified(offset) -> None:
     """A detector's box of a wiped marking can be 30 to 60 px short of the text's end or
