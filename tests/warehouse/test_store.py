@@ -141,3 +141,73 @@ def test_rows_that_do_not_fit_are_refused_with_the_table_and_column(warehouse: W
     with pytest.raises(WarehouseError, match=r"labels\.image_id must not be null"):
         warehouse.write_import("a", "i", {"labels": nulls})
     assert not list((warehouse.parquet_dir / "labels").glob("a~*"))
+
+
+def test_references_registered_before_box_ranks_are_still_searched(
+    warehouse: Warehouse, tmp_path: Path
+) -> None:
+    """A station registered before ``box_rank`` existed left Parquet files without the
+    column: its sheets are still in the index (rank null) and the key checks pass."""
+    from datetime import UTC, datetime
+
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from models.identity import surface
+    from tasks.identify import reference_index
+
+    def reference(sheet_id: str, rank: int) -> dict:
+        return {
+            "archive_id": "station-1",
+            "import_id": "i1",
+            "sheet_id": sheet_id,
+            "frame_id": f"frame_{sheet_id}",
+            "captured_at": datetime(2026, 12, 1, tzinfo=UTC),
+            "x_min": 10,
+            "y_min": 10,
+            "x_max": 310,
+            "y_max": 70,
+            "detection_score": 0.9,
+            "box_rank": rank,
+            "embedding": [1.0, 0.0],
+            "surface_format": surface.FORMAT,
+            "surface_angle": 0.0,
+            "surface_descriptor": [0.0] * int(np.prod(surface.DESCRIPTOR_SHAPE)),
+            "surface_template": np.zeros(surface.TEMPLATE_SHAPE, np.float16).tobytes(),
+            "model_version": "1",
+            "detector_version": "1",
+        }
+
+    rows = [reference("H1", 0), reference("H2", 0), reference("H2", 1)]
+    warehouse.import_archive(
+        {
+            "archive_id": "station-1",
+            "import_id": "i1",
+            "kind": "marking-station",
+            "path": str(tmp_path / "station"),
+            "content_sha256": "0" * 64,
+            "status": "ok",
+            "n_images": 2,
+            "n_labels": 3,
+            "n_errors": 0,
+            "imported_at": datetime.now(UTC),
+            "steelsight_version": "test",
+        },
+        {"sheet_references": pa.Table.from_pylist(rows, TABLES["sheet_references"].schema)},
+    )
+    index = reference_index(warehouse, "1")
+    assert index.sheet_ids == ["H1", "H2", "H2"] and index.sheets == 2
+    # the same station as an older steelsight wrote it: one row per sheet, no box_rank
+    (written,) = [
+        p for p in (warehouse.parquet_dir / "sheet_references").iterdir() if "station-1" in p.name
+    ]
+    old = pq.read_table(written).drop_columns(["box_rank"]).slice(0, 2)
+    pq.write_table(old, written)
+    reopened = Warehouse(warehouse.root).ensure()
+    index = reference_index(reopened, "1")
+    assert index.sheet_ids == ["H1", "H2"] and index.sheets == 2
+    ranks = reopened.query("SELECT box_rank FROM sheet_references")["box_rank"].to_pylist()
+    assert ranks == [None, None]
+    with reopened.connect() as con:
+        failing = [r for r in run_checks(con) if not r.ok]
+    assert not failing, failing
