@@ -287,7 +287,12 @@ def _class_images(kind: str, path: Path, workdir: Path, recipe) -> Prepared:
 
 
 def _marking_boxes(kind: str, path: Path, workdir: Path, recipe) -> Prepared:
-    dataset = write_yolo_dataset(find_pairs(path), workdir / "yolo", recipe.max_images)
+    dataset = write_yolo_dataset(
+        find_pairs(path),
+        workdir / "yolo",
+        recipe.max_images,
+        stacked_at=recipe.imgsz if recipe.stacked else None,
+    )
     log.info("marking dataset %s: %s", path, dataset.counts)
     if not dataset.counts["train"] or not dataset.counts["validation"]:
         raise ValueError(f"{path} has too few pictures for a train/validation split")

@@ -10,6 +10,7 @@ Ground-truth marking boxes are in each archive's ``ground_truth/markings.csv``.
 from __future__ import annotations
 
 import csv
+import math
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -288,75 +289,151 @@ def _yolo_lines(boxes: np.ndarray, shape: tuple[int, int]) -> str:
     )
 
 
-def _pictures(pair: ArchivePair, keep: set[str]) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
-    """(name, grey picture, boxes) of the pair's pictures whose names are in ``keep``."""
+def _pictures(
+    pair: ArchivePair, keep: set[str]
+) -> Iterator[tuple[str, Path, np.ndarray, np.ndarray]]:
+    """(name, camera's archive, grey picture, boxes) of the pair's pictures whose names
+    are in ``keep``."""
     station_boxes = marking_boxes(pair.station)
     for frame_id, _, image in station_pictures(pair.station):
         name = f"{pair.name}-station-{frame_id}"
         if name in keep:
-            yield name, image, np.array([m["box"] for m in station_boxes.get(frame_id, [])])
+            boxes = station_boxes.get(frame_id, [])
+            yield name, pair.station, image, np.array([m["box"] for m in boxes])
     inspection_boxes = marking_boxes(pair.inspection)
     for frame_id, image in read_frames(pair.inspection):
         name = f"{pair.name}-inspection-{frame_id}"
         if name in keep:
-            yield name, image, np.array([m["box"] for m in inspection_boxes.get(frame_id, [])])
+            boxes = inspection_boxes.get(frame_id, [])
+            yield name, pair.inspection, image, np.array([m["box"] for m in boxes])
 
 
-def _catalogue(pairs: list[ArchivePair]) -> tuple[list[str], list[str], list[bool]]:
-    """Every picture's name, split group (its sheet, or itself when empty) and whether it
-    shows a marking; read from the CSVs, without decoding any picture."""
-    names, groups, positive = [], [], []
+def _within(index: list[int], cost: dict[int, float], budget: float) -> list[int]:
+    """The first of ``index`` whose costs add up to ``budget`` at most."""
+    out, spent = [], 0.0
+    for i in index:
+        if spent + cost[i] > budget + 1e-9:
+            break
+        out.append(i)
+        spent += cost[i]
+    return out
+
+
+def _write_stack(
+    out: Path, stack: list[tuple[str, np.ndarray, np.ndarray]], longer_side: int
+) -> None:
+    """Pictures of one camera stacked top to bottom as one training picture (named
+    after the first), its longer side resized to ``longer_side`` as Ultralytics resizes
+    what it loads (linear), and its boxes moved down with their picture."""
+    offsets = np.cumsum([0] + [image.shape[0] for _, image, _ in stack[:-1]])
+    image = np.concatenate([image for _, image, _ in stack], axis=0)
+    boxes = np.concatenate(
+        [b + np.array([0, dy, 0, dy]) for (_, _, b), dy in zip(stack, offsets, strict=True)]
+    )
+    lines = _yolo_lines(boxes, image.shape)  # fractions of the picture: the resize keeps them
+    h, w = image.shape
+    r = longer_side / max(h, w)
+    if r != 1:
+        size = (min(math.ceil(w * r), longer_side), min(math.ceil(h * r), longer_side))
+        image = cv2.resize(image, size, interpolation=cv2.INTER_LINEAR)
+    name = stack[0][0]
+    cv2.imwrite(str(out / "images" / "train" / f"{name}.png"), image)
+    (out / "labels" / "train" / f"{name}.txt").write_text(lines)
+
+
+def _catalogue(pairs: list[ArchivePair]) -> tuple[list[str], list[str], list[bool], list[int]]:
+    """Every picture's name, split group (its sheet, or itself when empty), whether it
+    shows a marking, and how many of its camera's pictures stacked top to bottom make
+    about a square (``_per_stack``); read from the CSVs and manifests, without decoding
+    any picture."""
+    names, groups, positive, stacks = [], [], [], []
     for pair in pairs:
+        per_stack = _per_stack(pair.station)
         for row in csv_rows(pair.station / "sheets.csv"):
             names.append(f"{pair.name}-station-{row['frame_id']}")
             groups.append(f"{pair.name}/{row['sheet_id']}")
             positive.append(True)
+            stacks.append(per_stack)
         boxes = marking_boxes(pair.inspection)
+        per_stack = _per_stack(pair.inspection)
         for row in csv_rows(pair.inspection / "frame_index.csv"):
             name = f"{pair.name}-inspection-{row['frame_id']}"
             found = boxes.get(row["frame_id"], [])
             names.append(name)
             groups.append(f"{pair.name}/{found[0]['sheet_id']}" if found else name)
             positive.append(bool(found))
-    return names, groups, positive
+            stacks.append(per_stack)
+    return names, groups, positive, stacks
+
+
+def _per_stack(folder: Path) -> int:
+    """How many of a camera's pictures, stacked top to bottom, make a picture about as
+    tall as it is wide: a line frame (1600x256) six, a station picture (640x320) two."""
+    manifest = read_manifest(folder)
+    return max(1, manifest.frame_width // max(manifest.frame_height, 1))
 
 
 def write_yolo_dataset(
-    pairs: list[ArchivePair], out: Path, max_images: int, negative_share: float = 0.2
+    pairs: list[ArchivePair],
+    out: Path,
+    max_images: int,
+    negative_share: float = 0.2,
+    stacked_at: int | None = None,
 ) -> YoloDataset:
     """A YOLO dataset folder (images/, labels/, data.yaml) from archive pairs: pictures
     with markings and a share of empty frames, split by sheet; the holdout stays in memory.
 
     At most ``max_images`` pictures go to training and validation, chosen by a stable
     hash, so the same archives give the same dataset.
+
+    ``stacked_at``: the training pictures of one camera are stacked top to bottom, as
+    many as make about a square (six line frames, two station pictures), and written
+    with their longer side at this size (the detector's input). Letterboxed alone, a
+    line frame fills a sixth of the square input and the rest is padding; stacked, each
+    training step sees up to six times the markings at the same cost, at the scale the
+    detector sees them on the line. ``max_images`` then counts the stacked pictures.
+    Validation pictures stay single, as the detector meets them.
     """
-    names, groups, positive = _catalogue(pairs)
+    names, groups, positive, stacks = _catalogue(pairs)
     split = split_by_group(groups, holdout=0.1, validation=0.1)
     order = {name: i for i, name in enumerate(names)}
     chosen: dict[str, str] = {}
     for part, index in split.items():
         budget = max(8, int(max_images * (0.1 if part != "train" else 0.8)))
+        cost = {i: 1 / stacks[i] if stacked_at and part == "train" else 1.0 for i in index}
         pos = sorted((i for i in index if positive[i]), key=lambda i: unit_hash(names[i]))
         neg = sorted((i for i in index if not positive[i]), key=lambda i: unit_hash(names[i]))
-        n_neg = min(len(neg), int(budget * negative_share))
-        for i in pos[: budget - n_neg] + neg[:n_neg]:
+        n_neg = _within(neg, cost, budget * negative_share)
+        for i in _within(pos, cost, budget - sum(cost[i] for i in n_neg)) + n_neg:
             chosen[names[i]] = part
     holdout = DetectionData([], [], [])
     counts = {"train": 0, "validation": 0, "holdout": 0}
     for part in ("train", "validation"):
         (out / "images" / part).mkdir(parents=True, exist_ok=True)
         (out / "labels" / part).mkdir(parents=True, exist_ok=True)
+    stacks_of: dict[Path, list[tuple[str, np.ndarray, np.ndarray]]] = {}
     for pair in pairs:
-        for name, image, boxes in _pictures(pair, set(chosen)):
+        for name, camera, image, boxes in _pictures(pair, set(chosen)):
             part = chosen[name]
-            counts[part] += 1
             if part == "holdout":
+                counts[part] += 1
                 holdout.names.append(name)
                 holdout.images.append(image)
                 holdout.boxes.append(boxes.reshape(-1, 4))
                 continue
+            if part == "train" and stacked_at:
+                stack = stacks_of.setdefault(camera, [])
+                stack.append((name, image, boxes.reshape(-1, 4)))
+                if len(stack) == stacks[order[name]]:
+                    _write_stack(out, stacks_of.pop(camera), stacked_at)
+                    counts[part] += 1
+                continue
+            counts[part] += 1
             cv2.imwrite(str(out / "images" / part / f"{name}.png"), image)
             (out / "labels" / part / f"{name}.txt").write_text(_yolo_lines(boxes, image.shape))
+    for stack in stacks_of.values():  # each camera's last, shorter stack
+        _write_stack(out, stack, stacked_at)
+        counts["train"] += 1
     ordered = sorted(range(len(holdout)), key=lambda i: order[holdout.names[i]])
     holdout = DetectionData(
         [holdout.names[i] for i in ordered],

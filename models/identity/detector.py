@@ -40,6 +40,9 @@ class DetectorRecipe:
     # whatever the data's size: a small dataset gets more passes, a large one the same
     # time (``epochs`` is then unused)
     steps: int = 0
+    # train on pictures of one camera stacked top to bottom into about squares, at the
+    # scale the detector sees them (tasks.identity.write_yolo_dataset, ``stacked_at``)
+    stacked: bool = False
 
     def to_params(self) -> dict:
         return asdict(self)
@@ -65,9 +68,11 @@ SIZES = {
     # CPU, 2 cores: about 20 minutes, whatever the data's size (1,400 steps of 16). It
     # finds faint markings at low scores, and so some scale patches: the detections from
     # WEAK_CONF up are verified, and only those at ``conf`` or above are kept unverified
-    # (docs/benchmarks.md, "The default detector's recipe")
+    # (docs/benchmarks.md, "The default detector's recipe"). Its training pictures are
+    # stacks of six line frames or two station pictures, which fill the square input a
+    # single frame fills a sixth of (docs/benchmarks.md, "Stacked training pictures")
     "default": DetectorRecipe(
-        "t", imgsz=416, epochs=25, batch=16, max_images=600, steps=1400, conf=0.6
+        "t", imgsz=416, epochs=25, batch=16, max_images=600, steps=1400, conf=0.6, stacked=True
     ),
     # one GPU
     "gpu": DetectorRecipe("s", imgsz=640, epochs=100, batch=64, max_images=20000),
