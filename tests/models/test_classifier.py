@@ -16,6 +16,7 @@ import torch
 from models.classifier.classifier import Classifier
 from models.classifier.network import ClassifierSpec, ResNetClassifier
 from models.classifier.train import _augment, class_weights, fit, recipe_for
+from models.data import ClassificationData
 from models.preprocess import Preprocess, with_channels
 from tasks.datasets import load_classification
 from tests.helpers import copy_neu_subset
@@ -172,3 +173,32 @@ def test_tiny_classifier_learns_neu(shared_data: Path, tmp_path: Path) -> None:
     holdout = data.subset(split["holdout"])
     accuracy = float((result.classifier.predict(holdout.images) == holdout.labels).mean())
     assert accuracy >= 0.5, accuracy  # chance is 1/6
+
+
+def test_crops_keep_the_pictures_scale_and_inference_sees_the_whole_picture() -> None:
+    # pictures of unique values: a crop is a window of one, up to flips, gain and offset,
+    # not a resized picture
+    g = torch.Generator().manual_seed(0)
+    x = torch.stack([torch.randperm(144, generator=g).float().reshape(1, 12, 12) for _ in "ab"])
+    windows = x[:, 0].unfold(1, 8, 1).unfold(2, 8, 1)  # (2, 5, 5, 8, 8): every 8x8 window
+    lows = windows.amin(dim=(-2, -1), keepdim=True)
+    windows = (windows - lows) / (windows.amax(dim=(-2, -1), keepdim=True) - lows)
+    places = set()
+    for _ in range(10):
+        out = _augment(x, g, turns=False, crop=8)
+        assert out.shape == (2, 1, 8, 8)
+        for k, crop in enumerate(out[:, 0]):
+            crop = (crop - crop.min()) / (crop.max() - crop.min())
+            flips = [crop, crop.flip(0), crop.flip(1), crop.flip((0, 1))]
+            hits = [(windows[k] - f).abs().amax(dim=(-2, -1)) < 1e-4 for f in flips]
+            where = torch.stack(hits).any(dim=0).nonzero().tolist()
+            assert len(where) == 1, where
+            places.add((k, *where[0]))
+    assert len(places) > 8  # cut at many places
+    recipe = recipe_for("tiny", crop=24, epochs=1)
+    pictures = np.random.default_rng(0).integers(0, 255, (24, 40, 40), np.uint8)
+    labels = np.arange(24) % 2
+    data = ClassificationData("random", [str(i) for i in range(24)], pictures, labels, ["a", "b"])
+    classifier = fit(data, data, replace(recipe, input_size=40), "cpu").classifier
+    assert classifier.preprocess.height == classifier.preprocess.width == 40
+    assert classifier.predict_proba(pictures).shape == (24, 2)
