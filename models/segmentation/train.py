@@ -17,6 +17,7 @@ from types import MappingProxyType
 import cv2
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from core.metrics import best_f1_threshold
 from core.postprocess import Thresholds
@@ -40,6 +41,8 @@ class SegmentationRecipe:
     learning_rate: float
     crop_width: int | None = None  # train on crops this wide (input pixels); None: whole frames
     positive_share: float = 0.5  # share of crops centred on a defect
+    paste_share: float = 0.0  # share of those whose defect is pasted onto another frame's crop
+    randomise: float = 0.0  # chance of each photometric change of domain randomisation
     gate_weight: float = 1.0  # focal gate loss weight next to the BCE + Dice mask loss
     focal_gamma: float = 2.0
     weight_decay: float = 1e-4
@@ -100,6 +103,28 @@ def _augment(
     return x * gain + shift, y
 
 
+def _randomised(
+    x: torch.Tensor, pre: Preprocess, chance: float, g: torch.Generator
+) -> torch.Tensor:
+    """Light and camera other than the training line's, each change per crop with
+    ``chance``: a gamma, an uneven illumination across the crop, sensor noise, blur."""
+    n = x.shape[0]
+    r = (x * pre.std + pre.mean).clamp(0, 1)
+
+    def some() -> torch.Tensor:
+        return (torch.rand(n, 1, 1, 1, generator=g) < chance).float()
+
+    gamma = torch.exp((torch.rand(n, 1, 1, 1, generator=g) - 0.5) * 0.9 * some())
+    r = r.clamp_min(1e-4) ** gamma
+    field = F.interpolate(torch.randn(n, 1, 3, 5, generator=g), size=x.shape[-2:], mode="bicubic")
+    r = r * (1 + 0.25 * torch.rand(n, 1, 1, 1, generator=g) * some() * field)
+    r = r + torch.randn(x.shape, generator=g) * 0.03 * torch.rand(n, 1, 1, 1, generator=g) * some()
+    blurred = F.avg_pool2d(F.pad(r, (1, 1, 1, 1), mode="replicate"), 3, 1)
+    b = some() * 0.5
+    r = r * (1 - b) + blurred * b
+    return (r.clamp(0, 1) - pre.mean) / pre.std
+
+
 class CropSampler:
     """Training batches of crops across the frame's width. A share of them (by default
     half) is centred on a defect whose class is drawn evenly among the classes the data
@@ -107,7 +132,8 @@ class CropSampler:
     frames, scratches on a third) is seen as often as a common one, not as rarely as it
     occurs. The others are taken anywhere on frames drawn in turn. The gate's targets
     are what each crop shows, any pixel of the class in it, not what the whole frame
-    shows."""
+    shows. With ``paste_share``, that share of the centred crops has its defects pasted
+    onto a crop of another frame (docs/benchmarks.md: measured, and not the default)."""
 
     def __init__(
         self, x: torch.Tensor, y: torch.Tensor, recipe: SegmentationRecipe, g: torch.Generator
@@ -141,7 +167,42 @@ class CropSampler:
             ]
             xb = torch.stack([self.x[i, ..., a : a + self.crop] for i, a in pairs])
             yb = torch.stack([self.y[i, ..., a : a + self.crop] for i, a in pairs]).float()
+            if self.recipe.paste_share:
+                xb, yb = self._pasted(
+                    xb,
+                    yb,
+                    want & (torch.rand(len(idx), generator=self.g) < self.recipe.paste_share),
+                )
             yield xb, yb, (yb.amax(dim=(2, 3)) > 0).float()
+
+    def _pasted(self, xb, yb, chosen):
+        """The defects of the chosen crops blended onto a crop of another frame taken
+        anywhere: the same few rare defects seen on many backgrounds."""
+        rows = chosen.nonzero().flatten()
+        if not len(rows):
+            return xb, yb
+        n, width = len(self.x), self.x.shape[-1]
+        frames = torch.randint(0, n, (len(rows),), generator=self.g)
+        lefts = torch.randint(0, width - self.crop + 1, (len(rows),), generator=self.g)
+        bx = torch.stack(
+            [
+                self.x[int(i), ..., int(a) : int(a) + self.crop]
+                for i, a in zip(frames, lefts, strict=True)
+            ]
+        )
+        by = torch.stack(
+            [
+                self.y[int(i), ..., int(a) : int(a) + self.crop]
+                for i, a in zip(frames, lefts, strict=True)
+            ]
+        ).float()
+        # every defect of the crop, widened by a pixel and feathered over another
+        hard = F.max_pool2d((yb[rows].amax(dim=1, keepdim=True) > 0).float(), 3, 1, 1)
+        alpha = F.avg_pool2d(hard, 3, 1, 1)
+        xb, yb = xb.clone(), yb.clone()
+        xb[rows] = bx * (1 - alpha) + xb[rows] * alpha
+        yb[rows] = by * (1 - alpha) + yb[rows] * alpha
+        return xb, yb
 
 
 def _loss(net, xb, yb, pb, recipe, device):
@@ -152,10 +213,12 @@ def _loss(net, xb, yb, pb, recipe, device):
         )
 
 
-def _train_epoch(net, sampler, recipe, device, optimizer, scheduler, g) -> float:
+def _train_epoch(net, sampler, recipe, pre, device, optimizer, scheduler, g) -> float:
     net.train()
     total, batches = 0.0, 0
     for xb, yb, pb in sampler.batches():
+        if recipe.randomise:
+            xb = _randomised(xb, pre, recipe.randomise, g)
         xb, yb = _augment(xb, yb, g)
         loss = _loss(net, xb, yb, pb, recipe, device)
         optimizer.zero_grad(set_to_none=True)
@@ -227,7 +290,7 @@ def fit(
     history = []
     for epoch in range(recipe.epochs):
         t = time.perf_counter()
-        loss = _train_epoch(net, sampler, recipe, dev, optimizer, scheduler, g)
+        loss = _train_epoch(net, sampler, recipe, pre, dev, optimizer, scheduler, g)
         val_loss = _validation_loss(net, vx, vy, vp, recipe, dev)
         row = {
             "epoch": epoch + 1,

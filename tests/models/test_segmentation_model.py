@@ -15,7 +15,7 @@ from models.encoders import build_resnet, load_encoder_weights
 from models.preprocess import Preprocess
 from models.segmentation.network import UNetResNet, UNetSpec
 from models.segmentation.segmenter import Segmenter
-from models.segmentation.train import CropSampler, recipe_for
+from models.segmentation.train import CropSampler, _randomised, recipe_for
 from tasks.datasets import load_segmentation
 from tasks.labels import SourceError
 
@@ -142,3 +142,37 @@ def test_crops_show_a_rare_class_as_often_as_a_common_one() -> None:
     assert shown.shape == (20 * n, 2)
     rare = float(shown[:, 1].mean())
     assert 0.15 <= rare <= 0.35, rare  # a quarter of the crops: half of the centred ones
+
+
+def test_a_pasted_defect_is_shown_on_other_frames_with_its_label() -> None:
+    """With every crop centred on a defect and pasted, the one frame's defect is seen
+    on the backgrounds of many other frames, its label with it, and the rest of each
+    crop is the other frame's, label included."""
+    n, width = 40, 128
+    x = torch.arange(n, dtype=torch.float32)[:, None, None, None].expand(n, 1, 16, width).clone()
+    y = torch.zeros(n, 2, 16, width, dtype=torch.float16)
+    x[3, 0, 6:9, 60:64] = -7.0  # the only defect of class 1
+    y[3, 0, 6:9, 60:64] = 1.0
+    y[:, 1, 0, :] = 1.0  # every frame shows class 2 along its top row
+    recipe = recipe_for("tiny", crop_width=32, batch_size=8, positive_share=1.0, paste_share=1.0)
+    sampler = CropSampler(x, y, recipe, torch.Generator().manual_seed(0))
+    xb, yb, shown = (torch.cat(parts) for parts in zip(*sampler.batches(), strict=True))
+    assert 0.3 <= float(shown[:, 0].mean()) <= 0.7  # centred on one of the two classes
+    with_defect = shown[:, 0] == 1
+    backgrounds = xb[with_defect, 0, 12, :].mode(dim=1).values  # a row far from the defect
+    assert len(set(backgrounds.tolist())) > 5, "pasted onto many frames"
+    assert bool((xb[with_defect].amin(dim=(1, 2, 3)) == -7.0).all()), "the defect's pixels"
+    inside = yb[:, 0] == 1
+    assert bool((xb[:, 0][inside] == -7.0).all()), "the label sits on the pasted pixels"
+    assert bool((yb[:, 1, 0] == 1).all()), "the background's own label stays"
+
+
+def test_randomised_light_keeps_the_frames_range_and_changes_only_with_its_chance() -> None:
+    pre = Preprocess(16, 32, 0.4, 0.2)
+    x = torch.from_numpy(pre(np.random.default_rng(0).integers(0, 256, (64, 16, 32), np.uint8)))
+    g = torch.Generator().manual_seed(0)
+    assert torch.allclose(_randomised(x, pre, 0.0, g), x, atol=1e-3)
+    changed = _randomised(x, pre, 1.0, g)
+    raw = changed * pre.std + pre.mean
+    assert float(raw.min()) >= -1e-6 and float(raw.max()) <= 1 + 1e-6
+    assert bool(((changed - x).abs().amax(dim=(1, 2, 3)) > 0.05).all())
