@@ -165,8 +165,7 @@ class CropSampler:
                 self._centred_left() if want[k] and self.classes else (i, int(lefts[k]))
                 for k, i in enumerate(idx)
             ]
-            xb = torch.stack([self.x[i, ..., a : a + self.crop] for i, a in pairs])
-            yb = torch.stack([self.y[i, ..., a : a + self.crop] for i, a in pairs]).float()
+            xb, yb = self._cut(pairs)
             if self.recipe.paste_share:
                 xb, yb = self._pasted(
                     xb,
@@ -174,6 +173,13 @@ class CropSampler:
                     want & (torch.rand(len(idx), generator=self.g) < self.recipe.paste_share),
                 )
             yield xb, yb, (yb.amax(dim=(2, 3)) > 0).float()
+
+    def _cut(self, pairs) -> tuple[torch.Tensor, torch.Tensor]:
+        """Frames and soft masks of the crops at (frame, left column) ``pairs``."""
+        pairs = list(pairs)
+        xb = torch.stack([self.x[i, ..., a : a + self.crop] for i, a in pairs])
+        yb = torch.stack([self.y[i, ..., a : a + self.crop] for i, a in pairs]).float()
+        return xb, yb
 
     def _pasted(self, xb, yb, chosen):
         """The defects of the chosen crops blended onto a crop of another frame taken
@@ -184,22 +190,10 @@ class CropSampler:
         n, width = len(self.x), self.x.shape[-1]
         frames = torch.randint(0, n, (len(rows),), generator=self.g)
         lefts = torch.randint(0, width - self.crop + 1, (len(rows),), generator=self.g)
-        bx = torch.stack(
-            [
-                self.x[int(i), ..., int(a) : int(a) + self.crop]
-                for i, a in zip(frames, lefts, strict=True)
-            ]
-        )
-        by = torch.stack(
-            [
-                self.y[int(i), ..., int(a) : int(a) + self.crop]
-                for i, a in zip(frames, lefts, strict=True)
-            ]
-        ).float()
+        bx, by = self._cut(zip(frames.tolist(), lefts.tolist(), strict=True))
         # every defect of the crop, widened by a pixel and feathered over another
         hard = F.max_pool2d((yb[rows].amax(dim=1, keepdim=True) > 0).float(), 3, 1, 1)
         alpha = F.avg_pool2d(hard, 3, 1, 1)
-        xb, yb = xb.clone(), yb.clone()
         xb[rows] = bx * (1 - alpha) + xb[rows] * alpha
         yb[rows] = by * (1 - alpha) + yb[rows] * alpha
         return xb, yb
