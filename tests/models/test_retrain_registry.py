@@ -46,9 +46,30 @@ def world(tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.fixture(scope="module")
-def first(world):
+def weak(world):
+    """Version 1: one epoch from scratch, made champion (by hand when below the floor, as
+    a person would) and exported, as a plant that runs its champions on ONNX Runtime has
+    them."""
+    from tasks.export import export_version, sample_frames
+
     archive, _ = world
-    # the tiny recipe trained for 40 epochs (about a minute here): enough to learn
+    weak = retrain(
+        kind="segmentation", data=str(archive), size="tiny", device="cpu", overrides={"epochs": 1}
+    )
+    assert weak["version"] == 1 and weak["onnx"] is None  # no champion before it
+    settings = get_settings()
+    if not weak["promoted"]:
+        registry.promote(registry.connect(settings), "segmentation", 1, "tests: a champion")
+    exported = export_version(settings, "segmentation", 1, sample_frames(archive, 8), rounds=1)
+    assert exported.registered
+    return weak
+
+
+@pytest.fixture(scope="module")
+def first(world, weak):
+    """Version 2: the tiny recipe trained for 40 epochs (minutes on 2 cores), enough to
+    learn; the module's champion from here on."""
+    archive, _ = world
     return retrain(
         kind="segmentation",
         data=str(archive),
@@ -60,7 +81,7 @@ def first(world):
 
 def test_tiny_model_learns_and_becomes_champion(first) -> None:
     holdout = first["holdout"]
-    assert first["version"] == 1 and first["promoted"]
+    assert first["version"] == 2 and first["promoted"] and first["champion_before"] == 1
     # Clearly above what predicting "no defect" everywhere scores on the same frames.
     assert holdout["mean_dice"] >= holdout["empty_score"] + 0.04, holdout
     found = [
@@ -77,9 +98,9 @@ def test_champion_reloads_with_identical_predictions(world, first, tmp_path: Pat
     direct = segmenter.predict(frames).masks
     pyfunc = mlflow.pyfunc.load_model("models:/steelsight-segmentation@champion")
     assert np.array_equal(pyfunc.predict(frames), direct.astype(np.uint8))
-    again = registry.load_model(settings, "segmentation", 1).predict(frames).masks
+    again = registry.load_model(settings, "segmentation", 2).predict(frames).masks
     assert np.array_equal(again, direct)
-    version = registry.connect(settings).get_model_version("steelsight-segmentation", "1")
+    version = registry.connect(settings).get_model_version("steelsight-segmentation", "2")
     assert float(version.tags["holdout_score"]) == pytest.approx(first["score"], abs=1e-6)
     config = pyfunc.metadata.metadata["steelsight"]
     assert config["classes"] == {
@@ -147,14 +168,14 @@ def worse(world, first):
 
 
 def test_worse_model_does_not_take_the_alias(world, first, worse) -> None:
-    assert worse["version"] == 2 and not worse["promoted"]
+    assert worse["version"] == 3 and not worse["promoted"] and worse["onnx"] is None
     assert worse["score"] < first["score"]
-    assert worse["champion_before"] == 1
+    assert worse["champion_before"] == 2
     # the champion was re-scored on the same holdout: the score it was registered with
     assert worse["champion_score"] == pytest.approx(first["score"], abs=1e-9)
     client = registry.connect(get_settings())
-    assert registry.champion_version(client, "segmentation") == 1
-    tags = client.get_model_version("steelsight-segmentation", "2").tags
+    assert registry.champion_version(client, "segmentation") == 2
+    tags = client.get_model_version("steelsight-segmentation", "3").tags
     assert float(tags["holdout_score"]) == pytest.approx(worse["score"], abs=1e-6)
     assert float(tags["champion_score_at_registration"]) == pytest.approx(first["score"], abs=1e-6)
 
@@ -170,15 +191,19 @@ def run(home: Path, *args: str) -> subprocess.CompletedProcess:
 def test_people_promote_roll_back_and_list(world, first, worse) -> None:
     archive, home = world
     client = registry.connect(get_settings())
-    promoted = run(home, "promote", "2", "--reason", "night shift trial")
+    promoted = run(home, "promote", "3", "--reason", "night shift trial")
     assert promoted.returncode == 0, promoted.stderr
-    assert registry.champion_version(client, "segmentation") == 2
-    back = run(home, "rollback")
-    assert back.returncode == 0, back.stderr
-    assert "version 2 -> version 1" in back.stdout
-    assert registry.champion_version(client, "segmentation") == 1
+    assert registry.champion_version(client, "segmentation") == 3
+    # back along the alias's history: 3, then the trained version 2, then version 1
+    for current, previous in ((3, 2), (2, 1)):
+        back = run(home, "rollback")
+        assert back.returncode == 0, back.stderr
+        assert f"version {current} -> version {previous}" in back.stdout
+        assert registry.champion_version(client, "segmentation") == previous
     nothing = run(home, "rollback")
     assert nothing.returncode == 1 and "nothing to roll back" in nothing.stderr
+    restored = run(home, "promote", "2", "--reason", "the trained one again")
+    assert restored.returncode == 0, restored.stderr
     missing = run(home, "promote", "9")
     assert missing.returncode == 1 and "has no version 9" in missing.stderr
     listing = run(home, "models")
@@ -274,38 +299,15 @@ def test_a_copied_home_loads_its_models_from_the_copy(world, first, tmp_path: Pa
     assert locations and all(str(copied) in v and str(home) not in v for v in locations)
 
 
-def test_a_retrain_exports_its_new_champion_when_the_one_before_was_exported(
-    world, first, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
-    """A plant that runs its champions on ONNX Runtime keeps doing so after a retrain: a
-    version promoted over an exported champion is exported too. A champion that was
-    never exported (the module's own version 1) is followed by none."""
-    from tasks.export import export_version, sample_frames
+def test_a_retrain_exports_its_new_champion_when_the_one_before_was_exported(first, worse) -> None:
+    """A plant that runs its champions on ONNX Runtime keeps doing so after a retrain: the
+    trained version 2, promoted over the exported version 1, was exported too. A version
+    that follows no champion, or one that was never exported (version 3), follows none."""
+    from tasks.export import export_as_before
 
-    archive, _ = world
-    assert first["onnx"] is None  # nothing before it
-    monkeypatch.setenv("STEELSIGHT_HOME", str(tmp_path / "home"))
-    get_settings.cache_clear()
-    try:
-        settings = get_settings()
-        client = registry.connect(settings)
-        weak = retrain(
-            kind="segmentation", data=str(archive), size="tiny", device="cpu",
-            overrides={"epochs": 1},
-        )  # fmt: skip
-        if not weak["promoted"]:  # below the floor: promoted by hand, as a person would
-            registry.promote(client, "segmentation", weak["version"], "tests: a champion")
-        exported = export_version(
-            settings, "segmentation", weak["version"], sample_frames(archive, 8), rounds=1
-        )
-        assert exported.registered
-        better = retrain(
-            kind="segmentation", data=str(archive), size="tiny", device="cpu",
-            overrides={"epochs": 40},
-        )  # fmt: skip
-        assert better["promoted"] and better["champion_before"] == weak["version"]
-        assert better["onnx"]["registered"] and better["onnx"]["version"] == better["version"]
-        _, check = registry.onnx_check(client, "segmentation", "champion")
-        assert check["version"] == better["version"] and check["agrees"]
-    finally:
-        get_settings.cache_clear()
+    assert first["onnx"]["registered"] and first["onnx"]["version"] == first["version"] == 2
+    settings = get_settings()
+    _, check = registry.onnx_check(registry.connect(settings), "segmentation", "champion")
+    assert check["version"] == 2 and check["agrees"]
+    assert export_as_before(settings, "segmentation", 2, None) is None
+    assert export_as_before(settings, "segmentation", 2, worse["version"]) is None
