@@ -37,7 +37,6 @@ import models
 from core import interrupts
 from core.settings import Settings
 from models import kinds
-from models.devices import resolve_device
 from models.kinds import KINDS, Floor, NoChampion
 
 log = logging.getLogger(__name__)
@@ -477,6 +476,8 @@ def load_model(settings: Settings, kind: str, ref: str | int = CHAMPION):
     finally:  # MLflow put the model's copy of the code first; this process has its own
         sys.path[:] = path
     model = pyfunc.unwrap_python_model().model
+    from models.devices import resolve_device  # torch: not for listing or promoting
+
     if settings.inference_engine != "torch" and resolve_device(settings.device).type == "cpu":
         model = _on_onnx(client, settings, kind, ref, model)
     return model
