@@ -307,7 +307,7 @@ def test_a_retrain_exports_its_new_champion_when_the_one_before_was_exported(fir
 
     assert first["onnx"]["registered"] and first["onnx"]["version"] == first["version"] == 2
     settings = get_settings()
-    _, check = registry.onnx_check(registry.connect(settings), "segmentation", "champion")
+    _, check = registry.onnx_check(registry.connect(settings), "segmentation", 2)
     assert check["version"] == 2 and check["agrees"]
     assert export_as_before(settings, "segmentation", 2, None) is None
     assert export_as_before(settings, "segmentation", 2, worse["version"]) is None
