@@ -43,6 +43,9 @@ class DetectorRecipe:
     # train on pictures of one camera stacked top to bottom into about squares, at the
     # scale the detector sees them (tasks.identity.write_yolo_dataset, ``stacked_at``)
     stacked: bool = False
+    # > 0: AdamW at this learning rate; 0: Ultralytics' own choice, which for a run this
+    # short is AdamW at 0.002 for one class
+    lr0: float = 0.0
 
     def to_params(self) -> dict:
         return asdict(self)
@@ -58,13 +61,15 @@ class DetectorRecipe:
 SIZES = {
     # smoke runs: trains, saves and predicts in well under a minute
     "tiny": DetectorRecipe("t", imgsz=256, epochs=1, batch=16, max_images=32),
-    # `make demo`: a few minutes. From random weights YOLO finds nothing for about 200
-    # steps, then learns the markings at once (validation mAP50 0 until epoch 25, 0.995
-    # from epoch 31, on the demo's 40-sheet line: 101 training pictures, 7 steps each).
-    # 50 epochs of a split with 65 training pictures were 250 steps, just past that
-    # point: the demo named 9 to 12 of its 12 sheets from run to run. 600 steps took
-    # 162 s on 2 cores
-    "demo": DetectorRecipe("t", imgsz=256, epochs=50, batch=16, max_images=200, steps=600),
+    # `make demo`: a few minutes. From random weights YOLO finds nothing for a few hundred
+    # steps, then learns the markings at once; 250 steps at Ultralytics' own learning
+    # rate (AdamW, 0.002) were just past that point (the demo named 9 to 12 of its 12
+    # sheets from run to run), 600 named 12. At 0.01, 400 steps score as 600 did on two
+    # other recordings (two seeds), 300 lower: docs/benchmarks.md, "The demo detector's
+    # learning rate". 400 steps take about 190 s on 2 cores
+    "demo": DetectorRecipe(
+        "t", imgsz=256, epochs=50, batch=16, max_images=200, steps=400, lr0=0.01
+    ),
     # CPU, 2 cores: about 20 minutes, whatever the data's size (1,400 steps of 16). It
     # finds faint markings at low scores, and so some scale patches: the detections from
     # WEAK_CONF up are verified, and only those at ``conf`` or above are kept unverified
@@ -221,7 +226,10 @@ def validation_markings(dataset_yaml: Path) -> int:
     return sum(len(f.read_text().splitlines()) for f in labels.glob("*.txt"))
 
 
-def _history(results_csv: Path) -> list[dict]:
+def _history(results_csv: Path, validated_each_epoch: bool) -> list[dict]:
+    """The epochs' losses and validation scores; an epoch that was not validated (all but
+    the last when ``validated_each_epoch`` is false) has no validation score, where
+    Ultralytics writes zeros."""
     if not results_csv.exists():
         return []
     with results_csv.open(newline="") as f:
@@ -232,13 +240,17 @@ def _history(results_csv: Path) -> list[dict]:
         "metrics/mAP50(B)": "val_map50",
         "metrics/mAP50-95(B)": "val_map50_95",
     }
-    return [
-        {
-            "epoch": int(float(r["epoch"])),
-            **{new: float(r[old]) for old, new in keep.items() if old in r},
-        }
-        for r in rows
-    ]
+    history = []
+    for i, r in enumerate(rows):
+        validated = validated_each_epoch or i == len(rows) - 1
+        names = {old: new for old, new in keep.items() if validated or not new.startswith("val_")}
+        history.append(
+            {
+                "epoch": int(float(r["epoch"])),
+                **{new: float(r[old]) for old, new in names.items() if old in r},
+            }
+        )
+    return history
 
 
 def fit(
@@ -252,6 +264,10 @@ def fit(
     """Train YOLO on a dataset written by ``tasks.identity.write_yolo_dataset``;
     ``progress(epoch, epochs, row)`` after each epoch's validation."""
     ultralytics = offline.prepare(_config_dir())
+    # a validation split too small to choose weights by is not run after every epoch,
+    # nor are the weights saved after every epoch: only after the last, whose weights are
+    # kept (about 1 s an epoch on 2 cores, 86 epochs in the demo)
+    choose_best = validation_markings(dataset_yaml) >= MIN_VALIDATION_MARKINGS
     workdir.mkdir(parents=True, exist_ok=True)
     architecture = workdir / f"marking-yolov8{recipe.scale}.yaml"
     shutil.copyfile(ARCHITECTURE, architecture)
@@ -266,7 +282,9 @@ def fit(
             row = {
                 "epoch": trainer.epoch + 1,
                 "train_loss": float(sum(float(v) for v in losses)) if losses else None,
-                "val_map50": (trainer.metrics or {}).get("metrics/mAP50(B)"),
+                "val_map50": (trainer.metrics or {}).get("metrics/mAP50(B)")
+                if choose_best or trainer.epoch + 1 >= trainer.epochs
+                else None,
             }
             progress(trainer.epoch + 1, trainer.epochs, row)
 
@@ -277,22 +295,28 @@ def fit(
     yolo.add_callback("on_train_start", lambda trainer: torch.set_num_threads(threads))
     started = time.perf_counter()
     with _threads_kept():
-        _train(yolo, dataset_yaml, recipe, device, seed, workdir)
+        _train(yolo, dataset_yaml, recipe, device, seed, workdir, choose_best)
     seconds = time.perf_counter() - started
     run = workdir / "train"
     weights = run / "weights" / "best.pt"
-    if not weights.exists() or validation_markings(dataset_yaml) < MIN_VALIDATION_MARKINGS:
+    if not weights.exists() or not choose_best:
         weights = run / "weights" / "last.pt"
     detector = MarkingDetector(weights, recipe.imgsz, recipe.conf, device)
-    return DetectorTraining(
-        detector, recipe, _history(run / "results.csv"), seconds, _ultralytics_device(device)
-    )
+    history = _history(run / "results.csv", validated_each_epoch=choose_best)
+    return DetectorTraining(detector, recipe, history, seconds, _ultralytics_device(device))
 
 
 def _train(
-    yolo, dataset_yaml: Path, recipe: DetectorRecipe, device: str, seed: int, workdir: Path
+    yolo,
+    dataset_yaml: Path,
+    recipe: DetectorRecipe,
+    device: str,
+    seed: int,
+    workdir: Path,
+    choose_best: bool,
 ) -> None:
-    """Ultralytics' training run, with the settings every recipe shares."""
+    """Ultralytics' training run, with the settings every recipe shares; unless
+    ``choose_best``, validated and saved after the last epoch only."""
     epochs = recipe.epochs_for(len(list((dataset_yaml.parent / "images" / "train").iterdir())))
     yolo.train(
         data=str(dataset_yaml),
@@ -306,10 +330,13 @@ def _train(
         pretrained=False,
         amp=False,  # the AMP check downloads a checkpoint; bf16 is not needed for a small net
         plots=False,
+        val=choose_best,
+        save=choose_best,
         project=str(workdir),
         name="train",
         exist_ok=True,
         verbose=False,
+        **({"optimizer": "AdamW", "lr0": recipe.lr0} if recipe.lr0 > 0 else {}),
         fliplr=0.0,  # a mirrored marking is not a marking
         mosaic=1.0,
         close_mosaic=max(1, epochs // 5),

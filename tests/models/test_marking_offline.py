@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from twin.config import TwinConfig
 from twin.recorder import simulate
@@ -68,7 +69,11 @@ def test_detector_trains_and_predicts_offline(
         epochs.append(report)
         during.append(torch.get_num_threads())
 
-    trained = fit(dataset.yaml, recipe_for("tiny", epochs=2), "cpu", 0, tmp_path / "runs", progress)
+    recipe = recipe_for("tiny", epochs=2, lr0=0.004)
+    trained = fit(dataset.yaml, recipe, "cpu", 0, tmp_path / "runs", progress)
+    # a recipe's own learning rate reaches Ultralytics' optimizer
+    args = yaml.safe_load((tmp_path / "runs" / "train" / "args.yaml").read_text())
+    assert (args["optimizer"], args["lr0"]) == ("AdamW", 0.004)
     # ultralytics sets torch's threads to cores - 1 for CPU training: the run is given
     # the process's threads, and fit leaves them as they were, or every later torch call
     # in the process runs on fewer threads
@@ -81,9 +86,12 @@ def test_detector_trains_and_predicts_offline(
     assert validation_markings(dataset.yaml) < MIN_VALIDATION_MARKINGS
     assert (tmp_path / "runs" / "train" / "weights" / "best.pt").exists()
     assert trained.detector.weights.name == "last.pt"
-    # what the command line's bar shows: each epoch, its loss and mAP50
+    # nor is it run (or are the weights saved) after every epoch, only after the last:
+    # the epochs before have no validation score, rather than Ultralytics' zeros
     assert [(e, n) for e, n, _ in epochs] == [(1, 2), (2, 2)]
-    assert all(row["train_loss"] > 0 and row["val_map50"] is not None for *_, row in epochs)
+    assert all(row["train_loss"] > 0 for *_, row in epochs)
+    assert [row["val_map50"] is None for *_, row in epochs] == [True, False]
+    assert "val_map50" not in trained.history[0] and "val_map50" in trained.history[-1]
     pictures = dataset.holdout.images or [np.zeros((256, 1600), np.uint8)]
     found = trained.detector.detect(pictures)
     assert len(found) == len(pictures)
