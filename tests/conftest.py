@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -13,12 +15,31 @@ from tests.helpers import LINE_SHEETS, MainJob
 # As the command line sets them (core.runtime), before any test imports Keras or
 # ultralytics: Keras on torch in this process, ultralytics' settings in a private folder.
 os.environ.setdefault("KERAS_BACKEND", "torch")
-os.environ.setdefault("YOLO_CONFIG_DIR", tempfile.mkdtemp(prefix="steelsight-yolo-"))
+if "YOLO_CONFIG_DIR" not in os.environ:  # xdist's workers inherit the controller's
+    _yolo_config = tempfile.mkdtemp(prefix="steelsight-yolo-")
+    atexit.register(shutil.rmtree, _yolo_config, ignore_errors=True)
+    os.environ["YOLO_CONFIG_DIR"] = _yolo_config
 os.environ.setdefault("YOLO_OFFLINE", "1")
 os.environ.setdefault("YOLO_AUTOINSTALL", "0")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("STEELSIGHT_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the marks
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """`make test` runs one pytest-xdist worker per core with ``--dist loadgroup``. Tests
+    that share a fixture wider than one test run on one worker, so that it is built once:
+    every user of the session's main job in one group, the tests of a module with a
+    module-scoped fixture in the module's group. Other tests go wherever a worker is free."""
+    for item in items:
+        info = getattr(item, "_fixtureinfo", None)
+        definitions = info.name2fixturedefs.values() if info else ()
+        scopes = {d.scope for defs in definitions for d in defs}
+        if "main_job" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("main-job"))
+        elif scopes & {"module", "package", "class"}:
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
 
 
 @pytest.fixture(scope="session")
