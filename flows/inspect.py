@@ -63,8 +63,10 @@ def dask_client(address: str | None) -> Iterator:
         return
     import torch
 
+    from models.devices import cpu_threads
+
     with (
-        local_cluster(torch.cuda.device_count(), os.cpu_count() or 1) as cluster,
+        local_cluster(torch.cuda.device_count(), cpu_threads()) as cluster,
         Client(cluster) as client,
     ):
         yield client

@@ -8,6 +8,7 @@ ingest runs for real: validation in its child process, moves, the warehouse."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -202,8 +203,10 @@ def pipe_as_manifest(landing, outside, recordings):
 
 def socket_in_archive(landing, outside, recordings):
     archive = _copy(recordings, "frames", landing / "socket")
-    with socket.socket(socket.AF_UNIX) as s:
-        s.bind(str(archive / "control.sock"))
+    # bound by a relative name: the absolute one can pass AF_UNIX's 108 bytes (xdist's
+    # temporary folders are deeper)
+    with contextlib.chdir(archive), socket.socket(socket.AF_UNIX) as s:
+        s.bind("control.sock")
     return archive
 
 
