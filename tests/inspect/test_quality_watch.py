@@ -110,8 +110,11 @@ def test_a_shifted_recording_is_flagged_and_one_like_training_is_not(watched: di
         frames = _summary(watched, folder)["frames"]
         for name in classes:
             psi = by[(folder, "gate_psi", name)]
-            # the settings' 0.25 plus what samples of this size show by chance
-            assert psi["threshold"] > 0.25 and psi["samples"] == frames
+            # the settings' 0.25 plus what samples of this size show by chance; nothing
+            # when every gate probability, here and in the holdout, fell in one bin (a
+            # class this demo-size model never gates: seen for patches), whose PSI is 0
+            assert psi["samples"] == frames
+            assert psi["threshold"] > 0.25 or (psi["threshold"] == 0.25 and psi["value"] == 0)
             share = by[(folder, "defect_share", name)]
             assert 0 <= share["value"] <= 1 and 0 <= share["reference"] <= 1
         assert by[(folder, "level_psi", "frames")]["samples"] == frames
