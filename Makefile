@@ -51,10 +51,11 @@ browser:
 		|| { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1; } \
 		|| echo "could not install chromium (not root?): run apt-get install chromium"; }
 
-# One pytest-xdist worker per core (at most 4); tests that share a fixture wider than one
-# test stay on one worker (tests/conftest.py). `make test TEST_WORKERS=0` runs them in one
-# process, in order.
-TEST_WORKERS ?= auto
+# One pytest-xdist worker per logical CPU (at most 4), each on its own share of them;
+# tests that share a fixture wider than one test stay on one worker (tests/conftest.py).
+# `logical`, not `auto`: xdist's `auto` counts physical cores, one on a 2-vCPU VM whose
+# vCPUs are one core's two threads. `make test TEST_WORKERS=0` runs one process, in order.
+TEST_WORKERS ?= logical
 test: lock-check install browser
 	STEELSIGHT_SHARED_DATA=$(DATA) $(BIN)/python -m pytest -n $(TEST_WORKERS) --maxprocesses 4 \
 		--dist loadgroup
