@@ -46,7 +46,7 @@ SHARED_DATA = Path(os.environ.get("STEELSIGHT_SHARED_DATA", REPO.parent / "share
 
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the marks
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """`make test` runs one pytest-xdist worker per core with ``--dist loadgroup``. Tests
+    """`make test` runs one pytest-xdist worker per CPU with ``--dist loadgroup``. Tests
     that share a fixture wider than one test run on one worker, so that it is built once:
     every user of the session's main job in one group, the tests of a module with a
     module-scoped fixture in the module's group. Other tests go wherever a worker is free."""
