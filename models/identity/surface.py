@@ -144,7 +144,7 @@ class _Banded:
     marking's text in its coordinates."""
 
     picture: np.ndarray
-    shown: np.ndarray
+    shown: np.ndarray  # uint8 1/0: steel, less a margin along the sheet's edges
     box: tuple[float, float, float, float]
     text: np.ndarray  # float32 (4, 2): the text's rectangle (x, y), its margin included
 
@@ -175,6 +175,30 @@ def text_corners(box: Sequence[float], angle: float = 0.0) -> np.ndarray:
     return (level @ back[:, :2].T + np.array(centre, np.float32)).astype(np.float32)
 
 
+def _reach(size: tuple[int, int], most_turn: float, band: tuple[float, float]) -> tuple[int, int]:
+    """How far (rows, columns) from the box's centre a window of ``size`` turned by up to
+    ``most_turn`` degrees either way reaches into the picture, with what band-passing it
+    and eroding the steel mask read around it: the two blurs' kernels (OpenCV's reach 4
+    sigma each for float32), the pixel bilinear interpolation reads, and rounding. The
+    window's values are then what a band-pass of the whole picture gives."""
+    half_rows, half_cols = size[0] / 2, size[1] / 2
+    theta = np.radians(min(abs(float(most_turn)), 90.0))
+    c, s = np.cos(theta), np.sin(theta)
+    # a cos t + b sin t grows up to t = atan2(b, a), where it is hypot(a, b)
+    rows = (
+        np.hypot(half_rows, half_cols)
+        if theta >= np.arctan2(half_cols, half_rows)
+        else (half_rows * c + half_cols * s)
+    )
+    cols = (
+        np.hypot(half_cols, half_rows)
+        if theta >= np.arctan2(half_rows, half_cols)
+        else (half_cols * c + half_rows * s)
+    )
+    support = 4 * (band[0] + band[1]) + 3
+    return int(np.ceil(rows + support)), int(np.ceil(cols + support))
+
+
 def _banded(
     picture: np.ndarray,
     box: Sequence[float],
@@ -183,23 +207,39 @@ def _banded(
     steel: np.ndarray | None,
     seams: Sequence[int],
     text_angle: float = 0.0,
+    most_turn: float = 90.0,
 ) -> _Banded:
-    rows, cols = size
-    # only the part of the picture the turned window can reach, and the band's reach
-    reach = int(np.ceil(np.hypot(rows, cols) / 2 + 4 * band[1]))
+    """``most_turn``: the largest turn (degrees, either way) a window of ``size`` will be
+    taken at; only the part of the picture such windows reach is band-passed."""
     cx, cy = (float(box[0]) + float(box[2])) / 2, (float(box[1]) + float(box[3])) / 2
-    top, left = max(0, int(cy) - reach), max(0, int(cx) - reach)
-    picture = picture[top : int(cy) + reach + 1, left : int(cx) + reach + 1]
-    seams = [r - top for r in seams if 0 < r - top < picture.shape[0]]
+    # The band-passed picture's frame: a square about the box's centre that a window
+    # turned any way reaches, cut by the picture. Its origin is kept whatever part of it
+    # is band-passed: warpAffine rounds sample positions in fixed point, and positions
+    # on a half pixel (a window not turned) round by the last bit of the coordinates, so
+    # another origin would move a few pixels of the paint mask and change scores by up
+    # to 0.01; with this one every value is what band-passing all of it gave.
+    frame = int(np.ceil(np.hypot(*size) / 2 + 4 * band[1]))
+    top0, left0 = max(0, int(cy) - frame), max(0, int(cx) - frame)
+    bottom0 = min(picture.shape[0], int(cy) + frame + 1)
+    right0 = min(picture.shape[1], int(cx) + frame + 1)
+    # only the part that windows turned up to ``most_turn`` read is band-passed
+    reach_rows, reach_cols = _reach(size, most_turn, band)
+    top, left = max(top0, int(cy) - reach_rows), max(left0, int(cx) - reach_cols)
+    bottom, right = min(bottom0, int(cy) + reach_rows + 1), min(right0, int(cx) + reach_cols + 1)
+    inner = (slice(top - top0, bottom - top0), slice(left - left0, right - left0))
+    part = picture[top:bottom, left:right]
+    band_passed = np.zeros((bottom0 - top0, right0 - left0), np.float32)
+    band_passed[inner] = _band(part, band, [r - top for r in seams if 0 < r - top < part.shape[0]])
+    shown = np.zeros(band_passed.shape, np.uint8)
     if steel is None:
-        shown = np.ones(picture.shape, np.float32)
+        shown[inner] = 1
     else:  # less a margin along the sheet's edges, where band-passing spreads the step
-        steel = steel[top : int(cy) + reach + 1, left : int(cx) + reach + 1]
         margin = 2 * round(1.5 * band[1]) + 1
-        shown = cv2.erode(steel.astype(np.float32), np.ones((margin, margin), np.uint8))
-    x0, y0, x1, y1 = (float(v) - shift for v, shift in zip(box[:4], (left, top) * 2, strict=True))
+        steel = (steel[top:bottom, left:right] > 0.5).astype(np.uint8)
+        shown[inner] = cv2.erode(steel, np.ones((margin, margin), np.uint8))
+    x0, y0, x1, y1 = (float(v) - d for v, d in zip(box[:4], (left0, top0) * 2, strict=True))
     text = text_corners((x0, y0, x1, y1), text_angle)
-    return _Banded(_band(picture, band, seams), shown, (x0, y0, x1, y1), text)
+    return _Banded(band_passed, shown, (x0, y0, x1, y1), text)
 
 
 def _turned(
@@ -207,22 +247,37 @@ def _turned(
 ) -> tuple[np.ndarray, np.ndarray]:
     """The window turned by ``angle`` about the box's centre, moved ``shift`` px along
     the turned rows, with the paint and what is not steel set to 0; and its steel mask."""
+    return _turned_along(banded, angle, size, [shift])[0]
+
+
+def _turned_along(
+    banded: _Banded, angle: float, size: tuple[int, int], shifts: Sequence[float]
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``_turned`` at each of ``shifts``. When they are whole pixels apart, one window as
+    wide as all of them is turned, and each is a slice of it: a shift along the turned
+    rows moves the window by whole columns, so each slice holds the values and mask its
+    own turn would (up to warpAffine's fixed-point rounding of the sample positions)."""
+    shifts = [float(d) for d in shifts]
+    lo = min(shifts)
+    offsets = [d - lo for d in shifts]
+    if any(abs(o - round(o)) > 1e-6 for o in offsets):
+        return [_turned_along(banded, angle, size, [d])[0] for d in shifts]
+    offsets = [round(o) for o in offsets]
     rows, cols = size
+    wide = cols + max(offsets)
     x0, y0, x1, y1 = banded.box
     centre = ((x0 + x1) / 2, (y0 + y1) / 2)
     turn = cv2.getRotationMatrix2D(centre, angle, 1.0)
-    # the centre (moved by ``shift``) to the middle
-    turn[:, 2] += (cols / 2 - centre[0] - shift, rows / 2 - centre[1])
-    out = cv2.warpAffine(banded.picture, turn, (cols, rows), flags=cv2.INTER_LINEAR)
-    inside = cv2.warpAffine(banded.shown, turn, (cols, rows), flags=cv2.INTER_NEAREST)
-    valid = (inside > 0.5).astype(np.float32)
+    # the centre (moved by the least shift) to the middle of the narrowest window
+    turn[:, 2] += (cols / 2 - centre[0] - lo, rows / 2 - centre[1])
+    out = cv2.warpAffine(banded.picture, turn, (wide, rows), flags=cv2.INTER_LINEAR)
+    inside = cv2.warpAffine(banded.shown, turn, (wide, rows), flags=cv2.INTER_NEAREST)
     # the paint: the text's rectangle (its margin included) turned with the window
-    paint = np.zeros((rows, cols), np.uint8)
     moved = cv2.transform(banded.text[None], turn)[0]
-    cv2.fillConvexPoly(paint, np.round(moved * 16).astype(np.int32), 1, cv2.LINE_8, shift=4)
-    valid[paint > 0] = 0
+    cv2.fillConvexPoly(inside, np.round(moved * 16).astype(np.int32), 0, cv2.LINE_8, shift=4)
+    valid = inside.astype(np.float32)
     out *= valid
-    return out, valid
+    return [(out[:, o : o + cols], valid[:, o : o + cols]) for o in offsets]
 
 
 def window(
@@ -241,7 +296,7 @@ def window(
     sheet (``steel_mask``); all of it when None. ``seams``: rows where the frames of a
     picture stitched from several meet. ``text_angle``: the turn that levels the text
     in the picture (``text_corners``)."""
-    banded = _banded(picture, box, band, size, steel, seams, text_angle)
+    banded = _banded(picture, box, band, size, steel, seams, text_angle, angle)
     return _turned(banded, angle, size)
 
 
@@ -256,7 +311,8 @@ def imprint(picture: np.ndarray, box: Sequence[float], level: bool = False) -> S
     window can be slid over it."""
     angle = text_angle(picture, box) if level else 0.0
     turns = [angle + d for d in DESCRIPTOR_TURNS] if level else [angle]
-    banded = _banded(picture, box, DESCRIPTOR_BAND, WINDOW, None, (), angle)
+    most = max(abs(a) for a in turns)
+    banded = _banded(picture, box, DESCRIPTOR_BAND, WINDOW, None, (), angle, most)
     described = np.stack([_normalised(_turned(banded, a, WINDOW)[0]) for a in turns])
     return Surface(angle, described, _template(picture, box, angle))
 
@@ -273,8 +329,9 @@ def describe(
     each of ``shifts`` px along the text."""
     rows, cols = WINDOW
     reach = (rows, cols + 2 * int(max(abs(d) for d in shifts)))
-    banded = _banded(picture, box, DESCRIPTOR_BAND, reach, steel, seams)
-    return np.stack([_normalised(_turned(banded, angle, WINDOW, d)[0]) for d in shifts])
+    banded = _banded(picture, box, DESCRIPTOR_BAND, reach, steel, seams, most_turn=angle)
+    turned = _turned_along(banded, angle, WINDOW, shifts)
+    return np.stack([_normalised(values) for values, _ in turned])
 
 
 def _normalised(band_passed: np.ndarray) -> np.ndarray:
@@ -314,33 +371,40 @@ def verify(
     scores = np.full(len(templates), -1.0, np.float32)
     turns = [0.0] * len(templates) if turns is None else list(turns)
     shifts = [0.0] * len(templates) if shifts is None else [float(s) for s in shifts]
-    windows: dict[tuple[float, float], _Window | None] = {}
-    reach = (WINDOW[0], WINDOW[1] + 2 * int(np.ceil(max(map(abs, shifts), default=0.0))))
-    banded = _banded(query, box, TEMPLATE_BAND, reach, steel, seams)
-    for i, template in enumerate(templates):
-        if not np.any(template):
-            continue
-        slid: _Slid | None = None
+    shown = [i for i, template in enumerate(templates) if np.any(template)]
+    # every turn a window is taken at, and the shifts it is taken at for that turn
+    wanted: dict[float, set[float]] = {}
+    for i in shown:
         for d in degrees:
-            turn = round(float(d) - float(turns[i]), 3)
-            key = (turn, shifts[i])
-            if key not in windows:
-                band_passed, valid = _turned(banded, turn, WINDOW, shifts[i])
-                # too little steel at this turn (a window near the sheet's head turned
-                # past the table): this turn tells nothing, the others may
-                if valid.mean() < least_steel:
-                    windows[key] = None
-                    continue
-                steel_part = (_scaled(valid, TEMPLATE_SCALE) > 0.99).astype(np.float32)
-                windows[key] = _Window(_scaled(band_passed, TEMPLATE_SCALE), steel_part)
-            if windows[key] is None:
+            wanted.setdefault(round(float(d) - float(turns[i]), 3), set()).add(shifts[i])
+    if not wanted:
+        return scores
+    reach = (WINDOW[0], WINDOW[1] + 2 * int(np.ceil(max(map(abs, shifts), default=0.0))))
+    most = max(abs(turn) for turn in wanted)
+    banded = _banded(query, box, TEMPLATE_BAND, reach, steel, seams, most_turn=most)
+    windows: dict[tuple[float, float], _Window | None] = {}
+    for turn, along in wanted.items():
+        along = sorted(along)
+        for shift, (band_passed, valid) in zip(
+            along, _turned_along(banded, turn, WINDOW, along), strict=True
+        ):
+            # too little steel at this turn (a window near the sheet's head turned past
+            # the table): this turn tells nothing, the others may
+            if valid.mean() < least_steel:
+                windows[turn, shift] = None
                 continue
-            if not by_spectra:
-                scores[i] = max(scores[i], _matched(template, windows[key]))
+            steel_part = (_scaled(valid, TEMPLATE_SCALE) > 0.99).astype(np.float32)
+            windows[turn, shift] = _Window(_scaled(band_passed, TEMPLATE_SCALE), steel_part)
+    for i in shown:
+        slid = _Slid.of(templates[i]) if by_spectra else None
+        for d in degrees:
+            found = windows[round(float(d) - float(turns[i]), 3), shifts[i]]
+            if found is None:
                 continue
             if slid is None:
-                slid = _Slid.of(template)
-            scores[i] = max(scores[i], slid.best(windows[key]))
+                scores[i] = max(scores[i], _matched(templates[i], found))
+            else:
+                scores[i] = max(scores[i], slid.best(found))
     return scores
 
 

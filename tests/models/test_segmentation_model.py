@@ -96,6 +96,49 @@ def test_regions_are_the_masks_components_after_the_minimum_area() -> None:
     segmenter.thresholds = unfiltered
 
 
+def test_regions_labelled_inside_their_box_are_the_whole_frames() -> None:
+    """Each mask's components are labelled only inside the box around its pixels: the
+    regions (order, RLE, area, box, score) and the kept mask are what labelling the
+    whole frame gave, for components at odd rows and columns, touching the frame's
+    edges, under the minimum area, and for an empty mask."""
+    import cv2
+
+    from core.rle import rle_encode
+    from models.segmentation.segmenter import _components, _described, _kept
+
+    def whole_frame(above, min_area, p):  # the labelling as it was, for comparison
+        _, labels, stats, _ = cv2.connectedComponentsWithStats(above.view(np.uint8), connectivity=8)
+        keep = np.flatnonzero(stats[1:, cv2.CC_STAT_AREA] >= min_area) + 1
+        kept = above & np.isin(labels, keep)
+        regions = []
+        for k in keep:
+            x, y, w, h, area = (int(v) for v in stats[k])
+            score = float(p[labels == k].sum(dtype=np.float64) / area)
+            regions.append((rle_encode(labels == k), area, (x, y, x + w - 1, y + h - 1), score))
+        return kept, regions
+
+    rng = np.random.default_rng(5)
+    masks = [np.zeros((64, 96), bool)]
+    for _ in range(12):
+        mask = np.zeros((64, 96), bool)
+        for _ in range(int(rng.integers(1, 6))):
+            y, x = rng.integers(0, 64), rng.integers(0, 96)
+            mask[y : y + rng.integers(1, 12), x : x + rng.integers(1, 20)] = True
+        masks.append(mask)
+    masks[1][0, :] = masks[1][:, -1] = True  # on the top and right edges
+    for mask in masks:
+        p = rng.random(mask.shape)
+        kept, regions = whole_frame(mask, 6, p)
+        found = _components(mask, 6)
+        assert np.array_equal(_kept(mask, found), kept)
+        described = _described(0, 1, found, p)
+        got = [(d.rle, d.area, d.bbox, d.score) for d in described]
+        assert [g[:3] for g in got] == [r[:3] for r in regions]
+        assert np.allclose([g[3] for g in got], [r[3] for r in regions], rtol=1e-12)
+    assert any(len(_components(m, 6).stats) > 2 for m in masks)  # several regions
+    assert any(_kept(m, _components(m, 6)).sum() != m.sum() for m in masks)  # some cut
+
+
 def test_predict_rejects_colour_or_float_frames() -> None:
     with pytest.raises(ValueError, match="grey uint8 frames"):
         small_segmenter().predict(np.zeros((1, 128, 256, 3), np.uint8))

@@ -419,6 +419,35 @@ def test_verification_by_spectra_scores_as_matchtemplate_did() -> None:
     assert expected[0] > 0.5 and expected[3] == -1  # the cases are the ones meant
 
 
+def test_only_the_part_the_turned_windows_reach_is_band_passed() -> None:
+    """Verification and retrieval band-pass only the part of the picture their windows
+    reach at the turns they take (``most_turn``), and one window as wide as all shifts is
+    turned per turn and sliced: the windows are what band-passing the whole reachable
+    square and turning each shift on its own gave, exactly when not turned (a half
+    pixel's rounding there moves the paint's mask) and to warpAffine's rounding of its
+    sample positions when turned."""
+    steel, box = _sheet(1)
+    picture = _seen(steel, 4, gain=1.2)
+    mask = surface.steel_mask(picture)
+    mask[:, :30] = 0
+    size = (surface.WINDOW[0], surface.WINDOW[1] + 96)
+    for band in (surface.DESCRIPTOR_BAND, surface.TEMPLATE_BAND):
+        whole = surface._banded(picture, box, band, size, mask, (240,), most_turn=90.0)
+        for turn in (0.0, 4.0, -10.0):
+            part = surface._banded(picture, box, band, size, mask, (240,), most_turn=abs(turn))
+            shifts = [-48.0, -8.0, 0.0, 36.0]
+            sliced = surface._turned_along(part, turn, surface.WINDOW, shifts)
+            for shift, (values, valid) in zip(shifts, sliced, strict=True):
+                expected, expected_valid = surface._turned(whole, turn, surface.WINDOW, shift)
+                assert np.array_equal(valid, expected_valid)
+                if turn == 0.0:
+                    assert np.array_equal(values, expected)
+                else:
+                    assert np.abs(values - expected).max() < 1e-3 * np.abs(expected).max()
+    # the turned windows' reach: less than the whole square when little turned
+    assert surface._reach(size, 10.0, (2.0, 6.0))[0] < surface._reach(size, 90.0, (2.0, 6.0))[0]
+
+
 class _PaintFinder:
     """A stand-in for the marking detector in the seam rule's geometry: it boxes every
     blob of bright paint, sure of it (0.9) when the blob is whole and barely (below the
