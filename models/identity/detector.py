@@ -166,7 +166,9 @@ class MarkingDetector:
         """Per image, its markings as rows (x_min, y_min, x_max, y_max, score), best first;
         ``conf``: the lowest score kept (default: the one trained with)."""
         found: list[np.ndarray] = []
-        with _threads_kept():
+        # quiet: Ultralytics loads an ONNX graph at its first prediction and says so on
+        # stdout, which broke `evaluate identity --json`'s one JSON object
+        with _threads_kept(), quiet("ultralytics"):
             for start in range(0, len(images), batch):
                 chunk = [_bgr(im) for im in images[start : start + batch]]
                 results = self.yolo.predict(

@@ -221,7 +221,7 @@ class _Components:
     whole 1600x256 frame cost 4 ms): ``labels`` inside the box at ``origin`` (row,
     column), ``stats`` OpenCV's in the frame's coordinates (row 0, the background, as
     the box's), and ``keep``: the labels of those of the minimum area or more, in
-    OpenCV's order (by first pixel)."""
+    OpenCV's order (the scan of its 2x2 blocks)."""
 
     labels: np.ndarray
     stats: np.ndarray

@@ -380,7 +380,7 @@ def _close(before: list[dict], after: list[dict]) -> None:
 
 
 def test_exported_models_inspect_on_onnx_runtime_with_the_same_tables(
-    world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture
 ) -> None:
     """`steelsight export` registers each champion's ONNX graph beside it, checked
     against torch; with the engine set to onnx, workers run the graphs and the tables
@@ -411,6 +411,12 @@ def test_exported_models_inspect_on_onnx_runtime_with_the_same_tables(
     assert {kind: model.engine for kind, model in models.items()} == dict.fromkeys(
         refs.versions(), "onnx"
     )
+    # the detector's graph loads at its first prediction, without a word on stdout (where
+    # `evaluate identity --json` prints its one JSON object)
+    capfd.readouterr()
+    frame = sample_frames(home / "archives" / "line-1-inspection-s2", most=1)[:1]
+    models["marking"].detect(list(frame))
+    assert capfd.readouterr().out == ""
 
     archive_id = world.archive_id("line-1-inspection-s2")
     tables = ("frames", "defects", "sheets")
