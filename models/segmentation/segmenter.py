@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -116,9 +117,10 @@ class Segmenter:
             batch = images[start : start + batch_size]
             mask_logits, gate_logits = self._forward(batch)
             gate = torch.sigmoid(gate_logits.float())
-            # Only masks the gate lets through are brought to full resolution: the others
-            # are empty anyway, and most frames have one class or none.
-            kept = (gate >= gate_thresholds).nonzero().tolist()
+            # Only masks the gate lets through, and that can reach their pixel threshold,
+            # are brought to full resolution: the others are empty anyway, and most
+            # frames have one class or none.
+            kept = _may_show((gate >= gate_thresholds).nonzero().tolist(), mask_logits, t.pixel)
             binary_np = np.zeros((len(batch), len(t.gate), *batch.shape[1:]), bool)
             probs: dict[tuple[int, int], np.ndarray] = {}  # full-resolution, kept masks
             if kept:
@@ -204,6 +206,26 @@ class Segmenter:
             tuple(config["frame_shape"]),
             device,
         )
+
+
+def _may_show(
+    kept: list[list[int]], mask_logits: torch.Tensor, pixel: Sequence[float]
+) -> list[list[int]]:
+    """Of the (frame, class) masks the gates let through, those that can hold a pixel at
+    its class's threshold. Upsampling is bilinear, so every full-resolution logit is a
+    weighted mean of the model's, at most their largest: a mask whose largest logit's
+    probability is under the threshold (with a margin for rounding) is empty at full
+    resolution, and is not brought there. On the demo's line most gated masks were."""
+    if not kept:
+        return kept
+    rows = torch.tensor([i for i, _ in kept], device=mask_logits.device)
+    cols = torch.tensor([j for _, j in kept], device=mask_logits.device)
+    largest = mask_logits[rows, cols].flatten(1).amax(dim=1).double().cpu().numpy()
+    margin = largest + 1e-3 * (1.0 + np.abs(largest))
+    reach = 1.0 / (1.0 + np.exp(-np.clip(margin, -80.0, 80.0)))
+    return [
+        [i, j] for (i, j), r in zip(kept, reach, strict=True) if pixel[j] >= 1.0 or r >= pixel[j]
+    ]
 
 
 def upsampled(mask_logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -139,6 +139,41 @@ def test_regions_labelled_inside_their_box_are_the_whole_frames() -> None:
     assert any(_kept(m, _components(m, 6)).sum() != m.sum() for m in masks)  # some cut
 
 
+def test_masks_that_cannot_reach_the_pixel_threshold_are_not_upsampled(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A gated mask whose largest low-resolution logit stays under its pixel threshold
+    is left empty without being brought to full resolution: masks, scores and regions
+    are what upsampling every gated mask gave, and some masks were skipped."""
+    from models.segmentation import segmenter as module
+
+    segmenter = small_segmenter(seed=3)
+    frames = np.random.default_rng(2).integers(0, 256, (4, 128, 256), dtype=np.uint8)
+    with torch.inference_mode():
+        logits, _ = segmenter._forward(frames)
+    largest = torch.sigmoid(logits.flatten(2).amax(dim=2))  # (frame, class)
+    # thresholds between the masks' largest probabilities: some masks reach theirs
+    pixel = tuple(float(v) for v in largest.median(dim=0).values)
+    segmenter.thresholds = Thresholds((0.0,) * 4, pixel, (0, 4, 0, 4))
+    asked, shown = [], []
+
+    def counted(kept, mask_logits, thresholds):
+        out = skipping(kept, mask_logits, thresholds)
+        asked.append(len(kept))
+        shown.append(len(out))
+        return out
+
+    skipping = module._may_show
+    monkeypatch.setattr(module, "_may_show", counted)
+    pruned = segmenter.predict(frames, batch_size=3, regions=True)
+    monkeypatch.setattr(module, "_may_show", lambda kept, *_: kept)
+    every = segmenter.predict(frames, batch_size=3, regions=True)
+    assert np.array_equal(pruned.masks, every.masks) and pruned.masks.any()
+    assert np.array_equal(pruned.scores, every.scores)
+    assert pruned.defects == every.defects
+    assert sum(shown) < sum(asked) == 16
+
+
 def test_predict_rejects_colour_or_float_frames() -> None:
     with pytest.raises(ValueError, match="grey uint8 frames"):
         small_segmenter().predict(np.zeros((1, 128, 256, 3), np.uint8))
