@@ -184,17 +184,13 @@ def _reach(size: tuple[int, int], most_turn: float, band: tuple[float, float]) -
     half_rows, half_cols = size[0] / 2, size[1] / 2
     theta = np.radians(min(abs(float(most_turn)), 90.0))
     c, s = np.cos(theta), np.sin(theta)
-    # a cos t + b sin t grows up to t = atan2(b, a), where it is hypot(a, b)
-    rows = (
-        np.hypot(half_rows, half_cols)
-        if theta >= np.arctan2(half_cols, half_rows)
-        else (half_rows * c + half_cols * s)
-    )
-    cols = (
-        np.hypot(half_cols, half_rows)
-        if theta >= np.arctan2(half_rows, half_cols)
-        else (half_cols * c + half_rows * s)
-    )
+
+    def spread(a: float, b: float) -> float:
+        """The most of a cos t + b sin t for t up to theta: it grows up to t = atan2(b,
+        a), where it is hypot(a, b)."""
+        return np.hypot(a, b) if theta >= np.arctan2(b, a) else a * c + b * s
+
+    rows, cols = spread(half_rows, half_cols), spread(half_cols, half_rows)
     support = 4 * (band[0] + band[1]) + 3
     return int(np.ceil(rows + support)), int(np.ceil(cols + support))
 

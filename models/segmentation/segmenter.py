@@ -218,14 +218,10 @@ def _may_show(
     resolution, and is not brought there. On the demo's line most gated masks were."""
     if not kept:
         return kept
-    rows = torch.tensor([i for i, _ in kept], device=mask_logits.device)
-    cols = torch.tensor([j for _, j in kept], device=mask_logits.device)
-    largest = mask_logits[rows, cols].flatten(1).amax(dim=1).double().cpu().numpy()
+    largest = mask_logits.flatten(2).amax(dim=2).double().cpu().numpy()  # (frame, class)
     margin = largest + 1e-3 * (1.0 + np.abs(largest))
     reach = 1.0 / (1.0 + np.exp(-np.clip(margin, -80.0, 80.0)))
-    return [
-        [i, j] for (i, j), r in zip(kept, reach, strict=True) if pixel[j] >= 1.0 or r >= pixel[j]
-    ]
+    return [[i, j] for i, j in kept if pixel[j] >= 1.0 or reach[i, j] >= pixel[j]]
 
 
 def upsampled(mask_logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -261,8 +257,8 @@ def _components(above: np.ndarray, min_area: int) -> _Components:
     """``_Components`` of the mask ``above`` (bool), of ``min_area`` pixels or more kept."""
     rows, cols = np.flatnonzero(above.any(axis=1)), np.flatnonzero(above.any(axis=0))
     if not len(rows):
-        none = np.zeros((0, 5), np.int32)
-        return _Components(np.zeros((0, 0), np.int32), none, np.zeros(0, np.int64), (0, 0))
+        background = np.zeros((1, 5), np.int32)  # no component but the background
+        return _Components(np.zeros((0, 0), np.int32), background, np.zeros(0, np.int64), (0, 0))
     # the box starts on an even row and column: OpenCV labels 2x2 blocks at a time,
     # and its labels' order (the regions' order) then stays the whole frame's
     top, left = int(rows[0]) & ~1, int(cols[0]) & ~1
@@ -277,7 +273,7 @@ def _components(above: np.ndarray, min_area: int) -> _Components:
 def _kept(above: np.ndarray, found: _Components) -> np.ndarray:
     """``above`` without the components left out of ``keep``, each cleared inside its
     own box (they are the small ones: cheaper than relabelling the whole frame)."""
-    if len(found.keep) == max(len(found.stats) - 1, 0):
+    if len(found.keep) == len(found.stats) - 1:
         return above
     kept = above.copy()
     for k in np.setdiff1d(np.arange(1, len(found.stats)), found.keep):
