@@ -442,6 +442,15 @@ def simulate(
         float | None,
         typer.Option(min=0.0, max=1.0, help="Marking distortion, 0 clean .. 1 strong."),
     ] = None,
+    surface_effects: Annotated[
+        float | None,
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            help="Real steel's non-defects (stains, splashes, uneven light), unlabelled: "
+            "their chance, 0 (the default: the twin as before) .. 1.",
+        ),
+    ] = None,
     fault: Annotated[
         list[Fault] | None, typer.Option(help="Recorder fault to write (repeatable).")
     ] = None,
@@ -464,6 +473,7 @@ def simulate(
     overrides = {
         "archive_format": archive_format.value if archive_format else None,
         "distortion": distortion,
+        "surface_effects": surface_effects,
         "faults": tuple(fault) if fault else None,
     }
     values.update({k: v for k, v in overrides.items() if v is not None})

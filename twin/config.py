@@ -88,6 +88,15 @@ class TwinConfig(BaseModel):
         "the models were trained): a lamp ageing or a changed camera setting darkens (<1) "
         "or brightens (>1) every frame. For drift tests; the station camera keeps 1.",
     )
+    surface_effects: float = Field(
+        0,
+        ge=0,
+        le=1,
+        description="Real steel's non-defects, none of them labelled (core.steel_look): "
+        "the chance of oil and water stains on a sheet, of a cluster of bright splashes per "
+        "frame length of sheet, and of light far less even than the camera's usual in a "
+        "frame. 0 renders the twin as before; the models' hidden holdouts use 0.",
+    )
     station_width: int = Field(640, ge=64, description="Marking station picture width, px.")
     station_height: int = Field(320, ge=64, description="Marking station picture height, px.")
     station_mm_per_px: float = Field(

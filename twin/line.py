@@ -13,11 +13,13 @@ import cv2
 import numpy as np
 
 from core.rle import rle_encode
+from core.steel_look import distract, splashed
 from twin.config import TwinConfig
 from twin.marking import MarkingLayer, apply_marking, render_marking, sheet_id, wiped
 from twin.surface import CLASS_IDS, paint_defects, place_defects, steel_surface
 
-SHEET, FRAME, STATION, LAYOUT = 1, 2, 3, 4  # purposes of random streams
+SHEET, FRAME, STATION, LAYOUT, EFFECTS, LIGHT = 1, 2, 3, 4, 5, 6  # purposes of random streams
+SPLASH_WINDOW = (960, 720)  # rows, columns: holds a whole cluster (core.steel_look.splashes)
 
 
 def rng_for(seed: int, purpose: int, index: int = 0) -> np.random.Generator:
@@ -75,6 +77,8 @@ def render_sheet(config: TwinConfig, plan: SheetPlan, seed: int) -> Sheet:
     surface = steel_surface(rng, shape)
     defects = place_defects(rng, shape, config.class_rates, config.frame_height)
     masks = paint_defects(surface, defects)
+    if config.surface_effects:
+        _surface_effects(config, surface, masks, rng_for(seed, EFFECTS, plan.index))
 
     layer = render_marking(rng, plan.sheet_id, config.px(rng.uniform(30, 50)))
     mh, mw = layer.alpha.shape
@@ -90,6 +94,24 @@ def render_sheet(config: TwinConfig, plan: SheetPlan, seed: int) -> Sheet:
     for mask in masks.values():
         mask &= ~covered
     return Sheet(plan, surface, masks, box, station_view, station_box)
+
+
+def _surface_effects(
+    config: TwinConfig, surface: np.ndarray, masks: dict[int, np.ndarray], rng: np.random.Generator
+) -> None:
+    """Stains and splashes drawn on the sheet (in place), so they travel with it from
+    frame to frame; splashes keep off the defects and the labels do not change. Drawn
+    from their own random stream: a sheet's defects and marking are those it has
+    without them."""
+    chance = config.surface_effects
+    defects = np.logical_or.reduce(list(masks.values()))
+    surface[:], _ = distract(rng, surface, defects, chance, effects=("stains",))
+    h, w = surface.shape
+    wh, ww = min(SPLASH_WINDOW[0], h), min(SPLASH_WINDOW[1], w)
+    for _ in range(int(rng.poisson(chance * h / config.frame_height))):
+        top, left = int(rng.integers(0, h - wh + 1)), int(rng.integers(0, w - ww + 1))
+        window = (slice(top, top + wh), slice(left, left + ww))
+        surface[window] = splashed(rng, surface[window], defects[window])
 
 
 def _station_view(
@@ -209,6 +231,14 @@ def frames(
             marking = _marking_in_frame(sheet, first, h)
             if marking:
                 frame.markings.append(marking)
+        if config.surface_effects:
+            image, _ = distract(
+                rng_for(seed, LIGHT, index),
+                image,
+                np.zeros(image.shape, bool),
+                config.surface_effects,
+                effects=("light",),
+            )
         frame.image = camera(config, image, rng_for(seed, FRAME, index), config.exposure)
         frame.rles = {c: rle_encode(masks[c]) for c in CLASS_IDS}
         yield frame

@@ -13,19 +13,9 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from core.steel_look import smooth_noise
+
 CLASS_IDS = (1, 2, 3, 4)
-
-
-def smooth_noise(
-    rng: np.random.Generator, shape: tuple[int, int], cell: tuple[float, float]
-) -> np.ndarray:
-    """Unit-variance noise that varies over about ``cell`` = (rows, cols) pixels."""
-    h, w = shape
-    small = rng.standard_normal(
-        (max(2, int(h / cell[0]) + 2), max(2, int(w / cell[1]) + 2)), dtype=np.float32
-    )
-    big = cv2.resize(small, (w, h), interpolation=cv2.INTER_CUBIC)
-    return big / max(float(big.std()), 1e-6)
 
 
 def steel_surface(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from core.metrics import best_f1_threshold
 from core.postprocess import Thresholds
+from core.steel_look import distract
 from models.data import SegmentationData
 from models.devices import autocast, resolve_device
 from models.encoders import load_encoder_weights
@@ -43,6 +44,7 @@ class SegmentationRecipe:
     positive_share: float = 0.5  # share of crops centred on a defect
     paste_share: float = 0.0  # share of those whose defect is pasted onto another frame's crop
     randomise: float = 0.0  # chance of each photometric change of domain randomisation
+    distractors: float = 0.0  # chance of each of real steel's non-defects (core.steel_look)
     gate_weight: float = 1.0  # focal gate loss weight next to the BCE + Dice mask loss
     focal_gamma: float = 2.0
     weight_decay: float = 1e-4
@@ -123,6 +125,26 @@ def _randomised(
     b = some() * 0.5
     r = r * (1 - b) + blurred * b
     return (r.clamp(0, 1) - pre.mean) / pre.std
+
+
+def _distracted(
+    xb: torch.Tensor,
+    yb: torch.Tensor,
+    pre: Preprocess,
+    chance: float,
+    scale: float,
+    rng: np.random.Generator,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Crops with real steel's non-defects drawn in (stains, splashes, uneven light, the
+    strip's edge; ``core.steel_look``), each with ``chance``; off the strip no defect is
+    left in the soft masks."""
+    grey = ((xb[:, 0] * pre.std + pre.mean) * 255).numpy()
+    xs, ys = xb.clone(), yb.clone()
+    for k in range(len(xb)):
+        image, off = distract(rng, grey[k], yb[k].amax(dim=0).numpy() > 0, chance, scale)
+        xs[k, 0] = torch.from_numpy((image.clip(0, 255) / 255 - pre.mean) / pre.std)
+        ys[k, :, torch.from_numpy(off)] = 0
+    return xs, ys
 
 
 class CropSampler:
@@ -207,10 +229,13 @@ def _loss(net, xb, yb, pb, recipe, device):
         )
 
 
-def _train_epoch(net, sampler, recipe, pre, device, optimizer, scheduler, g) -> float:
+def _train_epoch(net, sampler, recipe, pre, device, optimizer, scheduler, g, rng) -> float:
     net.train()
     total, batches = 0.0, 0
     for xb, yb, pb in sampler.batches():
+        if recipe.distractors:
+            xb, yb = _distracted(xb, yb, pre, recipe.distractors, recipe.scale, rng)
+            pb = (yb.amax(dim=(2, 3)) > 0).float()
         if recipe.randomise:
             xb = _randomised(xb, pre, recipe.randomise, g)
         xb, yb = _augment(xb, yb, g)
@@ -256,6 +281,7 @@ def fit(
     started = time.perf_counter()
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
+    rng = np.random.default_rng(seed)
     dev = resolve_device(device)
     h, w = train.images.shape[1:]
     pre = Preprocess.fit(
@@ -284,7 +310,7 @@ def fit(
     history = []
     for epoch in range(recipe.epochs):
         t = time.perf_counter()
-        loss = _train_epoch(net, sampler, recipe, pre, dev, optimizer, scheduler, g)
+        loss = _train_epoch(net, sampler, recipe, pre, dev, optimizer, scheduler, g, rng)
         val_loss = _validation_loss(net, vx, vy, vp, recipe, dev)
         row = {
             "epoch": epoch + 1,

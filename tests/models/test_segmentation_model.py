@@ -15,7 +15,7 @@ from models.encoders import build_resnet, load_encoder_weights
 from models.preprocess import Preprocess
 from models.segmentation.network import UNetResNet, UNetSpec
 from models.segmentation.segmenter import Segmenter
-from models.segmentation.train import CropSampler, _randomised, recipe_for
+from models.segmentation.train import CropSampler, _distracted, _randomised, recipe_for
 from tasks.datasets import load_segmentation
 from tasks.labels import SourceError
 
@@ -254,3 +254,22 @@ def test_randomised_light_keeps_the_frames_range_and_changes_only_with_its_chanc
     raw = changed * pre.std + pre.mean
     assert float(raw.min()) >= -1e-6 and float(raw.max()) <= 1 + 1e-6
     assert bool(((changed - x).abs().amax(dim=(1, 2, 3)) > 0.05).all())
+
+
+def test_distracted_crops_lose_their_labels_only_off_the_strip() -> None:
+    """Stains, splashes and light change a crop and keep its labels; past the strip's
+    edge the crop is dark and holds no defect."""
+    pre = Preprocess(16, 32, 0.4, 0.2)
+    rng = np.random.default_rng(0)
+    x = torch.from_numpy(pre(rng.integers(80, 160, (64, 16, 32), np.uint8)))
+    y = torch.zeros(64, 2, 16, 32)
+    y[:, 0, 4:12, 8:24] = 1.0
+    xd, yd = _distracted(x, y, pre, 1.0, 0.25, np.random.default_rng(1))
+    raw = xd[:, 0] * pre.std + pre.mean
+    dark = raw < 12 / 255  # only past the edge: a stain darkens by 55 % at most
+    assert bool(dark.any()) and bool((yd[:, 0][dark] == 0).all())
+    kept = yd[:, 0].sum(dim=(1, 2))
+    assert bool((kept <= 128).all()) and bool((kept == 128).any())
+    assert bool((kept < 128).any()), "some crop's edge fell over its defect"
+    assert bool(((xd - x).abs().amax(dim=(1, 2, 3)) > 0.05).all())
+    assert torch.equal(_distracted(x, y, pre, 0.0, 0.25, np.random.default_rng(1))[1], y)

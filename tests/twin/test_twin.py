@@ -215,3 +215,21 @@ def test_configuration_rejects_unknown_keys_and_bad_values(tmp_path: Path) -> No
             tmp_path / "out",
         )
     assert not (tmp_path / "out").exists()
+
+
+def test_surface_effects_change_the_pictures_and_not_the_truth(tmp_path: Path) -> None:
+    """Stains, splashes and uneven light are no defects: the same seed renders the same
+    sheets, defects, markings and labels with them as without; only the pixels differ,
+    the steel's grey levels spread wider, and 0 is the twin as it was."""
+    plain = simulate(TwinConfig(**SMALL), 3, seed=8, out=tmp_path / "plain")
+    zero = simulate(TwinConfig(**SMALL, surface_effects=0), 3, seed=8, out=tmp_path / "zero")
+    real = simulate(TwinConfig(**SMALL, surface_effects=1), 3, seed=8, out=tmp_path / "real")
+    assert digest(plain.inspection / "ground_truth") == digest(zero.inspection / "ground_truth")
+    assert digest(plain.inspection / "ground_truth") == digest(real.inspection / "ground_truth")
+    a, z, b = (read_frames(r.inspection) for r in (plain, zero, real))
+    assert a.keys() == z.keys() == b.keys()
+    assert all(np.array_equal(a[k], z[k]) for k in a)
+    changed = [k for k in a if not np.array_equal(a[k], b[k])]
+    assert len(changed) > len(a) // 2
+    spread = [(float(np.std(a[k])), float(np.std(b[k]))) for k in changed]
+    assert np.median([s for _, s in spread]) > np.median([s for s, _ in spread])
