@@ -36,9 +36,10 @@ def _soft(field: np.ndarray, level: float, sharpness: float) -> np.ndarray:
 
 
 def stains(rng: np.random.Generator, shape: tuple[int, int], scale: float) -> np.ndarray:
-    """Oil and water stains: smears drawn out along the rolling direction (rows), each
+    """Oil and water stains: pools and drops, round or drawn out either way (never
+    only along the rolling direction, where they would pass for scratches), each
     darkening the steel by 15-55 %. Returns the gain (1 where no stain)."""
-    cell = (rng.uniform(100, 400) * scale, rng.uniform(25, 90) * scale)
+    cell = (rng.uniform(40, 250) * scale, rng.uniform(40, 250) * scale)
     field = smooth_noise(rng, shape, (max(cell[0], 1.0), max(cell[1], 1.0)))
     shade = _soft(field, rng.uniform(0.5, 1.5), rng.uniform(1.5, 5))
     return (1 - rng.uniform(0.15, 0.55) * shade).astype(np.float32)

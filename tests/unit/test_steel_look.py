@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from core.steel_look import EFFECTS, distract, splashed
+from core.steel_look import EFFECTS, distract, splashed, stains
 
 
 def flat(shape=(256, 512)) -> np.ndarray:
@@ -48,3 +48,15 @@ def test_an_unknown_effect_is_named() -> None:
         distract(
             np.random.default_rng(0), flat(), np.zeros((256, 512), bool), 1.0, effects=("rust",)
         )
+
+
+def test_stains_are_drawn_out_either_way_not_only_along_the_line() -> None:
+    """A stain drawn out only along the rolling direction (rows) is what a scratch looks
+    like; real oil and water stains are pools and drops of any shape."""
+    along_rows = 0
+    for seed in range(20):
+        gain = stains(np.random.default_rng(seed), (512, 512), 1.0)
+        assert gain.min() > 0.4 and gain.max() <= 1.0
+        # a stain changes more slowly along the axis it is drawn out along
+        along_rows += np.abs(np.diff(gain, axis=0)).mean() < np.abs(np.diff(gain, axis=1)).mean()
+    assert 4 <= along_rows <= 16
