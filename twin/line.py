@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 
 from core.rle import rle_encode
-from core.steel_look import distract, splashed
+from core.steel_look import light, splashed, stains
 from twin.config import TwinConfig
 from twin.marking import MarkingLayer, apply_marking, render_marking, sheet_id, wiped
 from twin.surface import CLASS_IDS, paint_defects, place_defects, steel_surface
@@ -105,7 +105,8 @@ def _surface_effects(
     without them."""
     chance = config.surface_effects
     defects = np.logical_or.reduce(list(masks.values()))
-    surface[:], _ = distract(rng, surface, defects, chance, effects=("stains",))
+    if rng.random() < chance:
+        surface *= stains(rng, surface.shape, 1.0)
     h, w = surface.shape
     wh, ww = min(SPLASH_WINDOW[0], h), min(SPLASH_WINDOW[1], w)
     for _ in range(int(rng.poisson(chance * h / config.frame_height))):
@@ -231,14 +232,10 @@ def frames(
             marking = _marking_in_frame(sheet, first, h)
             if marking:
                 frame.markings.append(marking)
-        if config.surface_effects:
-            image, _ = distract(
-                rng_for(seed, LIGHT, index),
-                image,
-                np.zeros(image.shape, bool),
-                config.surface_effects,
-                effects=("light",),
-            )
+        if config.surface_effects:  # uneven light, from its own stream
+            lamp = rng_for(seed, LIGHT, index)
+            if lamp.random() < config.surface_effects:
+                image = image * light(lamp, image.shape, 1.0)
         frame.image = camera(config, image, rng_for(seed, FRAME, index), config.exposure)
         frame.rles = {c: rle_encode(masks[c]) for c in CLASS_IDS}
         yield frame
