@@ -23,6 +23,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import cv2
 import numpy as np
@@ -33,9 +34,26 @@ WINDOW = (224, 560)  # rows, columns around the marking's centre, at full resolu
 # pixels masked around the paint's box (rows, columns): a detector's box of a wiped or
 # blurred marking is often short of the paint at the text's ends
 PAINT_MARGIN = (6, 20)
-DESCRIPTOR_BAND = (2.0, 16.0)  # band-pass of the descriptor: noise blur, background blur
+
+
+class Band(NamedTuple):
+    """A band-pass: the blur that takes out the camera's noise and the blur subtracted
+    (light, mottle), Gaussian sigmas in full-resolution pixels; and where the band-passed
+    values are cut (``clip`` robust standard deviations either way; None: never)."""
+
+    noise: float
+    background: float
+    clip: float | None = None
+
+
+DESCRIPTOR_BAND = Band(2.0, 16.0)
 DESCRIPTOR_SCALE = 0.125  # 1,960 values; at 0.25 (7,840) no better after verification
-TEMPLATE_BAND = (2.0, 6.0)
+# Verification cuts the band-passed steel at 3 robust standard deviations: a scratch or
+# a dark scale line near the marking outweighs the rest of the window's steel, and two
+# sheets that each have one there correlated as much as a worn view of the right sheet
+# (impostors up to 0.40, against 0.29-0.30 cut; twin ground-truth boxes, 1,000 sheets
+# each of seeds 13 and 15, docs/benchmarks.md).
+TEMPLATE_BAND = Band(2.0, 6.0, clip=3.0)
 TEMPLATE_SCALE = 0.5
 # a station's descriptor is also taken turned this much either side: the text line's
 # angle is off by a few degrees now and then (wiped paint, glare)
@@ -61,8 +79,8 @@ TEMPLATE_SHAPE = tuple(
     round((n + 2 * k) * TEMPLATE_SCALE) for n, k in zip(WINDOW, SEARCH_PX, strict=True)
 )
 FORMAT = (
-    f"steel/2 band {DESCRIPTOR_BAND} x{DESCRIPTOR_SCALE} descriptor {DESCRIPTOR_SHAPE}; "
-    f"band {TEMPLATE_BAND} x{TEMPLATE_SCALE} template {TEMPLATE_SHAPE} float16"
+    f"steel/3 band {tuple(DESCRIPTOR_BAND)} x{DESCRIPTOR_SCALE} descriptor {DESCRIPTOR_SHAPE}; "
+    f"band {tuple(TEMPLATE_BAND)} x{TEMPLATE_SCALE} template {TEMPLATE_SHAPE} float16"
 )
 CANDIDATES = 5  # registered sheets verified per marking: the nearest by descriptor
 # The verified correlation at which a candidate is accepted: chosen by `steelsight
@@ -115,7 +133,7 @@ def _paint(picture: np.ndarray, box: Sequence[float]) -> tuple[np.ndarray, np.nd
     return inside > level, inside <= level
 
 
-def _band(picture: np.ndarray, band: tuple[float, float], seams: Sequence[int] = ()) -> np.ndarray:
+def _band(picture: np.ndarray, band: Band, seams: Sequence[int] = ()) -> np.ndarray:
     """Band-passed grey levels; the parts between ``seams`` (rows where frames taken
     under other light meet) each on their own, so that no seam shows as an edge."""
     edges = [0, *sorted(int(r) for r in seams), picture.shape[0]]
@@ -198,7 +216,7 @@ def _reach(size: tuple[int, int], most_turn: float, band: tuple[float, float]) -
 def _banded(
     picture: np.ndarray,
     box: Sequence[float],
-    band: tuple[float, float],
+    band: Band,
     size: tuple[int, int],
     steel: np.ndarray | None,
     seams: Sequence[int],
@@ -233,9 +251,30 @@ def _banded(
         margin = 2 * round(1.5 * band[1]) + 1
         steel = (steel[top:bottom, left:right] > 0.5).astype(np.uint8)
         shown[inner] = cv2.erode(steel, np.ones((margin, margin), np.uint8))
+    if band.clip is not None:
+        # the spread is taken on the steel a window not turned covers, which every reach
+        # holds whole: so it is the same whatever part was band-passed
+        rows, cols = size[0] // 2, size[1] // 2
+        core = (
+            slice(max(top0, int(cy) - rows) - top0, min(bottom0, int(cy) + rows + 1) - top0),
+            slice(max(left0, int(cx) - cols) - left0, min(right0, int(cx) + cols + 1) - left0),
+        )
+        band_passed[inner] = _cut(band_passed[inner], band.clip, band_passed[core], shown[core])
     x0, y0, x1, y1 = (float(v) - d for v, d in zip(box[:4], (left0, top0) * 2, strict=True))
     text = text_corners((x0, y0, x1, y1), text_angle)
     return _Banded(band_passed, shown, (x0, y0, x1, y1), text)
+
+
+def _cut(values: np.ndarray, clip: float, sample: np.ndarray, shown: np.ndarray) -> np.ndarray:
+    """``values`` in robust standard deviations of ``sample`` (1.4826 times the median
+    absolute value, on its ``shown`` pixels when there are enough of them), cut at
+    ``clip`` either way; unchanged when the sample has no spread."""
+    on_steel = sample[shown > 0]
+    sample = on_steel if on_steel.size >= 1000 else sample.ravel()
+    spread = 1.4826 * float(np.median(np.abs(sample))) if sample.size else 0.0
+    if spread <= 0.0:
+        return values
+    return np.clip(values / spread, -clip, clip)
 
 
 def _turned(
@@ -279,7 +318,7 @@ def _turned_along(
 def window(
     picture: np.ndarray,
     box: Sequence[float],
-    band: tuple[float, float],
+    band: Band,
     angle: float = 0.0,
     size: tuple[int, int] = WINDOW,
     steel: np.ndarray | None = None,
