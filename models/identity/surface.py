@@ -150,13 +150,21 @@ def _band(picture: np.ndarray, band: Band, seams: Sequence[int] = ()) -> np.ndar
 
 
 def steel_mask(frame: np.ndarray) -> np.ndarray:
-    """Where an inspection frame shows a sheet (float32 1/0): the rows whose edge profile
-    finds a sheet (core.tracking), between its two edges; not the roller table."""
+    """Where an inspection frame (or frames stitched in line order) shows a sheet
+    (float32 1/0): the rows whose edge profile finds a sheet (core.tracking), between
+    its two edges; not the roller table. Each run of such rows is one sheet, and its
+    edges are the median of its rows' (as tracking measures a sheet's): one block's
+    strongest step is sometimes a scratch or the paint's edge, not the sheet's, most of
+    all in a dark frame, where the sheet's own edge steps little (a seed-15 marking's
+    window kept 0.3 of its steel and could not be verified; docs/benchmarks.md)."""
     contrast, edges = frame_profile(frame)
     mask = np.zeros(frame.shape, np.float32)
-    for block in np.flatnonzero(contrast >= MIN_CONTRAST):
-        left, right = (int(v) for v in edges[block])
-        mask[block * EDGE_BLOCK : (block + 1) * EDGE_BLOCK, left + 4 : right - 3] = 1.0
+    blocks = np.flatnonzero(contrast >= MIN_CONTRAST)
+    for run in np.split(blocks, np.flatnonzero(np.diff(blocks) > 1) + 1):
+        if not len(run):
+            continue
+        left, right = (int(v) for v in np.median(edges[run], axis=0))
+        mask[run[0] * EDGE_BLOCK : (run[-1] + 1) * EDGE_BLOCK, left + 4 : right - 3] = 1.0
     return mask
 
 

@@ -162,6 +162,22 @@ def test_steel_mask_leaves_out_the_roller_table() -> None:
     assert mask[:, 120:280].all() and not mask[:, :96].any() and not mask[:, 304:].any()
 
 
+def test_steel_mask_keeps_a_dark_sheet_whose_scratches_step_more_than_its_edge() -> None:
+    """A dark sheet's edge steps little above the table; in the rows where a bright
+    scratch or the paint steps more, that row's strongest step is not the sheet's edge.
+    Each sheet's edges are its rows' median, so its steel stays whole; two sheets in one
+    picture (a tail, the table, a head) keep their own edges."""
+    frame = np.full((160, 400), 20, np.uint8)
+    frame[:96, 100:300] = 32  # a dark sheet's tail, 12 grey levels above the table
+    frame[8:40, 150:153] = 200  # a scratch along the line
+    frame[16:32, 200:260] = 230  # paint
+    frame[120:, 60:340] = 110  # the next sheet's head, after 24 rows of table
+    mask = surface.steel_mask(frame)
+    assert mask[:96, 110:290].all() and not mask[:96, :100].any() and not mask[:96, 300:].any()
+    assert not mask[96:120].any()
+    assert mask[120:, 70:330].all() and not mask[120:, :60].any() and not mask[120:, 340:].any()
+
+
 def _index(*sheets):
     from models.identity import pipeline
 
