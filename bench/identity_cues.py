@@ -1,13 +1,16 @@
 """What identifies a sheet: the steel around its marking, measured on twin recordings.
 
     python bench/identity_cues.py --calibrate PAIR_A --pair PAIR_B [--top 5] [--leave-out 0.1]
+        [--context] [--grown]
 
 PAIR_A and PAIR_B are marking-station + inspection archive pairs from `steelsight
 simulate` with different seeds: the verification threshold is chosen on PAIR_A (for a
 false-accept rate of 0.1 % per query), the figures are measured on PAIR_B. Boxes are the
 twin's ground truth (oracle), so the figures are the imprint's alone, not the detector's;
 with ``--context`` a box the frame's edge cuts is made whole, as the inspection workers
-join a marking's two parts across the seam (pipeline.across_seams). Queries go through
+join a marking's two parts across the seam (pipeline.across_seams); with ``--grown`` each
+box of PAIR_B is grown as a detector's is that boxes the marking with a scale patch
+along its text (``_grown``). Queries go through
 the product's own path, models/identity/pipeline.identify.
 
 Cues (models/identity/surface.py):
@@ -81,7 +84,25 @@ def _queries(pair, context: bool):
         before, current = current, after
 
 
-def score(pair, top: int, leave_out: float, context: bool = False) -> dict:
+def _grown(sheet: str, box, shape: tuple[int, int]) -> tuple[float, float, float, float]:
+    """``box`` 1.6 to 2.2 times as wide and 2 to 3.2 times as tall, placed at random
+    (per sheet, the same every run) so that it holds the marking, cut to the frame: the
+    default detector's boxes of markings beside a scale patch were 2 to 2.9 times their
+    size (747 x 211 px around 376 x 73, seed 15)."""
+    rng = np.random.default_rng(int(unit_hash(f"grown/{sheet}") * 2**32))
+    x0, y0, x1, y1 = (float(v) for v in box)
+    w, h = x1 - x0 + 1, y1 - y0 + 1
+    wide, tall = w * rng.uniform(1.6, 2.2), h * rng.uniform(2.0, 3.2)
+    left, top = x0 - rng.uniform(0, wide - w), y0 - rng.uniform(0, tall - h)
+    return (
+        max(0.0, left),
+        max(0.0, top),
+        min(shape[1] - 1.0, left + wide),
+        min(shape[0] - 1.0, top + tall),
+    )
+
+
+def score(pair, top: int, leave_out: float, context: bool = False, grown: bool = False) -> dict:
     """Every query identified through the product's path (models.identity.pipeline),
     with every candidate's verified correlation kept for calibration."""
     index, register_s = _register(pair, leave_out)
@@ -89,6 +110,8 @@ def score(pair, top: int, leave_out: float, context: bool = False) -> dict:
     rows = []
     started = time.perf_counter()
     for sheet, frame, box, before, after in _queries(pair, context):
+        if grown:
+            box = _grown(sheet, box, frame.shape)
         verdict = pipeline.identify(frame, box, index, 1.0, before, after, top=top, paint_top=0)
         rows.append(
             {
@@ -145,6 +168,9 @@ def main() -> None:
     parser.add_argument(
         "--context", action="store_true", help="queries see a frame between its neighbours"
     )
+    parser.add_argument(
+        "--grown", action="store_true", help="PAIR_B's boxes grown over a scale patch beside"
+    )
     args = parser.parse_args()
 
     calibration = score(find_pairs(args.calibrate)[0], args.top, 0.0, args.context)
@@ -152,14 +178,14 @@ def main() -> None:
     impostor = np.array([g for r in calibration["rows"] for g in r["impostor"]])
     chosen = choose_threshold(genuine, impostor, args.target_far, args.top)
     threshold = chosen["threshold"]
-    measured = score(find_pairs(args.pair)[0], args.top, args.leave_out, args.context)
+    measured = score(find_pairs(args.pair)[0], args.top, args.leave_out, args.context, args.grown)
 
     print(
         f"identity cues on {args.pair.name} ({measured['registered']} sheets registered, "
         f"{args.leave_out:.0%} left out); threshold {threshold:.3f} chosen on "
         f"{args.calibrate.name} for FAR {args.target_far:.1%} per query "
         f"(calibration: genuine median {np.median(genuine):.3f}, impostor max "
-        f"{impostor.max():.3f}); oracle boxes; "
+        f"{impostor.max():.3f}); oracle boxes{', grown' if args.grown else ''}; "
         f"{'frames with their neighbours' if args.context else 'single frames'}; "
         f"{platform.machine()}, 1 process"
     )

@@ -758,7 +758,8 @@ def _evaluate_identity(data: Path, model: str, leave_out: float, as_json: bool) 
         f"per detection: the detections of a listed marking (at least half in its frame); "
         f"{p['unlisted_detections']} others, {p['unlisted_given_an_id']} of them given an "
         f"ID; {cut['detections']} of them the rest of a marking the frame's edge cut: "
-        f"{cut['identified_right']} named right, {cut['identified_wrong']} wrong"
+        f"{cut['identified_right']} named right, {cut['identified_wrong']} wrong; "
+        f"{p['another_sheet_named']} detections named a sheet other than the one they lie on"
     )
     if report["calibration"]:
         c = report["calibration"]

@@ -495,6 +495,12 @@ def evaluate_identity(
     unlisted = [i for i, t in enumerate(truth_of) if t is None]
     per_detection["unlisted_detections"] = len(unlisted)
     per_detection["unlisted_given_an_id"] = sum(matches.sheet_ids[i] != UNKNOWN for i in unlisted)
+    # every detection, listed or not, that names a sheet other than the one it lies on:
+    # a wrong answer the per-sheet figures would hide behind a better one on that sheet
+    per_detection["another_sheet_named"] = sum(
+        sheet is not None and matches.sheet_ids[i] not in (sheet, UNKNOWN)
+        for i, sheet in enumerate(on_sheet)
+    )
     # the cut parts among them: the sheet is known, so an ID given is right or wrong
     parts = [i for i in unlisted if part_of[i] is not None]
     per_detection["cut_parts"] = {

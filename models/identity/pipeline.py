@@ -383,7 +383,8 @@ def identify(
     picture = np.concatenate(parts) if len(parts) > 1 else frame
     seams = tuple(frame.shape[0] * k for k in range(1, len(parts)))
     x0, y0, x1, y1 = (float(v) for v in box[:4])
-    box = (x0, y0 + top_row, x1, y1 + top_row)
+    # a box that holds the marking and something beside it: the text inside it
+    box = surface.text_box(picture, (x0, y0 + top_row, x1, y1 + top_row))
     steel = surface.steel_mask(picture)
     shifts = surface.DESCRIPTOR_SHIFTS
     described = surface.describe(picture, box, steel=steel, seams=seams, shifts=shifts)

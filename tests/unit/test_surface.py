@@ -252,6 +252,49 @@ def test_a_box_well_off_along_the_text_is_aligned_by_retrieval_and_verified(offs
     assert dict(verdict.verified)["H1"] < 0.2
 
 
+def test_a_box_around_the_marking_and_a_scale_patch_beside_it_is_cut_to_the_text() -> None:
+    """The detector boxed a marking together with the dark scale patch along its text
+    (747 x 211 px around a 376 x 73 marking, seed 15): the paint mask over such a box
+    covers most of the window, so nothing was verified. The text inside it is found,
+    and the sheet is identified."""
+    from models.identity import pipeline
+    from twin.surface import patches
+
+    steel, box = _sheet(1)
+    mask, amplitude = patches(np.random.default_rng(3))
+    mask, amplitude = mask[:140, :340], amplitude[:140, :340]  # a patch 340 x 140 at most
+    top, left = box[1] - 40, box[2] + 5  # along the text, to its right
+    rows, cols = mask.shape
+    steel[top : top + rows, left : left + cols] += np.where(mask, amplitude, 0) - 30 * mask
+    index = _index((steel, box), _sheet(7))
+    seen = np.pad(_seen(steel, 4, gain=1.2), ((0, 0), (40, 40)), constant_values=15)
+    text = (box[0] + 40, box[1], box[2] + 40, box[3])
+    both = (text[0] - 10, top - 20, left + 40 + cols + 10, top + rows + 30)
+    assert surface.oversized(both) and not surface.oversized(text)
+    found = surface.text_box(seen, both)
+    # the strokes' box: inside the paint's layer (which has a margin), on its centre
+    (fx, fy), (tx, ty) = _centre(found), _centre(text)
+    assert abs(fx - tx) < 10 and abs(fy - ty) < 10, (found, text)
+    assert found[2] - found[0] > 0.8 * (text[2] - text[0]), (found, text)
+    assert surface.text_box(seen, text) == tuple(float(v) for v in text)  # a marking's box
+    verdict = pipeline.identify(seen, both, index, 0.41)
+    assert verdict.sheet_id == "H0" and verdict.similarity > 0.5, verdict
+    assert dict(verdict.verified)["H1"] < 0.2
+
+
+def test_the_text_cut_from_an_oversized_box_is_not_stretched_by_a_scratch_or_an_edge() -> None:
+    """A scratch through a letter, closed into its word, hangs below the text, and a
+    bright row (the sheet's edge) lies along the box's top: neither is taken as text."""
+    steel, box = _sheet(1)
+    left, top, right, bottom = box
+    steel[bottom - 20 : bottom + 60, left + 120 : left + 122] = 250.0  # a scratch
+    steel[top - 70 : top - 62, left - 60 : right + 200] = 250.0  # a bright row
+    seen = _seen(steel, 4)
+    found = surface.text_box(seen, (left - 60, top - 70, right + 200, bottom + 70))
+    assert top - 8 <= found[1] and found[3] <= bottom + 8, (found, box)
+    assert found[2] - found[0] > 0.8 * (right - left), (found, box)
+
+
 def test_a_marking_the_seam_cut_is_joined_across_it_and_identified() -> None:
     """The line's camera cuts the sheet into frames; the seam runs through the marking.
     A detection in each frame holds a part of it: joined across the seam, the window is
@@ -399,9 +442,10 @@ def test_a_weak_box_of_a_marking_already_found_is_not_identified_again() -> None
 
 
 def test_a_second_guess_is_identified_only_when_the_first_names_no_sheet() -> None:
-    """The detector's best box of a weakly found marking can reach over a scale patch
+    """The detector's best box of a weakly found marking can lie mostly on a scale patch
     beside the text and not verify; the weak box under it, over the text alone, is
-    verified then, and only then."""
+    verified then, and only then. (A box over both, large enough to be cut to the text
+    inside it, is test_a_box_around_the_marking_and_a_scale_patch_beside_it_....)"""
     from models.identity import pipeline
 
     steel, box = _sheet(1)
@@ -414,7 +458,7 @@ def test_a_second_guess_is_identified_only_when_the_first_names_no_sheet() -> No
     frame = np.pad(_seen(steel, 4, gain=1.2), ((0, 0), (40, 40)), constant_values=15)
     x0, y0, x1, y1 = box[0] + 40, box[1], box[2] + 40, box[3]
     right = [x0, y0, x1, y1, 0.40]
-    for first in ([x0 - 330, y0 - 8, x1 - 20, y1 + 6, 0.43], [x0 + 2, y0, x1 - 1, y1, 0.45]):
+    for first in ([x0 - 330, y0 - 8, x1 - 250, y1 + 6, 0.43], [x0 + 2, y0, x1 - 1, y1, 0.45]):
         rows = np.array([first, right], np.float32)
         marks = pipeline.Markings(
             np.zeros(2, np.int64),
