@@ -86,9 +86,10 @@ def _queries(pair, context: bool):
 
 def _grown(sheet: str, box, shape: tuple[int, int]) -> tuple[float, float, float, float]:
     """``box`` 1.6 to 2.2 times as wide and 2 to 3.2 times as tall, placed at random
-    (per sheet, the same every run) so that it holds the marking, cut to the frame: the
-    default detector's boxes of markings beside a scale patch were 2 to 2.9 times their
-    size (747 x 211 px around 376 x 73, seed 15)."""
+    (per sheet, the same every run) so that it holds the marking, cut to the frame's
+    columns and to the rows of the frames either side (a marking the seam cut is made
+    whole across it): the default detector's boxes of markings beside a scale patch
+    were 2 to 2.9 times their size (747 x 211 px around 376 x 73, seed 15)."""
     rng = np.random.default_rng(int(unit_hash(f"grown/{sheet}") * 2**32))
     x0, y0, x1, y1 = (float(v) for v in box)
     w, h = x1 - x0 + 1, y1 - y0 + 1
@@ -96,9 +97,9 @@ def _grown(sheet: str, box, shape: tuple[int, int]) -> tuple[float, float, float
     left, top = x0 - rng.uniform(0, wide - w), y0 - rng.uniform(0, tall - h)
     return (
         max(0.0, left),
-        max(0.0, top),
+        max(-float(shape[0]), top),
         min(shape[1] - 1.0, left + wide),
-        min(shape[0] - 1.0, top + tall),
+        min(2.0 * shape[0] - 1.0, top + tall),
     )
 
 

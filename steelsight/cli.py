@@ -778,6 +778,12 @@ def _evaluate_identity(data: Path, model: str, leave_out: float, as_json: bool) 
         f"frames/s, {report['sheets_per_s']:.2f} sheets/s; identifying "
         f"{report['identify_ms_per_marking']:.1f} ms per marking (search and verification)"
     )
+    if s["not_identified"]:
+        shown = ", ".join(s["not_identified"][:20])
+        more = len(s["not_identified"]) - 20
+        console.print(
+            f"registered sheets not identified: {shown}" + (f" and {more} more" if more > 0 else "")
+        )
 
 
 @app.command("register-sheets")

@@ -453,9 +453,8 @@ def evaluate_identity(
     # no detection on it is a query answered unknown
     best = best_per_sheet(on_sheet, matches.similarity)
     seen_sheets = sorted({m["sheet_id"] for ms in truth.values() for m in ms} | set(best))
-    per_sheet = identification_report(
-        seen_sheets, registered.sheet_ids, _per_sheet(matches, best, seen_sheets), threshold
-    )
+    answered = _per_sheet(matches, best, seen_sheets)
+    per_sheet = identification_report(seen_sheets, registered.sheet_ids, answered, threshold)
     per_sheet["sheets"] = len(seen_sheets)
     per_sheet["wrong"] = [  # every sheet given another's ID: what to look at first
         {
@@ -465,6 +464,12 @@ def evaluate_identity(
         }
         for sheet, i in best.items()
         if matches.sheet_ids[i] not in (sheet, UNKNOWN)
+    ]
+    # every registered sheet not named: what to look at next
+    per_sheet["not_identified"] = [
+        s
+        for s, a in zip(seen_sheets, answered.sheet_ids, strict=True)
+        if s in registered.sheet_ids and a != s
     ]
     boxed = set(truth_of) | set(part_of)
     per_sheet["marking_not_detected"] = sum(s not in boxed for s in seen_sheets)
