@@ -168,8 +168,8 @@ def text_box(picture: np.ndarray, box: Sequence[float]) -> tuple[float, float, f
     (``_line``); the line's rows are those where its strokes are dense. The text is the
     line that holds the most stroke contrast, at least twice as wide as tall and as
     tall as a stroke's widest (a bright row along the sheet's edge is no text).
-    Verification is the judge of it: a box on something else
-    verifies as no registered sheet."""
+    Verification is the judge of it: a box on something else verifies as no registered
+    sheet."""
     if not oversized(box):
         return tuple(float(v) for v in box[:4])
     h, w = picture.shape
@@ -201,6 +201,8 @@ def text_box(picture: np.ndarray, box: Sequence[float]) -> tuple[float, float, f
             # its rows: where the strokes are dense (a scratch crossing a letter, closed
             # into its word, hangs below the text)
             dense = strokes[top : bottom + 1, left : right + 1].sum(axis=1)
+            if not dense.any():
+                continue
             rows = np.flatnonzero(dense >= 0.2 * dense.max())
             top, bottom = top + int(rows[0]), top + int(rows[-1])
             strength = float(held[joined].sum())
