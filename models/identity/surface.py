@@ -125,12 +125,18 @@ def text_angle(picture: np.ndarray, box: Sequence[float]) -> float:
     return (angle + 90.0) % 180.0 - 90.0
 
 
-def _paint(picture: np.ndarray, box: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
-    """Bright and dark paint candidates inside the box: Otsu on the box's grey levels."""
+def _inside(picture: np.ndarray, box: Sequence[float]) -> tuple[np.ndarray, int, int]:
+    """The part of the picture inside the box (cut to the picture), and its top-left
+    corner (x, y)."""
     x0, y0, x1, y1 = (round(float(v)) for v in box[:4])
     h, w = picture.shape
     x0, y0, x1, y1 = max(0, x0), max(0, y0), min(w - 1, x1), min(h - 1, y1)
-    inside = np.ascontiguousarray(picture[y0 : y1 + 1, x0 : x1 + 1])
+    return np.ascontiguousarray(picture[y0 : y1 + 1, x0 : x1 + 1]), x0, y0
+
+
+def _paint(picture: np.ndarray, box: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    """Bright and dark paint candidates inside the box: Otsu on the box's grey levels."""
+    inside, _, _ = _inside(picture, box)
     if inside.size == 0:
         empty = np.zeros((0, 0), bool)
         return empty, empty
@@ -170,14 +176,12 @@ def text_box(picture: np.ndarray, box: Sequence[float]) -> tuple[float, float, f
     tall as a stroke's widest (a bright row along the sheet's edge is no text).
     Verification is the judge of it: a box on something else verifies as no registered
     sheet."""
+    given = tuple(float(v) for v in box[:4])
     if not oversized(box):
-        return tuple(float(v) for v in box[:4])
-    h, w = picture.shape
-    x0, y0, x1, y1 = (round(float(v)) for v in box[:4])
-    x0, y0, x1, y1 = max(0, x0), max(0, y0), min(w - 1, x1), min(h - 1, y1)
-    inside = np.ascontiguousarray(picture[y0 : y1 + 1, x0 : x1 + 1])
+        return given
+    inside, x0, y0 = _inside(picture, box)
     if inside.size == 0:
-        return tuple(float(v) for v in box[:4])
+        return given
     square = cv2.getStructuringElement(cv2.MORPH_RECT, (STROKE, STROKE))
     along = cv2.getStructuringElement(cv2.MORPH_RECT, (STROKE, 5))
     best, found = 0.0, None
@@ -209,7 +213,7 @@ def text_box(picture: np.ndarray, box: Sequence[float]) -> tuple[float, float, f
             tall = bottom - top + 1
             if tall >= STROKE and right - left + 1 >= 2 * tall and strength > best:
                 best, found = strength, (x0 + left, y0 + top, x0 + right, y0 + bottom)
-    return tuple(float(v) for v in found) if found else tuple(float(v) for v in box[:4])
+    return tuple(float(v) for v in found) if found else given
 
 
 def _line(boxes: np.ndarray, seed: int) -> list[int]:
