@@ -43,17 +43,17 @@ from tasks.identity import find_pairs, marking_boxes, station_pictures
 def _register(pair, leave_out: float) -> tuple[SurfaceIndex, float]:
     boxes = marking_boxes(pair.station)
     started = time.perf_counter()
-    refs = {
-        sheet: pipeline.reference(picture, boxes[frame][0]["box"])
+    refs = [
+        (sheet, imprinted)
         for frame, sheet, picture in station_pictures(pair.station)
         if frame in boxes and unit_hash(f"leave-out/{sheet}") >= leave_out
-    }
-    seconds = (time.perf_counter() - started) / max(len(refs), 1)
-    ids = list(refs)
+        for imprinted in pipeline.references(picture, boxes[frame][0]["box"])
+    ]
+    seconds = (time.perf_counter() - started) / max(len({s for s, _ in refs}), 1)
     index = SurfaceIndex(
-        ids,
-        np.stack([refs[s].descriptor for s in ids]),
-        np.stack([refs[s].template.astype(np.float16) for s in ids]),
+        [s for s, _ in refs],
+        np.stack([r.descriptor for _, r in refs]),
+        np.stack([r.template.astype(np.float16) for _, r in refs]),
     )
     return index, seconds
 

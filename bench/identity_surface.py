@@ -67,11 +67,12 @@ class _Impostors:
 def line(root: Path, sheets: int, seed: int):
     recording = simulate(TwinConfig(distortion=1.0), sheets, seed, root)
     boxes = marking_boxes(recording.station)
-    refs = {
-        sheet: pipeline.reference(picture, boxes[frame][0]["box"])
+    refs = [
+        (sheet, imprinted)
         for frame, sheet, picture in station_pictures(recording.station)
         if frame in boxes
-    }
+        for imprinted in pipeline.references(picture, boxes[frame][0]["box"])
+    ]
     frames = list(read_frames(recording.inspection))
     truth = marking_boxes(recording.inspection)
     queries = []
@@ -83,13 +84,13 @@ def line(root: Path, sheets: int, seed: int):
     return refs, queries
 
 
-def registry(refs: dict, n: int, rng: np.random.Generator) -> SurfaceIndex:
-    ids = list(refs)
-    real = np.stack([refs[s].descriptor for s in ids])
+def registry(refs: list, n: int, rng: np.random.Generator) -> SurfaceIndex:
+    ids = [sheet for sheet, _ in refs]
+    real = np.stack([r.descriptor for _, r in refs])
     turns, dim = real.shape[1:]
     fill = normalise(rng.standard_normal(((n - len(ids)) * turns, dim), dtype=np.float32))
     descriptors = np.concatenate([real, fill.reshape(-1, turns, dim)])
-    templates = np.stack([refs[s].template.astype(np.float16) for s in ids])
+    templates = np.stack([r.template.astype(np.float16) for _, r in refs])
     ids += [f"S{i:07d}" for i in range(len(ids), n)]
     return SurfaceIndex(ids, descriptors, _Impostors(templates, n))  # type: ignore[arg-type]
 

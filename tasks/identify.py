@@ -33,9 +33,9 @@ from models.identity.pipeline import (
     Verdict,
     embed,
     kept,
-    reference,
 )
 from models.identity.pipeline import find_markings as find_pictures_markings
+from models.identity.pipeline import references as station_imprints
 from tasks.archives import content_hash, read_frames, read_manifest
 from tasks.identity import (
     ArchivePair,
@@ -85,7 +85,16 @@ class Found:
     crops: list[np.ndarray] = field(default_factory=list)
     per_frame: dict[str, np.ndarray] = field(default_factory=dict)  # all detections per frame
     pictures: int = 0
-    surfaces: list[surface.Surface] = field(default_factory=list)  # station: per detection
+    surfaces: list[surface.Surface] = field(default_factory=list)  # station: per row
+
+    def add(self, frame_id: str, box: np.ndarray, crop: np.ndarray, picture: np.ndarray) -> None:
+        """A station picture's detection: one row per surface imprint it registers (a
+        second where the text's angle is in doubt, ``pipeline.references``)."""
+        for imprinted in station_imprints(picture, box):
+            self.frame_ids.append(frame_id)
+            self.boxes.append(box)
+            self.crops.append(crop)
+            self.surfaces.append(imprinted)
 
 
 def station_found(pictures: Iterable[tuple[str, np.ndarray]], models: Models) -> Found:
@@ -99,10 +108,7 @@ def station_found(pictures: Iterable[tuple[str, np.ndarray]], models: Models) ->
         found.pictures += len(batch)
         found.per_frame.update(zip(names, marks.per_picture, strict=True))
         for owner, box, crop in zip(marks.owners, marks.boxes, marks.crops, strict=True):
-            found.frame_ids.append(names[owner])
-            found.boxes.append(box)
-            found.crops.append(crop)
-            found.surfaces.append(reference(images[owner], box))
+            found.add(names[owner], box, crop, images[owner])
     return found
 
 
@@ -149,12 +155,8 @@ def station_markings(
         boxes = np.array([[*m["box"], 1.0] for m in truth.get(frame_id, [])], np.float32)
         found.per_frame[frame_id] = boxes.reshape(-1, 5)
         for box in boxes[:1]:
-            found.frame_ids.append(frame_id)
-            found.boxes.append(box)
-            found.crops.append(
-                marking_crop(image, box[:4], models.imprint.crop_size, models.imprint.margin)
-            )
-            found.surfaces.append(reference(image, box))
+            crop = marking_crop(image, box[:4], models.imprint.crop_size, models.imprint.margin)
+            found.add(frame_id, box, crop, image)
     return found, rows
 
 
@@ -263,7 +265,8 @@ def register_station(
 
 
 def _ranks(frame_ids: Sequence[str]) -> list[int]:
-    """Each detection's rank among its picture's (they come best first)."""
+    """Each row's rank among its picture's (its detections come best first, each with
+    its imprints, the surer angle first)."""
     seen: dict[str, int] = {}
     ranks = []
     for frame_id in frame_ids:

@@ -368,9 +368,11 @@ SHEET_REFERENCES = TableSpec(
             col(
                 "box_rank",
                 pa.int16(),
-                "Which of the picture's boxes: 0 the detector's best; 1 and 2 its next "
-                "ones, registered beside it when it scored under 0.7 "
-                "(models.identity.pipeline.STATION_SURE). Null: registered before ranks.",
+                "Which of the picture's references: 0 the detector's best box; after it "
+                "the same box turned level by a second angle where the text's angle was in "
+                "doubt (surface_angle; models.identity.surface.text_angles), and its next "
+                "boxes when it scored under 0.7 (models.identity.pipeline.STATION_SURE). "
+                "Null: registered before ranks.",
                 nullable=True,
             ),
             col(

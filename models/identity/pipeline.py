@@ -282,9 +282,14 @@ def embed(imprint, crops: np.ndarray) -> np.ndarray:
     return imprint.embed(crops)
 
 
-def reference(picture: np.ndarray, box) -> surface.Surface:
-    """A station picture's surface imprint: its text levelled, descriptors and template."""
-    return surface.imprint(picture, box, level=True)
+def references(picture: np.ndarray, box) -> list[surface.Surface]:
+    """A station picture's surface imprints of the marking at ``box``: its text levelled,
+    descriptors and template; one per angle that may level the text
+    (``surface.text_angles``: a second where its estimates disagree)."""
+    return [
+        surface.imprint(picture, box, level=True, angle=angle)
+        for angle in surface.text_angles(picture, box)
+    ]
 
 
 @dataclass(frozen=True)
