@@ -127,7 +127,7 @@ def score(pair, top: int, leave_out: float, context: bool = False, grown: bool =
             }
         )
     query_s = (time.perf_counter() - started) / max(len(rows), 1)
-    return {"rows": rows, "registered": len(index), "register_s": register_s, "query_s": query_s}
+    return {"rows": rows, "registered": index.sheets, "register_s": register_s, "query_s": query_s}
 
 
 def figures(rows: list[dict], threshold: float) -> dict:

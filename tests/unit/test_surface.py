@@ -457,31 +457,31 @@ def test_a_weak_marking_needs_the_stronger_evidence(monkeypatch) -> None:
     assert sure_again == sure and weak is pipeline.NOTHING
 
 
-def test_a_weak_box_of_a_marking_already_found_is_not_identified_again() -> None:
+def test_one_weak_box_of_a_marking_already_found_is_kept_as_a_second_guess() -> None:
     from models.identity.pipeline import _rescues_only, _second_guesses
 
     rows = np.array(
         [
             [100, 50, 400, 100, 0.9],  # a marking
-            [90, 48, 380, 104, 0.2],  # a weak second box of it
+            [90, 48, 380, 104, 0.2],  # a weak second box of it: a second guess
+            [95, 49, 390, 102, 0.18],  # a third box of it
             [700, 150, 1000, 200, 0.15],  # a marking only weakly found
             [710, 152, 990, 198, 0.12],  # a second guess at where it lies
             [705, 151, 995, 199, 0.11],  # a third box of it
-            [105, 52, 395, 98, 0.3],  # strong boxes stay as the detector gave them
+            [105, 52, 395, 98, 0.95],  # strong boxes stay as the detector gave them
         ],
         np.float32,
     )
-    rows[5, 4] = 0.95
     rows = rows[np.argsort(-rows[:, 4], kind="stable")]
     left = _rescues_only(rows, 0.25)
-    assert left[:, 4].tolist() == pytest.approx([0.95, 0.9, 0.15, 0.12])
-    assert _second_guesses(left, 0.25).tolist() == [False, False, False, True]
+    assert left[:, 4].tolist() == pytest.approx([0.95, 0.9, 0.2, 0.15, 0.12])
+    assert _second_guesses(left, 0.25).tolist() == [False, False, True, False, True]
 
 
 def test_a_second_guess_is_identified_only_when_the_first_names_no_sheet() -> None:
-    """The detector's best box of a weakly found marking can lie mostly on a scale patch
-    beside the text and not verify; the weak box under it, over the text alone, is
-    verified then, and only then. (A box over both, large enough to be cut to the text
+    """The detector's best box of a marking, weakly found or not, can lie mostly on a
+    scale patch beside the text and not verify; the weak box under it, over the text
+    alone, is verified then, and only then. (A box over both, large enough to be cut to the text
     inside it, is test_a_box_around_the_marking_and_a_scale_patch_beside_it_....)"""
     from models.identity import pipeline
 
@@ -495,14 +495,18 @@ def test_a_second_guess_is_identified_only_when_the_first_names_no_sheet() -> No
     frame = np.pad(_seen(steel, 4, gain=1.2), ((0, 0), (40, 40)), constant_values=15)
     x0, y0, x1, y1 = box[0] + 40, box[1], box[2] + 40, box[3]
     right = [x0, y0, x1, y1, 0.40]
-    for first in ([x0 - 330, y0 - 8, x1 - 250, y1 + 6, 0.43], [x0 + 2, y0, x1 - 1, y1, 0.45]):
-        rows = np.array([first, right], np.float32)
+    off = [x0 - 330, y0 - 8, x1 - 250, y1 + 6]  # mostly beside the text
+    on = [x0 + 2, y0, x1 - 1, y1]
+    # the first box weak (0.43, 0.45) or sure (0.8) of itself
+    for first in ([*off, 0.43], [*on, 0.45], [*off, 0.8], [*on, 0.8]):
+        rows = pipeline._rescues_only(np.array([first, right], np.float32), 0.6)
+        assert len(rows) == 2  # the weak box over the text is kept as a second guess
         marks = pipeline.Markings(
             np.zeros(2, np.int64),
             rows,
             np.zeros((2, 1, 1), np.uint8),
             [rows],
-            weak=np.ones(2, bool),
+            weak=rows[:, 4] < 0.6,
             second=pipeline._second_guesses(rows, 0.6),
         )
         verdicts = pipeline.identify_markings(marks, [frame], index, 0.41)
