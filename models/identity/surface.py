@@ -135,11 +135,11 @@ def text_angles(picture: np.ndarray, box: Sequence[float]) -> tuple[float, ...]:
     letter, are not; it is off by more than 5 degrees on 12 or 13 of 1,000 station
     pictures, the strokes on 2 to 5, and one of the two on 2 (detector boxes, seeds 13
     and 15, against the twin's own tilt)."""
-    by_paint = _major_axis(_paint(picture, box))
     inside, _, _ = _inside(picture, box)
-    by_strokes = _major_axis(
-        [strokes for _, strokes in _strokes(inside)] if inside.size else [], MOST_TILT
-    )
+    if inside.size == 0:
+        return (0.0,)
+    by_paint = _major_axis(_paint(inside))
+    by_strokes = _major_axis([strokes for _, strokes in _strokes(inside)], MOST_TILT)
     if by_strokes is None:
         return (by_paint if by_paint is not None else 0.0,)
     if by_paint is None or abs(by_paint - by_strokes) <= ANGLE_DOUBT:
@@ -180,12 +180,9 @@ def _inside(picture: np.ndarray, box: Sequence[float]) -> tuple[np.ndarray, int,
     return np.ascontiguousarray(picture[y0 : y1 + 1, x0 : x1 + 1]), x0, y0
 
 
-def _paint(picture: np.ndarray, box: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
-    """Bright and dark paint candidates inside the box: Otsu on the box's grey levels."""
-    inside, _, _ = _inside(picture, box)
-    if inside.size == 0:
-        empty = np.zeros((0, 0), bool)
-        return empty, empty
+def _paint(inside: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Bright and dark paint candidates in a box's grey levels (``inside``, not empty):
+    Otsu on them."""
     level, _ = cv2.threshold(inside, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
     return inside > level, inside <= level
 
