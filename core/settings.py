@@ -92,8 +92,10 @@ class Settings(BaseSettings):
         default=None,
         ge=-1.0,
         le=1.0,
-        description="Verified correlation of the steel around a marking with a registered "
-        "sheet's at which the sheet is named; below it the answer is 'unknown'. Default: "
+        description="Verified score of the steel around a marking against a registered "
+        "sheet's (the correlation three quarters of the window's tiles reach) at which the "
+        "sheet is named; below it the answer is 'unknown'. A value chosen before "
+        "2026-12-03 was for the whole window's correlation: choose it again. Default: "
         "the value calibrated on the twin for 0.1 % wrong IDs per query "
         "(models/identity/surface.py VERIFY_THRESHOLD); calibrate on a plant's own "
         "station/inspection pairs: `steelsight evaluate identity` prints the threshold a "

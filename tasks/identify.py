@@ -509,6 +509,16 @@ def evaluate_identity(
         sheet is not None and matches.sheet_ids[i] not in (sheet, UNKNOWN)
         for i, sheet in enumerate(on_sheet)
     )
+    # the margin the threshold keeps: the best score any detection (on a sheet or on
+    # none) gave a sheet other than the one it lies on
+    per_detection["best_for_another_sheet"] = max(
+        (
+            float(matches.similarity[i])
+            for i, sheet in enumerate(on_sheet)
+            if verdicts[i].nearest not in (sheet, None)
+        ),
+        default=None,
+    )
     # the cut parts among them: the sheet is known, so an ID given is right or wrong
     parts = [i for i in unlisted if part_of[i] is not None]
     per_detection["cut_parts"] = {
