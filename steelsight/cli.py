@@ -760,6 +760,11 @@ def _evaluate_identity(data: Path, model: str, leave_out: float, as_json: bool) 
         f"ID; {cut['detections']} of them the rest of a marking the frame's edge cut: "
         f"{cut['identified_right']} named right, {cut['identified_wrong']} wrong; "
         f"{p['another_sheet_named']} detections named a sheet other than the one they lie on"
+        + (
+            ""
+            if p["best_for_another_sheet"] is None
+            else f" (the best score any gave another sheet: {p['best_for_another_sheet']:.3f})"
+        )
     )
     if report["calibration"]:
         c = report["calibration"]

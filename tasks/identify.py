@@ -509,16 +509,8 @@ def evaluate_identity(
         sheet is not None and matches.sheet_ids[i] not in (sheet, UNKNOWN)
         for i, sheet in enumerate(on_sheet)
     )
-    # the margin the threshold keeps: the best score any detection (on a sheet or on
-    # none) gave a sheet other than the one it lies on
-    per_detection["best_for_another_sheet"] = max(
-        (
-            float(matches.similarity[i])
-            for i, sheet in enumerate(on_sheet)
-            if verdicts[i].nearest not in (sheet, None)
-        ),
-        default=None,
-    )
+    # the margin the threshold keeps
+    per_detection["best_for_another_sheet"] = best_for_another_sheet(on_sheet, matches)
     # the cut parts among them: the sheet is known, so an ID given is right or wrong
     parts = [i for i in unlisted if part_of[i] is not None]
     per_detection["cut_parts"] = {
@@ -574,6 +566,20 @@ def best_per_sheet(on_sheet: Sequence[str | None], similarity: np.ndarray) -> di
         if sheet is not None and (sheet not in best or similarity[i] > similarity[best[sheet]]):
             best[sheet] = i
     return best
+
+
+def best_for_another_sheet(on_sheet: Sequence[str | None], matches: Matches) -> float | None:
+    """The highest verified score a detection on a sheet (``on_sheet``) gave a registered
+    sheet other than that one, whether or not it reached the threshold; None when there
+    was none. A detection on no sheet (between two) may be either's marking: left out."""
+    return max(
+        (
+            float(matches.similarity[i])
+            for i, sheet in enumerate(on_sheet)
+            if sheet is not None and matches.nearest[i] not in (sheet, UNKNOWN)
+        ),
+        default=None,
+    )
 
 
 def _per_sheet(matches: Matches, best: dict[str, int], sheets: list[str]) -> Matches:

@@ -10,6 +10,7 @@ import pytest
 from core.metrics import box_iou, detection_report, match_detections
 from models.identity.matching import (
     UNKNOWN,
+    Matches,
     ReferenceIndex,
     choose_threshold,
     identification_report,
@@ -134,6 +135,22 @@ def test_a_sheet_is_answered_by_its_best_detection_on_it():
     on_sheet = ["A", "A", "B", None, "C"]
     similarity = np.array([0.5, 0.9, -np.inf, 0.99, 0.2], np.float32)
     assert best_per_sheet(on_sheet, similarity) == {"A": 1, "B": 2, "C": 4}
+
+
+def test_the_margin_is_the_best_score_a_detection_gave_another_sheet():
+    """What ``evaluate identity`` reports as the threshold's margin: the best score of a
+    candidate that is not the sheet the detection lies on, named or not; a detection
+    between sheets could be either's and does not count."""
+    from tasks.identify import best_for_another_sheet
+
+    on_sheet = ["A", "A", "B", None, "C"]
+    matches = Matches(
+        ["A", UNKNOWN, UNKNOWN, "D", UNKNOWN],
+        ["A", "D", "E", "D", UNKNOWN],
+        np.array([0.9, 0.25, 0.1, 0.95, -np.inf], np.float32),
+    )
+    assert best_for_another_sheet(on_sheet, matches) == pytest.approx(0.25)
+    assert best_for_another_sheet(on_sheet[:1], matches) is None
 
 
 def test_a_box_is_placed_on_the_sheet_it_lies_on(tmp_path):
