@@ -13,14 +13,14 @@ import csv
 import math
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from models.data import split_by_group, unit_hash
-from models.identity.crops import marking_crop
+from models.identity.crops import marking_crop, picture_size
 from tasks.archives import ArchiveError, read_frames, read_manifest
 
 
@@ -278,6 +278,10 @@ class YoloDataset:
     yaml: Path
     counts: dict[str, int]
     holdout: DetectionData
+    # per picture size ("HEIGHTxWIDTH"), the widest and the tallest marking box (pixels,
+    # as its label gives them) of the training and validation pictures: the detector
+    # drops boxes far larger (models.identity.detector.marking_sized)
+    largest: dict[str, tuple[float, float]] = field(default_factory=dict)
 
 
 def _yolo_lines(boxes: np.ndarray, shape: tuple[int, int]) -> str:
@@ -412,9 +416,18 @@ def write_yolo_dataset(
         (out / "images" / part).mkdir(parents=True, exist_ok=True)
         (out / "labels" / part).mkdir(parents=True, exist_ok=True)
     stacks_of: dict[Path, list[tuple[str, np.ndarray, np.ndarray]]] = {}
+    largest: dict[str, tuple[float, float]] = {}
     for pair in pairs:
         for name, camera, image, boxes in _pictures(pair, set(chosen)):
             part = chosen[name]
+            if part != "holdout" and len(boxes):
+                size = picture_size(image)
+                w, h = largest.get(size, (0.0, 0.0))
+                sides = np.reshape(boxes, (-1, 4)).astype(np.float64)  # inclusive pixels
+                largest[size] = (
+                    max(w, float((sides[:, 2] - sides[:, 0]).max()) + 1),
+                    max(h, float((sides[:, 3] - sides[:, 1]).max()) + 1),
+                )
             if part == "holdout":
                 counts[part] += 1
                 holdout.names.append(name)
@@ -445,4 +458,4 @@ def write_yolo_dataset(
         f"path: {out.resolve()}\ntrain: images/train\nval: images/validation\n"
         "names:\n  0: marking\n"
     )
-    return YoloDataset(out, yaml, counts, holdout)
+    return YoloDataset(out, yaml, counts, holdout, largest)

@@ -17,6 +17,11 @@ CROP_SIZE = (48, 192)  # height, width: a marking is about four times wider than
 MARGIN = 0.3  # of the box's height, added on every side
 
 
+def picture_size(image: np.ndarray) -> str:
+    """A picture's size as the detector keys what it learnt per size: "HEIGHTxWIDTH"."""
+    return f"{image.shape[0]}x{image.shape[1]}"
+
+
 def widen(box: Sequence[float], margin: float, shape: tuple[int, int]) -> tuple[int, int, int, int]:
     """(x_min, y_min, x_max, y_max) grown by ``margin`` of the box height, clipped to the image."""
     x0, y0, x1, y1 = (float(v) for v in box[:4])

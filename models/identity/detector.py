@@ -12,7 +12,7 @@ import json
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -22,6 +22,7 @@ import torch
 
 from models.devices import resolve_device
 from models.identity import offline
+from models.identity.crops import picture_size
 from models.onnx import quiet
 
 FORMAT = "steelsight-marking-detector/1"
@@ -115,18 +116,62 @@ def _threads_kept() -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
+# A box this many times wider or taller than the largest marking that pictures of its
+# size showed in training (``largest``) is no marking: on the line, those are scale
+# patches, boxed across most of the frame. On seed 17 (1,000 sheets, strong distortion,
+# the default detector), of the sure boxes (0.6 and over) that lay on no marking, 57 of
+# 108 were larger than this; of every weak box (0.05 and over) on none, 4,181 of 5,060;
+# of the boxes on a marking (IoU 0.5), none at any score. The detector's boxes of
+# markings reached 1.2 times the largest label (seed 11), and 1.35 at seed 17. One sure
+# box this large held a marking with the scale patch beside it (IoU 0.42), the only box
+# of that sheet: a sure box this large is kept as an unsure one, which identifies a
+# sheet only when verified (docs/benchmarks.md, "Boxes no marking is the size of")
+SIZE_MARGIN = 1.5
+
+
+def marking_sized(
+    rows: np.ndarray, size: str, largest: Mapping[str, Sequence[float]] | None, sure: float
+) -> np.ndarray:
+    """``rows`` (x_min, y_min, x_max, y_max, score) with each box wider or taller than
+    ``SIZE_MARGIN`` times the largest marking (width, height) of pictures of ``size``
+    dropped, or when scored ``sure`` or more, scored just under ``sure``; all of them as
+    they are when training showed no marking at that size."""
+    if not largest or size not in largest or not len(rows):
+        return rows
+    width, height = largest[size]
+    oversized = (rows[:, 2] - rows[:, 0] > SIZE_MARGIN * width) | (
+        rows[:, 3] - rows[:, 1] > SIZE_MARGIN * height
+    )
+    demoted = oversized & (rows[:, 4] >= sure)
+    rows = rows.copy()
+    rows[demoted, 4] = np.nextafter(np.float32(sure), np.float32(0))
+    return rows[~oversized | demoted]
+
+
 def _bgr(image: np.ndarray) -> np.ndarray:
     return np.repeat(image[:, :, None], 3, axis=2) if image.ndim == 2 else image
 
 
 class MarkingDetector:
-    """YOLO weights plus the settings they were trained with."""
+    """YOLO weights plus the settings they were trained with. ``largest``: per picture
+    size ("HEIGHTxWIDTH"), the largest marking (width, height in pixels) its training
+    pictures of that size showed; boxes far larger are dropped or scored as unsure
+    (``marking_sized``).
+    None (a detector saved before it was recorded): none is."""
 
-    def __init__(self, weights: Path, imgsz: int, conf: float, device: str = "auto") -> None:
+    def __init__(
+        self,
+        weights: Path,
+        imgsz: int,
+        conf: float,
+        device: str = "auto",
+        largest: Mapping[str, Sequence[float]] | None = None,
+    ) -> None:
         ultralytics = offline.prepare(_config_dir())
         self.weights = Path(weights)
         self.imgsz = imgsz
         self.conf = conf
+        self.largest = {k: [float(v) for v in wh] for k, wh in (largest or {}).items()} or None
         self.device = _ultralytics_device(device)
         self.yolo = ultralytics.YOLO(str(self.weights), task="detect")
         self.onnx: Path | None = None  # the network as an ONNX graph (``run_onnx``)
@@ -164,7 +209,9 @@ class MarkingDetector:
         self, images: list[np.ndarray], batch: int = 32, conf: float | None = None
     ) -> list[np.ndarray]:
         """Per image, its markings as rows (x_min, y_min, x_max, y_max, score), best first;
-        ``conf``: the lowest score kept (default: the one trained with)."""
+        ``conf``: the lowest score kept (default: the one trained with). A box far larger
+        than any marking of the image's size in training is dropped, or when the
+        detector was sure of it, scored as unsure (``marking_sized``)."""
         found: list[np.ndarray] = []
         # quiet: Ultralytics loads an ONNX graph at its first prediction and says so on
         # stdout, which broke `evaluate identity --json`'s one JSON object
@@ -178,16 +225,21 @@ class MarkingDetector:
                     device=self.device,
                     verbose=False,
                 )
-                for result in results:
+                for image, result in zip(chunk, results, strict=True):
                     boxes = result.boxes
                     rows = np.concatenate(
                         [boxes.xyxy.cpu().numpy(), boxes.conf.cpu().numpy()[:, None]], axis=1
                     ).astype(np.float32)
-                    found.append(rows[np.argsort(-rows[:, 4])] if len(rows) else rows.reshape(0, 5))
+                    rows = marking_sized(
+                        rows.reshape(-1, 5), picture_size(image), self.largest, self.conf
+                    )
+                    rows = rows[rows[:, 4] >= (self.conf if conf is None else conf)]
+                    found.append(rows[np.argsort(-rows[:, 4], kind="stable")])
         return found
 
     def config(self) -> dict:
-        return {"format": FORMAT, "imgsz": self.imgsz, "conf": self.conf, "classes": ["marking"]}
+        config = {"format": FORMAT, "imgsz": self.imgsz, "conf": self.conf, "classes": ["marking"]}
+        return config | ({"largest_markings": self.largest} if self.largest else {})
 
     def save(self, folder: Path) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
@@ -200,7 +252,13 @@ class MarkingDetector:
         config = json.loads((folder / "detector.json").read_text())
         if config.get("format") != FORMAT:
             raise ValueError(f"{folder}: format {config.get('format')!r}, expected {FORMAT!r}")
-        return MarkingDetector(folder / "weights.pt", config["imgsz"], config["conf"], device)
+        return MarkingDetector(
+            folder / "weights.pt",
+            config["imgsz"],
+            config["conf"],
+            device,
+            config.get("largest_markings"),
+        )
 
 
 @dataclass
@@ -262,9 +320,11 @@ def fit(
     seed: int,
     workdir: Path,
     progress: Callable[[int, int, dict], None] | None = None,
+    largest: Mapping[str, Sequence[float]] | None = None,
 ) -> DetectorTraining:
     """Train YOLO on a dataset written by ``tasks.identity.write_yolo_dataset``;
-    ``progress(epoch, epochs, row)`` after each epoch's validation."""
+    ``progress(epoch, epochs, row)`` after each epoch's validation; ``largest``: that
+    dataset's largest markings per picture size, kept with the detector."""
     ultralytics = offline.prepare(_config_dir())
     # a validation split too small to choose weights by is not run after every epoch,
     # nor are the weights saved after every epoch: only after the last, whose weights are
@@ -303,7 +363,7 @@ def fit(
     weights = run / "weights" / "best.pt"
     if not weights.exists() or not choose_best:
         weights = run / "weights" / "last.pt"
-    detector = MarkingDetector(weights, recipe.imgsz, recipe.conf, device)
+    detector = MarkingDetector(weights, recipe.imgsz, recipe.conf, device, largest)
     history = _history(run / "results.csv", validated_each_epoch=choose_best)
     return DetectorTraining(detector, recipe, history, seconds, _ultralytics_device(device))
 

@@ -22,10 +22,11 @@ def fit(
     progress: Callable[[int, int, dict], None] | None,
 ) -> Trained:
     """``train`` and ``validation``: the one YOLO dataset folder that holds both
-    (tasks.identity.write_yolo_dataset)."""
+    (tasks.identity.write_yolo_dataset), with the largest marking of each picture size."""
     from models.identity.detector import fit as fit_detector
 
-    result = fit_detector(train.yaml, recipe, device, seed, workdir / "runs", progress)
+    runs = workdir / "runs"
+    result = fit_detector(train.yaml, recipe, device, seed, runs, progress, train.largest)
     return Trained(result.detector, recipe, result.history, result.seconds, result.device)
 
 

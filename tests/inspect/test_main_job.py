@@ -492,6 +492,20 @@ def test_the_demo_imprint_recipe_trained_as_make_demo_trains_it(world: World) ->
     assert np.allclose(np.linalg.norm(model.embed(crops), axis=1), 1, atol=1e-4)
 
 
+def test_the_registered_detector_keeps_the_largest_marking_of_each_camera(world: World) -> None:
+    """The detector trained through the retrain flow is registered with the largest
+    marking its training pictures of each size showed: the line's frames and the
+    station's pictures, each within its picture (the detector drops boxes far larger)."""
+    from models import registry
+
+    detector = registry.load_model(get_settings(), "marking", world.trained["marking"]["version"])
+    assert set(detector.largest) == {"256x1600", "320x640"}
+    for size, (width, height) in detector.largest.items():
+        rows, columns = map(int, size.split("x"))
+        assert 0 < width <= columns and 0 < height <= rows
+    assert detector.largest["256x1600"][1] < 256 / 2  # a marking is a strip of text
+
+
 def test_a_station_registered_by_hand_is_a_duplicate_when_it_lands(
     world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -70,7 +70,7 @@ def test_detector_trains_and_predicts_offline(
         during.append(torch.get_num_threads())
 
     recipe = recipe_for("tiny", epochs=2, lr0=0.004)
-    trained = fit(dataset.yaml, recipe, "cpu", 0, tmp_path / "runs", progress)
+    trained = fit(dataset.yaml, recipe, "cpu", 0, tmp_path / "runs", progress, dataset.largest)
     # a recipe's own learning rate reaches Ultralytics' optimizer
     args = yaml.safe_load((tmp_path / "runs" / "train" / "args.yaml").read_text())
     assert (args["optimizer"], args["lr0"]) == ("AdamW", 0.004)
@@ -100,6 +100,11 @@ def test_detector_trains_and_predicts_offline(
     reloaded = MarkingDetector.load(trained.detector.save(tmp_path / "bundle"), "cpu")
     again = reloaded.detect(pictures)
     assert all(np.allclose(a, b) for a, b in zip(found, again, strict=True))
+    # the largest marking of each picture size in the training labels goes with it
+    assert dataset.largest and trained.detector.largest == reloaded.largest
+    assert reloaded.largest == {k: [w, h] for k, (w, h) in dataset.largest.items()}
+    # (what it drops: test_boxes_far_larger_than_any_marking_..., below; a detector
+    # trained this briefly gives no box at all to drop)
 
     assert no_network == [], f"ultralytics tried the network: {no_network}"
     # its config folder holds the settings and steelsight's local font, nothing fetched
@@ -131,3 +136,27 @@ def test_recipe_steps_choose_the_epochs():
     assert by_steps.epochs_for(160) == 10  # 10 steps an epoch
     assert by_steps.epochs_for(170) == 9  # 11 steps an epoch: 100 / 11 rounds to 9
     assert by_steps.epochs_for(5000) == 1  # never fewer than one epoch
+
+
+def test_boxes_far_larger_than_any_marking_of_the_picture_size_are_dropped_or_made_unsure():
+    from models.identity.detector import SIZE_MARGIN, marking_sized
+
+    largest = {"256x1600": [400.0, 80.0]}
+    rows = np.array(
+        [
+            [0, 0, 400, 80, 0.9],  # as large as the largest marking
+            [0, 0, 400 * SIZE_MARGIN, 80 * SIZE_MARGIN, 0.8],  # at the margin
+            [0, 0, 400 * SIZE_MARGIN + 2, 80, 0.7],  # wider, and sure of: unsure now
+            [0, 0, 400, 80 * SIZE_MARGIN + 2, 0.5],  # taller, and unsure: no marking
+            [100, 10, 130, 40, 0.3],  # a part of a marking the frame's edge cut
+        ],
+        np.float32,
+    )
+    sized = marking_sized(rows, "256x1600", largest, sure=0.6)
+    assert sized[:, 4].tolist() == pytest.approx([0.9, 0.8, 0.6, 0.3])
+    assert sized[2, 4] < 0.6  # under the operating score: kept only if it verifies
+    assert rows[2, 4] == pytest.approx(0.7)  # the rows given are left as they were
+    # a picture size training never showed, or a detector saved before sizes were kept
+    assert len(marking_sized(rows, "320x640", largest, 0.6)) == 5
+    assert len(marking_sized(rows, "256x1600", None, 0.6)) == 5
+    assert marking_sized(np.zeros((0, 5), np.float32), "256x1600", largest, 0.6).shape == (0, 5)

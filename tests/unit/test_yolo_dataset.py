@@ -104,3 +104,24 @@ def test_the_picture_budget_counts_stacks(twin: Path, tmp_path: Path) -> None:
     # every stack but each camera's last is full: more pictures reach training
     markings = sum(len(b) for b in _labels(tmp_path / "stacked", "train").values())
     assert markings > sum(len(b) for b in _labels(tmp_path / "single", "train").values())
+
+
+def test_the_largest_marking_of_each_picture_size_is_recorded_from_training_and_validation(
+    twin: Path, tmp_path: Path
+) -> None:
+    single = write_yolo_dataset(find_pairs(twin), tmp_path / "single", ALL)
+    seen: dict[str, list[float]] = {}
+    for part in ("train", "validation"):
+        pictures, labels = _pictures(tmp_path / "single", part), _labels(tmp_path / "single", part)
+        for name, boxes in labels.items():
+            if len(boxes):
+                h, w = pictures[name].shape
+                wh = seen.setdefault(f"{h}x{w}", [0.0, 0.0])
+                wh[:] = max(wh[0], (boxes[:, 2] * w).max()), max(wh[1], (boxes[:, 3] * h).max())
+    # both cameras: the line's frames and the station's pictures, each at its own size
+    assert set(single.largest) == set(seen) == {"256x1600", "320x640"}
+    for size, (w, h) in single.largest.items():
+        assert (w, h) == pytest.approx(seen[size], abs=0.01)
+    # stacked, the pictures' own boxes count, at the size the detector meets them
+    stacked = write_yolo_dataset(find_pairs(twin), tmp_path / "stacked", ALL, stacked_at=416)
+    assert stacked.largest == single.largest
