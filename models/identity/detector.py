@@ -156,8 +156,7 @@ class MarkingDetector:
     """YOLO weights plus the settings they were trained with. ``largest``: per picture
     size ("HEIGHTxWIDTH"), the largest marking (width, height in pixels) its training
     pictures of that size showed; boxes far larger are dropped or scored as unsure
-    (``marking_sized``).
-    None (a detector saved before it was recorded): none is."""
+    (``marking_sized``). None, for a detector saved before sizes were kept: no box is."""
 
     def __init__(
         self,
