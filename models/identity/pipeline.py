@@ -508,7 +508,8 @@ def identify_markings(
     ``after``, for markings the seam cut. ``paint``: the markings' paint embeddings. A
     second guess (``Markings.second``) whose weak box before it named a sheet is not
     identified again: its verdict is ``NOTHING``. A weak marking (``Markings.weak``)
-    names a sheet at ``WEAK_THRESHOLD``, if that is above ``threshold``."""
+    names a sheet at ``WEAK_THRESHOLD``, if that is above ``threshold``. A box joined
+    across a seam (``across_seams``) that names no sheet is identified alone as well."""
     last = len(frames) - 1
     joined = [True] * len(frames) if follows is None else list(follows)
     found = marks.per_picture
@@ -540,9 +541,18 @@ def identify_markings(
             needed, least = max(threshold, WEAK_THRESHOLD), WEAK_MATCH
         else:
             needed, least = threshold, -1.0
-        out.append(
-            identify(frames[i], whole, index, needed, above, below, embedded, least_match=least)
+        verdict = identify(
+            frames[i], whole, index, needed, above, below, embedded, least_match=least
         )
+        if verdict.sheet_id == UNKNOWN and not np.array_equal(whole[:4], box[:4]):
+            # the box joined to it across the seam may be no part of its marking (a weak
+            # box over a scale patch or beside the text, under a marking that merely
+            # reaches the frame's edge): the box alone is identified then
+            alone = identify(
+                frames[i], box, index, needed, above, below, embedded, least_match=least
+            )
+            verdict = alone if alone.sheet_id != UNKNOWN else verdict
+        out.append(verdict)
     return out
 
 

@@ -419,6 +419,40 @@ def test_a_marking_the_seam_cut_is_joined_across_it_and_identified() -> None:
     assert dict(verdict.verified)["H7"] < 0.2
 
 
+def test_a_whole_marking_on_the_frames_edge_is_identified_alone_when_the_join_names_none() -> None:
+    """A whole marking whose box merely reaches the frame's bottom edge, above a weak box
+    in the next frame that shares enough of its columns, is joined with it across the
+    seam (``across_seams`` cannot tell it from a cut marking): the joined window is off
+    the marking. When it names no sheet, the box alone is identified. (Twin, seed 17 and
+    13: two sheets lost so, each verifying at 0.75 and 0.79 alone, 0.02 and 0.00 joined.)"""
+    from models.identity import pipeline
+
+    steel, box = _sheet(1)
+    reference = pipeline.references(_seen(steel, 2), box)[0]
+    index = pipeline.SurfaceIndex(
+        ["H1"], reference.descriptor[None], reference.template[None].astype(np.float16)
+    )
+    seen = np.pad(_seen(steel, 4, gain=1.2), ((0, 0), (40, 40)), constant_values=15)
+    x0, y0, x1, y1 = box[0] + 40, box[1], box[2] + 40, box[3]
+    height = y1 + 3  # the marking ends two rows above the seam
+    frame, below = seen[:height], seen[height : 2 * height]
+    mark = np.array([x0, y0, x1, height - 1, 0.8], np.float32)  # its box reaches the edge
+    # a weak box at the top of the next frame, half a marking to the right
+    beside = np.array([[x0 + (x1 - x0) // 2, 0, x1 + (x1 - x0) // 2, 40, 0.1]], np.float32)
+    joined = pipeline.across_seams(mark, height, None, beside)
+    assert joined[3] > height and joined[2] > x1  # joined with it
+    threshold = 0.7  # between what the joined window and the box alone verify at
+    assert pipeline.identify(frame, joined, index, threshold, None, below).sheet_id == "unknown"
+
+    marks = pipeline.Markings(
+        np.array([0]), mark[None], np.zeros((1, 1, 1), np.uint8), [mark[None]]
+    )
+    (verdict,) = pipeline.identify_markings(
+        marks, [frame], index, threshold, after=below, edge_markings=(None, beside)
+    )
+    assert verdict.sheet_id == "H1" and verdict.similarity > threshold, verdict
+
+
 def test_a_template_empty_under_the_query_is_no_evidence() -> None:
     """A station window that left its picture is 0 where the query has steel: the
     correlation's normalisation divides by 0 there. That must score nothing, not
