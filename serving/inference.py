@@ -170,6 +170,7 @@ def _markings(served: Served, jobs: list[FrameJob]) -> list[list[dict]]:
             [marks.per_picture[slot[i]]],
             marks.weak[ours][mine],
             marks.second[ours][mine],
+            marks.faint[ours][mine],
         )
         found = identify_markings(
             one,

@@ -36,6 +36,10 @@ class Markings:
     # before it (``_rescues_only``): identified only when that one names no sheet
     # (``identify_markings``); None: none is
     second: np.ndarray | None = None
+    # (m,) bool: a weak marking scored under ``NEAR_SURE`` of the detector's operating
+    # score: verified only where a registered sheet's steel descriptor matches at
+    # ``WEAK_MATCH`` (``identify_markings``); None: every weak one is
+    faint: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.owners)
@@ -83,6 +87,14 @@ WEAK_THRESHOLD = 0.40
 # those matched below 0.25; the 118 that named one matched at 0.276 or more
 # (docs/benchmarks.md, "Every detection on a sheet")
 WEAK_MATCH = 0.25
+# A weak detection scored this share of the detector's operating score or more (0.45
+# for the default detector's 0.6) is nearly sure: it is verified whatever its steel
+# descriptor matches. Two whole markings boxed at 0.47 and 0.56, whose right sheet
+# matched at 0.20 and 0.23 and verified at 0.66 and 0.75, were lost to ``WEAK_MATCH``;
+# of the 3,080 weak boxes of 1,000 sheets (seed 17, strong distortion), 110 scored so
+# and matched under 0.25, against 2,419 of all scores (docs/benchmarks.md, "Weak boxes
+# nearly sure")
+NEAR_SURE = 0.75
 
 Neighbour = tuple  # (frame or None, its detections or None)
 NO_NEIGHBOUR: Neighbour = (None, None)
@@ -111,7 +123,7 @@ def find_markings(
     else:
         per_picture = line_detections(detector, pictures, batch, weak, follows, previous)
     size = tuple(imprint.crop_size)
-    owners, boxes, crops, weakly, second = [], [], [], [], []
+    owners, boxes, crops, weakly, second, faint = [], [], [], [], [], []
     for i, rows in enumerate(per_picture):
         guesses = _second_guesses(rows, detector.conf) if weak else np.zeros(len(rows), bool)
         chosen = station_boxes(rows) if station else rows
@@ -130,6 +142,7 @@ def find_markings(
             boxes.append(np.asarray(row[:5], np.float32))
             weakly.append(weak and not kept(row[None, :5], [NOTHING], detector.conf)[0])
             second.append(bool(guess))
+            faint.append(weakly[-1] and bool(row[4] < NEAR_SURE * detector.conf))
     return Markings(
         np.asarray(owners, np.int64),
         np.stack(boxes) if boxes else np.zeros((0, 5), np.float32),
@@ -137,6 +150,7 @@ def find_markings(
         per_picture,
         np.asarray(weakly, bool),
         np.asarray(second, bool),
+        np.asarray(faint, bool),
     )
 
 
@@ -508,7 +522,9 @@ def identify_markings(
     ``after``, for markings the seam cut. ``paint``: the markings' paint embeddings. A
     second guess (``Markings.second``) whose weak box before it named a sheet is not
     identified again: its verdict is ``NOTHING``. A weak marking (``Markings.weak``)
-    names a sheet at ``WEAK_THRESHOLD``, if that is above ``threshold``. A box joined
+    names a sheet at ``WEAK_THRESHOLD``, if that is above ``threshold``, and a faint one
+    (``Markings.faint``) is verified only where a registered sheet's steel descriptor
+    matches at ``WEAK_MATCH``. A box joined
     across a seam (``across_seams``) that names no sheet is identified alone as well."""
     last = len(frames) - 1
     joined = [True] * len(frames) if follows is None else list(follows)
@@ -528,6 +544,7 @@ def identify_markings(
 
     second = np.zeros(len(marks), bool) if marks.second is None else marks.second
     weak = np.zeros(len(marks), bool) if marks.weak is None else marks.weak
+    faint = weak if marks.faint is None else marks.faint
     out: list[Verdict] = []
     for n, (owner, box) in enumerate(zip(marks.owners, marks.boxes, strict=True)):
         i = int(owner)
@@ -537,10 +554,9 @@ def identify_markings(
         above, above_rows, below, below_rows = neighbours(i)
         whole = across_seams(box, frames[i].shape[0], above_rows, below_rows)
         embedded = None if paint is None or not len(paint) else paint[n]
-        if weak[n]:  # stronger evidence, and none looked for where the steel matches none
-            needed, least = max(threshold, WEAK_THRESHOLD), WEAK_MATCH
-        else:
-            needed, least = threshold, -1.0
+        needed = max(threshold, WEAK_THRESHOLD) if weak[n] else threshold  # stronger evidence
+        # and none looked for, for the faintest, where the steel matches no sheet
+        least = WEAK_MATCH if faint[n] else -1.0
         verdict = identify(
             frames[i], whole, index, needed, above, below, embedded, least_match=least
         )

@@ -484,7 +484,8 @@ def test_a_weak_marking_needs_the_stronger_evidence(monkeypatch) -> None:
     """A detection below the detector's operating score names a sheet only at
     ``WEAK_THRESHOLD``: the same marking, verified at the same correlation, is named
     when the detector was sure of it and not when it was not; and it is verified only
-    where a registered sheet's steel descriptor matches at ``WEAK_MATCH``."""
+    where a registered sheet's steel descriptor matches at ``WEAK_MATCH``, unless the
+    detector was nearly sure of it (``Markings.faint``: False)."""
     from models.identity import pipeline
 
     steel, box = _sheet(1)
@@ -495,9 +496,14 @@ def test_a_weak_marking_needs_the_stronger_evidence(monkeypatch) -> None:
     frame = np.pad(_seen(steel, 4, gain=1.2), ((0, 0), (40, 40)), constant_values=15)
     rows = np.array([[box[0] + 40, box[1], box[2] + 40, box[3], 0.3]] * 2, np.float32)
 
-    def verdicts(weak: list[bool]) -> list[str]:
+    def verdicts(weak: list[bool], faint: list[bool] | None = None) -> list[str]:
         marks = pipeline.Markings(
-            np.zeros(2, np.int64), rows, np.zeros((2, 1, 1), np.uint8), [rows], np.array(weak)
+            np.zeros(2, np.int64),
+            rows,
+            np.zeros((2, 1, 1), np.uint8),
+            [rows],
+            np.array(weak),
+            faint=None if faint is None else np.array(faint),
         )
         return pipeline.identify_markings(marks, [frame], index, surface.VERIFY_THRESHOLD)
 
@@ -511,6 +517,10 @@ def test_a_weak_marking_needs_the_stronger_evidence(monkeypatch) -> None:
     monkeypatch.setattr(pipeline, "WEAK_MATCH", 1.01)  # above any cosine
     sure_again, weak = verdicts([False, True])
     assert sure_again == sure and weak is pipeline.NOTHING
+    # unless the detector was nearly sure of it (not faint): then it is verified anyway
+    assert verdicts([False, True], [False, True])[1] is pipeline.NOTHING
+    nearly_sure = verdicts([False, True], [False, False])[1]
+    assert nearly_sure.nearest == "H1" and nearly_sure.similarity == sure.similarity
 
 
 def test_one_weak_box_of_a_marking_already_found_is_kept_as_a_second_guess() -> None:
