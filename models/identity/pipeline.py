@@ -524,8 +524,8 @@ def identify_markings(
     identified again: its verdict is ``NOTHING``. A weak marking (``Markings.weak``)
     names a sheet at ``WEAK_THRESHOLD``, if that is above ``threshold``, and a faint one
     (``Markings.faint``) is verified only where a registered sheet's steel descriptor
-    matches at ``WEAK_MATCH``. A box joined
-    across a seam (``across_seams``) that names no sheet is identified alone as well."""
+    matches at ``WEAK_MATCH``. A box joined across a seam (``across_seams``) that names
+    no sheet is identified alone as well."""
     last = len(frames) - 1
     joined = [True] * len(frames) if follows is None else list(follows)
     found = marks.per_picture
