@@ -706,3 +706,31 @@ def test_a_marking_the_seam_cuts_is_found_whole_across_it() -> None:
     marks = pipeline.find_markings(detector, Imprint(), frames, weak=True, follows=[True] * 3)
     assert marks.owners.tolist() == [1, 1]
     assert marks.crops[1].min() == 255  # the whole paint, from both frames
+
+
+def test_only_weak_boxes_well_under_the_operating_score_are_faint() -> None:
+    """A weak box scored at ``NEAR_SURE`` of the detector's operating score or more is
+    verified whatever its steel descriptor matches; only those under it are faint."""
+    from models.identity import pipeline
+
+    class Boxes:  # a detector that found three markings, sure, nearly sure and barely
+        conf = 0.6
+
+        def detect(self, pictures, batch=32, conf=None):
+            rows = np.array(
+                [
+                    [100, 50, 400, 100, 0.9],
+                    [600, 50, 900, 100, pipeline.NEAR_SURE * self.conf + 0.01],
+                    [1100, 50, 1400, 100, pipeline.NEAR_SURE * self.conf - 0.01],
+                ],
+                np.float32,
+            )
+            return [rows[rows[:, 4] >= (self.conf if conf is None else conf)] for _ in pictures]
+
+    class Imprint:
+        crop_size, margin = (48, 192), 0.0
+
+    frame = np.full((256, 1600), 90, np.uint8)
+    marks = pipeline.find_markings(Boxes(), Imprint(), [frame], weak=True)
+    assert marks.weak.tolist() == [False, True, True]
+    assert marks.faint.tolist() == [False, False, True]
