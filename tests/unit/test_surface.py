@@ -649,17 +649,19 @@ class _PaintFinder:
     scores a marking cut by a seam (docs/benchmarks.md)."""
 
     conf = 0.6
+    cut_score = None  # how sure of a cut blob: None, below the weak floor
 
     def detect(self, pictures, batch=32, conf=None):
         from models.identity.pipeline import WEAK_CONF
 
+        cut_score = WEAK_CONF / 2 if self.cut_score is None else self.cut_score
         out = []
         for picture in pictures:
             n, _, stats, _ = cv2.connectedComponentsWithStats((picture > 200).astype(np.uint8))
             rows = []
             for x, y, w, h, _ in stats[1:n]:
                 cut = y == 0 or y + h == picture.shape[0]
-                rows.append([x, y, x + w - 1, y + h - 1, WEAK_CONF / 2 if cut else 0.9])
+                rows.append([x, y, x + w - 1, y + h - 1, cut_score if cut else 0.9])
             rows = np.array(rows, np.float32).reshape(-1, 5)
             rows = rows[rows[:, 4] >= (self.conf if conf is None else conf)]
             out.append(rows[np.argsort(-rows[:, 4])])
@@ -670,8 +672,9 @@ def test_a_marking_the_seam_cuts_is_found_whole_across_it() -> None:
     """Neither frame shows the whole of a marking the seam cuts, and the detector finds
     neither part; a picture of the seam does. The marking is added to the lower frame,
     its box reaching above the frame's top, and its crop is cut across the seam; a
-    marking a frame shows whole, or one a part of which either frame holds, is not
-    added again; nor one across frames that do not follow each other."""
+    marking a frame shows whole, or one a part of which the frame above holds, is not
+    added again; nor one across frames that do not follow each other. One only the
+    frame below holds a part of is added whole, as a second guess at that part."""
     from models.identity import pipeline
 
     height, width = 256, 1600
@@ -695,6 +698,23 @@ def test_a_marking_the_seam_cuts_is_found_whole_across_it() -> None:
         detector, frames[1:], weak=True, follows=[True] * 2, previous=(frames[0], part)
     )
     assert [len(rows) for rows in first] == [1, 0]  # the part is joined, as before: not added
+    # nor when both frames hold a part (``across_seams`` joins them)
+    finder = _PaintFinder()
+    finder.cut_score = 0.2  # the detector finds the cut parts too, weakly
+    both = pipeline.line_detections(
+        finder, frames[1:], weak=True, follows=[True] * 2, previous=(frames[0], part)
+    )
+    assert [len(rows) for rows in both] == [2, 0]  # its whole marking, the lower part
+    assert both[0][1].tolist() == pytest.approx([300, 0, 699, 33, 0.2])
+    # only the frame below holds a part: the whole is added as a second guess at it,
+    # scored just under it, identified only when the part names no sheet
+    lower = pipeline.line_detections(
+        finder, frames[1:], weak=True, follows=[True] * 2, previous=(frames[0], part[:0])
+    )
+    assert [len(rows) for rows in lower] == [3, 0]
+    assert lower[0][1:, :4].tolist() == [[300, 0, 699, 33], [300, -26, 699, 33]]
+    assert lower[0][2, 4] < lower[0][1, 4] == pytest.approx(0.2)
+    assert pipeline._second_guesses(lower[0], finder.conf).tolist() == [False, False, True]
     first = pipeline.line_detections(
         detector, frames[1:], weak=True, follows=[True] * 2, previous=(frames[0], part[:0])
     )
