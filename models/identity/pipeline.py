@@ -93,7 +93,7 @@ WEAK_MATCH = 0.25
 # matched at 0.20 and 0.23 and verified at 0.66 and 0.75, were lost to ``WEAK_MATCH``;
 # of the 3,080 weak boxes of 1,000 sheets (seed 17, strong distortion), 110 scored so
 # and matched under 0.25, against 2,419 of all scores (docs/benchmarks.md, "Weak boxes
-# nearly sure")
+# nearly sure, and markings on a seam")
 NEAR_SURE = 0.75
 
 Neighbour = tuple  # (frame or None, its detections or None)
