@@ -36,9 +36,9 @@ class Markings:
     # before it (``_rescues_only``): identified only when that one names no sheet
     # (``identify_markings``); None: none is
     second: np.ndarray | None = None
-    # (m,) bool: a weak marking scored under ``NEAR_SURE`` of the detector's operating
-    # score: verified only where a registered sheet's steel descriptor matches at
-    # ``WEAK_MATCH`` (``identify_markings``); None: every weak one is
+    # (m,) bool: a weak marking scored under ``NEAR_SURE``: verified only where a
+    # registered sheet's steel descriptor matches at ``WEAK_MATCH``
+    # (``identify_markings``); None: every weak one is
     faint: np.ndarray | None = None
 
     def __len__(self) -> int:
@@ -87,14 +87,15 @@ WEAK_THRESHOLD = 0.40
 # those matched below 0.25; the 118 that named one matched at 0.276 or more
 # (docs/benchmarks.md, "Every detection on a sheet")
 WEAK_MATCH = 0.25
-# A weak detection scored this share of the detector's operating score or more (0.45
-# for the default detector's 0.6) is nearly sure: it is verified whatever its steel
-# descriptor matches. Two whole markings boxed at 0.47 and 0.56, whose right sheet
-# matched at 0.20 and 0.23 and verified at 0.66 and 0.75, were lost to ``WEAK_MATCH``;
-# of the 3,080 weak boxes of 1,000 sheets (seed 17, strong distortion), 110 scored so
-# and matched under 0.25, against 2,419 of all scores (docs/benchmarks.md, "Weak boxes
-# nearly sure, and markings on a seam")
-NEAR_SURE = 0.75
+# A weak detection the detector scored at this or more is nearly sure: it is verified
+# whatever its steel descriptor matches. Two whole markings boxed at 0.47 and 0.56, whose
+# right sheet matched at 0.20 and 0.23 and verified at 0.66 and 0.75, were lost to
+# ``WEAK_MATCH``; of the 3,080 weak boxes of 1,000 sheets (seed 17, strong distortion),
+# 110 scored so and matched under 0.25, against 2,419 of all scores. It is a score, not
+# a share of the operating one: at three quarters of a `demo` detector's 0.25 it cost 14
+# to 16 % more time per marking and named no more sheets, on two recordings
+# (docs/benchmarks.md, "Weak boxes nearly sure, and markings on a seam")
+NEAR_SURE = 0.45
 
 Neighbour = tuple  # (frame or None, its detections or None)
 NO_NEIGHBOUR: Neighbour = (None, None)
@@ -142,7 +143,7 @@ def find_markings(
             boxes.append(np.asarray(row[:5], np.float32))
             weakly.append(weak and not kept(row[None, :5], [NOTHING], detector.conf)[0])
             second.append(bool(guess))
-            faint.append(weakly[-1] and bool(row[4] < NEAR_SURE * detector.conf))
+            faint.append(weakly[-1] and bool(row[4] < NEAR_SURE))
     return Markings(
         np.asarray(owners, np.int64),
         np.stack(boxes) if boxes else np.zeros((0, 5), np.float32),

@@ -729,19 +729,21 @@ def test_a_marking_the_seam_cuts_is_found_whole_across_it() -> None:
 
 
 def test_only_weak_boxes_well_under_the_operating_score_are_faint() -> None:
-    """A weak box scored at ``NEAR_SURE`` of the detector's operating score or more is
-    verified whatever its steel descriptor matches; only those under it are faint."""
+    """A weak box scored at ``NEAR_SURE`` or more is verified whatever its steel
+    descriptor matches; only those under it are faint, and every weak box of a detector
+    whose operating score is under ``NEAR_SURE`` (the `demo` detector's 0.25)."""
     from models.identity import pipeline
 
     class Boxes:  # a detector that found three markings, sure, nearly sure and barely
-        conf = 0.6
+        def __init__(self, conf: float) -> None:
+            self.conf = conf
 
         def detect(self, pictures, batch=32, conf=None):
             rows = np.array(
                 [
                     [100, 50, 400, 100, 0.9],
-                    [600, 50, 900, 100, pipeline.NEAR_SURE * self.conf + 0.01],
-                    [1100, 50, 1400, 100, pipeline.NEAR_SURE * self.conf - 0.01],
+                    [600, 50, 900, 100, pipeline.NEAR_SURE + 0.01],
+                    [1100, 50, 1400, 100, pipeline.NEAR_SURE - 0.01],
                 ],
                 np.float32,
             )
@@ -751,6 +753,16 @@ def test_only_weak_boxes_well_under_the_operating_score_are_faint() -> None:
         crop_size, margin = (48, 192), 0.0
 
     frame = np.full((256, 1600), 90, np.uint8)
-    marks = pipeline.find_markings(Boxes(), Imprint(), [frame], weak=True)
+    marks = pipeline.find_markings(Boxes(0.6), Imprint(), [frame], weak=True)
     assert marks.weak.tolist() == [False, True, True]
     assert marks.faint.tolist() == [False, False, True]
+    marks = pipeline.find_markings(Boxes(0.25), Imprint(), [frame], weak=True)
+    assert marks.weak.tolist() == [False, False, False]  # all at its operating score
+    low = Boxes(0.25)
+    low.detect = lambda pictures, batch=32, conf=None: [
+        np.array([[600, 50, 900, 100, 0.24], [1100, 50, 1400, 100, 0.2]], np.float32)
+        for _ in pictures
+    ]
+    marks = pipeline.find_markings(low, Imprint(), [frame], weak=True)
+    assert marks.weak.tolist() == [True, True]
+    assert marks.faint.tolist() == [True, True]
