@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from core.postprocess import Thresholds, remove_small_components
+from core.postprocess import Thresholds, by_contrast, remove_small_components
 from core.rle import rle_encode
 from models.devices import autocast, resolve_device
 from models.onnx import OnnxNetwork, export_torch
@@ -131,13 +131,13 @@ class Segmenter:
                 for n, (i, j) in enumerate(kept):
                     p = full_np[n]
                     probs[i, j] = p
+                    above = by_contrast(batch[i], p >= t.pixel[j], t.contrast[j], t.reach[j])
                     if regions:  # one labelling serves the minimum area and the regions
-                        above = p >= t.pixel[j]
                         components = _components(above, t.min_area[j])
                         binary_np[i, j] = _kept(above, components)
                         found += _described(start + i, j, components, p)
                     else:
-                        binary_np[i, j] = remove_small_components(p >= t.pixel[j], t.min_area[j])
+                        binary_np[i, j] = remove_small_components(above, t.min_area[j])
             score = np.zeros((len(batch), len(t.gate)), np.float32)
             for (i, j), p in probs.items():
                 inside = binary_np[i, j]

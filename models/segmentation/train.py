@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from core.metrics import best_f1_threshold
-from core.postprocess import Thresholds
+from core.postprocess import Thresholds, by_contrast, contrast_offsets
 from core.steel_look import distract
 from models.data import SegmentationData
 from models.devices import autocast, resolve_device
@@ -66,6 +66,12 @@ SIZES = MappingProxyType(
 
 PIXEL_GRID = (0.3, 0.4, 0.5, 0.6, 0.7)
 MIN_AREA_GRID = (0, 32, 64, 128, 256, 512, 1024, 2048, 4096)  # full-resolution pixels
+# (contrast, reach) of ``core.postprocess.by_contrast``, the first none: masks cut to the
+# pixels that stand off their neighbourhood, where that scores better on validation. On
+# twin frames, the best quarter-scale masks of the truth scored 0.28 -> 0.64 (fine
+# scratches) and 0.80 -> 0.88 (scratches) cut so, and lost on pits and patches
+# (docs/benchmarks.md, "Masks cut to the frame's own contrast")
+CONTRAST_GRID = ((0, 0), (10, 3), (15, 3), (20, 3), (10, 6), (15, 6), (20, 6))
 
 
 @dataclass
@@ -348,47 +354,56 @@ def _full_resolution(segmenter: Segmenter, probabilities: np.ndarray) -> np.ndar
 
 
 def calibrate(segmenter: Segmenter, validation: SegmentationData) -> tuple[Thresholds, float]:
-    """Per class: the gate threshold with the best image-level F1, then the pixel threshold
-    and minimum area with the best mean Dice given that gate, measured at the frames' full
-    resolution as inspection scores them. At the model's quarter scale a fine scratch one
-    or two pixels wide covers at most half of any pixel: the truth there was empty, and
-    calibration chose whatever kept such masks empty."""
+    """Per class: the gate threshold with the best image-level F1, then the pixel threshold,
+    the frame's contrast (``CONTRAST_GRID``) and the minimum area with the best mean Dice
+    given that gate, measured at the frames' full resolution as inspection scores them.
+    At the model's quarter scale a fine scratch one or two pixels wide covers at most half
+    of any pixel: the truth there was empty, and calibration chose whatever kept such
+    masks empty."""
     gate, pixels = segmenter.probabilities(validation.images)
     presence = validation.presence()
     n, n_classes = presence.shape
     gates = [best_f1_threshold(gate[:, j], presence[:, j])[0] for j in range(n_classes)]
     passed = gate >= np.array(gates)[None, :]
-    # Dice per (class, pixel threshold, minimum area, frame); a frame the gate rejects
-    # is right only when it has no such defect
-    dice = np.broadcast_to(
-        (~presence).T[:, None, None, :], (n_classes, len(PIXEL_GRID), len(MIN_AREA_GRID), n)
-    ).astype(np.float64)
+    # Dice per (class, contrast, pixel threshold, minimum area, frame); a frame the gate
+    # rejects is right only when it has no such defect
+    shape = (n_classes, len(CONTRAST_GRID), len(PIXEL_GRID), len(MIN_AREA_GRID), n)
+    dice = np.broadcast_to((~presence).T[:, None, None, None, :], shape).astype(np.float64)
     areas_grid = np.array(MIN_AREA_GRID)
     for i in np.flatnonzero(passed.any(axis=1)):
         truth = validation.masks([i])[0].astype(bool)
+        offsets = contrast_offsets(validation.images[i])
         for j in np.flatnonzero(passed[i]):
             full = _full_resolution(segmenter, pixels[i, j])
             truth_area = int(truth[j].sum())
             for k, p in enumerate(PIXEL_GRID):
-                count, labels, stats, _ = cv2.connectedComponentsWithStats(
-                    (full >= p).astype(np.uint8), connectivity=8
-                )
-                area = stats[:, cv2.CC_STAT_AREA]
-                hits = np.bincount(labels[truth[j]], minlength=count)
-                keep = area[None, :] >= areas_grid[:, None]  # (areas, components)
-                keep[:, 0] = False  # the background
-                predicted, inter = keep @ area, keep @ hits
-                total = predicted + truth_area
-                dice[j, k, :, i] = np.where(total > 0, 2 * inter / np.maximum(total, 1), 1.0)
-    means = dice.mean(axis=3)  # (classes, pixel thresholds, areas)
-    pixel_t, min_areas, best = [], [], []
+                above = full >= p
+                for c, (contrast, reach) in enumerate(CONTRAST_GRID):
+                    mask = by_contrast(validation.images[i], above, contrast, reach, offsets)
+                    count, labels, stats, _ = cv2.connectedComponentsWithStats(
+                        mask.view(np.uint8), connectivity=8
+                    )
+                    area = stats[:, cv2.CC_STAT_AREA]
+                    hits = np.bincount(labels[truth[j]], minlength=count)
+                    keep = area[None, :] >= areas_grid[:, None]  # (areas, components)
+                    keep[:, 0] = False  # the background
+                    predicted, inter = keep @ area, keep @ hits
+                    total = predicted + truth_area
+                    dice[j, c, k, :, i] = np.where(total > 0, 2 * inter / np.maximum(total, 1), 1)
+    means = dice.mean(axis=4)  # (classes, contrasts, pixel thresholds, areas)
+    pixel_t, contrasts, reaches, min_areas, best = [], [], [], [], []
     for j in range(n_classes):
-        # the first best in grid order: the lowest pixel threshold, then the smallest area
-        k, a = np.unravel_index(int(np.argmax(means[j])), means[j].shape)
+        # the first best in grid order: no contrast, the lowest pixel threshold, then the
+        # smallest area
+        c, k, a = np.unravel_index(int(np.argmax(means[j])), means[j].shape)
         pixel_t.append(PIXEL_GRID[k])
+        contrasts.append(CONTRAST_GRID[c][0])
+        reaches.append(CONTRAST_GRID[c][1])
         min_areas.append(MIN_AREA_GRID[a])
-        best.append(float(means[j, k, a]))
-    thresholds = Thresholds(tuple(gates), tuple(pixel_t), tuple(min_areas))
+        best.append(float(means[j, c, k, a]))
+    thresholds = Thresholds(
+        tuple(gates), tuple(pixel_t), tuple(min_areas), tuple(contrasts), tuple(reaches)
+    )
     log.info("thresholds chosen on %d validation images: %s", n, thresholds.to_dict())
     return thresholds, float(np.mean(best))
 

@@ -174,6 +174,74 @@ def test_masks_that_cannot_reach_the_pixel_threshold_are_not_upsampled(
     assert sum(shown) < sum(asked) == 16
 
 
+def test_masks_are_cut_to_the_frames_contrast_where_the_class_has_one() -> None:
+    """A class with a contrast is the mask of the pixel threshold cut by
+    ``by_contrast``, then the minimum area; the others are as without it; with regions
+    or not."""
+    from core.postprocess import by_contrast, remove_small_components
+
+    segmenter = small_segmenter(seed=3)
+    rng = np.random.default_rng(2)
+    frames = (100 + rng.normal(0, 3, (4, 128, 256))).astype(np.uint8)
+    frames[:, 20:90, 40:43] = 50  # dark lines for the cut to find
+    frames[:, 30:100, 150:152] = 160
+    with torch.inference_mode():
+        logits, _ = segmenter._forward(frames)
+    # thresholds that a fifth of each class's pixels reach
+    probabilities = torch.sigmoid(logits.float()).transpose(0, 1).flatten(1)
+    pixel = tuple(float(v) for v in torch.quantile(probabilities, 0.8, dim=1))
+    segmenter.thresholds = Thresholds((0.0,) * 4, pixel, (0,) * 4)
+    uncut = segmenter.predict(frames).masks
+    contrast, reach, least = (0, 15, 0, 10), (0, 3, 0, 6), (0, 16, 0, 8)
+    segmenter.thresholds = Thresholds((0.0,) * 4, pixel, least, contrast, reach)
+    cut = segmenter.predict(frames, batch_size=3)
+    with_regions = segmenter.predict(frames, batch_size=3, regions=True)
+    assert np.array_equal(cut.masks, with_regions.masks)
+    for i, frame in enumerate(frames):
+        for j in range(4):
+            expected = uncut[i, j]
+            if contrast[j]:
+                expected = by_contrast(frame, expected, contrast[j], reach[j])
+            expected = remove_small_components(expected, least[j])
+            assert np.array_equal(cut.masks[i, j], expected), (i, j)
+    assert cut.masks[:, 1].sum() < uncut[:, 1].sum()  # the cut removed pixels
+
+
+def test_calibration_cuts_a_class_to_the_frames_contrast_only_where_that_scores() -> None:
+    """Calibration chooses a contrast for a class whose truth is the thin line inside
+    the model's wider band, and none for one whose truth is the band's whole block."""
+    from core.rle import rle_encode
+    from models.data import SegmentationData
+    from models.segmentation.train import calibrate
+
+    frames = np.full((6, 64, 128), 100, np.uint8)
+    frames += np.random.default_rng(0).integers(0, 4, frames.shape, dtype=np.uint8)
+    line = np.zeros((64, 128), bool)
+    line[:, 41:43] = True  # two pixels wide, inside a band of eight
+    block = np.zeros((64, 128), bool)
+    block[:, 80:96] = True  # a uniform block, the band's own size
+    frames[:, line] = 50
+    frames[:, block] = 60
+    rles = [{1: rle_encode(line), 2: rle_encode(block)}] * 3 + [{}] * 3
+
+    class Banded:  # a model that sees both, at a quarter of the frame's scale
+        frame_shape = (64, 128)
+
+        def probabilities(self, images, batch_size=16):
+            n = len(images)
+            gate = np.zeros((n, 2), np.float32)
+            gate[:3] = 0.9
+            pixels = np.full((n, 2, 16, 32), 0.01, np.float32)
+            pixels[:3, 0, :, 9:12] = 0.95  # the line's band: full-resolution 36-48
+            pixels[:3, 1, :, 20:24] = 0.95  # the block
+            return gate, pixels
+
+    data = SegmentationData("banded", [f"f{i}" for i in range(6)], frames, rles, {1: "a", 2: "b"})
+    thresholds, _ = calibrate(Banded(), data)
+    assert thresholds.contrast[0] > 0 and thresholds.reach[0] > 0
+    assert thresholds.contrast[1] == 0
+
+
 def test_predict_rejects_colour_or_float_frames() -> None:
     with pytest.raises(ValueError, match="grey uint8 frames"):
         small_segmenter().predict(np.zeros((1, 128, 256, 3), np.uint8))

@@ -13,7 +13,13 @@ from core.metrics import (
     pair_dice,
     segmentation_report,
 )
-from core.postprocess import Thresholds, apply_thresholds, remove_small_components
+from core.postprocess import (
+    Thresholds,
+    apply_thresholds,
+    by_contrast,
+    contrast_offsets,
+    remove_small_components,
+)
 
 
 def masks(*pairs: tuple[list[list[int]], list[list[int]]]) -> tuple[np.ndarray, np.ndarray]:
@@ -109,3 +115,52 @@ def test_gate_drops_a_class_and_area_scales_with_resolution():
     assert not out[0, 0].any()  # gated off
     assert out[0, 1].sum() == 4
     assert not apply_thresholds(gate, probs, t, area_scale=1.0)[0, 1].any()
+
+
+def test_a_coarse_mask_is_cut_to_the_lines_the_frame_shows_on_each_ones_side() -> None:
+    """``by_contrast`` keeps, near the mask, the pixels standing off their neighbourhood
+    on the side of each region's own pixels: a dark line and a bright one, each under a
+    band four times as wide, come back as the lines; a contrast of 0 changes nothing."""
+    rng = np.random.default_rng(0)
+    frame = (100 + rng.normal(0, 2, (128, 256))).clip(0, 255).astype(np.uint8)
+    frame[:, 60:62] = 60  # a dark line two pixels wide
+    frame[:, 180:183] = 150  # a bright one, three wide
+    frame[:, 120:122] = 60  # a dark line no mask is near
+    truth = np.zeros(frame.shape, bool)
+    truth[:, 60:62] = truth[:, 180:183] = True
+    coarse = np.zeros(frame.shape, bool)
+    coarse[:, 56:66] = coarse[:, 176:186] = True
+    cut = by_contrast(frame, coarse, 15, 3)
+    assert np.array_equal(cut, truth)
+    assert np.array_equal(by_contrast(frame, coarse, 15, 3, contrast_offsets(frame)), truth)
+    assert by_contrast(frame, coarse, 0, 3) is coarse
+    # the reach: a mask over one column of the line and two beside it
+    beside = np.zeros(frame.shape, bool)
+    beside[:, 61:64] = True
+    assert np.array_equal(np.flatnonzero(by_contrast(frame, beside, 15, 0).any(axis=0)), [61])
+    assert np.array_equal(np.flatnonzero(by_contrast(frame, beside, 15, 1).any(axis=0)), [60, 61])
+
+
+def test_thresholds_saved_before_the_contrast_load_without_it() -> None:
+    old = {"gate": [0.5, 0.4], "pixel": [0.5, 0.6], "min_area": [0, 32]}
+    t = Thresholds.from_dict(old)
+    assert t.contrast == (0, 0) and t.reach == (0, 0)
+    cut = Thresholds((0.5, 0.4), (0.5, 0.6), (0, 32), (0, 15), (0, 6))
+    assert Thresholds.from_dict(cut.to_dict()) == cut
+    with pytest.raises(ValueError, match="one value per class"):
+        Thresholds((0.5, 0.4), (0.5, 0.6), (0, 32), (15,), (6,))
+
+
+def test_the_cut_is_the_same_from_the_whole_frames_offsets() -> None:
+    """Offsets of the whole frame, worked out once, cut every mask as the mask's own
+    part of the frame does, at the frame's edges too."""
+    rng = np.random.default_rng(1)
+    frame = rng.integers(0, 256, (96, 200), dtype=np.uint8)
+    offsets = contrast_offsets(frame)
+    for _ in range(20):
+        mask = np.zeros(frame.shape, bool)
+        top, left = rng.integers(0, 90), rng.integers(0, 190)
+        mask[top : top + rng.integers(1, 20), left : left + rng.integers(1, 30)] = True
+        for reach in (0, 3, 6):
+            own = by_contrast(frame, mask, 20, reach)
+            assert np.array_equal(own, by_contrast(frame, mask, 20, reach, offsets))
