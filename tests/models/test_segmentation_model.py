@@ -220,8 +220,8 @@ def test_calibration_cuts_a_class_to_the_frames_contrast_only_where_that_scores(
     line[:, 41:43] = True  # two pixels wide, inside a band of eight
     block = np.zeros((64, 128), bool)
     block[:, 80:96] = True  # a uniform block, the band's own size
-    frames[:, line] = 50
-    frames[:, block] = 60
+    frames[:3, line] = 50  # three frames show both, three neither
+    frames[:3, block] = 60
     rles = [{1: rle_encode(line), 2: rle_encode(block)}] * 3 + [{}] * 3
 
     class Banded:  # a model that sees both, at a quarter of the frame's scale
