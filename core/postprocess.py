@@ -91,8 +91,10 @@ def by_contrast(
     the frame can. ``frame``: grey uint8 (H, W); ``mask``: bool (H, W); ``offsets``: the
     frame's ``contrast_offsets`` where they are known (the same cut: a pixel's square
     lies in the part of the frame worked on here, or meets the frame's edge)."""
+    if contrast <= 0:  # most classes: not even the mask's rows are scanned
+        return mask
     rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-    if not len(rows) or contrast <= 0:
+    if not len(rows):
         return mask
     pad = reach + CONTRAST_WINDOW // 2
     top, bottom = max(int(rows[0]) - pad, 0), min(int(rows[-1]) + pad + 1, mask.shape[0])
