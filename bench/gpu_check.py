@@ -342,7 +342,8 @@ def _limits(segmenter, rows: list[dict], device, utilisation: float | None) -> l
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    x = torch.zeros(1, 1, segmenter.preprocess.height, segmenter.preprocess.width)
+    pre = segmenter.preprocess
+    x = torch.zeros(1, pre.channels, pre.height, pre.width)
     net = segmenter.net.float().cpu()
     written = []
     hooks = [

@@ -45,13 +45,17 @@ def load_encoder_weights(net: ResNet, path: Path) -> None:
     """Initialise from a local torchvision-layout state dict (e.g. ImageNet ResNet18).
 
     The fully connected layer is skipped and RGB first-layer filters are summed into the
-    single grey channel; any other mismatch is an error naming the file.
+    grey channel, the network's first; its other input channels, if any (the fine detail
+    of ``models.preprocess``), start from zero weights. Any other mismatch is an error
+    naming the file.
     """
     state = torch.load(path, map_location="cpu", weights_only=True)
     state = {k: v for k, v in state.items() if not k.startswith("fc.")}
     conv1 = state.get("conv1.weight")
-    if conv1 is not None and conv1.shape[1] != net.conv1.in_channels:
-        state["conv1.weight"] = conv1.sum(dim=1, keepdim=True)
+    if conv1 is not None:
+        weight = torch.zeros_like(net.conv1.weight)
+        weight[:, :1] = conv1.sum(dim=1, keepdim=True)  # a grey file's filters as they are
+        state["conv1.weight"] = weight
     missing, unexpected = net.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.startswith("fc.")]
     if missing or unexpected:

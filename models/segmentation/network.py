@@ -22,6 +22,7 @@ class UNetSpec:
     encoder: str = "resnet18"
     n_classes: int = 4
     decoder_channels: tuple[int, ...] = (256, 128, 64, 32)
+    in_channels: int = 1  # the grey frame, and with fine detail (models.preprocess) 3
 
 
 def _conv(cin: int, cout: int) -> nn.Sequential:
@@ -41,11 +42,11 @@ class DecoderBlock(nn.Module):
 
 
 class UNetResNet(nn.Module):
-    """(N,1,H,W) float → mask logits (N,C,H,W) and gate logits (N,C)."""
+    """(N,in_channels,H,W) float → mask logits (N,C,H,W) and gate logits (N,C)."""
 
     def __init__(self, spec: UNetSpec) -> None:
         super().__init__()
-        resnet = build_resnet(spec.encoder)
+        resnet = build_resnet(spec.encoder, spec.in_channels)
         self.encoder = resnet
         self.stem = nn.Sequential(resnet.conv1, resnet.bn1, resnet.relu)
         skips = (STAGE_CHANNELS[3], STAGE_CHANNELS[2], STAGE_CHANNELS[1], STAGE_CHANNELS[0])

@@ -155,9 +155,10 @@ class Segmenter:
         )
 
     def export_onnx(self, path: Path) -> Path:
-        """The network as an ONNX graph at ``path``: preprocessed frames (N, 1, h, w)
-        float32 → mask logits (N, C, h, w) and gate logits (N, C)."""
-        example = torch.zeros(2, 1, self.preprocess.height, self.preprocess.width)
+        """The network as an ONNX graph at ``path``: preprocessed frames (N, channels, h,
+        w) float32 → mask logits (N, C, h, w) and gate logits (N, C)."""
+        pre = self.preprocess
+        example = torch.zeros(2, pre.channels, pre.height, pre.width)
         network = copy.deepcopy(self.net).float().cpu()
         return export_torch(network, example, path, ["mask_logits", "gate_logits"])
 

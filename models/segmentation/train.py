@@ -48,6 +48,9 @@ class SegmentationRecipe:
     gate_weight: float = 1.0  # focal gate loss weight next to the BCE + Dice mask loss
     focal_gamma: float = 2.0
     weight_decay: float = 1e-4
+    detail_window: int = 0  # with a window, fine detail beside the grey (models.preprocess)
+    cell_targets: bool = False  # a cell's target: 1 where any of its pixels is the class
+    speckle: float = 0.0  # chance of a crop's fine detail getting real steel's specks
 
     def to_params(self) -> dict:
         return asdict(self)
@@ -84,22 +87,28 @@ class TrainingResult:
     validation_dice: float
 
 
-def _targets(data: SegmentationData, pre: Preprocess) -> np.ndarray:
+def _targets(data: SegmentationData, pre: Preprocess, cells: bool = False) -> np.ndarray:
     """Soft masks at the input size: the share of each input pixel covered by the class,
-    so thin defects that a downscale would erase still pull the output up."""
+    so thin defects that a downscale would erase still pull the output up; with
+    ``cells``, 1 wherever any of the cell's pixels is the class (a line one pixel wide
+    fills its cells: with fine detail the network sees it, and the cut to the frame's
+    contrast brings the mask back to its pixels)."""
     out = np.zeros((len(data), len(data.classes), pre.height, pre.width), dtype=np.float16)
     size = (pre.width, pre.height)
     for i in range(len(data)):
         full = data.masks([i])[0]
         for j in np.flatnonzero(full.any(axis=(1, 2))):
-            out[i, j] = cv2.resize(full[j].astype(np.float32), size, interpolation=cv2.INTER_AREA)
+            share = cv2.resize(full[j].astype(np.float32), size, interpolation=cv2.INTER_AREA)
+            out[i, j] = share > 0 if cells else share
     return out
 
 
 def _augment(
     x: torch.Tensor, y: torch.Tensor, g: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Flips along and across the line and a brightness/contrast change, per sample."""
+    """Flips along and across the line and a brightness/contrast change, per sample (the
+    fine detail, if any, is a difference of grey levels: the contrast scales it, the
+    brightness leaves it)."""
     n = x.shape[0]
     flip_h = torch.rand(n, generator=g) < 0.5
     flip_v = torch.rand(n, generator=g) < 0.5
@@ -108,15 +117,20 @@ def _augment(
     x[flip_v], y[flip_v] = x[flip_v].flip(-2), y[flip_v].flip(-2)
     gain = 1 + 0.2 * (torch.rand(n, 1, 1, 1, generator=g) - 0.5)
     shift = 0.2 * (torch.rand(n, 1, 1, 1, generator=g) - 0.5)
-    return x * gain + shift, y
+    x = x * gain
+    x[:, :1] += shift
+    return x, y
 
 
 def _randomised(
     x: torch.Tensor, pre: Preprocess, chance: float, g: torch.Generator
 ) -> torch.Tensor:
     """Light and camera other than the training line's, each change per crop with
-    ``chance``: a gamma, an uneven illumination across the crop, sensor noise, blur."""
+    ``chance``: a gamma, an uneven illumination across the crop, sensor noise, blur. Only
+    the grey channel changes: fine detail, if any, is the frame's as it was."""
     n = x.shape[0]
+    detail = x[:, 1:]
+    x = x[:, :1]
     r = (x * pre.std + pre.mean).clamp(0, 1)
 
     def some() -> torch.Tensor:
@@ -130,7 +144,7 @@ def _randomised(
     blurred = F.avg_pool2d(F.pad(r, (1, 1, 1, 1), mode="replicate"), 3, 1)
     b = some() * 0.5
     r = r * (1 - b) + blurred * b
-    return (r.clamp(0, 1) - pre.mean) / pre.std
+    return torch.cat([(r.clamp(0, 1) - pre.mean) / pre.std, detail], dim=1)
 
 
 def _distracted(
@@ -143,14 +157,38 @@ def _distracted(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Crops with real steel's non-defects drawn in (stains, splashes, uneven light, the
     strip's edge; ``core.steel_look``), each with ``chance``; off the strip no defect is
-    left in the soft masks."""
+    left in the soft masks. They are drawn on the grey channel only."""
     grey = ((xb[:, 0] * pre.std + pre.mean) * 255).numpy()
     xs, ys = xb.clone(), yb.clone()
     for k in range(len(xb)):
         image, off = distract(rng, grey[k], yb[k].amax(dim=0).numpy() > 0, chance, scale)
         xs[k, 0] = torch.from_numpy((image.clip(0, 255) / 255 - pre.mean) / pre.std)
         ys[k, :, torch.from_numpy(off)] = 0
+        xs[k, 1:, torch.from_numpy(off)] = 0  # off the strip is no fine detail either
     return xs, ys
+
+
+def _speckled(x: torch.Tensor, pre: Preprocess, chance: float, g: torch.Generator) -> torch.Tensor:
+    """Crops with specks in their fine detail, each crop with ``chance``: real steel shows
+    scale flakes, bright grains and dark spots a pixel or two across, far more than the
+    twin's surface, and fine detail shows each at its full contrast. A speck is a cell
+    of one of the two detail channels raised to 15-80 grey levels (a quarter of that,
+    at most, in the grey channel, as averaging leaves it), at a density of up to 3 %
+    of the crop's cells: isolated, unlike the lines and clusters the classes draw, and
+    never labelled."""
+    n, _, h, w = x.shape
+    some = (torch.rand(n, 1, 1, generator=g) < chance).float()
+    density = torch.rand(n, 1, 1, generator=g) * 0.03 * some
+    where = (torch.rand(n, h, w, generator=g) < density).float()
+    level = (15 + 65 * torch.rand(n, h, w, generator=g)) / (255.0 * pre.std)
+    bright = torch.rand(n, h, w, generator=g) < 0.5
+    out = x.clone()
+    speck = where * level
+    out[:, 1] = torch.maximum(out[:, 1], speck * bright)
+    out[:, 2] = torch.maximum(out[:, 2], speck * ~bright)
+    share = torch.rand(n, h, w, generator=g) * 0.25
+    out[:, 0] += speck * share * torch.where(bright, 1.0, -1.0)
+    return out
 
 
 class CropSampler:
@@ -244,6 +282,8 @@ def _train_epoch(net, sampler, recipe, pre, device, optimizer, scheduler, g, rng
             pb = (yb.amax(dim=(2, 3)) > 0).float()
         if recipe.randomise:
             xb = _randomised(xb, pre, recipe.randomise, g)
+        if recipe.speckle and pre.detail_window:
+            xb = _speckled(xb, pre, recipe.speckle, g)
         xb, yb = _augment(xb, yb, g)
         loss = _loss(net, xb, yb, pb, recipe, device)
         optimizer.zero_grad(set_to_none=True)
@@ -284,6 +324,8 @@ def fit(
     progress: Callable[[int, int, dict], None] | None = None,
 ) -> TrainingResult:
     """Train on ``train``, choose thresholds on ``validation``; nothing touches the holdout."""
+    if recipe.speckle and not recipe.detail_window:
+        raise ValueError("speckle draws specks into the fine detail: set detail_window too")
     started = time.perf_counter()
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
@@ -294,16 +336,17 @@ def fit(
         train.images,
         max(32, round(h * recipe.scale / 32) * 32),
         max(32, round(w * recipe.scale / 32) * 32),
+        recipe.detail_window,
     )
-    spec = UNetSpec(encoder=recipe.encoder, n_classes=len(train.classes))
+    spec = UNetSpec(encoder=recipe.encoder, n_classes=len(train.classes), in_channels=pre.channels)
     net = UNetResNet(spec)
     if encoder_weights:
         load_encoder_weights(net.encoder, Path(encoder_weights))
     net.to(dev)
     x = torch.from_numpy(pre(train.images))
-    y = torch.from_numpy(_targets(train, pre))
+    y = torch.from_numpy(_targets(train, pre, recipe.cell_targets))
     vx = torch.from_numpy(pre(validation.images))
-    vy = torch.from_numpy(_targets(validation, pre))
+    vy = torch.from_numpy(_targets(validation, pre, recipe.cell_targets))
     vp = torch.from_numpy(validation.presence().astype(np.float32))
     sampler = CropSampler(x, y, recipe, g)
     steps = recipe.epochs * math.ceil(len(x) / recipe.batch_size)

@@ -10,24 +10,33 @@ import torch
 from torchvision.models import resnet18
 
 from core.postprocess import Thresholds
-from models.data import split_by_group
+from core.rle import rle_encode
+from models.data import SegmentationData, split_by_group
 from models.encoders import build_resnet, load_encoder_weights
 from models.preprocess import Preprocess
 from models.segmentation.network import UNetResNet, UNetSpec
 from models.segmentation.segmenter import Segmenter
-from models.segmentation.train import CropSampler, _distracted, _randomised, recipe_for
+from models.segmentation.train import (
+    CropSampler,
+    _distracted,
+    _randomised,
+    _speckled,
+    _targets,
+    recipe_for,
+)
 from tasks.datasets import load_segmentation
 from tasks.labels import SourceError
 
 
-def small_segmenter(seed: int = 0) -> Segmenter:
+def small_segmenter(seed: int = 0, detail_window: int = 0) -> Segmenter:
     torch.manual_seed(seed)
-    spec = UNetSpec(encoder="resnet10", n_classes=4)
+    pre = Preprocess(64, 128, 0.4, 0.2, detail_window)
+    spec = UNetSpec(encoder="resnet10", n_classes=4, in_channels=pre.channels)
     thresholds = Thresholds((0.3,) * 4, (0.5,) * 4, (0, 16, 0, 64))
     return Segmenter(
         UNetResNet(spec),
         spec,
-        Preprocess(64, 128, 0.4, 0.2),
+        pre,
         {1: "a", 2: "b", 3: "c", 4: "d"},
         thresholds,
         (128, 256),
@@ -54,12 +63,19 @@ def test_local_rgb_weights_are_folded_into_the_grey_channel(tmp_path: Path) -> N
     folded = reference.conv1.weight.sum(dim=1, keepdim=True)
     assert torch.equal(grey.conv1.weight, folded)
     assert torch.equal(grey.layer4[1].conv2.weight, reference.layer4[1].conv2.weight)
+    detailed = build_resnet("resnet18", in_channels=3)  # grey and its fine detail
+    load_encoder_weights(detailed, path)
+    assert torch.equal(detailed.conv1.weight[:, :1], folded)
+    assert not detailed.conv1.weight[:, 1:].any(), "the detail starts from zero weights"
     with pytest.raises(ValueError, match="not a matching ResNet"):
         load_encoder_weights(build_resnet("resnet34"), path)
 
 
-def test_saved_segmenter_predicts_identically_after_loading(tmp_path: Path) -> None:
-    segmenter = small_segmenter()
+@pytest.mark.parametrize("detail_window", [0, 15])
+def test_saved_segmenter_predicts_identically_after_loading(
+    tmp_path: Path, detail_window: int
+) -> None:
+    segmenter = small_segmenter(detail_window=detail_window)
     frames = np.random.default_rng(1).integers(0, 256, (3, 128, 256), dtype=np.uint8)
     before = segmenter.predict(frames)
     loaded = Segmenter.load(segmenter.save(tmp_path / "bundle"))
@@ -68,6 +84,41 @@ def test_saved_segmenter_predicts_identically_after_loading(tmp_path: Path) -> N
     assert np.array_equal(before.gate, after.gate)
     assert loaded.thresholds == segmenter.thresholds and loaded.classes == segmenter.classes
     assert before.masks.shape == (3, 4, 128, 256)
+    assert loaded.preprocess == segmenter.preprocess and loaded.spec == segmenter.spec
+
+
+def test_a_segmenter_with_fine_detail_runs_as_onnx_with_the_same_probabilities(
+    tmp_path: Path,
+) -> None:
+    segmenter = small_segmenter(detail_window=15)
+    frames = np.random.default_rng(2).integers(0, 256, (3, 128, 256), dtype=np.uint8)
+    gate, pixels = segmenter.probabilities(frames)
+    segmenter.run_onnx(segmenter.export_onnx(tmp_path / "segmenter.onnx"))
+    onnx_gate, onnx_pixels = segmenter.probabilities(frames)
+    assert np.abs(onnx_gate - gate).max() < 1e-3
+    assert np.abs(onnx_pixels - pixels).max() < 1e-3
+
+
+def test_fine_detail_keeps_a_thin_line_that_a_downscale_averages_away() -> None:
+    """A bright line one pixel wide, 40 grey levels over a noisy frame: averaged to a
+    quarter scale it stands about 10 levels out, in the fine detail the full 40."""
+    rng = np.random.default_rng(0)
+    frames = (100 + rng.normal(0, 3, (2, 128, 256))).round().clip(0, 255)
+    frames[:, 61, 20:200] += 40  # a line across the frame, on row 61
+    frames = frames.astype(np.uint8)
+    pre = Preprocess(32, 64, 0.4, 0.1, detail_window=15)
+    x = pre(frames)
+    assert x.shape == (2, 3, 32, 64)
+    grey = (pre.resize(frames).astype(np.float32))[:, 15, 10:45]  # the line's cells
+    assert abs(float(grey.mean()) - 110) < 4, "averaged away to a quarter"
+    bright = x[:, 1] * 255 * pre.std  # back to grey levels
+    assert float(bright[:, 15, 10:45].min()) > 30, "the line keeps its contrast"
+    assert float(np.delete(bright, 15, axis=1)[:, :, 10:45].max()) < 15, "noise stays low"
+    assert float(x[:, 2, 15, 10:45].max()) * 255 * pre.std < 15, "the line is not dark"
+    # cells that do not tile the frame: the most over the cell from each sampled pixel
+    odd = Preprocess(30, 60, 0.4, 0.1, detail_window=15)(frames)
+    assert odd.shape == (2, 3, 30, 60)
+    assert float((odd[:, 1] * 255 * 0.1).max(axis=1)[:, 10:45].min()) > 30
 
 
 def test_regions_are_the_masks_components_after_the_minimum_area() -> None:
@@ -341,3 +392,42 @@ def test_distracted_crops_lose_their_labels_only_off_the_strip() -> None:
     assert bool((kept < 128).any()), "some crop's edge fell over its defect"
     assert bool(((xd - x).abs().amax(dim=(1, 2, 3)) > 0.05).all())
     assert torch.equal(_distracted(x, y, pre, 0.0, 0.25, np.random.default_rng(1))[1], y)
+
+
+def test_cell_targets_fill_every_cell_a_thin_line_touches() -> None:
+    """Averaged, a line one pixel wide is a quarter of each cell it crosses: the
+    network learns to answer a quarter there, under any pixel threshold. As cells, it
+    fills them."""
+    mask = np.zeros((64, 128), bool)
+    mask[21, 8:100] = True
+    data = SegmentationData(
+        "line", ["a"], np.zeros((1, 64, 128), np.uint8), [{1: rle_encode(mask)}], {1: "x"}
+    )
+    pre = Preprocess(16, 32, 0.4, 0.2, 15)
+    share, cells = _targets(data, pre), _targets(data, pre, cells=True)
+    assert float(share.max()) == 0.25
+    assert set(np.unique(cells).tolist()) == {0.0, 1.0}
+    assert np.array_equal(cells[0, 0] > 0, share[0, 0] > 0)
+    assert int(cells.sum()) == 23  # columns 8-99: cells 2-24, on row 5
+
+
+def test_specks_need_fine_detail_to_be_drawn_in() -> None:
+    from models.segmentation.train import fit
+
+    with pytest.raises(ValueError, match="set detail_window"):
+        fit(None, None, recipe_for("tiny", speckle=0.5))
+
+
+def test_specks_are_isolated_unlabelled_cells_of_the_fine_detail() -> None:
+    pre = Preprocess(64, 128, 0.4, 0.2, 15)
+    x = torch.zeros(64, 3, 64, 128)
+    g = torch.Generator().manual_seed(0)
+    assert torch.equal(_speckled(x, pre, 0.0, g), x)
+    specked = _speckled(x, pre, 1.0, g)
+    levels = specked[:, 1:] * 255 * pre.std
+    raised = levels > 0
+    assert 0 < float(raised.float().mean()) < 0.03
+    assert float(levels[raised].min()) >= 15 - 1e-3 and float(levels.max()) <= 80 + 1e-3
+    assert not bool((raised[:, 0] & raised[:, 1]).any()), "bright or dark, not both"
+    grey = specked[:, 0].abs() * 255 * pre.std
+    assert float(grey.max()) <= 0.25 * 80 + 1e-3
