@@ -160,3 +160,43 @@ def test_boxes_far_larger_than_any_marking_of_the_picture_size_are_dropped_or_ma
     assert len(marking_sized(rows, "320x640", largest, 0.6)) == 5
     assert len(marking_sized(rows, "256x1600", None, 0.6)) == 5
     assert marking_sized(np.zeros((0, 5), np.float32), "256x1600", largest, 0.6).shape == (0, 5)
+
+
+def test_training_draws_from_its_own_random_while_other_threads_draw_too() -> None:
+    """Ultralytics draws its augmentations from the ``random`` module; a thread of
+    Prefect's drew from it too, at moments that depend on timing, and the demo's
+    detector differed from run to run. Inside the guard the calling thread's draws
+    follow its seed whatever another thread draws, and the module is as it was after."""
+    import random
+    import threading
+
+    from models.identity.detector import _random_of_this_thread
+
+    def draws(noise: bool) -> list[float]:
+        stop = threading.Event()
+
+        def other() -> None:
+            while not stop.is_set():
+                random.random()
+
+        thread = threading.Thread(target=other)
+        with _random_of_this_thread():
+            random.seed(0)
+            if noise:
+                thread.start()
+            out = []
+            for _ in range(2000):
+                out.append(random.uniform(0, 1))
+                random.shuffle([1, 2, 3])
+            stop.set()
+        if noise:
+            thread.join()
+        return out
+
+    before = random.random
+    assert draws(noise=False) == draws(noise=True)
+    assert random.random is before
+    random.seed(0)
+    first = random.random()
+    random.seed(0)
+    assert random.random() == first
