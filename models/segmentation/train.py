@@ -282,7 +282,7 @@ def _train_epoch(net, sampler, recipe, pre, device, optimizer, scheduler, g, rng
             pb = (yb.amax(dim=(2, 3)) > 0).float()
         if recipe.randomise:
             xb = _randomised(xb, pre, recipe.randomise, g)
-        if recipe.speckle and pre.detail_window:
+        if recipe.speckle:  # fit refuses it without fine detail
             xb = _speckled(xb, pre, recipe.speckle, g)
         xb, yb = _augment(xb, yb, g)
         loss = _loss(net, xb, yb, pb, recipe, device)
