@@ -51,6 +51,9 @@ class SegmentationRecipe:
     detail_window: int = 0  # with a window, fine detail beside the grey (models.preprocess)
     cell_targets: bool = False  # a cell's target: 1 where any of its pixels is the class
     speckle: float = 0.0  # chance of a crop's fine detail getting real steel's specks
+    # how calibration chooses each class's gate threshold: "f1", the best image-level F1,
+    # then the rest given it; "dice", together with the rest by validation mean Dice
+    gate_by: str = "f1"
 
     def to_params(self) -> dict:
         return asdict(self)
@@ -326,6 +329,8 @@ def fit(
     """Train on ``train``, choose thresholds on ``validation``; nothing touches the holdout."""
     if recipe.speckle and not recipe.detail_window:
         raise ValueError("speckle draws specks into the fine detail: set detail_window too")
+    if recipe.gate_by not in GATE_BY:
+        raise ValueError(f"gate_by {recipe.gate_by!r}: choose one of {', '.join(GATE_BY)}")
     started = time.perf_counter()
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
@@ -381,7 +386,7 @@ def fit(
     segmenter = Segmenter(
         net, spec, pre, dict(train.classes), Thresholds.neutral(spec.n_classes), (h, w), dev
     )
-    thresholds, val_dice = calibrate(segmenter, validation)
+    thresholds, val_dice = calibrate(segmenter, validation, recipe.gate_by)
     segmenter.thresholds = thresholds
     return TrainingResult(
         segmenter, recipe, history, time.perf_counter() - started, str(dev), val_dice
@@ -396,20 +401,65 @@ def _full_resolution(segmenter: Segmenter, probabilities: np.ndarray) -> np.ndar
     return upsampled(logits, segmenter.frame_shape)[0].numpy()
 
 
-def calibrate(segmenter: Segmenter, validation: SegmentationData) -> tuple[Thresholds, float]:
-    """Per class: the gate threshold with the best image-level F1, then the pixel threshold,
-    the frame's contrast (``CONTRAST_GRID``) and the minimum area with the best mean Dice
-    given that gate, measured at the frames' full resolution as inspection scores them.
-    At the model's quarter scale a fine scratch one or two pixels wide covers at most half
-    of any pixel: the truth there was empty, and calibration chose whatever kept such
-    masks empty."""
+GATE_BY = ("f1", "dice")
+
+
+def calibrate(
+    segmenter: Segmenter, validation: SegmentationData, gate_by: str = "f1"
+) -> tuple[Thresholds, float]:
+    """Per class: the gate threshold, the pixel threshold, the frame's contrast
+    (``CONTRAST_GRID``) and the minimum area, measured at the frames' full resolution as
+    inspection scores them. ``gate_by`` "f1": the gate with the best image-level F1, then
+    the rest with the best mean Dice given it; "dice": all four together by mean Dice
+    over every validation frame, the figure the model is judged by (a gate that turns
+    away a frame is right only when the frame has no such defect, and F1 does not count
+    those). At the model's quarter scale a fine scratch one or two pixels wide covers at
+    most half of any pixel: the truth there was empty, and calibration chose whatever
+    kept such masks empty."""
+    if gate_by not in GATE_BY:
+        raise ValueError(f"gate_by {gate_by!r}: choose one of {', '.join(GATE_BY)}")
     gate, pixels = segmenter.probabilities(validation.images)
     presence = validation.presence()
     n, n_classes = presence.shape
-    gates = [best_f1_threshold(gate[:, j], presence[:, j])[0] for j in range(n_classes)]
-    passed = gate >= np.array(gates)[None, :]
-    # Dice per (class, contrast, pixel threshold, minimum area, frame); a frame the gate
-    # rejects is right only when it has no such defect
+    if gate_by == "f1":
+        gates = [best_f1_threshold(gate[:, j], presence[:, j])[0] for j in range(n_classes)]
+    else:  # every frame is scored; the gate is chosen with the rest below
+        gates = [0.0] * n_classes
+    dice = _dice_grid(segmenter, validation, pixels, gate >= np.array(gates)[None, :])
+    empty = (~presence).T.astype(np.float64)  # (classes, frames)
+    pixel_t, contrasts, reaches, min_areas, best = [], [], [], [], []
+    for j in range(n_classes):
+        if gate_by == "f1":
+            means = dice[j].mean(axis=-1)  # (contrasts, pixel thresholds, areas)
+        else:
+            gates[j], means = _gate_by_dice(gate[:, j], dice[j], empty[j])
+        # the first best in grid order: no contrast, the lowest pixel threshold, then the
+        # smallest area
+        c, k, a = np.unravel_index(int(np.argmax(means)), means.shape)
+        pixel_t.append(PIXEL_GRID[k])
+        contrasts.append(CONTRAST_GRID[c][0])
+        reaches.append(CONTRAST_GRID[c][1])
+        min_areas.append(MIN_AREA_GRID[a])
+        best.append(float(means[c, k, a]))
+    thresholds = Thresholds(
+        tuple(float(g) for g in gates),
+        tuple(pixel_t),
+        tuple(min_areas),
+        tuple(contrasts),
+        tuple(reaches),
+    )
+    log.info("thresholds chosen on %d validation images: %s", n, thresholds.to_dict())
+    return thresholds, float(np.mean(best))
+
+
+def _dice_grid(
+    segmenter: Segmenter, validation: SegmentationData, pixels: np.ndarray, passed: np.ndarray
+) -> np.ndarray:
+    """Dice per (class, contrast, pixel threshold, minimum area, frame) of the masks of the
+    ``passed`` (frame, class) pairs; a pair not passed scores as the empty mask: 1 where
+    the frame has no such defect, else 0."""
+    presence = validation.presence()
+    n, n_classes = presence.shape
     shape = (n_classes, len(CONTRAST_GRID), len(PIXEL_GRID), len(MIN_AREA_GRID), n)
     dice = np.broadcast_to((~presence).T[:, None, None, None, :], shape).astype(np.float64)
     areas_grid = np.array(MIN_AREA_GRID)
@@ -433,22 +483,35 @@ def calibrate(segmenter: Segmenter, validation: SegmentationData) -> tuple[Thres
                     predicted, inter = keep @ area, keep @ hits
                     total = predicted + truth_area
                     dice[j, c, k, :, i] = np.where(total > 0, 2 * inter / np.maximum(total, 1), 1)
-    means = dice.mean(axis=4)  # (classes, contrasts, pixel thresholds, areas)
-    pixel_t, contrasts, reaches, min_areas, best = [], [], [], [], []
-    for j in range(n_classes):
-        # the first best in grid order: no contrast, the lowest pixel threshold, then the
-        # smallest area
-        c, k, a = np.unravel_index(int(np.argmax(means[j])), means[j].shape)
-        pixel_t.append(PIXEL_GRID[k])
-        contrasts.append(CONTRAST_GRID[c][0])
-        reaches.append(CONTRAST_GRID[c][1])
-        min_areas.append(MIN_AREA_GRID[a])
-        best.append(float(means[j, c, k, a]))
-    thresholds = Thresholds(
-        tuple(gates), tuple(pixel_t), tuple(min_areas), tuple(contrasts), tuple(reaches)
+    return dice
+
+
+def _gate_by_dice(
+    gate: np.ndarray, dice: np.ndarray, empty: np.ndarray
+) -> tuple[float, np.ndarray]:
+    """The gate threshold of one class at which its best mean Dice over the frames is
+    highest, and the means (contrasts, pixel thresholds, areas) there. ``gate``: (n,) the
+    frames' gate probabilities; ``dice``: (..., n) each frame's Dice when let through;
+    ``empty``: (n,) 1 where the frame has no such defect. Each candidate lets through the
+    frames gated at or above one of their own values, or none; on a tie the higher
+    threshold (fewer frames let through)."""
+    order = np.argsort(-gate, kind="stable")
+    ranked = gate[order]
+    n = len(ranked)
+    # through[..., m]: the summed Dice when the m highest-gated frames pass and the rest
+    # score as empty masks
+    passed_dice = np.concatenate(
+        [np.zeros((*dice.shape[:-1], 1)), np.cumsum(dice[..., order], -1)], -1
     )
-    log.info("thresholds chosen on %d validation images: %s", n, thresholds.to_dict())
-    return thresholds, float(np.mean(best))
+    passed_empty = np.concatenate([[0.0], np.cumsum(empty[order])])
+    through = passed_dice + (empty.sum() - passed_empty)
+    # m frames can pass alone only where the m-th and the next are gated differently
+    ends = np.flatnonzero(np.append(ranked[:-1] > ranked[1:], True)) + 1
+    candidates = np.concatenate([[0], ends])
+    best = through[..., candidates].reshape(-1, len(candidates)).max(axis=0)
+    m = int(candidates[int(np.argmax(best))])
+    threshold = float(np.nextafter(ranked[0], np.inf)) if m == 0 else float(ranked[m - 1])
+    return threshold, through[..., m] / n
 
 
 def recipe_for(size: str, **overrides) -> SegmentationRecipe:

@@ -293,6 +293,60 @@ def test_calibration_cuts_a_class_to_the_frames_contrast_only_where_that_scores(
     assert thresholds.contrast[1] == 0
 
 
+def test_a_gate_chosen_by_dice_lets_through_frames_whose_masks_are_right() -> None:
+    """A gate that ranks a defect's frame under four clean ones: F1 sets its threshold
+    above that frame and loses it; chosen by mean Dice over every frame, the threshold
+    lets all through, since the masks alone are right on each."""
+    from core.rle import rle_encode
+    from models.data import SegmentationData
+    from models.segmentation.train import calibrate, fit
+
+    frames = np.full((6, 64, 128), 100, np.uint8)
+    block = np.zeros((64, 128), bool)
+    block[16:48, 40:72] = True
+    frames[:2, block] = 60
+    rles = [{1: rle_encode(block)}] * 2 + [{}] * 4
+
+    class Sure:
+        frame_shape = (64, 128)
+
+        def probabilities(self, images, batch_size=16):
+            gate = np.array([[0.9], [0.1], [0.3], [0.4], [0.5], [0.6]], np.float32)
+            pixels = np.full((len(images), 1, 16, 32), 0.01, np.float32)
+            pixels[:2, 0, 4:12, 10:18] = 0.95  # the block, at a quarter of the scale
+            return gate, pixels
+
+    data = SegmentationData("sure", [f"f{i}" for i in range(6)], frames, rles, {1: "a"})
+    by_f1, _ = calibrate(Sure(), data)
+    by_dice, score = calibrate(Sure(), data, gate_by="dice")
+    assert by_f1.gate[0] == pytest.approx(0.9)
+    assert by_dice.gate[0] == pytest.approx(0.1)
+    assert score > 0.99  # the block's edges, upsampled from a quarter of the scale
+    with pytest.raises(ValueError, match="gate_by 'best'"):
+        calibrate(Sure(), data, gate_by="best")
+    with pytest.raises(ValueError, match="gate_by 'best'"):  # before any training
+        fit(None, None, recipe_for("tiny", gate_by="best"))
+
+
+def test_the_gate_chosen_by_dice_is_the_best_of_every_threshold() -> None:
+    """``_gate_by_dice`` against trying each threshold in turn, with tied gates."""
+    from models.segmentation.train import _gate_by_dice
+
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        n = int(rng.integers(1, 30))
+        gate = rng.choice([0.1, 0.2, 0.5, 0.7, 0.9, 1.0], n).astype(np.float32)
+        empty = (rng.random(n) < 0.6).astype(float)
+        dice = rng.random((2, 3, n))
+        threshold, means = _gate_by_dice(gate, dice, empty)
+        best = max(
+            np.where(gate >= t, dice, empty).mean(-1).max()
+            for t in [*np.unique(gate), np.nextafter(gate.max(), np.inf)]
+        )
+        assert means.max() == pytest.approx(best)
+        assert np.allclose(means, np.where(gate >= threshold, dice, empty).mean(-1))
+
+
 def test_predict_rejects_colour_or_float_frames() -> None:
     with pytest.raises(ValueError, match="grey uint8 frames"):
         small_segmenter().predict(np.zeros((1, 128, 256, 3), np.uint8))
