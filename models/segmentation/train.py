@@ -33,6 +33,9 @@ from models.segmentation.segmenter import Segmenter, upsampled
 log = logging.getLogger(__name__)
 
 
+GATE_BY = ("f1", "dice")  # how calibration may choose a class's gate (``calibrate``)
+
+
 @dataclass(frozen=True)
 class SegmentationRecipe:
     encoder: str
@@ -54,6 +57,14 @@ class SegmentationRecipe:
     # how calibration chooses each class's gate threshold: "f1", the best image-level F1,
     # then the rest given it; "dice", together with the rest by validation mean Dice
     gate_by: str = "f1"
+
+    def __post_init__(self) -> None:
+        """Options that do not go together are refused when the recipe is made, before
+        any training."""
+        if self.speckle and not self.detail_window:
+            raise ValueError("speckle draws specks into the fine detail: set detail_window too")
+        if self.gate_by not in GATE_BY:
+            raise ValueError(f"gate_by {self.gate_by!r}: choose one of {', '.join(GATE_BY)}")
 
     def to_params(self) -> dict:
         return asdict(self)
@@ -285,7 +296,7 @@ def _train_epoch(net, sampler, recipe, pre, device, optimizer, scheduler, g, rng
             pb = (yb.amax(dim=(2, 3)) > 0).float()
         if recipe.randomise:
             xb = _randomised(xb, pre, recipe.randomise, g)
-        if recipe.speckle:  # fit refuses it without fine detail
+        if recipe.speckle:  # the recipe refuses it without fine detail
             xb = _speckled(xb, pre, recipe.speckle, g)
         xb, yb = _augment(xb, yb, g)
         loss = _loss(net, xb, yb, pb, recipe, device)
@@ -327,10 +338,6 @@ def fit(
     progress: Callable[[int, int, dict], None] | None = None,
 ) -> TrainingResult:
     """Train on ``train``, choose thresholds on ``validation``; nothing touches the holdout."""
-    if recipe.speckle and not recipe.detail_window:
-        raise ValueError("speckle draws specks into the fine detail: set detail_window too")
-    if recipe.gate_by not in GATE_BY:
-        raise ValueError(f"gate_by {recipe.gate_by!r}: choose one of {', '.join(GATE_BY)}")
     started = time.perf_counter()
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
@@ -399,9 +406,6 @@ def _full_resolution(segmenter: Segmenter, probabilities: np.ndarray) -> np.ndar
     p = np.clip(probabilities, 1e-6, 1 - 1e-6)
     logits = torch.from_numpy(np.log(p) - np.log1p(-p))[None]
     return upsampled(logits, segmenter.frame_shape)[0].numpy()
-
-
-GATE_BY = ("f1", "dice")
 
 
 def calibrate(
