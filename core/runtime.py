@@ -30,3 +30,23 @@ def configure_environment(settings: Settings) -> None:
     }
     for name, value in defaults.items():
         os.environ.setdefault(name, value)
+    blas_on_one_thread()
+
+
+def blas_on_one_thread() -> None:
+    """numpy's BLAS (OpenBLAS) on one thread, unless OPENBLAS_NUM_THREADS says otherwise.
+
+    steelsight's numpy products are small and many (identification's search, one per
+    marking) and run beside the models' own threads. OpenBLAS wakes its other threads for
+    each and leaves them spinning: in one process of 2 cores identifying a 238-frame
+    recording's markings, that took 6 of its 24 core-seconds (docs/benchmarks.md, "BLAS
+    on one thread"). Dask's nanny starts inspection workers so already; the API, the
+    commands (evaluate identity, register-sheets) and the benches were not. The libraries
+    are loaded by then, so the limit is set through them (threadpoolctl), not through
+    the environment."""
+    if "OPENBLAS_NUM_THREADS" in os.environ:
+        return
+    import numpy  # noqa: F401  (its OpenBLAS is what is limited)
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=1, user_api="blas")

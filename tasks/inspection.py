@@ -195,7 +195,8 @@ _LOCK = threading.Lock()
 
 def _worker_environment() -> None:
     """What steelsight's own processes set (core.runtime), for workers started
-    by `dask worker` on another machine: Keras on torch, ultralytics offline."""
+    by `dask worker` on another machine: Keras on torch, ultralytics offline, numpy's
+    BLAS on one thread."""
     for name, value in {
         "KERAS_BACKEND": "torch",
         "YOLO_OFFLINE": "1",
@@ -204,6 +205,9 @@ def _worker_environment() -> None:
         "DO_NOT_TRACK": "1",
     }.items():
         os.environ.setdefault(name, value)
+    from core.runtime import blas_on_one_thread
+
+    blas_on_one_thread()
 
 
 def worker_models(refs: ModelRefs, device: str) -> dict:
@@ -252,6 +256,7 @@ def _batches_ahead(frames: Iterator[np.ndarray], size: int) -> Iterator[np.ndarr
 def inspect_chunk(chunk: Chunk, registry: Registry | None = None) -> ChunkResult:
     """Everything the models and the tracker need from a range of frames; with a
     ``registry``, the verdict on each marking found."""
+    from models.devices import cpu_threads
     from models.identity.pipeline import (
         NO_NEIGHBOUR,
         PassIdentifier,
@@ -286,14 +291,20 @@ def inspect_chunk(chunk: Chunk, registry: Registry | None = None) -> ChunkResult
     edge: dict[str, tuple] = {"before": NO_NEIGHBOUR}
     above: tuple = NO_NEIGHBOUR
     if registry is not None and "marking" in models:
+        # a batch's pictures identified on as many threads as the worker has cores: the
+        # last batch of the range is identified while nothing else runs
         identifier = PassIdentifier(
-            models["imprint"], registry.index, registry.threshold, lambda: edge["before"]
+            models["imprint"],
+            registry.index,
+            registry.threshold,
+            lambda: edge["before"],
+            workers=cpu_threads(),
         )
     pending: list[Future] = []  # each batch's verdicts, identified on their own thread
     clock = time.perf_counter()
-    # Identification (describing and verifying each marking: OpenCV on one core) runs on
-    # its own thread, batch after batch in order, while this thread runs the models on
-    # the next batch (docs/benchmarks.md, "Inspection throughput").
+    # Identification (describing and verifying each marking: OpenCV) runs on its own
+    # thread, batch after batch in order, while this thread runs the models on the next
+    # batch (docs/benchmarks.md, "Inspection throughput").
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="identify") as identifying:
         for batch in _batches_ahead(decode_range(chunk), chunk.batch):
             now = time.perf_counter()

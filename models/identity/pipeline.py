@@ -10,6 +10,7 @@ the answer when it reaches the threshold. Used by register-sheets and evaluate i
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -530,6 +531,7 @@ def identify_markings(
     paint: np.ndarray | None = None,
     follows: list[bool] | None = None,
     edge_markings: tuple[np.ndarray | None, np.ndarray | None] = (None, None),
+    workers: int = 1,
 ) -> list[Verdict]:
     """A verdict per marking of ``marks`` (found in ``frames``, consecutive frames of the
     line), each seen with its frame's neighbours: ``before`` the frame preceding the
@@ -542,7 +544,9 @@ def identify_markings(
     names a sheet at ``WEAK_THRESHOLD``, if that is above ``threshold``, and a faint one
     (``Markings.faint``) is verified only where a registered sheet's steel descriptor
     matches at ``WEAK_MATCH``. A box joined across a seam (``across_seams``) that names
-    no sheet is identified alone as well."""
+    no sheet is identified alone as well. ``workers``: threads the pictures' markings are
+    identified on, each picture's in turn (a second guess waits for the box before it);
+    the verdicts are the same whatever their number."""
     last = len(frames) - 1
     joined = [True] * len(frames) if follows is None else list(follows)
     found = marks.per_picture
@@ -562,12 +566,12 @@ def identify_markings(
     second = np.zeros(len(marks), bool) if marks.second is None else marks.second
     weak = np.zeros(len(marks), bool) if marks.weak is None else marks.weak
     faint = weak if marks.faint is None else marks.faint
-    out: list[Verdict] = []
-    for n, (owner, box) in enumerate(zip(marks.owners, marks.boxes, strict=True)):
-        i = int(owner)
+    out: dict[int, Verdict] = {}
+
+    def verdict_on(n: int) -> Verdict:
+        i, box = int(marks.owners[n]), marks.boxes[n]
         if second[n] and _guessed_right(marks, out, n):
-            out.append(NOTHING)
-            continue
+            return NOTHING
         above, above_rows, below, below_rows = neighbours(i)
         whole = across_seams(box, frames[i].shape[0], above_rows, below_rows)
         embedded = None if paint is None or not len(paint) else paint[n]
@@ -585,15 +589,30 @@ def identify_markings(
                 frames[i], box, index, needed, above, below, embedded, least_match=least
             )
             verdict = alone if alone.sheet_id != UNKNOWN else verdict
-        out.append(verdict)
-    return out
+        return verdict
+
+    def on_picture(i: int) -> None:
+        for n in np.flatnonzero(marks.owners == i).tolist():
+            out[n] = verdict_on(n)
+
+    pictures = sorted(set(marks.owners.tolist()))
+    if workers > 1 and len(pictures) > 1:
+        with ThreadPoolExecutor(min(workers, len(pictures)), "identify-picture") as pool:
+            list(pool.map(on_picture, pictures))
+    else:
+        for i in pictures:
+            on_picture(i)
+    return [out[n] for n in range(len(marks))]
 
 
-def _guessed_right(marks: Markings, verdicts: list[Verdict], n: int, overlap: float = 0.3) -> bool:
+def _guessed_right(
+    marks: Markings, verdicts: dict[int, Verdict], n: int, overlap: float = 0.3
+) -> bool:
     """Whether a box before marking ``n`` on its picture that it overlaps (the weak box
-    it is a second guess of) named a sheet (``verdicts``: those of the markings before)."""
+    it is a second guess of) named a sheet (``verdicts``: by marking, those of its
+    picture's markings before it)."""
     before = np.flatnonzero(marks.owners[:n] == marks.owners[n])
-    named = [k for k in before if verdicts[k].sheet_id != UNKNOWN]
+    named = [k for k in before.tolist() if verdicts[k].sheet_id != UNKNOWN]
     if not named:
         return False
     return bool(box_iou(marks.boxes[n, None, :4], marks.boxes[named, :4]).max() >= overlap)
@@ -607,7 +626,8 @@ class PassIdentifier:
 
     ``before``: the frame before the first batch and its detections, asked for only when
     a marking sits on the first frame. ``follows`` (per batch, per frame): whether the
-    frame directly follows the one before it on the line; all do when None."""
+    frame directly follows the one before it on the line; all do when None.
+    ``workers``: threads a batch's markings are identified on (``identify_markings``)."""
 
     def __init__(
         self,
@@ -615,8 +635,10 @@ class PassIdentifier:
         index: SurfaceIndex,
         threshold: float,
         before: Callable[[], Neighbour] = lambda: NO_NEIGHBOUR,
+        workers: int = 1,
     ) -> None:
         self.imprint, self.index, self.threshold = imprint, index, threshold
+        self.workers = workers
         self._before = before
         self._previous: Neighbour | None = None  # the last frame identified, its detections
         self._pending: tuple | None = None  # (frames, markings, follows)
@@ -663,6 +685,7 @@ class PassIdentifier:
                 embed(self.imprint, marks.crops),
                 [True, *joined[1:]],
                 (before[1], after[1]),
+                self.workers,
             )
         self._previous = (frames[-1], marks.per_picture[-1])
         return out

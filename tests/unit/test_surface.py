@@ -583,6 +583,51 @@ def test_a_second_guess_is_identified_only_when_the_first_names_no_sheet() -> No
             assert named == ["H1", "unknown"] and verdicts[1] is pipeline.NOTHING
 
 
+def test_pictures_identified_on_several_threads_give_the_same_verdicts() -> None:
+    """``identify_markings`` on several threads (an inspection worker's cores) gives each
+    marking the verdict it gets on one, in the markings' order: a second guess still waits
+    for the box before it on its own picture. Three pictures: the first sheet with its
+    best box off the text and a second guess on it, then the second sheet and the first
+    again, each with its best box on the text (its second guess then not identified)."""
+    from models.identity import pipeline
+
+    sheets = [_sheet(1), _sheet(7)]
+    refs = [pipeline.references(_seen(steel, 2), box)[0] for steel, box in sheets]
+    index = pipeline.SurfaceIndex(
+        ["H1", "H7"],
+        np.stack([r.descriptor for r in refs]),
+        np.stack([r.template for r in refs]).astype(np.float16),
+    )
+    frames, boxes, owners = [], [], []
+    for picture, (k, first_off) in enumerate(((0, True), (1, False), (0, False))):
+        steel, box = sheets[k]
+        frames.append(np.pad(_seen(steel, 4 + picture, gain=1.2), ((0, 0), (40, 40))))
+        x0, y0, x1, y1 = box[0] + 40, box[1], box[2] + 40, box[3]
+        off, on = [x0 - 330, y0 - 8, x1 - 250, y1 + 6, 0.43], [x0 + 2, y0, x1 - 1, y1, 0.45]
+        first = off if first_off else on
+        boxes += [first, [x0, y0, x1, y1, 0.40]]
+        owners += [picture, picture]
+    rows = np.array(boxes, np.float32)
+    per_picture = [rows[2 * i : 2 * i + 2] for i in range(3)]
+    marks = pipeline.Markings(
+        np.array(owners, np.int64),
+        rows,
+        np.zeros((len(rows), 1, 1), np.uint8),
+        per_picture,
+        weak=rows[:, 4] < 0.6,
+        second=np.concatenate([pipeline._second_guesses(r, 0.6) for r in per_picture]),
+    )
+    alone = pipeline.identify_markings(marks, frames, index, surface.VERIFY_THRESHOLD)
+    assert [v.sheet_id for v in alone] == ["unknown", "H1", "H7", "unknown", "H1", "unknown"]
+    # the second guesses of boxes that named a sheet were not identified at all
+    assert alone[3] is pipeline.NOTHING and alone[5] is pipeline.NOTHING
+    for workers in (2, 3, 8):
+        threaded = pipeline.identify_markings(
+            marks, frames, index, surface.VERIFY_THRESHOLD, workers=workers
+        )
+        assert threaded == alone
+
+
 def test_verification_by_spectra_scores_as_matchtemplate_did() -> None:
     """Verification slides each window over a candidate's template as products of their
     spectra, transformed once per candidate and turn: the same scores as OpenCV's masked
