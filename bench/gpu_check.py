@@ -19,6 +19,10 @@ writes into OUT (``gpu_check.md``, ``gpu_check.json``):
   the API's micro-batcher (``serving.batching``) into the segmenter, without HTTP and
   JPEG (FastAPI and MLflow are not on the H200 machine; `bench/serve_load.py` measures
   the whole API where they are);
+* identification, which is CPU work on any machine (OpenCV and numpy): the station's
+  sheets registered, then the line's whole markings identified at the twin's own boxes
+  (the H200 machine has no ultralytics to detect them), on 1 and ``--threads`` threads:
+  how many cores a GPU worker's markings need;
 * GPU utilisation during the end-to-end run (``nvidia-smi``), and the network's FLOPs
   per frame against the H200's bf16 peak.
 
@@ -74,7 +78,9 @@ def main() -> None:
     segmenter = _segmenter(args.segmenter, args.size, device)
     tables: dict[str, list[dict]] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        video, n_frames = _recording(Path(tmp), args.sheets)
+        line = _recording(Path(tmp), args.sheets)
+        video = next(line.inspection.glob("*.mkv"))
+        n_frames = int(json.loads((line.inspection / "manifest.json").read_text())["frame_count"])
         frames = np.stack(list(_decode(video, 0, n_frames)))
         tables["decode"] = _decode_rates(video, frames, device, args)
         tables["segmenter"], utilisation = _segmenter_rates(segmenter, video, frames, args)
@@ -82,6 +88,7 @@ def main() -> None:
             _serving_latency(segmenter, frames, concurrency, args.requests)
             for concurrency in (1, 8)
         ]
+        tables["identification"] = _identification_rates(line, frames, args)
     tables["limits"] = _limits(segmenter, tables["segmenter"], device, utilisation)
 
     header = (
@@ -121,13 +128,11 @@ def _segmenter(bundle: Path | None, size: str, device):
     )  # fmt: skip
 
 
-def _recording(folder: Path, sheets: int) -> tuple[Path, int]:
+def _recording(folder: Path, sheets: int):
     from twin.config import TwinConfig
     from twin.recorder import simulate
 
-    line = simulate(TwinConfig(), sheets, seed=7, out=folder)
-    video = next(line.inspection.glob("*.mkv"))
-    return video, int(json.loads((line.inspection / "manifest.json").read_text())["frame_count"])
+    return simulate(TwinConfig(), sheets, seed=7, out=folder)
 
 
 def _decode(video: Path, start: int, stop: int) -> Iterator:
@@ -331,6 +336,88 @@ class _gpu_utilisation:
         self.stop.set()
         if self.on:
             self.thread.join(timeout=10)
+
+
+def _identification_rates(line, frames, args) -> list[dict]:
+    """Identification, which runs on the CPU whatever the device (OpenCV and numpy): the
+    station's sheets registered from their pictures, then every whole marking of the
+    line's frames identified, each seen with the frames beside it, on 1 and on
+    ``--threads`` threads. The twin's own boxes stand in for the detector's (the H200
+    machine has no ultralytics); right: named as the twin's sheet."""
+    import csv
+    from concurrent.futures import ThreadPoolExecutor
+
+    import cv2
+    import numpy as np
+
+    from models.identity import pipeline, surface
+
+    def rows_of(path: Path) -> list[dict]:
+        with path.open(newline="") as f:
+            return list(csv.DictReader(f))
+
+    def box(row: dict) -> list[float]:
+        return [float(row[k]) for k in ("x_min", "y_min", "x_max", "y_max")]
+
+    station = rows_of(line.station / "ground_truth" / "markings.csv")
+    pictures = [
+        cv2.imread(str(line.station / "frames" / f"{r['frame_id']}.jpg"), cv2.IMREAD_GRAYSCALE)
+        for r in station
+    ]
+    started = time.perf_counter()
+    surfaces = [pipeline.references(p, box(r)) for p, r in zip(pictures, station, strict=True)]
+    register_s = time.perf_counter() - started
+    ids = [r["sheet_id"] for r, found in zip(station, surfaces, strict=True) for _ in found]
+    flat = [s for found in surfaces for s in found]
+    index = pipeline.SurfaceIndex(
+        ids,
+        np.stack([s.descriptor for s in flat]),
+        np.stack([s.template for s in flat]).astype(np.float16),
+    )
+    numbers = {
+        r["frame_id"]: int(r["frame_number"]) for r in rows_of(line.inspection / "frame_index.csv")
+    }
+    marks = [
+        (numbers[r["frame_id"]], box(r), r["sheet_id"])
+        for r in rows_of(line.inspection / "ground_truth" / "markings.csv")
+        if float(r["visible"]) >= 1.0 and numbers.get(r["frame_id"], len(frames)) < len(frames)
+    ]
+
+    def identify(mark: tuple) -> bool:
+        i, where, sheet = mark
+        before = frames[i - 1] if i > 0 else None
+        after = frames[i + 1] if i + 1 < len(frames) else None
+        verdict = pipeline.identify(
+            frames[i], where, index, surface.VERIFY_THRESHOLD, before, after
+        )
+        return verdict.sheet_id == sheet
+
+    rows = [
+        {
+            "path": f"register {len(station)} station pictures, 1 thread",
+            "items": len(station),
+            "seconds": round(register_s, 3),
+            "items/s": len(station) / register_s,
+        }
+    ]
+    right: dict[int, int] = {}
+
+    def run(threads: int) -> None:
+        with ThreadPoolExecutor(threads) as pool:
+            right[threads] = sum(pool.map(identify, marks))
+
+    for threads in sorted({1, args.threads}):
+        seconds = _median(lambda t=threads: run(t), args.rounds)
+        rows.append(
+            {
+                "path": f"identify whole markings, {threads} thread(s)",
+                "items": len(marks),
+                "seconds": round(seconds, 3),
+                "items/s": len(marks) / seconds,
+                "right": right[threads],
+            }
+        )
+    return rows
 
 
 def _limits(segmenter, rows: list[dict], device, utilisation: float | None) -> list[dict]:

@@ -35,9 +35,14 @@ def test_the_gpu_check_runs_on_the_cpu_and_writes_its_tables(tmp_path: Path) -> 
     assert any(row["path"].startswith("FFV1 video") for row in tables["decode"])
     assert [row["concurrency"] for row in tables["serving"]] == [1, 8]
     assert all(0 < row["p50 ms"] <= row["p99 ms"] for row in tables["serving"])
+    identification = tables["identification"]
+    assert identification[0]["path"] == "register 2 station pictures, 1 thread"
+    # the twin's own boxes: every whole marking named as its sheet, on one thread or more
+    identified = identification[1:]
+    assert identified and all(0 < row["right"] == row["items"] for row in identified)
     limits = tables["limits"]
     assert limits[0]["GFLOP per frame"] > 0 and limits[0]["MB moved per frame"] > 0
     assert 0 < limits[0]["of that limit"] < 1
     written = (out / "gpu_check.md").read_text()
-    assert "### segmenter" in written and "### limits" in written
+    assert all(f"### {name}" in written for name in ("segmenter", "identification", "limits"))
     assert written.splitlines()[0] in done.stdout
