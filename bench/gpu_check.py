@@ -343,7 +343,9 @@ def _identification_rates(line, frames, args) -> list[dict]:
     station's sheets registered from their pictures, then every whole marking of the
     line's frames identified, each seen with the frames beside it, on 1 and on
     ``--threads`` threads. The twin's own boxes stand in for the detector's (the H200
-    machine has no ultralytics); right: named as the twin's sheet."""
+    machine has no ultralytics); right: named as the twin's sheet. The twin's files are
+    read here, not by ``tasks.identity``'s readers: those bring DuckDB, which the H200
+    machine lacks (as ``_decode`` says of ``tasks.archives``)."""
     import csv
     from concurrent.futures import ThreadPoolExecutor
 

@@ -36,6 +36,11 @@ log = logging.getLogger(__name__)
 GATE_BY = ("f1", "dice")  # how calibration may choose a class's gate (``calibrate``)
 
 
+def _check_gate_by(gate_by: str) -> None:
+    if gate_by not in GATE_BY:
+        raise ValueError(f"gate_by {gate_by!r}: choose one of {', '.join(GATE_BY)}")
+
+
 @dataclass(frozen=True)
 class SegmentationRecipe:
     encoder: str
@@ -63,8 +68,7 @@ class SegmentationRecipe:
         any training."""
         if self.speckle and not self.detail_window:
             raise ValueError("speckle draws specks into the fine detail: set detail_window too")
-        if self.gate_by not in GATE_BY:
-            raise ValueError(f"gate_by {self.gate_by!r}: choose one of {', '.join(GATE_BY)}")
+        _check_gate_by(self.gate_by)
 
     def to_params(self) -> dict:
         return asdict(self)
@@ -420,8 +424,7 @@ def calibrate(
     those). At the model's quarter scale a fine scratch one or two pixels wide covers at
     most half of any pixel: the truth there was empty, and calibration chose whatever
     kept such masks empty."""
-    if gate_by not in GATE_BY:
-        raise ValueError(f"gate_by {gate_by!r}: choose one of {', '.join(GATE_BY)}")
+    _check_gate_by(gate_by)
     gate, pixels = segmenter.probabilities(validation.images)
     presence = validation.presence()
     n, n_classes = presence.shape
