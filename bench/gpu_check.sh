@@ -37,5 +37,7 @@ if ! "$python" -c "import pydantic" 2>/dev/null; then
     "$python" -m pip install --quiet --no-index --find-links "$wheels" --target "$site" "${needs[@]}"
     export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
 fi
-export PYTHONUNBUFFERED=1 ORT_DISABLE_TELEMETRY=1
+# OpenBLAS on one thread unless said otherwise: its idle threads spin (docs/stack.md), and on
+# the H200 machine's 16 cores they cost identification's processes 3x (docs/benchmarks.md)
+export PYTHONUNBUFFERED=1 ORT_DISABLE_TELEMETRY=1 OPENBLAS_NUM_THREADS=${OPENBLAS_NUM_THREADS:-1}
 exec "$python" "$root/bench/gpu_check.py" "$@"
