@@ -401,6 +401,30 @@ NOTHING = Verdict(UNKNOWN, None, None)
 PAINT_CANDIDATES = 2  # registered sheets nearest by the paint, verified beside the steel's
 
 
+@dataclass(frozen=True)
+class Stitched:
+    """A frame of the line stitched with the frames just before and after it (those of
+    its shape given): the picture, the row the frame starts at in it, the rows where two
+    frames meet, and where it shows the sheet (``surface.steel_mask``). Every marking of
+    the frame is identified on the same one."""
+
+    picture: np.ndarray
+    top_row: int
+    seams: tuple[int, ...]
+    steel: np.ndarray
+
+
+def stitched(
+    frame: np.ndarray, before: np.ndarray | None = None, after: np.ndarray | None = None
+) -> Stitched:
+    """``frame`` with ``before`` and ``after`` (None, or of another shape: left out)."""
+    parts = [p for p in (before, frame, after) if p is not None and p.shape == frame.shape]
+    top_row = frame.shape[0] if before is not None and before.shape == frame.shape else 0
+    picture = np.concatenate(parts) if len(parts) > 1 else frame
+    seams = tuple(frame.shape[0] * k for k in range(1, len(parts)))
+    return Stitched(picture, top_row, seams, surface.steel_mask(picture))
+
+
 def identify(
     frame: np.ndarray,
     box,
@@ -412,6 +436,7 @@ def identify(
     top: int = surface.CANDIDATES,
     paint_top: int = PAINT_CANDIDATES,
     least_match: float = -1.0,
+    view: Stitched | None = None,
 ) -> Verdict:
     """Identify the marking at ``box`` of an inspection ``frame``, seen with the frames
     just before and after it on the line when given (a marking near the frame's edge
@@ -419,17 +444,15 @@ def identify(
     box is in the frame's coordinates and may reach past its edges into a neighbour
     (a marking the seam cut, joined with its other part: ``across_seams``). When no
     registered sheet's descriptor matches the steel around it at ``least_match`` or
-    more (cosine), nothing is verified: ``NOTHING``."""
+    more (cosine), nothing is verified: ``NOTHING``. ``view``: the three frames
+    stitched already (``stitched``), for a frame with several markings."""
     if not len(index):
         return NOTHING
-    parts = [p for p in (before, frame, after) if p is not None and p.shape == frame.shape]
-    top_row = frame.shape[0] if before is not None and before.shape == frame.shape else 0
-    picture = np.concatenate(parts) if len(parts) > 1 else frame
-    seams = tuple(frame.shape[0] * k for k in range(1, len(parts)))
+    view = stitched(frame, before, after) if view is None else view
+    picture, seams, steel = view.picture, view.seams, view.steel
     x0, y0, x1, y1 = (float(v) for v in box[:4])
     # a box that holds the marking and something beside it: the text inside it
-    box = surface.text_box(picture, (x0, y0 + top_row, x1, y1 + top_row))
-    steel = surface.steel_mask(picture)
+    box = surface.text_box(picture, (x0, y0 + view.top_row, x1, y1 + view.top_row))
     shifts = surface.DESCRIPTOR_SHIFTS
     described = surface.describe(picture, box, steel=steel, seams=seams, shifts=shifts)
     chosen = index.candidates(described, shifts, paint, top, paint_top)
@@ -568,7 +591,7 @@ def identify_markings(
     faint = weak if marks.faint is None else marks.faint
     out: dict[int, Verdict] = {}
 
-    def verdict_on(n: int) -> Verdict:
+    def verdict_on(n: int, view: Stitched) -> Verdict:
         i, box = int(marks.owners[n]), marks.boxes[n]
         if second[n] and _guessed_right(marks, out, n):
             return NOTHING
@@ -579,21 +602,23 @@ def identify_markings(
         # and none looked for, for the faintest, where the steel matches no sheet
         least = WEAK_MATCH if faint[n] else -1.0
         verdict = identify(
-            frames[i], whole, index, needed, above, below, embedded, least_match=least
+            frames[i], whole, index, needed, above, below, embedded, least_match=least, view=view
         )
         if verdict.sheet_id == UNKNOWN and not np.array_equal(whole[:4], box[:4]):
             # the box joined to it across the seam may be no part of its marking (a weak
             # box over a scale patch or beside the text, under a marking that merely
             # reaches the frame's edge): the box alone is identified then
             alone = identify(
-                frames[i], box, index, needed, above, below, embedded, least_match=least
+                frames[i], box, index, needed, above, below, embedded, least_match=least, view=view
             )
             verdict = alone if alone.sheet_id != UNKNOWN else verdict
         return verdict
 
     def on_picture(i: int) -> None:
+        above, _, below, _ = neighbours(i)
+        view = stitched(frames[i], above, below) if len(index) else None
         for n in np.flatnonzero(marks.owners == i).tolist():
-            out[n] = verdict_on(n)
+            out[n] = verdict_on(n, view)
 
     pictures = sorted(set(marks.owners.tolist()))
     if workers > 1 and len(pictures) > 1:

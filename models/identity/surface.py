@@ -40,22 +40,37 @@ PAINT_MARGIN = (6, 20)
 
 class Band(NamedTuple):
     """A band-pass: the blur that takes out the camera's noise and the blur subtracted
-    (light, mottle), Gaussian sigmas in full-resolution pixels; and where the band-passed
-    values are cut (``clip`` robust standard deviations either way; None: never)."""
+    (light, mottle), Gaussian sigmas in full-resolution pixels; where the band-passed
+    values are cut (``clip`` robust standard deviations either way; None: never); and
+    the resolution it is computed at (``scale`` of the picture's: 1, 1/2, 1/4...): the
+    picture is averaged over blocks first, and the windows are turned at that scale."""
 
     noise: float
     background: float
     clip: float | None = None
+    scale: float = 1.0
 
 
-DESCRIPTOR_BAND = Band(2.0, 16.0)
+# Retrieval's descriptor is band-passed at half resolution: it is kept at an eighth, and
+# its 16-px background blur at full resolution took three quarters of describe's time
+# on 2 cores. Against the full-resolution band-pass (3,234 descriptors of the bench's
+# line, 294 boxes): cosine 0.999 (median), 0.995 (5th percentile); describe took 0.47 s
+# instead of 2.03 (docs/benchmarks.md, "Identification's band-passes at half
+# resolution").
+DESCRIPTOR_BAND = Band(2.0, 16.0, scale=0.5)
 DESCRIPTOR_SCALE = 0.125  # 1,960 values; at 0.25 (7,840) no better after verification
 # Verification cuts the band-passed steel at 3 robust standard deviations: a scratch or
 # a dark scale line near the marking outweighs the rest of the window's steel, and two
 # sheets that each have one there correlated as much as a worn view of the right sheet
 # (impostors up to 0.40, against 0.29-0.30 cut; twin ground-truth boxes, 1,000 sheets
 # each of seeds 13 and 15, docs/benchmarks.md).
-TEMPLATE_BAND = Band(2.0, 6.0, clip=3.0)
+# Verification's band-pass is taken at half resolution too, the template's own: the
+# windows are turned there and not shrunk after. The same sheets were named on
+# 1,000-sheet recordings (seeds 13, 15, 17; a default detector's boxes), the right
+# sheets' mean score fell by 0.005 and identification took 59 ms per marking instead
+# of 71 (docs/benchmarks.md, "Identification's band-passes at half
+# resolution").
+TEMPLATE_BAND = Band(2.0, 6.0, clip=3.0, scale=0.5)
 TEMPLATE_SCALE = 0.5
 # a station's descriptor is also taken turned this much either side: the text line's
 # angle is off by a few degrees now and then (wiped paint, glare)
@@ -77,7 +92,7 @@ SEARCH_DEGREES = (-6.0, -4.0, -2.0, 0.0, 2.0, 4.0, 6.0)  # residual rotations tr
 # leave the text's angle up to a degree from the nearest, and one degree cost a seed-13
 # sheet (its station picture tilted 14 degrees) 0.03 of its correlation and its
 # verification (0.435 -> 0.407); on the synthetic sheets of tests/unit/test_surface.py
-# it costs 0.17
+# it costs 0.21
 REFINE_DEGREES = 1.0
 # what a registered surface imprint holds, as stored (warehouse sheet_references)
 DESCRIPTOR_SHAPE = (
@@ -88,7 +103,7 @@ TEMPLATE_SHAPE = tuple(
     round((n + 2 * k) * TEMPLATE_SCALE) for n, k in zip(WINDOW, SEARCH_PX, strict=True)
 )
 FORMAT = (
-    f"steel/3 band {tuple(DESCRIPTOR_BAND)} x{DESCRIPTOR_SCALE} descriptor {DESCRIPTOR_SHAPE}; "
+    f"steel/4 band {tuple(DESCRIPTOR_BAND)} x{DESCRIPTOR_SCALE} descriptor {DESCRIPTOR_SHAPE}; "
     f"band {tuple(TEMPLATE_BAND)} x{TEMPLATE_SCALE} template {TEMPLATE_SHAPE} float16"
 )
 CANDIDATES = 5  # registered sheets verified per marking: the nearest by descriptor
@@ -306,14 +321,35 @@ def _line(boxes: np.ndarray, seed: int) -> list[int]:
 
 
 def _band(picture: np.ndarray, band: Band, seams: Sequence[int] = ()) -> np.ndarray:
-    """Band-passed grey levels; the parts between ``seams`` (rows where frames taken
-    under other light meet) each on their own, so that no seam shows as an edge."""
+    """Band-passed grey levels at the picture's own resolution (``band.scale`` aside);
+    the parts between ``seams`` (rows where frames taken under other light meet) each on
+    their own, so that no seam shows as an edge."""
     edges = [0, *sorted(int(r) for r in seams), picture.shape[0]]
     parts = []
     for top, bottom in itertools.pairwise(edges):
-        f = cv2.GaussianBlur(picture[top:bottom].astype(np.float32), (0, 0), band[0])
-        parts.append(f - cv2.GaussianBlur(f, (0, 0), band[1]))
+        f = picture[top:bottom].astype(np.float32)
+        if band.noise > 0:
+            f = cv2.GaussianBlur(f, (0, 0), band.noise)
+        parts.append(f - cv2.GaussianBlur(f, (0, 0), band.background))
     return np.concatenate(parts)
+
+
+def _block(band: Band) -> int:
+    """The side of the blocks (full-resolution pixels) a band's picture is averaged over."""
+    block = round(1.0 / band.scale)
+    if block < 1 or abs(block * band.scale - 1.0) > 1e-9:
+        raise ValueError(f"band scale {band.scale}: must be 1, 1/2, 1/3...")
+    return block
+
+
+def _at_block(band: Band, block: int) -> Band:
+    """``band``'s sigmas in pixels of a picture averaged over ``block`` x ``block``
+    blocks: the averaging is itself a blur (variance (block² - 1) / 12 per axis), taken
+    off the noise blur's."""
+    if block == 1:
+        return band
+    noise = np.sqrt(max(band.noise**2 - (block * block - 1) / 12.0, 0.0))
+    return band._replace(noise=float(noise) / block, background=band.background / block)
 
 
 def steel_mask(frame: np.ndarray) -> np.ndarray:
@@ -338,13 +374,15 @@ def steel_mask(frame: np.ndarray) -> np.ndarray:
 @dataclass(frozen=True)
 class _Banded:
     """The part of a picture a turned window around its marking can reach, band-passed
-    once for every turn taken of it, with its steel mask, the box and the corners of the
-    marking's text in its coordinates."""
+    once for every turn taken of it, at ``scale`` of the picture's resolution, with its
+    steel mask, the box and the corners of the marking's text in its coordinates (at
+    that scale)."""
 
     picture: np.ndarray
     shown: np.ndarray  # uint8 1/0: steel, less a margin along the sheet's edges
     box: tuple[float, float, float, float]
     text: np.ndarray  # float32 (4, 2): the text's rectangle (x, y), its margin included
+    scale: float = 1.0
 
 
 def text_corners(box: Sequence[float], angle: float = 0.0) -> np.ndarray:
@@ -406,43 +444,78 @@ def _banded(
     """``most_turn``: the largest turn (degrees, either way) a window of ``size`` will be
     taken at; only the part of the picture such windows reach is band-passed."""
     cx, cy = (float(box[0]) + float(box[2])) / 2, (float(box[1]) + float(box[3])) / 2
+    block = _block(band)
+
+    def down(v: int) -> int:  # to the block grid
+        return v // block * block
+
+    def up(v: int) -> int:
+        return -(-v // block) * block
+
     # The band-passed picture's frame: a square about the box's centre that a window
-    # turned any way reaches, cut by the picture. Its origin is kept whatever part of it
-    # is band-passed: warpAffine rounds sample positions in fixed point, and positions
-    # on a half pixel (a window not turned) round by the last bit of the coordinates, so
-    # another origin would move a few pixels of the paint mask and change scores by up
-    # to 0.01; with this one every value is what band-passing all of it gave.
-    frame = int(np.ceil(np.hypot(*size) / 2 + 4 * band[1]))
-    top0, left0 = max(0, int(cy) - frame), max(0, int(cx) - frame)
-    bottom0 = min(picture.shape[0], int(cy) + frame + 1)
-    right0 = min(picture.shape[1], int(cx) + frame + 1)
+    # turned any way reaches, cut by the picture, on the grid of the blocks averaged.
+    # Its origin is kept whatever part of it is band-passed: warpAffine rounds sample
+    # positions in fixed point, and positions on a half pixel (a window not turned)
+    # round by the last bit of the coordinates, so another origin would move a few
+    # pixels of the paint mask and change scores by up to 0.01; with this one every
+    # value is what band-passing all of it gave.
+    frame = int(np.ceil(np.hypot(*size) / 2 + 4 * band.background))
+    height, width = down(picture.shape[0]), down(picture.shape[1])
+    top0, left0 = max(0, down(int(cy) - frame)), max(0, down(int(cx) - frame))
+    bottom0, right0 = min(height, up(int(cy) + frame + 1)), min(width, up(int(cx) + frame + 1))
     # only the part that windows turned up to ``most_turn`` read is band-passed
     reach_rows, reach_cols = _reach(size, most_turn, band)
-    top, left = max(top0, int(cy) - reach_rows), max(left0, int(cx) - reach_cols)
-    bottom, right = min(bottom0, int(cy) + reach_rows + 1), min(right0, int(cx) + reach_cols + 1)
-    inner = (slice(top - top0, bottom - top0), slice(left - left0, right - left0))
-    part = picture[top:bottom, left:right]
-    band_passed = np.zeros((bottom0 - top0, right0 - left0), np.float32)
-    band_passed[inner] = _band(part, band, [r - top for r in seams if 0 < r - top < part.shape[0]])
+    top, left = max(top0, down(int(cy) - reach_rows)), max(left0, down(int(cx) - reach_cols))
+    bottom = min(bottom0, up(int(cy) + reach_rows + 1))
+    right = min(right0, up(int(cx) + reach_cols + 1))
+    inner = (
+        slice((top - top0) // block, (bottom - top0) // block),
+        slice((left - left0) // block, (right - left0) // block),
+    )
+    part = _averaged(picture[top:bottom, left:right], block, np.float32 if block > 1 else None)
+    band_passed = np.zeros(((bottom0 - top0) // block, (right0 - left0) // block), np.float32)
+    seams = [(r - top) // block for r in seams if 0 < r - top < bottom - top]
+    band_passed[inner] = _band(part, _at_block(band, block), seams)
     shown = np.zeros(band_passed.shape, np.uint8)
     if steel is None:
         shown[inner] = 1
     else:  # less a margin along the sheet's edges, where band-passing spreads the step
-        margin = 2 * round(1.5 * band[1]) + 1
+        margin = 2 * round(1.5 * band.background) + 1
         steel = (steel[top:bottom, left:right] > 0.5).astype(np.uint8)
-        shown[inner] = cv2.erode(steel, np.ones((margin, margin), np.uint8))
+        eroded = cv2.erode(steel, np.ones((margin, margin), np.uint8))
+        # a block is steel when all of it is
+        shown[inner] = eroded if block == 1 else _averaged(eroded, block, np.float32) > 0.99
     if band.clip is not None:
         # the spread is taken on the steel a window not turned covers, which every reach
         # holds whole: so it is the same whatever part was band-passed
         rows, cols = size[0] // 2, size[1] // 2
         core = (
-            slice(max(top0, int(cy) - rows) - top0, min(bottom0, int(cy) + rows + 1) - top0),
-            slice(max(left0, int(cx) - cols) - left0, min(right0, int(cx) + cols + 1) - left0),
+            slice(
+                (max(top0, int(cy) - rows) - top0) // block,
+                -(-(min(bottom0, int(cy) + rows + 1) - top0) // block),
+            ),
+            slice(
+                (max(left0, int(cx) - cols) - left0) // block,
+                -(-(min(right0, int(cx) + cols + 1) - left0) // block),
+            ),
         )
         band_passed[inner] = _cut(band_passed[inner], band.clip, band_passed[core], shown[core])
-    x0, y0, x1, y1 = (float(v) - d for v, d in zip(box[:4], (left0, top0) * 2, strict=True))
-    text = text_corners((x0, y0, x1, y1), text_angle)
-    return _Banded(band_passed, shown, (x0, y0, x1, y1), text)
+    framed = tuple(float(v) - d for v, d in zip(box[:4], (left0, top0) * 2, strict=True))
+    # at the blocks' scale: the window turns about the box's centre scaled, which puts
+    # its blocks on the full-resolution window's pixels two by two (and so on)
+    text = text_corners(framed, text_angle) / block
+    scaled = tuple(v / block for v in framed)
+    return _Banded(band_passed, shown, scaled, text, 1.0 / block)
+
+
+def _averaged(image: np.ndarray, block: int, dtype=None) -> np.ndarray:
+    """``image`` averaged over ``block`` x ``block`` blocks (its sides are multiples of
+    ``block``); itself when ``block`` is 1."""
+    image = image if dtype is None else image.astype(dtype)
+    if block == 1:
+        return image
+    size = (image.shape[1] // block, image.shape[0] // block)
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
 
 
 def _cut(values: np.ndarray, clip: float, sample: np.ndarray, shown: np.ndarray) -> np.ndarray:
@@ -471,14 +544,17 @@ def _turned_along(
     """``_turned`` at each of ``shifts``. When they are whole pixels apart, one window as
     wide as all of them is turned, and each is a slice of it: a shift along the turned
     rows moves the window by whole columns, so each slice holds the values and mask its
-    own turn would (up to warpAffine's fixed-point rounding of the sample positions)."""
-    shifts = [float(d) for d in shifts]
+    own turn would (up to warpAffine's fixed-point rounding of the sample positions).
+    ``size`` and ``shifts`` are in full-resolution pixels; the windows are at the
+    banded picture's scale."""
+    scale = banded.scale
+    shifts = [float(d) * scale for d in shifts]
     lo = min(shifts)
     offsets = [d - lo for d in shifts]
     if any(abs(o - round(o)) > 1e-6 for o in offsets):
-        return [_turned_along(banded, angle, size, [d])[0] for d in shifts]
+        return [_turned_along(banded, angle, size, [d / scale])[0] for d in shifts]
     offsets = [round(o) for o in offsets]
-    rows, cols = size
+    rows, cols = round(size[0] * scale), round(size[1] * scale)
     wide = cols + max(offsets)
     x0, y0, x1, y1 = banded.box
     centre = ((x0 + x1) / 2, (y0 + y1) / 2)
@@ -510,13 +586,17 @@ def window(
     the mask of the steel in it (float32 1/0). ``steel``: where the picture shows the
     sheet (``steel_mask``); all of it when None. ``seams``: rows where the frames of a
     picture stitched from several meet. ``text_angle``: the turn that levels the text
-    in the picture (``text_corners``)."""
+    in the picture (``text_corners``). Both at ``band.scale`` of the picture's
+    resolution."""
     banded = _banded(picture, box, band, size, steel, seams, text_angle, angle)
     return _turned(banded, angle, size)
 
 
-def _scaled(image: np.ndarray, scale: float) -> np.ndarray:
-    return cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+def _scaled(image: np.ndarray, scale: float, at: float = 1.0) -> np.ndarray:
+    """``image``, at ``at`` of the picture's resolution, brought to ``scale`` of it."""
+    if scale == at:
+        return image
+    return cv2.resize(image, None, fx=scale / at, fy=scale / at, interpolation=cv2.INTER_AREA)
 
 
 def imprint(
@@ -555,14 +635,14 @@ def describe(
 
 
 def _normalised(band_passed: np.ndarray) -> np.ndarray:
-    described = _scaled(band_passed, DESCRIPTOR_SCALE).ravel()
+    described = _scaled(band_passed, DESCRIPTOR_SCALE, DESCRIPTOR_BAND.scale).ravel()
     return described / max(float(np.linalg.norm(described)), 1e-9)
 
 
 def _template(picture: np.ndarray, box: Sequence[float], angle: float) -> np.ndarray:
     size = tuple(n + 2 * k for n, k in zip(WINDOW, SEARCH_PX, strict=True))
     band_passed, _ = window(picture, box, TEMPLATE_BAND, angle, size, text_angle=angle)
-    return _scaled(band_passed, TEMPLATE_SCALE).astype(np.float32)
+    return _scaled(band_passed, TEMPLATE_SCALE, TEMPLATE_BAND.scale).astype(np.float32)
 
 
 def verify(
@@ -618,8 +698,9 @@ def verify(
             if valid.mean() < least_steel:
                 out.append(None)
                 continue
-            steel_part = (_scaled(valid, TEMPLATE_SCALE) > 0.99).astype(np.float32)
-            out.append(_Window(_scaled(band_passed, TEMPLATE_SCALE), steel_part))
+            at = TEMPLATE_BAND.scale
+            steel_part = (_scaled(valid, TEMPLATE_SCALE, at) > 0.99).astype(np.float32)
+            out.append(_Window(_scaled(band_passed, TEMPLATE_SCALE, at), steel_part))
         return out
 
     windows: dict[tuple[float, float], _Window | None] = {}
