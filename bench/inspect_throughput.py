@@ -51,7 +51,7 @@ def main() -> None:
     from core.settings import get_settings
 
     settings = get_settings()
-    configure_environment(settings)
+    configure_environment(settings, inference=True)
 
     import numpy as np
     import torch

@@ -143,7 +143,7 @@ def _model_only(home: Path, frame: np.ndarray, device: str, rounds: int) -> floa
     from core.settings import get_settings
 
     settings = get_settings()
-    configure_environment(settings)
+    configure_environment(settings, inference=True)
     from serving.champions import Champions
     from serving.inference import FrameJob, inspect_frames
     from serving.reader import WarehouseReader

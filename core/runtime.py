@@ -10,8 +10,18 @@ import os
 
 from core.settings import Settings
 
+# For processes that run the models beside other work (inspection workers, the API, the
+# benches): torch's OpenMP threads (libgomp) sleep when a parallel region ends instead
+# of spinning for the next. Spinning, they took 2.3 of 14.3 core-seconds from
+# identification in a bench pass of 238 frames on 2 cores, with the segmenter on torch
+# (docs/benchmarks.md, "The segmenter in bfloat16, and torch's threads asleep"). libgomp
+# reads it when torch loads, so it is set before; training keeps OpenMP's default.
+INFERENCE_ENVIRONMENT = {"OMP_WAIT_POLICY": "PASSIVE"}
 
-def configure_environment(settings: Settings) -> None:
+
+def configure_environment(settings: Settings, inference: bool = False) -> None:
+    """``inference``: the process runs the models beside other work
+    (``INFERENCE_ENVIRONMENT``; before torch is imported)."""
     home = settings.home.resolve()
     home.mkdir(parents=True, exist_ok=True)
     defaults = {
@@ -28,6 +38,8 @@ def configure_environment(settings: Settings) -> None:
         # process with torch); imprint training starts its own TensorFlow process.
         "KERAS_BACKEND": "torch",
     }
+    if inference:
+        defaults.update(INFERENCE_ENVIRONMENT)
     for name, value in defaults.items():
         os.environ.setdefault(name, value)
     blas_on_one_thread()

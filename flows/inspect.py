@@ -81,7 +81,9 @@ def local_cluster(gpus: int, cores: int):
 
     workers = gpus or max(1, cores // 2)
     threads = str(max(1, cores // workers))
-    env = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+    from core.runtime import INFERENCE_ENVIRONMENT
+
+    env = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, **INFERENCE_ENVIRONMENT}
     if not gpus:
         return LocalCluster(
             n_workers=workers,

@@ -17,10 +17,13 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
-def autocast(device: torch.device):
-    """Mixed precision (bfloat16) on a GPU; full precision on CPU."""
+def autocast(device: torch.device, cpu: bool = False):
+    """Mixed precision (bfloat16) on a GPU; on the CPU too when ``cpu`` (full precision
+    otherwise)."""
     return torch.autocast(
-        device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"
+        device_type=device.type,
+        dtype=torch.bfloat16,
+        enabled=device.type == "cuda" or (cpu and device.type == "cpu"),
     )
 
 

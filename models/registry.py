@@ -478,7 +478,12 @@ def load_model(settings: Settings, kind: str, ref: str | int = CHAMPION):
     model = pyfunc.unwrap_python_model().model
     from models.devices import resolve_device  # torch: not for listing or promoting
 
-    if settings.inference_engine != "torch" and resolve_device(settings.device).type == "cpu":
+    if resolve_device(settings.device).type != "cpu":
+        return model
+    if settings.cpu_precision == "bfloat16" and hasattr(model, "in_bfloat16"):
+        log.info("%s %s runs on torch in bfloat16 (cpu_precision)", kind, ref)
+        return model.in_bfloat16()
+    if settings.inference_engine != "torch":
         model = _on_onnx(client, settings, kind, ref, model)
     return model
 

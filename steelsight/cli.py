@@ -116,7 +116,8 @@ def main(
         handlers=[RichHandler(console=Console(stderr=True), show_path=False)],
     )
     logging.getLogger("httpx").setLevel(logging.WARNING)  # Prefect's API calls, one per line
-    configure_environment(get_settings())
+    # the API runs the models beside identification and its requests
+    configure_environment(get_settings(), inference=command == "serve")
 
 
 def _warehouse():

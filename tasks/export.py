@@ -84,7 +84,10 @@ def export_version(
     family = kinds.family(kind)
     if not kinds.exportable(kind):
         raise ValueError(f"{kind} models cannot be exported to ONNX")
-    on_torch = settings.model_copy(update={"inference_engine": "torch", "device": "cpu"})
+    # compared and timed in float32, as the graph computes
+    on_torch = settings.model_copy(
+        update={"inference_engine": "torch", "device": "cpu", "cpu_precision": "float32"}
+    )
     model = registry.load_model(on_torch, kind, version)
     with tempfile.TemporaryDirectory() as tmp:
         graph = model.export_onnx(Path(tmp) / f"{registry.model_name(kind)}-v{version}.onnx")

@@ -196,8 +196,12 @@ _LOCK = threading.Lock()
 def _worker_environment() -> None:
     """What steelsight's own processes set (core.runtime), for workers started
     by `dask worker` on another machine: Keras on torch, ultralytics offline, numpy's
-    BLAS on one thread."""
+    BLAS on one thread, torch's OpenMP threads asleep between regions (which acts only
+    when torch is not loaded yet: set it in such a worker's environment)."""
+    from core.runtime import INFERENCE_ENVIRONMENT
+
     for name, value in {
+        **INFERENCE_ENVIRONMENT,
         "KERAS_BACKEND": "torch",
         "YOLO_OFFLINE": "1",
         "YOLO_AUTOINSTALL": "0",

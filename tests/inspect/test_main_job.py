@@ -384,7 +384,8 @@ def test_exported_models_inspect_on_onnx_runtime_with_the_same_tables(
 ) -> None:
     """`steelsight export` registers each champion's ONNX graph beside it, checked
     against torch; with the engine set to onnx, workers run the graphs and the tables
-    are torch's. A graph whose outputs differ is not registered."""
+    are torch's. A graph whose outputs differ is not registered. With the segmenter in
+    bfloat16 on the CPU, it runs on torch."""
     from models import registry
     from models.segmentation import kind as segmentation_family
     from tasks.export import export_version, sample_frames
@@ -427,10 +428,16 @@ def test_exported_models_inspect_on_onnx_runtime_with_the_same_tables(
     for t in tables:
         _close(before[t], _table(copy, t, archive_id))
 
+    # cpu_precision=bfloat16: the segmenter runs on torch in bfloat16 whatever the
+    # engine, and an export still compares the engines in float32
+    bf16 = settings.model_copy(update={"cpu_precision": "bfloat16"})
+    version = refs.versions()["segmentation"]
+    assert registry.load_model(bf16, "segmentation", version).engine == "torch-bf16"
+    frames = sample_frames(home / "archives" / "line-1-inspection-s2", most=4)
+    assert export_version(bf16, "segmentation", int(version), frames, rounds=1).agrees
+
     # outputs that differ by more than the tolerance: the graph is not registered
     monkeypatch.setattr(segmentation_family, "ONNX_TOLERANCE", {"gate": -1.0, "pixels": -1.0})
-    frames = sample_frames(home / "archives" / "line-1-inspection-s2", most=4)
-    version = refs.versions()["segmentation"]
     refused = export_version(settings, "segmentation", int(version), frames, rounds=1)
     assert not refused.registered and not refused.agrees
     _, check = registry.onnx_check(client, "segmentation", version)

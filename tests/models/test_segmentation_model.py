@@ -99,6 +99,24 @@ def test_a_segmenter_with_fine_detail_runs_as_onnx_with_the_same_probabilities(
     assert np.abs(onnx_pixels - pixels).max() < 1e-3
 
 
+def test_a_segmenter_in_bfloat16_on_the_cpu_gives_the_float32_probabilities_closely(
+    tmp_path: Path,
+) -> None:
+    """``cpu_precision=bfloat16``: the network on torch in bfloat16, channels-last, its
+    ONNX graph left; probabilities within what bfloat16's 8 bits of mantissa allow, and
+    the same frames' masks (emulated where the CPU has no AMX: slower, the same sums)."""
+    segmenter = small_segmenter(detail_window=15)
+    frames = np.random.default_rng(2).integers(0, 256, (3, 128, 256), dtype=np.uint8)
+    gate, pixels = segmenter.probabilities(frames)
+    segmenter.run_onnx(segmenter.export_onnx(tmp_path / "segmenter.onnx"))
+    assert segmenter.in_bfloat16() is segmenter and segmenter.engine == "torch-bf16"
+    assert segmenter.onnx is None
+    assert segmenter.net.encoder.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    half_gate, half_pixels = segmenter.probabilities(frames)
+    assert 0 < np.abs(half_pixels - pixels).max() < 0.03
+    assert np.abs(half_gate - gate).max() < 0.03
+
+
 def test_fine_detail_keeps_a_thin_line_that_a_downscale_averages_away() -> None:
     """A bright line one pixel wide, 40 grey levels over a noisy frame: averaged to a
     quarter scale it stands about 10 levels out, in the fine detail the full 40."""

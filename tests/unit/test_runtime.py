@@ -49,3 +49,36 @@ def test_numpy_s_blas_runs_on_one_thread_unless_the_user_says(tmp_path, given) -
     before, after = _blas_threads(tmp_path, **env)
     assert before and set(before) == {2}  # OpenBLAS took OMP_NUM_THREADS, or the user's 2
     assert set(after) == ({1} if given is None else {2})
+
+
+@pytest.mark.parametrize(
+    ("inference", "given", "expected"),
+    [(False, None, None), (True, None, "PASSIVE"), (True, "ACTIVE", "ACTIVE")],
+)
+def test_torch_s_threads_sleep_between_regions_where_the_models_run_beside_other_work(
+    tmp_path, monkeypatch, inference, given, expected
+) -> None:
+    """The API, the inspection workers and the benches (``inference``) run torch's
+    OpenMP threads passive; the user's own setting wins, and training keeps OpenMP's."""
+    from core.runtime import configure_environment
+    from core.settings import Settings
+
+    # a copy of the environment, so that nothing it sets outlives the test
+    environment = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if given is not None:
+        environment["OMP_WAIT_POLICY"] = given
+    monkeypatch.setattr(os, "environ", environment)
+    configure_environment(Settings(home=tmp_path / "home"), inference=inference)
+    assert os.environ.get("OMP_WAIT_POLICY") == expected
+
+
+def test_the_inspection_workers_start_with_torch_s_threads_passive() -> None:
+    """Each worker process of the local cluster the inspect flow starts has the setting in
+    its environment before it imports torch."""
+    from distributed import Client
+
+    from flows.inspect import local_cluster
+
+    with local_cluster(0, 2) as cluster, Client(cluster) as client:
+        found = client.run(lambda: os.environ.get("OMP_WAIT_POLICY"))
+    assert found and set(found.values()) == {"PASSIVE"}
