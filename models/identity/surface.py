@@ -472,7 +472,8 @@ def _banded(
         slice((top - top0) // block, (bottom - top0) // block),
         slice((left - left0) // block, (right - left0) // block),
     )
-    part = _averaged(picture[top:bottom, left:right], block, np.float32 if block > 1 else None)
+    part = picture[top:bottom, left:right]
+    part = part if block == 1 else _averaged(part, block)
     band_passed = np.zeros(((bottom0 - top0) // block, (right0 - left0) // block), np.float32)
     seams = [(r - top) // block for r in seams if 0 < r - top < bottom - top]
     band_passed[inner] = _band(part, _at_block(band, block), seams)
@@ -484,7 +485,7 @@ def _banded(
         steel = (steel[top:bottom, left:right] > 0.5).astype(np.uint8)
         eroded = cv2.erode(steel, np.ones((margin, margin), np.uint8))
         # a block is steel when all of it is
-        shown[inner] = eroded if block == 1 else _averaged(eroded, block, np.float32) > 0.99
+        shown[inner] = eroded if block == 1 else _averaged(eroded, block) > 0.99
     if band.clip is not None:
         # the spread is taken on the steel a window not turned covers, which every reach
         # holds whole: so it is the same whatever part was band-passed
@@ -508,14 +509,11 @@ def _banded(
     return _Banded(band_passed, shown, scaled, text, 1.0 / block)
 
 
-def _averaged(image: np.ndarray, block: int, dtype=None) -> np.ndarray:
+def _averaged(image: np.ndarray, block: int) -> np.ndarray:
     """``image`` averaged over ``block`` x ``block`` blocks (its sides are multiples of
-    ``block``); itself when ``block`` is 1."""
-    image = image if dtype is None else image.astype(dtype)
-    if block == 1:
-        return image
+    ``block``), in float32."""
     size = (image.shape[1] // block, image.shape[0] // block)
-    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+    return cv2.resize(image.astype(np.float32), size, interpolation=cv2.INTER_AREA)
 
 
 def _cut(values: np.ndarray, clip: float, sample: np.ndarray, shown: np.ndarray) -> np.ndarray:
