@@ -14,14 +14,17 @@ stays cheap to import (the command line's choices come from it).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import import_module
 from pathlib import Path
 from types import MappingProxyType, ModuleType
 from typing import Any, Literal, Protocol
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 DEFAULT_FLOOR = 0.05
 
@@ -99,6 +102,26 @@ class Exportable(Family, Protocol):
     ONNX_TOLERANCE: Mapping[str, float]
 
     def onnx_outputs(self, model: Any, frames: np.ndarray) -> dict[str, np.ndarray]: ...
+
+
+def within_budget(recipe: Any, pictures: int) -> Any:
+    """``recipe`` with its epochs lowered so that one network sees at most
+    ``recipe.pictures`` training pictures (crops) in all, for a training set of
+    ``pictures``: a recipe's time budget holds on a larger data set than the one it was
+    sized on (more pictures seen fewer times each). Unchanged without a budget (0) or
+    within it."""
+    if not recipe.pictures or recipe.epochs * pictures <= recipe.pictures:
+        return recipe
+    epochs = max(1, recipe.pictures // max(pictures, 1))
+    log.info(
+        "%d training pictures: %d epochs instead of %d, to see %d pictures at most "
+        '(the recipe\'s budget; overrides {"pictures": 0} lifts it)',
+        pictures,
+        epochs,
+        recipe.epochs,
+        recipe.pictures,
+    )
+    return replace(recipe, epochs=epochs)
 
 
 @dataclass

@@ -23,7 +23,7 @@ def fit(
     from models.classifier.train import fit as fit_classifier
 
     result = fit_classifier(train, validation, recipe, device, seed, progress=progress)
-    return Trained(result.classifier, recipe, result.history, result.seconds, result.device)
+    return Trained(result.classifier, result.recipe, result.history, result.seconds, result.device)
 
 
 def evaluate(model, data, plots: Path | None = None) -> dict:

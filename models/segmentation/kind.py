@@ -26,7 +26,7 @@ def fit(
     result = fit_segmenter(
         train, validation, recipe, device, seed, encoder_weights=encoder_weights, progress=progress
     )
-    return Trained(result.segmenter, recipe, result.history, result.seconds, result.device)
+    return Trained(result.segmenter, result.recipe, result.history, result.seconds, result.device)
 
 
 def evaluate(model, data, plots: Path | None = None) -> dict:

@@ -17,6 +17,7 @@ from models.classifier.classifier import Classifier
 from models.classifier.network import ClassifierSpec, ResNetClassifier
 from models.classifier.train import _augment, class_weights, fit, recipe_for
 from models.data import ClassificationData
+from models.kinds import within_budget
 from models.preprocess import Preprocess, with_channels
 from tasks.datasets import load_classification
 from tests.helpers import copy_neu_subset
@@ -202,3 +203,23 @@ def test_crops_keep_the_pictures_scale_and_inference_sees_the_whole_picture() ->
     classifier = fit(data, data, replace(recipe, input_size=40), "cpu").classifier
     assert classifier.preprocess.height == classifier.preprocess.width == 40
     assert classifier.predict_proba(pictures).shape == (24, 2)
+
+
+def test_a_larger_set_trains_fewer_epochs_within_the_recipes_budget() -> None:
+    """The `default` recipe is sized on NEU (972 training pictures, 24 epochs a member):
+    NEU keeps its 24, a set three times as large trains 8, so the recipe's 30 minutes
+    hold; the epochs trained are the ones recorded."""
+    default = recipe_for("default")
+    assert within_budget(default, 972).epochs == 24
+    assert within_budget(default, 3 * 972).epochs == 8
+    assert within_budget(default, 10**6).epochs == 1
+    assert within_budget(replace(default, pictures=0), 10**6).epochs == 24
+
+    pictures = np.random.default_rng(0).integers(0, 255, (20, 24, 24), np.uint8)
+    data = ClassificationData(
+        "random", [str(i) for i in range(20)], pictures, np.arange(20) % 2, ["a", "b"]
+    )
+    recipe = recipe_for("tiny", input_size=24, epochs=5, members=2, pictures=40)
+    result = fit(data, data, recipe, "cpu")
+    assert result.recipe.epochs == 2
+    assert [row["member"] for row in result.history] == [1, 1, 2, 2]

@@ -13,6 +13,7 @@ from core.postprocess import Thresholds
 from core.rle import rle_encode
 from models.data import SegmentationData, split_by_group
 from models.encoders import build_resnet, load_encoder_weights
+from models.kinds import within_budget
 from models.preprocess import Preprocess
 from models.segmentation.network import UNetResNet, UNetSpec
 from models.segmentation.segmenter import Segmenter
@@ -503,3 +504,11 @@ def test_specks_are_isolated_unlabelled_cells_of_the_fine_detail() -> None:
     assert not bool((raised[:, 0] & raised[:, 1]).any()), "bright or dark, not both"
     grey = specked[:, 0].abs() * 255 * pre.std
     assert float(grey.max()) <= 0.25 * 80 + 1e-3
+
+
+def test_a_longer_recording_trains_fewer_epochs_within_the_recipes_budget() -> None:
+    """The `default` recipe is sized on a 100-sheet recording (745 training frames, 24
+    epochs): a 300-sheet one (2,336) trains 7, and `demo` has no budget."""
+    assert within_budget(recipe_for("default"), 745).epochs == 24
+    assert within_budget(recipe_for("default"), 2336).epochs == 7
+    assert within_budget(recipe_for("demo"), 10**5).epochs == 12
