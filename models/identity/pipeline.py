@@ -591,7 +591,7 @@ def identify_markings(
     faint = weak if marks.faint is None else marks.faint
     out: dict[int, Verdict] = {}
 
-    def verdict_on(n: int, view: Stitched) -> Verdict:
+    def verdict_on(n: int, view: Stitched | None) -> Verdict:
         i, box = int(marks.owners[n]), marks.boxes[n]
         if second[n] and _guessed_right(marks, out, n):
             return NOTHING
