@@ -13,8 +13,11 @@ writes into OUT (``gpu_check.md``, ``gpu_check.json``):
   with OpenCV on one CPU thread and, on CUDA, with nvJPEG
   (``torchvision.io.decode_jpeg(..., device="cuda")``) in batches;
 * the segmenter (the worker's ``Segmenter.predict`` with regions and RLE): model-only
-  on frames already in memory, and end to end with the video decoded ``--threads`` ways
-  a batch ahead; their ratio; on CPU also the network as an ONNX graph on ONNX Runtime;
+  on frames already in memory (on a GPU also on frames already there, as uint8, with
+  the gates of both inputs compared), and end to end, the video decoded ``--threads``
+  ways a batch ahead, or JPEG frames decoded as a worker decodes a frame folder (on a
+  GPU by nvJPEG, on a stream of its own, copied back for the host's work); their ratio
+  to model-only; on CPU also the network as an ONNX graph on ONNX Runtime;
 * the serving core's latency: single frames from 1 and 8 concurrent callers through
   the API's micro-batcher (``serving.batching``) into the segmenter, without HTTP and
   JPEG (FastAPI and MLflow are not on the H200 machine; `bench/serve_load.py` measures
@@ -23,7 +26,7 @@ writes into OUT (``gpu_check.md``, ``gpu_check.json``):
   sheets registered, then the line's whole markings identified at the twin's own boxes
   (the H200 machine has no ultralytics to detect them), on 1 and ``--threads`` threads:
   how many cores a GPU worker's markings need;
-* GPU utilisation during the end-to-end run (``nvidia-smi``), and the network's FLOPs
+* GPU utilisation during the end-to-end runs (``nvidia-smi``), and the network's FLOPs
   per frame against the H200's bf16 peak.
 
 The segmenter is ``--segmenter`` (a folder ``Segmenter.save`` wrote, e.g. a registered
@@ -47,6 +50,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import nullcontext
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -66,6 +70,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--threads", type=int, default=min(8, os.cpu_count() or 1))
     parser.add_argument("--requests", type=int, default=400, help="per serving row")
+    parser.add_argument(
+        "--compile", action="store_true", help="also the network compiled (torch.compile)"
+    )
     args = parser.parse_args()
 
     import numpy as np
@@ -83,13 +90,13 @@ def main() -> None:
         n_frames = int(json.loads((line.inspection / "manifest.json").read_text())["frame_count"])
         frames = np.stack(list(_decode(video, 0, n_frames)))
         tables["decode"] = _decode_rates(video, frames, device, args)
-        tables["segmenter"], utilisation = _segmenter_rates(segmenter, video, frames, args)
+        tables["segmenter"] = _segmenter_rates(segmenter, video, frames, args)
         tables["serving"] = [
             _serving_latency(segmenter, frames, concurrency, args.requests)
             for concurrency in (1, 8)
         ]
         tables["identification"] = _identification_rates(line, frames, args)
-    tables["limits"] = _limits(segmenter, tables["segmenter"], device, utilisation)
+    tables["limits"] = _limits(segmenter, tables["segmenter"])
 
     header = (
         f"GPU check, {time.strftime('%Y-%m-%d %H:%M')}: device {device}"
@@ -202,18 +209,29 @@ def _decode_rates(video: Path, frames, device, args) -> list[dict]:
     rows.append(_rate("JPEG q95, OpenCV, 1 CPU thread", n, seconds, 1))
     if device.type == "cuda":
         import torch
-        from torchvision.io import decode_jpeg
 
-        data = [torch.from_numpy(np.asarray(j).ravel().copy()) for j in jpegs]
+        from core.images import decode_jpegs
+
+        data = [np.asarray(j).tobytes() for j in jpegs]
 
         def nvjpeg() -> None:
             for start in range(0, n, args.batch):
-                decode_jpeg(data[start : start + args.batch], device=device)
+                decode_jpegs(data[start : start + args.batch], device)
             torch.cuda.synchronize(device)
 
-        nvjpeg()
-        rows.append(_rate("JPEG q95, nvJPEG on the GPU", n, _median(nvjpeg, 3), None))
+        what = "JPEG q95, nvJPEG on the GPU, grey (core.images.decode_jpegs)"
+        rows.append(_guarded(what, lambda: (nvjpeg(), _rate(what, n, _median(nvjpeg, 3), None))[1]))
     return rows
+
+
+def _guarded(what: str, row: Callable[[], dict]) -> dict:
+    """The row ``row()`` measures, or one saying why it could not be measured: one path
+    failing on a lent GPU leaves the check's other tables standing."""
+    try:
+        return row()
+    except Exception as error:  # reported in the table; the check goes on
+        print(f"gpu_check: {what} failed: {error!r}", file=sys.stderr)
+        return {"path": what, "error": f"{type(error).__name__}: {error}"[:300]}
 
 
 def _rate(what: str, n: int, seconds: float, threads: int | None) -> dict:
@@ -223,15 +241,46 @@ def _rate(what: str, n: int, seconds: float, threads: int | None) -> dict:
     return row
 
 
-def _segmenter_rates(segmenter, video: Path, frames, args) -> tuple[list[dict], float | None]:
+def _jpeg_batches_ahead(jpegs: list[bytes], batch: int, device) -> Iterator[tuple]:
+    """Batches of JPEG frames as an inspection worker reads a frame folder
+    (``tasks.inspection._batches``): decoded together where the segmenter runs (nvJPEG
+    on a GPU, on a CUDA stream of its own), copied back for the host's work, one batch
+    ahead in a thread. Yields (host frames, frames on the device)."""
+    import torch
+
+    from core.images import decode_jpegs
+
+    def batches() -> Iterator[tuple]:
+        stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+        for start in range(0, len(jpegs), batch):
+            with torch.cuda.stream(stream) if stream is not None else nullcontext():
+                on_device = decode_jpegs(jpegs[start : start + batch], device)
+                host = on_device.cpu().numpy()
+            yield host, on_device
+
+    pending: queue.Queue = queue.Queue(maxsize=1)
+
+    def work() -> None:
+        for item in batches():
+            pending.put(item)
+        pending.put(None)
+
+    threading.Thread(target=work, daemon=True).start()
+    while (item := pending.get()) is not None:
+        yield item
+
+
+def _segmenter_rates(segmenter, video: Path, frames, args) -> list[dict]:
+    import cv2
     import torch
 
     n = len(frames)
+    on_gpu = segmenter.device.type == "cuda"
 
     def synced(run: Callable[[], object]) -> Callable[[], None]:
         def call() -> None:
             run()
-            if segmenter.device.type == "cuda":
+            if on_gpu:
                 torch.cuda.synchronize(segmenter.device)
 
         return call
@@ -244,15 +293,44 @@ def _segmenter_rates(segmenter, video: Path, frames, args) -> tuple[list[dict], 
         for batch in _decoded_ahead(video, n, args.threads, args.batch):
             segmenter.predict(batch, args.batch, regions=True)
 
+    jpegs = [cv2.imencode(".jpg", f, [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes() for f in frames]
+
+    def end_to_end_jpeg() -> None:
+        for _host, on_device in _jpeg_batches_ahead(jpegs, args.batch, segmenter.device):
+            segmenter.predict(on_device, args.batch, regions=True)
+
     rows = []
     synced(model_only)()  # first calls allocate and pick kernels
     seconds = _median(synced(model_only), args.rounds)
     rows.append(_rate(f"model-only, torch on {segmenter.device}", n, seconds, None))
-    with _gpu_utilisation(segmenter.device) as samples:
-        seconds = _median(synced(end_to_end), args.rounds)
-    rows.append(_rate(f"end to end, torch on {segmenter.device}", n, seconds, None))
-    rows[-1]["of model-only"] = rows[-1]["frames/s"] / rows[0]["frames/s"]
-    utilisation = statistics.mean(samples) if samples else None
+    if on_gpu:  # the network and its preprocessing alone: frames already there, as uint8
+        rows.append(
+            _guarded(
+                "model-only, frames already on the GPU", lambda: _resident(segmenter, frames, args)
+            )
+        )
+    decoder = "nvJPEG" if on_gpu else "libjpeg"
+    for what, run in (
+        (
+            f"end to end, torch on {segmenter.device} (video decoded {args.threads} ways)",
+            end_to_end,
+        ),
+        (f"end to end, torch on {segmenter.device} (JPEG frames by {decoder})", end_to_end_jpeg),
+    ):
+
+        def measured(what: str = what, run: Callable[[], None] = run) -> dict:
+            with _gpu_utilisation(segmenter.device) as samples:
+                seconds = _median(synced(run), args.rounds)
+            row = _rate(what, n, seconds, None)
+            row["of model-only"] = row["frames/s"] / rows[0]["frames/s"]
+            if samples:
+                row["GPU busy %"] = statistics.mean(samples)
+            return row
+
+        rows.append(_guarded(what, measured))
+    if on_gpu and args.compile:
+        what = "model-only, frames already on the GPU, network compiled (torch.compile)"
+        rows.append(_guarded(what, lambda: _compiled(segmenter, frames, args, what)))
     if segmenter.device.type == "cpu" and _has("onnxruntime"):
         with tempfile.TemporaryDirectory() as tmp:
             segmenter.run_onnx(segmenter.export_onnx(Path(tmp) / "segmenter.onnx"))
@@ -263,7 +341,48 @@ def _segmenter_rates(segmenter, video: Path, frames, args) -> tuple[list[dict], 
             rows.append(_rate("end to end, ONNX Runtime on cpu", n, seconds, None))
             rows[-1]["of model-only"] = rows[-1]["frames/s"] / rows[-2]["frames/s"]
             segmenter.onnx = None
-    return rows, utilisation
+    return rows
+
+
+def _resident(segmenter, frames, args) -> dict:
+    """Model-only on frames already on the GPU as uint8 (as nvJPEG leaves them), and the
+    gates the same frames give from the host: the same network input either way."""
+    import torch
+
+    n = len(frames)
+    resident = torch.from_numpy(frames).to(segmenter.device)
+
+    def run() -> None:
+        for start in range(0, n, args.batch):
+            segmenter.predict(resident[start : start + args.batch], args.batch, regions=True)
+        torch.cuda.synchronize(segmenter.device)
+
+    run()
+    row = _rate("model-only, frames already on the GPU", n, _median(run, args.rounds), None)
+    first = slice(0, min(n, args.batch))
+    from_host = segmenter.predict(frames[first], args.batch).gate
+    from_device = segmenter.predict(resident[first], args.batch).gate
+    row["gate max diff, host vs device frames"] = float(abs(from_host - from_device).max())
+    return row
+
+
+def _compiled(segmenter, frames, args, what: str) -> dict:
+    """``_resident`` with the network compiled by torch.compile (its default inductor
+    mode) for the batch's fixed shape; the first batches' compiling timed apart. The
+    segmenter's own network is put back afterwards."""
+    import torch
+
+    plain = segmenter.net
+    started = time.perf_counter()
+    segmenter.net = torch.compile(plain, dynamic=False)
+    try:
+        whole = len(frames) - len(frames) % args.batch  # fixed shapes only: whole batches
+        row = _resident(segmenter, frames[:whole], args)
+    finally:
+        segmenter.net = plain
+    row["path"] = what
+    row["seconds, compiling included"] = round(time.perf_counter() - started, 1)
+    return row
 
 
 def _serving_latency(segmenter, frames, concurrency: int, requests: int) -> dict:
@@ -422,7 +541,7 @@ def _identification_rates(line, frames, args) -> list[dict]:
     return rows
 
 
-def _limits(segmenter, rows: list[dict], device, utilisation: float | None) -> list[dict]:
+def _limits(segmenter, rows: list[dict]) -> list[dict]:
     """The network's work per frame and what the measured rates reach of the H200's
     limits: FLOPs (torch's counter: 2 per multiply-add of convolutions and matrix
     products) against 790 TFLOP/s bf16, and the bytes its layers write and read again
@@ -449,7 +568,7 @@ def _limits(segmenter, rows: list[dict], device, utilisation: float | None) -> l
     moved = 2 * 2 * sum(written)  # bf16, written once and read once
     at_peak = min(H200_BF16_FLOPS / flops, H200_BYTES_PER_S / moved)
     out = []
-    for row in rows:
+    for row in (r for r in rows if "frames/s" in r):  # not the rows that failed
         out.append(
             {
                 "path": row["path"],
@@ -458,7 +577,7 @@ def _limits(segmenter, rows: list[dict], device, utilisation: float | None) -> l
                 "achieved TFLOP/s": flops * row["frames/s"] / 1e12,
                 "H200 limit, frames/s": at_peak,
                 "of that limit": row["frames/s"] / at_peak,
-                "GPU busy %": utilisation if "end to end, torch" in row["path"] else None,
+                "GPU busy %": row.get("GPU busy %"),
             }
         )
     return out

@@ -33,15 +33,19 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import cv2
 import numpy as np
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from core.images import ImageError, decode_jpegs
 from tasks.labels import SourceError, detect_kind
 from warehouse.schema import TABLES
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -595,6 +599,31 @@ def decode_frames(
         if frame is None:
             raise FrameError(f"{path} cannot be read as an image", start + n, frame_id)
         yield frame
+
+
+def decode_frames_on(
+    device, frames_dir: str, start: int, frame_ids: list[str] | tuple[str, ...]
+) -> torch.Tensor:
+    """Frames ``frame_ids`` of a frame folder as one batch (N, H, W) uint8 on ``device``,
+    decoded together there (nvJPEG on a GPU: ``core.images.decode_jpegs``). Where they
+    do not decode together, ``decode_frames`` reads them one by one: FrameError names
+    the frame that cannot be read, and frames only nvJPEG refuses are decoded by OpenCV
+    and sent to the device."""
+    import torch  # here: ingest reads frames without loading torch
+
+    try:
+        data = [(Path(frames_dir) / f"{frame_id}.jpg").read_bytes() for frame_id in frame_ids]
+        return decode_jpegs(data, device)
+    except (OSError, ImageError) as error:
+        log.info(
+            "%s: frames %d-%d read one by one (%s)",
+            frames_dir,
+            start,
+            start + len(frame_ids) - 1,
+            error,
+        )
+    frames = np.stack(list(decode_frames(None, frames_dir, start, frame_ids)))
+    return torch.from_numpy(frames).to(device)
 
 
 def read_frames(archive: Path) -> Iterator[tuple[str, np.ndarray]]:

@@ -29,7 +29,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import cv2
 import numpy as np
@@ -45,11 +45,15 @@ from tasks.archives import (
     changed_since_ingest,
     check_archive,
     decode_frames,
+    decode_frames_on,
     error_rows,
     origin,
 )
 from warehouse.schema import TABLES
 from warehouse.store import Warehouse
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -242,18 +246,35 @@ def decode_range(chunk: Chunk) -> Iterator[np.ndarray]:
     return decode_frames(chunk.video, chunk.frames_dir, chunk.start, chunk.frame_ids)
 
 
-def _batches_ahead(frames: Iterator[np.ndarray], size: int) -> Iterator[np.ndarray]:
-    """Stacked batches of frames, the next one decoded in a thread while the caller
-    works on the current one (OpenCV decodes without holding the GIL)."""
+def _batches(chunk: Chunk, device) -> Iterator[tuple[np.ndarray, torch.Tensor | None]]:
+    """The chunk's frames in batches: the frames on the host, and the same frames on the
+    segmenter's GPU or None. A JPEG frame folder inspected on a GPU is decoded there
+    (nvJPEG), on a CUDA stream of its own, and copied back for the work done on the
+    host (profiles, the detector's input, identification); the segmenter takes the
+    frames already there. Anything else is decoded on the host."""
+    if device.type != "cuda" or chunk.video or not chunk.frames_dir:
+        frames = decode_range(chunk)
+        while batch := list(itertools.islice(frames, chunk.batch)):
+            yield np.stack(batch), None
+        return
+    import torch
 
-    def take() -> np.ndarray | None:
-        batch = [f for _, f in zip(range(size), frames, strict=False)]
-        return np.stack(batch) if batch else None
+    stream = torch.cuda.Stream(device)
+    for first in range(0, len(chunk.frame_ids), chunk.batch):
+        ids = chunk.frame_ids[first : first + chunk.batch]
+        with torch.cuda.stream(stream):
+            on_device = decode_frames_on(device, chunk.frames_dir, chunk.start + first, ids)
+            host = on_device.cpu().numpy()  # waits for the stream: the batch is whole
+        yield host, on_device
 
+
+def _ahead(batches: Iterator[T]) -> Iterator[T]:
+    """The batches, the next one decoded in a thread while the caller works on the
+    current one (OpenCV and nvJPEG decode without holding the GIL)."""
     with ThreadPoolExecutor(max_workers=1) as pool:
-        pending = pool.submit(take)
+        pending = pool.submit(next, batches, None)
         while (batch := pending.result()) is not None:
-            pending = pool.submit(take)
+            pending = pool.submit(next, batches, None)
             yield batch
 
 
@@ -310,7 +331,7 @@ def inspect_chunk(chunk: Chunk, registry: Registry | None = None) -> ChunkResult
     # thread, batch after batch in order, while this thread runs the models on the next
     # batch (docs/benchmarks.md, "Inspection throughput").
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="identify") as identifying:
-        for batch in _batches_ahead(decode_range(chunk), chunk.batch):
+        for batch, on_device in _ahead(_batches(chunk, segmenter.device)):
             now = time.perf_counter()
             decode_s += now - clock
             for frame in batch:
@@ -318,7 +339,9 @@ def inspect_chunk(chunk: Chunk, registry: Registry | None = None) -> ChunkResult
                 contrast.append(c)
                 edges.append(e)
                 levels.append(cv2.mean(frame)[0])
-            prediction = segmenter.predict(batch, batch_size=chunk.batch, regions=True)
+            prediction = segmenter.predict(
+                batch if on_device is None else on_device, batch_size=chunk.batch, regions=True
+            )
             gates.append(prediction.gate)
             defects += [_shift(d, done) for d in prediction.defects]
             if "marking" in models:

@@ -68,6 +68,9 @@ class Segmenter:
         self.frame_shape = tuple(frame_shape)
         self.onnx: OnnxNetwork | None = None  # the network as an ONNX graph (``run_onnx``)
         self.bfloat16 = False  # on the CPU too (``in_bfloat16``); always on a GPU
+        self._staging: _Staging | None = None  # a GPU's pinned buffer for frames on the host
+        if self.device.type == "cuda":  # cuDNN's bfloat16 convolutions run channels-last
+            self.net = self.net.to(memory_format=torch.channels_last)
 
     @property
     def engine(self) -> str:
@@ -89,13 +92,22 @@ class Segmenter:
         h, w = self.frame_shape
         return (h * w) / (self.preprocess.height * self.preprocess.width)
 
-    def _forward(self, batch: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mask and gate logits for a batch of uint8 frames."""
-        if self.onnx is not None:
-            masks, gates = self.onnx(self.preprocess(batch))
-            return torch.from_numpy(masks), torch.from_numpy(gates)
-        x = torch.from_numpy(self.preprocess(batch)).to(self.device)
-        if self.bfloat16:
+    def _forward(self, batch: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mask and gate logits for a batch of uint8 frames: on a GPU prepared there from
+        the frames (``Preprocess.on_device``), on the CPU by ``Preprocess`` (OpenCV)."""
+        if self.device.type == "cuda":
+            if isinstance(batch, np.ndarray):
+                if self._staging is None:
+                    self._staging = _Staging(self.device)
+                batch = self._staging.upload(batch)
+            x = self.preprocess.on_device(batch.to(self.device))
+        else:
+            x = self.preprocess(_on_host(batch))
+            if self.onnx is not None:
+                masks, gates = self.onnx(x)
+                return torch.from_numpy(masks), torch.from_numpy(gates)
+            x = torch.from_numpy(x)
+        if self.bfloat16 or self.device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast(self.device, cpu=self.bfloat16):
             return self.net(x)
@@ -114,13 +126,16 @@ class Segmenter:
 
     @torch.inference_mode()
     def predict(
-        self, images: np.ndarray, batch_size: int = 16, regions: bool = False
+        self, images: np.ndarray | torch.Tensor, batch_size: int = 16, regions: bool = False
     ) -> Prediction:
-        """Defect masks at the frames' full resolution, for (N, H, W) uint8 frames;
-        ``regions`` also splits them into connected regions with their RLE and score."""
-        if images.ndim != 3 or images.dtype != np.uint8:
+        """Defect masks at the frames' full resolution, for (N, H, W) uint8 frames, on the
+        host or (a GPU worker's, e.g. decoded there) a torch tensor on the model's device;
+        ``regions`` also splits them into connected regions with their RLE and score.
+        Only the frames of masks the gate lets through come back to the host."""
+        uint8 = images.dtype in (np.uint8, torch.uint8)
+        if images.ndim != 3 or not uint8:
             raise ValueError(
-                f"expected grey uint8 frames (N, H, W), got {images.dtype} {images.shape}"
+                f"expected grey uint8 frames (N, H, W), got {images.dtype} {tuple(images.shape)}"
             )
         t = self.thresholds
         gate_thresholds = torch.tensor(t.gate, device=self.device)
@@ -141,10 +156,11 @@ class Segmenter:
                 cols = torch.tensor([j for _, j in kept], device=self.device)
                 full = upsampled(mask_logits[rows, cols], batch.shape[1:])
                 full_np = full.cpu().numpy()  # one transfer serves masks, scores and regions
+                shown = {i: _on_host(batch[i]) for i in dict.fromkeys(i for i, _ in kept)}
                 for n, (i, j) in enumerate(kept):
                     p = full_np[n]
                     probs[i, j] = p
-                    above = by_contrast(batch[i], p >= t.pixel[j], t.contrast[j], t.reach[j])
+                    above = by_contrast(shown[i], p >= t.pixel[j], t.contrast[j], t.reach[j])
                     if regions:  # one labelling serves the minimum area and the regions
                         components = _components(above, t.min_area[j])
                         binary_np[i, j] = _kept(above, components)
@@ -220,6 +236,34 @@ class Segmenter:
             tuple(config["frame_shape"]),
             device,
         )
+
+
+def _on_host(frames: np.ndarray | torch.Tensor) -> np.ndarray:
+    return frames.cpu().numpy() if isinstance(frames, torch.Tensor) else frames
+
+
+class _Staging:
+    """Frames on the host to a GPU as uint8, through one pinned buffer reused batch after
+    batch (pinning memory each time costs more than the copy): the copy is queued
+    without waiting, and the buffer is written again only once the copy before is
+    done."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.buffer = torch.empty(0, dtype=torch.uint8).pin_memory()
+        self.copied: torch.cuda.Event | None = None
+
+    def upload(self, frames: np.ndarray) -> torch.Tensor:
+        if self.copied is not None:
+            self.copied.synchronize()
+        if self.buffer.numel() < frames.size:
+            self.buffer = torch.empty(frames.size, dtype=torch.uint8).pin_memory()
+        staged = self.buffer[: frames.size].view(frames.shape)
+        staged.numpy()[...] = frames
+        on_device = staged.to(self.device, non_blocking=True)
+        self.copied = torch.cuda.Event()
+        self.copied.record()
+        return on_device
 
 
 def _may_show(

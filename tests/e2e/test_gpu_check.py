@@ -16,6 +16,7 @@ REPO = Path(__file__).resolve().parents[2]
 def test_the_gpu_check_runs_on_the_cpu_and_writes_its_tables(tmp_path: Path) -> None:
     out = tmp_path / "check"
     small = ["--size", "tiny", "--sheets", "2", "--rounds", "1", "--batch", "8", "--requests", "16"]
+    small += ["--threads", "2"]
     done = subprocess.run(
         ["bash", str(REPO / "bench" / "gpu_check.sh"), str(out), "--device", "cpu", *small],
         capture_output=True,
@@ -27,7 +28,8 @@ def test_the_gpu_check_runs_on_the_cpu_and_writes_its_tables(tmp_path: Path) -> 
     paths = [row["path"] for row in tables["segmenter"]]
     assert paths == [
         "model-only, torch on cpu",
-        "end to end, torch on cpu",
+        "end to end, torch on cpu (video decoded 2 ways)",
+        "end to end, torch on cpu (JPEG frames by libjpeg)",
         "model-only, ONNX Runtime on cpu",
         "end to end, ONNX Runtime on cpu",
     ]

@@ -140,6 +140,50 @@ def test_fine_detail_keeps_a_thin_line_that_a_downscale_averages_away() -> None:
     assert float((odd[:, 1] * 255 * 0.1).max(axis=1)[:, 10:45].min()) > 30
 
 
+@pytest.mark.parametrize(
+    ("frame", "size", "window"),
+    [
+        ((256, 1600), (64, 400), 0),  # the CPU recipes' quarter scale: a block mean
+        ((256, 1600), (64, 400), 15),  # with fine detail
+        ((256, 1600), (256, 1600), 15),  # the GPU recipe's full scale
+        ((128, 256), (30, 60), 15),  # neither divides: weighted cells, cells past the edge
+        ((100, 150), (37, 52), 7),
+        ((64, 64), (128, 128), 0),  # an enlargement
+    ],
+)
+def test_preprocessing_on_the_device_equals_opencvs(frame, size, window) -> None:
+    """``Preprocess.on_device`` (what a GPU worker runs on frames it holds) gives the
+    network the input ``Preprocess`` gives on the host, to the last bit: OpenCV's area
+    resize, rounded half to even (averages of 4x4 blocks fall on a half often), its
+    reflected blur and the cells' most and least, redone in torch."""
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, (3, *frame), dtype=np.uint8)
+    frames[0] = 100  # a flat frame: no detail at all
+    frames[1, 10:12] = 255  # a bright line two rows wide
+    pre = Preprocess(*size, 0.4, 0.2, window)
+    on_host = pre(frames)
+    on_device = pre.on_device(torch.from_numpy(frames))
+    assert on_device.dtype == torch.float32 and on_device.shape == on_host.shape
+    assert np.array_equal(on_device.numpy(), on_host)
+
+
+def test_a_segmenter_predicts_the_same_from_frames_held_as_a_tensor() -> None:
+    """Frames a worker decoded into a tensor (nvJPEG on a GPU) give the masks, gates,
+    scores and regions the same frames give from the host; float frames are refused
+    as they are from the host."""
+    segmenter = small_segmenter(seed=3, detail_window=15)
+    segmenter.thresholds = Thresholds((0.0,) * 4, (0.5,) * 4, (0, 16, 0, 64))
+    frames = np.random.default_rng(2).integers(0, 256, (4, 128, 256), dtype=np.uint8)
+    from_host = segmenter.predict(frames, batch_size=3, regions=True)
+    from_tensor = segmenter.predict(torch.from_numpy(frames), batch_size=3, regions=True)
+    assert from_host.defects, "regions were found, so the comparison covers them"
+    assert from_tensor.defects == from_host.defects
+    for field in ("masks", "gate", "scores"):
+        assert np.array_equal(getattr(from_tensor, field), getattr(from_host, field))
+    with pytest.raises(ValueError, match="uint8"):
+        segmenter.predict(torch.zeros(1, 128, 256))
+
+
 def test_regions_are_the_masks_components_after_the_minimum_area() -> None:
     """With regions, one labelling serves the minimum area and the regions: the masks
     are those of the plain path, and the regions' RLEs cover exactly them."""

@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from core.images import ImageError, image_info
+from core.images import ImageError, decode_jpegs, image_info
 
 
 def test_real_severstal_frame_reads_with_its_size(shared_data: Path) -> None:
@@ -41,3 +41,22 @@ def test_broken_images_raise(make, message: str) -> None:
     png = cv2.imencode(".png", image)[1].tobytes()
     with pytest.raises(ImageError, match=message):
         image_info(make(jpeg, png))
+
+
+def test_jpeg_frames_decode_together_as_opencv_decodes_them_one_by_one() -> None:
+    """A batch of JPEG frames decoded where they are used (here the CPU, torchvision's
+    libjpeg; nvJPEG on a GPU) are OpenCV's grey frames; a truncated one, or frames of
+    two sizes, fail the batch with ImageError."""
+    import torch
+
+    rng = np.random.default_rng(0)
+    frames = [rng.normal(100, 20, (64, 320)).clip(0, 255).astype(np.uint8) for _ in range(3)]
+    jpegs = [cv2.imencode(".jpg", f, [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes() for f in frames]
+    decoded = decode_jpegs(jpegs, torch.device("cpu"))
+    by_opencv = [cv2.imdecode(np.frombuffer(j, np.uint8), cv2.IMREAD_GRAYSCALE) for j in jpegs]
+    assert decoded.dtype == torch.uint8 and np.array_equal(decoded.numpy(), np.stack(by_opencv))
+    with pytest.raises(ImageError, match="3 JPEG frames did not decode together"):
+        decode_jpegs([*jpegs[:2], jpegs[2][:2000]], torch.device("cpu"))
+    other = cv2.imencode(".jpg", frames[0][:, :160])[1].tobytes()
+    with pytest.raises(ImageError):
+        decode_jpegs([jpegs[0], other], torch.device("cpu"))

@@ -71,3 +71,41 @@ def test_a_good_archive_named_by_path_is_registered_once(tmp_path: Path) -> None
     assert first.archive_id == again.archive_id
     (row,) = warehouse.query("SELECT * FROM archives").to_pylist()
     assert row["content_sha256"] == content_hash(archive) and row["path"] == str(archive)
+
+
+def test_a_batch_of_a_frame_folder_decodes_together_and_a_bad_frame_is_named(
+    tmp_path: Path,
+) -> None:
+    """``decode_frames_on`` (a GPU worker's reader of frame folders): the batch is the
+    frames OpenCV reads one by one; a missing or unreadable frame is named by FrameError,
+    with its position in the recording, as the host's reader names it."""
+    import cv2
+    import numpy as np
+    import torch
+
+    from tasks.archives import FrameError, decode_frames, decode_frames_on
+
+    rng = np.random.default_rng(0)
+    ids = [f"f{i}" for i in range(4)]
+    for frame_id in ids:
+        frame = rng.normal(100, 20, (32, 160)).clip(0, 255).astype(np.uint8)
+        cv2.imwrite(str(tmp_path / f"{frame_id}.jpg"), frame)
+    batch = decode_frames_on(torch.device("cpu"), str(tmp_path), 10, ids)
+    assert np.array_equal(
+        batch.numpy(), np.stack(list(decode_frames(None, str(tmp_path), 10, ids)))
+    )
+    # a truncated JPEG: nvJPEG and libjpeg refuse the batch, OpenCV decodes it (the
+    # missing part grey, as the host's reader does; ingest refuses such frames)
+    whole = (tmp_path / "f2.jpg").read_bytes()
+    (tmp_path / "f2.jpg").write_bytes(whole[: len(whole) // 2])
+    batch = decode_frames_on(torch.device("cpu"), str(tmp_path), 10, ids)
+    assert np.array_equal(
+        batch.numpy(), np.stack(list(decode_frames(None, str(tmp_path), 10, ids)))
+    )
+    (tmp_path / "f2.jpg").write_bytes(b"not a picture")
+    with pytest.raises(FrameError, match=r"f2\.jpg cannot be read") as raised:
+        decode_frames_on(torch.device("cpu"), str(tmp_path), 10, ids)
+    assert (raised.value.position, raised.value.frame_id) == (12, "f2")
+    (tmp_path / "f2.jpg").unlink()
+    with pytest.raises(FrameError, match=r"f2\.jpg"):
+        decode_frames_on(torch.device("cpu"), str(tmp_path), 10, ids)
