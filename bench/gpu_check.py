@@ -73,6 +73,9 @@ def main() -> None:
     parser.add_argument(
         "--compile", action="store_true", help="also the network compiled (torch.compile)"
     )
+    parser.add_argument(
+        "--cudnn-benchmark", action="store_true", help="cuDNN times its kernels per shape"
+    )
     args = parser.parse_args()
 
     import numpy as np
@@ -81,6 +84,7 @@ def main() -> None:
     from models.devices import resolve_device
 
     device = resolve_device(args.device)
+    torch.backends.cudnn.benchmark = args.cudnn_benchmark
     args.out.mkdir(parents=True, exist_ok=True)
     segmenter = _segmenter(args.segmenter, args.size, device)
     tables: dict[str, list[dict]] = {}
@@ -91,9 +95,10 @@ def main() -> None:
         frames = np.stack(list(_decode(video, 0, n_frames)))
         tables["decode"] = _decode_rates(video, frames, device, args)
         tables["segmenter"] = _segmenter_rates(segmenter, video, frames, args)
+        # warmed up as the API is (one frame), then at every batch size the batcher forms
         tables["serving"] = [
-            _serving_latency(segmenter, frames, concurrency, args.requests)
-            for concurrency in (1, 8)
+            _serving_latency(segmenter, frames, concurrency, args.requests, warm)
+            for concurrency, warm in ((8, 1), (1, 16), (8, 16))
         ]
         tables["identification"] = _identification_rates(line, frames, args)
     tables["limits"] = _limits(segmenter, tables["segmenter"])
@@ -107,6 +112,7 @@ def main() -> None:
         f"{segmenter.preprocess.height}x{segmenter.preprocess.width} "
         f"({'trained: ' + str(args.segmenter) if args.segmenter else 'random weights'}); "
         f"batch {args.batch}; median of {args.rounds} rounds"
+        + ("; cuDNN benchmark mode" if args.cudnn_benchmark else "")
     )
     text = "\n\n".join([header, *(_markdown(name, rows) for name, rows in tables.items())])
     print(text)
@@ -385,9 +391,11 @@ def _compiled(segmenter, frames, args, what: str) -> dict:
     return row
 
 
-def _serving_latency(segmenter, frames, concurrency: int, requests: int) -> dict:
+def _serving_latency(segmenter, frames, concurrency: int, requests: int, warm: int) -> dict:
     """Latency of one frame from ``concurrency`` callers at once, through the API's
-    micro-batcher (batches of up to 16, 2 ms to gather) into ``Segmenter.predict``."""
+    micro-batcher (batches of up to 16, 2 ms to gather) into ``Segmenter.predict``,
+    after one call at each batch size up to ``warm``: 1, as the API warms up, or 16, to
+    see whether first calls at new sizes make the tail (on an H200 they did not)."""
     import asyncio
 
     import numpy as np
@@ -410,7 +418,8 @@ def _serving_latency(segmenter, frames, concurrency: int, requests: int) -> dict
                 await batcher.submit([frames[(k * per_caller + r) % len(frames)]])
                 latencies.append(time.perf_counter() - started)
 
-        await batcher.submit([frames[0]])  # first calls allocate and pick kernels
+        for n in range(1, warm + 1):  # first calls allocate and pick kernels
+            run([frames[0]] * n)
         started = time.perf_counter()
         await asyncio.gather(*(caller(k) for k in range(concurrency)))
         seconds = time.perf_counter() - started
@@ -421,6 +430,7 @@ def _serving_latency(segmenter, frames, concurrency: int, requests: int) -> dict
     ms = np.percentile(np.array(latencies) * 1000, [50, 95, 99])
     return {
         "concurrency": concurrency,
+        "warmed at batch sizes": f"1-{warm}" if warm > 1 else "1",
         "requests": len(latencies),
         "p50 ms": float(ms[0]),
         "p95 ms": float(ms[1]),

@@ -87,7 +87,7 @@ def inspect_frames(served: Served, jobs: list[FrameJob]) -> list[FrameAnswer]:
         for d in prediction.defects:
             per_frame[d.frame].append(d)
         for n, i in enumerate(positions):
-            masks = prediction.masks[n] if jobs[i].overlay else None
+            masks = prediction.frame_masks(n) if jobs[i].overlay else None
             segmented[i] = (prediction.gate[n], per_frame[n], masks)
     markings = _markings(served, jobs)
     names = [served.segmenter.classes[k] for k in served.class_ids]

@@ -11,6 +11,7 @@ import copy
 import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from functools import cached_property
 from pathlib import Path
 
 import cv2
@@ -42,10 +43,29 @@ class Defect:
 
 @dataclass(frozen=True)
 class Prediction:
-    masks: np.ndarray  # (N, C, H, W) bool, after gate, thresholds and minimum areas
     gate: np.ndarray  # (N, C) float32 gate probabilities
     scores: np.ndarray  # (N, C) float32 mean pixel probability inside each kept mask (0 if none)
+    shape: tuple[int, int, int, int]  # (N, C, H, W) of the masks
+    # the masks with pixels, after gate, thresholds and minimum areas: (frame, class) →
+    # (H, W) bool; most frames have none, and a worker needs only the regions
+    shown: dict[tuple[int, int], np.ndarray]
     defects: list[Defect] | None = None  # with ``predict(..., regions=True)``
+
+    @cached_property
+    def masks(self) -> np.ndarray:
+        """(N, C, H, W) bool: every mask, built on first use (1.6 MB a 1600x256 frame)."""
+        out = np.zeros(self.shape, bool)
+        for (i, j), mask in self.shown.items():
+            out[i, j] = mask
+        return out
+
+    def frame_masks(self, n: int) -> np.ndarray:
+        """(C, H, W) bool: frame ``n``'s masks alone."""
+        out = np.zeros(self.shape[1:], bool)
+        for j in range(self.shape[1]):
+            if (n, j) in self.shown:
+                out[j] = self.shown[n, j]
+        return out
 
 
 class Segmenter:
@@ -139,7 +159,8 @@ class Segmenter:
             )
         t = self.thresholds
         gate_thresholds = torch.tensor(t.gate, device=self.device)
-        masks, gates, scores = [], [], []
+        gates, scores = [], []
+        shown: dict[tuple[int, int], np.ndarray] = {}  # the masks with pixels
         found: list[Defect] = []
         for start in range(0, len(images), batch_size):
             batch = images[start : start + batch_size]
@@ -149,37 +170,34 @@ class Segmenter:
             # are brought to full resolution: the others are empty anyway, and most
             # frames have one class or none.
             kept = _may_show((gate >= gate_thresholds).nonzero().tolist(), mask_logits, t.pixel)
-            binary_np = np.zeros((len(batch), len(t.gate), *batch.shape[1:]), bool)
-            probs: dict[tuple[int, int], np.ndarray] = {}  # full-resolution, kept masks
+            score = np.zeros((len(batch), len(t.gate)), np.float32)
             if kept:
                 rows = torch.tensor([i for i, _ in kept], device=self.device)
                 cols = torch.tensor([j for _, j in kept], device=self.device)
                 full = upsampled(mask_logits[rows, cols], batch.shape[1:])
                 full_np = full.cpu().numpy()  # one transfer serves masks, scores and regions
-                shown = {i: _on_host(batch[i]) for i in dict.fromkeys(i for i, _ in kept)}
+                on_host = {i: _on_host(batch[i]) for i in dict.fromkeys(i for i, _ in kept)}
                 for n, (i, j) in enumerate(kept):
                     p = full_np[n]
-                    probs[i, j] = p
-                    above = by_contrast(shown[i], p >= t.pixel[j], t.contrast[j], t.reach[j])
+                    above = by_contrast(on_host[i], p >= t.pixel[j], t.contrast[j], t.reach[j])
                     if regions:  # one labelling serves the minimum area and the regions
                         components = _components(above, t.min_area[j])
-                        binary_np[i, j] = _kept(above, components)
+                        mask = _kept(above, components)
                         found += _described(start + i, j, components, p)
                     else:
-                        binary_np[i, j] = remove_small_components(above, t.min_area[j])
-            score = np.zeros((len(batch), len(t.gate)), np.float32)
-            for (i, j), p in probs.items():
-                inside = binary_np[i, j]
-                area = int(inside.sum())
-                if area:
-                    score[i, j] = float(p[inside].sum(dtype=np.float64)) / area
+                        mask = remove_small_components(above, t.min_area[j])
+                    area = int(mask.sum())
+                    if area:
+                        shown[start + i, j] = mask
+                        score[i, j] = float(p[mask].sum(dtype=np.float64)) / area
             scores.append(score)
-            masks.append(binary_np)
             gates.append(gate.cpu().numpy())
+        n_classes = len(t.gate)
         return Prediction(
-            np.concatenate(masks),
-            np.concatenate(gates),
-            np.concatenate(scores),
+            np.concatenate(gates) if gates else np.zeros((0, n_classes), np.float32),
+            np.concatenate(scores) if scores else np.zeros((0, n_classes), np.float32),
+            (len(images), n_classes, *images.shape[1:]),
+            shown,
             found if regions else None,
         )
 

@@ -180,6 +180,8 @@ def test_a_segmenter_predicts_the_same_from_frames_held_as_a_tensor() -> None:
     assert from_tensor.defects == from_host.defects
     for field in ("masks", "gate", "scores"):
         assert np.array_equal(getattr(from_tensor, field), getattr(from_host, field))
+    # one frame's masks (the API's overlay) without the whole batch's
+    assert all(np.array_equal(from_host.frame_masks(n), from_host.masks[n]) for n in range(4))
     with pytest.raises(ValueError, match="uint8"):
         segmenter.predict(torch.zeros(1, 128, 256))
 
