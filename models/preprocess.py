@@ -106,10 +106,9 @@ class Preprocess:
         """``__call__`` for grey frames already on a device (a GPU worker's, decoded
         there or copied there as uint8): (N, H, W) uint8 tensor → (N, channels, height,
         width) float32 on the same device, equal to ``__call__``'s: OpenCV's area resize
-        (rounded half to even) and blur redone in torch. On a GPU worker the frames
-        then go to the device as uint8 (a quarter of float32's bytes) and the work
-        takes none of its CPU cores (the fine detail alone costs about 0.5 ms of a
-        core per frame)."""
+        (rounded half to even) and blur redone in torch. On a GPU worker this work
+        then takes none of its CPU cores (the fine detail alone costs about 0.5 ms of
+        a core per frame there)."""
         if images.ndim != 3 or images.dtype != torch.uint8:
             raise ValueError(
                 f"expected grey uint8 frames (N, H, W), got {images.dtype} {tuple(images.shape)}"
