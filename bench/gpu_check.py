@@ -216,7 +216,7 @@ def _decode_rates(video: Path, frames, device, args) -> list[dict]:
     if device.type == "cuda":
         import torch
 
-        from core.images import decode_jpegs
+        from models.decoding import decode_jpegs
 
         data = [np.asarray(j).tobytes() for j in jpegs]
 
@@ -225,7 +225,7 @@ def _decode_rates(video: Path, frames, device, args) -> list[dict]:
                 decode_jpegs(data[start : start + args.batch], device)
             torch.cuda.synchronize(device)
 
-        what = "JPEG q95, nvJPEG on the GPU, grey (core.images.decode_jpegs)"
+        what = "JPEG q95, nvJPEG on the GPU, grey (models.decoding.decode_jpegs)"
         rows.append(_guarded(what, lambda: (nvjpeg(), _rate(what, n, _median(nvjpeg, 3), None))[1]))
     return rows
 
@@ -254,7 +254,7 @@ def _jpeg_batches_ahead(jpegs: list[bytes], batch: int, device) -> Iterator[tupl
     ahead in a thread. Yields (host frames, frames on the device)."""
     import torch
 
-    from core.images import decode_jpegs
+    from models.decoding import decode_jpegs
 
     def batches() -> Iterator[tuple]:
         stream = torch.cuda.Stream(device) if device.type == "cuda" else None

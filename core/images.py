@@ -1,16 +1,11 @@
-"""Checking that bytes are a whole, decodable image, and reading its size; decoding
-JPEG frames in batches where they are to be used (a GPU)."""
+"""Checking that bytes are a whole, decodable image, and reading its size."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
-
-if TYPE_CHECKING:
-    import torch
 
 _JPEG = b"\xff\xd8\xff"
 _PNG = b"\x89PNG\r\n\x1a\n"
@@ -48,22 +43,3 @@ def image_info(data: bytes) -> ImageInfo:
         raise ImageError("the image data is corrupt and does not decode")
     channels = 1 if image.ndim == 2 else int(image.shape[2])
     return ImageInfo(width=int(image.shape[1]), height=int(image.shape[0]), channels=channels)
-
-
-def decode_jpegs(jpegs: list[bytes], device) -> torch.Tensor:
-    """JPEG frames of one size as grey (N, H, W) uint8 on ``device``, decoded together
-    where they are to be used: on a GPU by nvJPEG (torchvision), which decodes 15-25 times
-    faster than a CPU core (docs/benchmarks.md, "The GPU check on one H200"), so the
-    frames reach the network without crossing to the device as pixels; elsewhere by
-    torchvision's libjpeg. ImageError when any of them does not decode or the sizes
-    differ: the batch does not say which frame, so callers decode such a batch one
-    frame at a time (OpenCV) to name it."""
-    import torch  # here: ingest checks images without loading torch
-    from torchvision.io import ImageReadMode, decode_jpeg
-
-    data = [torch.frombuffer(bytearray(j), dtype=torch.uint8) for j in jpegs]
-    try:
-        decoded = decode_jpeg(data, mode=ImageReadMode.GRAY, device=device)
-        return torch.stack([image[0] for image in decoded])
-    except RuntimeError as error:
-        raise ImageError(f"{len(jpegs)} JPEG frames did not decode together: {error}") from error

@@ -40,7 +40,7 @@ import numpy as np
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from core.images import ImageError, decode_jpegs
+from core.images import ImageError
 from tasks.labels import SourceError, detect_kind
 from warehouse.schema import TABLES
 
@@ -605,11 +605,13 @@ def decode_frames_on(
     device, frames_dir: str, start: int, frame_ids: list[str] | tuple[str, ...]
 ) -> torch.Tensor:
     """Frames ``frame_ids`` of a frame folder as one batch (N, H, W) uint8 on ``device``,
-    decoded together there (nvJPEG on a GPU: ``core.images.decode_jpegs``). Where they
+    decoded together there (nvJPEG on a GPU: ``models.decoding.decode_jpegs``). Where they
     do not decode together, ``decode_frames`` reads them one by one: FrameError names
     the frame that cannot be read, and frames only nvJPEG refuses are decoded by OpenCV
     and sent to the device."""
     import torch  # here: ingest reads frames without loading torch
+
+    from models.decoding import decode_jpegs
 
     try:
         data = [(Path(frames_dir) / f"{frame_id}.jpg").read_bytes() for frame_id in frame_ids]

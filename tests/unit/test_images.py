@@ -8,7 +8,8 @@ import cv2
 import numpy as np
 import pytest
 
-from core.images import ImageError, decode_jpegs, image_info
+from core.images import ImageError, image_info
+from models.decoding import decode_jpegs
 
 
 def test_real_severstal_frame_reads_with_its_size(shared_data: Path) -> None:
