@@ -95,10 +95,10 @@ def main() -> None:
         frames = np.stack(list(_decode(video, 0, n_frames)))
         tables["decode"] = _decode_rates(video, frames, device, args)
         tables["segmenter"] = _segmenter_rates(segmenter, video, frames, args)
-        # warmed up as the API is (one frame), then at every batch size the batcher forms
+        warm = ("one frame, loading thread", "sizes 1-16, inference thread")
         tables["serving"] = [
-            _serving_latency(segmenter, frames, concurrency, args.requests, warm)
-            for concurrency, warm in ((8, 1), (1, 16), (8, 16))
+            _serving_latency(segmenter, frames, concurrency, args.requests, how)
+            for concurrency, how in ((8, warm[0]), (1, warm[1]), (8, warm[1]))
         ]
         tables["identification"] = _identification_rates(line, frames, args)
     tables["limits"] = _limits(segmenter, tables["segmenter"])
@@ -247,11 +247,14 @@ def _rate(what: str, n: int, seconds: float, threads: int | None) -> dict:
     return row
 
 
-def _jpeg_batches_ahead(jpegs: list[bytes], batch: int, device) -> Iterator[tuple]:
+def _jpeg_batches_ahead(
+    jpegs: list[bytes], batch: int, device, ahead: bool = True
+) -> Iterator[tuple]:
     """Batches of JPEG frames as an inspection worker reads a frame folder
     (``tasks.inspection._batches``): decoded together where the segmenter runs (nvJPEG
     on a GPU, on a CUDA stream of its own), copied back for the host's work, one batch
-    ahead in a thread. Yields (host frames, frames on the device)."""
+    ahead in a thread (``ahead``; else in the caller's thread, for comparison). Yields
+    (host frames, frames on the device)."""
     import torch
 
     from models.decoding import decode_jpegs
@@ -264,6 +267,9 @@ def _jpeg_batches_ahead(jpegs: list[bytes], batch: int, device) -> Iterator[tupl
                 host = on_device.cpu().numpy()
             yield host, on_device
 
+    if not ahead:
+        yield from batches()
+        return
     pending: queue.Queue = queue.Queue(maxsize=1)
 
     def work() -> None:
@@ -301,9 +307,12 @@ def _segmenter_rates(segmenter, video: Path, frames, args) -> list[dict]:
 
     jpegs = [cv2.imencode(".jpg", f, [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes() for f in frames]
 
-    def end_to_end_jpeg() -> None:
-        for _host, on_device in _jpeg_batches_ahead(jpegs, args.batch, segmenter.device):
-            segmenter.predict(on_device, args.batch, regions=True)
+    def end_to_end_jpeg(ahead: bool = True, stream=None, count: int = n) -> None:
+        with torch.cuda.stream(stream) if stream is not None else nullcontext():
+            for _host, on_device in _jpeg_batches_ahead(
+                jpegs[:count], args.batch, segmenter.device, ahead
+            ):
+                segmenter.predict(on_device, args.batch, regions=True)
 
     rows = []
     synced(model_only)()  # first calls allocate and pick kernels
@@ -322,6 +331,20 @@ def _segmenter_rates(segmenter, video: Path, frames, args) -> list[dict]:
             end_to_end,
         ),
         (f"end to end, torch on {segmenter.device} (JPEG frames by {decoder})", end_to_end_jpeg),
+        *(
+            [
+                (
+                    "end to end, JPEG frames by nvJPEG in the same thread (no overlap)",
+                    lambda: end_to_end_jpeg(ahead=False),
+                ),
+                (
+                    "end to end, JPEG frames by nvJPEG, the network on a stream of its own",
+                    lambda: end_to_end_jpeg(stream=torch.cuda.Stream(segmenter.device)),
+                ),
+            ]
+            if on_gpu
+            else []
+        ),
     ):
 
         def measured(what: str = what, run: Callable[[], None] = run) -> dict:
@@ -337,6 +360,22 @@ def _segmenter_rates(segmenter, video: Path, frames, args) -> list[dict]:
     if on_gpu and args.compile:
         what = "model-only, frames already on the GPU, network compiled (torch.compile)"
         rows.append(_guarded(what, lambda: _compiled(segmenter, frames, args, what)))
+        what = "end to end, JPEG frames by nvJPEG, network compiled (whole batches)"
+        whole = n - n % args.batch
+
+        def compiled_end_to_end() -> dict:
+            plain = segmenter.net
+            segmenter.net = torch.compile(plain, dynamic=False)
+            try:
+                synced(lambda: end_to_end_jpeg(count=whole))()  # compiles, if not yet
+                seconds = _median(synced(lambda: end_to_end_jpeg(count=whole)), args.rounds)
+            finally:
+                segmenter.net = plain
+            row = _rate(what, whole, seconds, None)
+            row["of model-only"] = row["frames/s"] / rows[0]["frames/s"]
+            return row
+
+        rows.append(_guarded(what, compiled_end_to_end))
     if segmenter.device.type == "cpu" and _has("onnxruntime"):
         with tempfile.TemporaryDirectory() as tmp:
             segmenter.run_onnx(segmenter.export_onnx(Path(tmp) / "segmenter.onnx"))
@@ -391,11 +430,12 @@ def _compiled(segmenter, frames, args, what: str) -> dict:
     return row
 
 
-def _serving_latency(segmenter, frames, concurrency: int, requests: int, warm: int) -> dict:
+def _serving_latency(segmenter, frames, concurrency: int, requests: int, warm: str) -> dict:
     """Latency of one frame from ``concurrency`` callers at once, through the API's
-    micro-batcher (batches of up to 16, 2 ms to gather) into ``Segmenter.predict``,
-    after one call at each batch size up to ``warm``: 1, as the API warms up, or 16, to
-    see whether first calls at new sizes make the tail (on an H200 they did not)."""
+    micro-batcher (batches of up to 16, 2 ms to gather) into ``Segmenter.predict``, each
+    row with a batcher (and inference thread) of its own, warmed up as ``warm`` says:
+    "one frame, loading thread" (the API before 2026-12-04: its inference thread cold)
+    or "sizes 1-16, inference thread" (``serving.inference.warm_up_batches`` on a GPU)."""
     import asyncio
 
     import numpy as np
@@ -405,6 +445,10 @@ def _serving_latency(segmenter, frames, concurrency: int, requests: int, warm: i
     def run(batch: list) -> list:
         found = segmenter.predict(np.stack(batch), len(batch), regions=True).defects
         return [[d for d in found if d.frame == i] for i in range(len(batch))]
+
+    def warm_every_size() -> None:
+        for n in range(1, 17):
+            run([frames[0]] * n)
 
     async def load() -> tuple[list[float], float]:
         batcher = MicroBatcher(run, max_batch=16, max_wait_s=0.002, capacity=1024)
@@ -418,8 +462,10 @@ def _serving_latency(segmenter, frames, concurrency: int, requests: int, warm: i
                 await batcher.submit([frames[(k * per_caller + r) % len(frames)]])
                 latencies.append(time.perf_counter() - started)
 
-        for n in range(1, warm + 1):  # first calls allocate and pick kernels
-            run([frames[0]] * n)
+        if warm.endswith("inference thread"):
+            await batcher.on_inference_thread(warm_every_size)
+        else:
+            run([frames[0]])
         started = time.perf_counter()
         await asyncio.gather(*(caller(k) for k in range(concurrency)))
         seconds = time.perf_counter() - started
@@ -428,14 +474,18 @@ def _serving_latency(segmenter, frames, concurrency: int, requests: int, warm: i
 
     latencies, seconds = asyncio.run(load())
     ms = np.percentile(np.array(latencies) * 1000, [50, 95, 99])
+    slowest = np.argsort(latencies)[-3:][::-1]
     return {
         "concurrency": concurrency,
-        "warmed at batch sizes": f"1-{warm}" if warm > 1 else "1",
+        "warmed": warm,
         "requests": len(latencies),
         "p50 ms": float(ms[0]),
         "p95 ms": float(ms[1]),
         "p99 ms": float(ms[2]),
         "requests/s": len(latencies) / seconds,
+        "slowest (ms, answered as n-th)": ", ".join(
+            f"{latencies[i] * 1000:.0f} ({i + 1})" for i in slowest
+        ),
     }
 
 

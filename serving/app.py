@@ -22,6 +22,7 @@ from core.settings import Settings, get_settings
 from serving import errors, openapi
 from serving.access_log import access_logger
 from serving.guards import BodyGuard, request_id
+from serving.inference import warm_up_batches
 from serving.routers import inspect, ops, pages, sheets
 from serving.security import LoginRequired, session_secret
 from serving.state import ServerState
@@ -34,6 +35,14 @@ async def _follow_registry(state: ServerState) -> None:
         await asyncio.sleep(state.settings.serve_poll_s)
         if await anyio.to_thread.run_sync(state.champions.refresh):
             state.metrics.served(state.champions.current.versions)
+            await _warm_inference_thread(state)
+
+
+async def _warm_inference_thread(state: ServerState) -> None:
+    served = state.champions.current
+    if served is not None:
+        batch = state.settings.serve_batch_frames
+        await state.batcher.on_inference_thread(lambda: warm_up_batches(served, batch))
 
 
 @asynccontextmanager
@@ -45,6 +54,7 @@ async def lifespan(app: FastAPI):
     else:
         log.error("serving no models yet: %s", state.champions.problem)
     await state.batcher.start()
+    await _warm_inference_thread(state)
     follower = asyncio.create_task(_follow_registry(state), name="follow-registry")
     try:
         yield

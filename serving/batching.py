@@ -26,6 +26,7 @@ MAX_RETRY_AFTER_S = 30  # longer and a client may as well give up; the queue dra
 
 Job = TypeVar("Job")
 Answer = TypeVar("Answer")
+T = TypeVar("T")
 
 
 class Overloaded(RuntimeError):
@@ -78,6 +79,13 @@ class MicroBatcher(Generic[Job, Answer]):
             if not future.done():
                 future.set_exception(Overloaded(0, self.capacity, 1))
         self._executor.shutdown(wait=True)
+
+    async def on_inference_thread(self, work: Callable[[], T]) -> T:
+        """``work()`` run on the inference thread, between batches. For a warm-up: torch
+        keeps cuDNN's chosen execution plans per thread and per shape (a ``thread_local``
+        cache in ATen's ``Conv_v8.cpp``), so a warm-up on another thread leaves each
+        batch size's first call on this one to choose them again."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, work)
 
     async def submit(self, jobs: list[Job]) -> list[Answer]:
         """The answers to ``jobs``; all of them are queued, or none (Overloaded)."""

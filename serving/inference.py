@@ -252,3 +252,18 @@ def warm_up(served: Served) -> None:
     """One frame through every model, so the first request does not pay for set-up."""
     h, w = served.segmenter.frame_shape
     inspect_frames(served, [FrameJob(np.full((h, w), 128, np.uint8))])
+
+
+def warm_up_batches(served: Served, batch_frames: int) -> None:
+    """On a GPU, every model at every batch size up to ``batch_frames`` (the
+    micro-batcher forms any of them), for the thread that serves the batches to run
+    (``MicroBatcher.on_inference_thread``): torch keeps cuDNN's plans per thread and per
+    shape. On an H200 the p99 at concurrency 8 was five times the p50 with a warm-up
+    elsewhere; that these first calls are the cause is not measured yet
+    (docs/benchmarks.md, "The data path on the GPU"). Nothing on a CPU."""
+    if served.segmenter.device.type != "cuda":
+        return
+    h, w = served.segmenter.frame_shape
+    frame = np.full((h, w), 128, np.uint8)
+    for n in range(1, batch_frames + 1):
+        inspect_frames(served, [FrameJob(frame)] * n)

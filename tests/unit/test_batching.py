@@ -112,3 +112,27 @@ def test_one_slow_batch_does_not_inflate_retry_after() -> None:
         return refused.value
 
     assert _run(main()).retry_after_s == 1
+
+
+def test_work_on_the_inference_thread_runs_where_the_batches_run() -> None:
+    """``on_inference_thread`` (the API's warm-up on a GPU: CUDA's libraries keep their
+    choices per thread) runs on the thread the batches run on, and returns its result."""
+    import threading
+
+    threads: list[int] = []
+
+    def model(jobs: list[int]) -> list[int]:
+        threads.append(threading.get_ident())
+        return jobs
+
+    async def main():
+        batcher = MicroBatcher(model, max_batch=4, max_wait_s=0.001, capacity=8)
+        await batcher.start()
+        await batcher.submit([1])
+        warmed = await batcher.on_inference_thread(threading.get_ident)
+        await batcher.submit([2])
+        await batcher.stop()
+        return warmed
+
+    warmed = _run(main())
+    assert threads == [warmed, warmed] and warmed != threading.get_ident()
