@@ -153,7 +153,9 @@ def _decode(video: Path, start: int, stop: int) -> Iterator:
     that module brings DuckDB (warehouse.schema), which the H200 machine lacks."""
     import cv2
 
-    capture = cv2.VideoCapture(str(video))
+    from core.images import open_video
+
+    capture = open_video(video)
     capture.set(cv2.CAP_PROP_POS_FRAMES, start)
     try:
         for _ in range(start, stop):

@@ -40,7 +40,7 @@ import numpy as np
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from core.images import ImageError
+from core.images import ImageError, open_video
 from tasks.labels import SourceError, detect_kind
 from warehouse.schema import TABLES
 
@@ -574,7 +574,7 @@ def decode_frames(
     frame that cannot be read. The one frame reader: ingest's validation, training data,
     identification and the inspection workers all read through it."""
     if video:
-        capture = cv2.VideoCapture(video)
+        capture = open_video(video)
         try:
             if start:
                 capture.set(cv2.CAP_PROP_POS_FRAMES, start)

@@ -61,3 +61,34 @@ def test_jpeg_frames_decode_together_as_opencv_decodes_them_one_by_one() -> None
     other = cv2.imencode(".jpg", frames[0][:, :160])[1].tobytes()
     with pytest.raises(ImageError):
         decode_jpegs([jpegs[0], other], torch.device("cpu"))
+
+
+def test_a_grey_video_is_read_as_grey_and_a_colour_one_as_before(tmp_path: Path) -> None:
+    """``open_video``: a grey FFV1 stream (the twin's) comes as (H, W) frames equal to the
+    channel the readers took from OpenCV's BGR, from the start and after a seek; a colour
+    stream still comes as BGR."""
+    from core.images import open_video
+
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, (6, 64, 320), dtype=np.uint8)
+    grey = cv2.VideoWriter(
+        str(tmp_path / "g.mkv"), cv2.VideoWriter_fourcc(*"FFV1"), 10, (320, 64), False
+    )
+    for frame in frames:
+        grey.write(frame)
+    grey.release()
+    for start in (0, 3):
+        capture = open_video(tmp_path / "g.mkv")
+        capture.set(cv2.CAP_PROP_POS_FRAMES, start)
+        read = [capture.read()[1] for _ in range(start, 6)]
+        capture.release()
+        assert all(f.shape == (64, 320) for f in read)
+        assert np.array_equal(np.stack(read), frames[start:])  # FFV1 is lossless
+    colour = cv2.VideoWriter(
+        str(tmp_path / "c.mkv"), cv2.VideoWriter_fourcc(*"FFV1"), 10, (320, 64)
+    )
+    colour.write(np.dstack([frames[0]] * 3))
+    colour.release()
+    capture = open_video(tmp_path / "c.mkv")
+    assert capture.read()[1].shape == (64, 320, 3)
+    capture.release()
