@@ -50,7 +50,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -78,6 +78,7 @@ def main() -> None:
     )
     args = parser.parse_args()
 
+    import cv2
     import numpy as np
     import torch
 
@@ -93,8 +94,12 @@ def main() -> None:
         video = next(line.inspection.glob("*.mkv"))
         n_frames = int(json.loads((line.inspection / "manifest.json").read_text())["frame_count"])
         frames = np.stack(list(_decode(video, 0, n_frames)))
-        tables["decode"] = _decode_rates(video, frames, device, args)
-        tables["segmenter"] = _segmenter_rates(segmenter, video, frames, args)
+        # the frames as a JPEG frame folder's files hold them
+        jpegs = [
+            cv2.imencode(".jpg", f, [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes() for f in frames
+        ]
+        tables["decode"] = _decode_rates(video, frames, jpegs, device, args)
+        tables["segmenter"] = _segmenter_rates(segmenter, video, frames, jpegs, args)
         warm = ("one frame, loading thread", "sizes 1-16, inference thread")
         tables["serving"] = [
             _serving_latency(segmenter, frames, concurrency, args.requests, how)
@@ -203,7 +208,7 @@ def _median(run: Callable[[], object], rounds: int) -> float:
     return statistics.median(times)
 
 
-def _decode_rates(video: Path, frames, device, args) -> list[dict]:
+def _decode_rates(video: Path, frames, jpegs: list[bytes], device, args) -> list[dict]:
     import cv2
     import numpy as np
 
@@ -212,19 +217,17 @@ def _decode_rates(video: Path, frames, device, args) -> list[dict]:
     for threads in sorted({1, args.threads}):
         seconds = _median(lambda t=threads: sum(1 for _ in _decoded_ahead(video, n, t, 64)), 2)
         rows.append(_rate(f"FFV1 video, {threads} reader(s)", n, seconds, threads))
-    jpegs = [cv2.imencode(".jpg", f, [cv2.IMWRITE_JPEG_QUALITY, 95])[1] for f in frames]
-    seconds = _median(lambda: [cv2.imdecode(j, cv2.IMREAD_GRAYSCALE) for j in jpegs], 2)
+    buffers = [np.frombuffer(j, np.uint8) for j in jpegs]
+    seconds = _median(lambda: [cv2.imdecode(b, cv2.IMREAD_GRAYSCALE) for b in buffers], 2)
     rows.append(_rate("JPEG q95, OpenCV, 1 CPU thread", n, seconds, 1))
     if device.type == "cuda":
         import torch
 
         from models.decoding import decode_jpegs
 
-        data = [np.asarray(j).tobytes() for j in jpegs]
-
         def nvjpeg() -> None:
             for start in range(0, n, args.batch):
-                decode_jpegs(data[start : start + args.batch], device)
+                decode_jpegs(jpegs[start : start + args.batch], device)
             torch.cuda.synchronize(device)
 
         what = "JPEG q95, nvJPEG on the GPU, grey (models.decoding.decode_jpegs)"
@@ -284,8 +287,7 @@ def _jpeg_batches_ahead(
         yield item
 
 
-def _segmenter_rates(segmenter, video: Path, frames, args) -> list[dict]:
-    import cv2
+def _segmenter_rates(segmenter, video: Path, frames, jpegs: list[bytes], args) -> list[dict]:
     import torch
 
     n = len(frames)
@@ -306,8 +308,6 @@ def _segmenter_rates(segmenter, video: Path, frames, args) -> list[dict]:
     def end_to_end() -> None:
         for batch in _decoded_ahead(video, n, args.threads, args.batch):
             segmenter.predict(batch, args.batch, regions=True)
-
-    jpegs = [cv2.imencode(".jpg", f, [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes() for f in frames]
 
     def end_to_end_jpeg(ahead: bool = True, stream=None, count: int = n) -> None:
         with torch.cuda.stream(stream) if stream is not None else nullcontext():
@@ -366,13 +366,9 @@ def _segmenter_rates(segmenter, video: Path, frames, args) -> list[dict]:
         whole = n - n % args.batch
 
         def compiled_end_to_end() -> dict:
-            plain = segmenter.net
-            segmenter.net = torch.compile(plain, dynamic=False)
-            try:
+            with _compiled_network(segmenter):
                 synced(lambda: end_to_end_jpeg(count=whole))()  # compiles, if not yet
                 seconds = _median(synced(lambda: end_to_end_jpeg(count=whole)), args.rounds)
-            finally:
-                segmenter.net = plain
             row = _rate(what, whole, seconds, None)
             row["of model-only"] = row["frames/s"] / rows[0]["frames/s"]
             return row
@@ -413,20 +409,27 @@ def _resident(segmenter, frames, args) -> dict:
     return row
 
 
-def _compiled(segmenter, frames, args, what: str) -> dict:
-    """``_resident`` with the network compiled by torch.compile (its default inductor
-    mode) for the batch's fixed shape; the first batches' compiling timed apart. The
-    segmenter's own network is put back afterwards."""
+@contextmanager
+def _compiled_network(segmenter) -> Iterator[None]:
+    """The segmenter's network compiled by torch.compile (inductor's default mode) for
+    fixed shapes while the block runs; its own network put back afterwards."""
     import torch
 
     plain = segmenter.net
-    started = time.perf_counter()
     segmenter.net = torch.compile(plain, dynamic=False)
     try:
-        whole = len(frames) - len(frames) % args.batch  # fixed shapes only: whole batches
-        row = _resident(segmenter, frames[:whole], args)
+        yield
     finally:
         segmenter.net = plain
+
+
+def _compiled(segmenter, frames, args, what: str) -> dict:
+    """``_resident`` with the network compiled, on whole batches only (fixed shapes);
+    the seconds of the whole row, compiling included, beside it."""
+    started = time.perf_counter()
+    with _compiled_network(segmenter):
+        whole = len(frames) - len(frames) % args.batch
+        row = _resident(segmenter, frames[:whole], args)
     row["path"] = what
     row["seconds, compiling included"] = round(time.perf_counter() - started, 1)
     return row
