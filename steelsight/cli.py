@@ -68,6 +68,11 @@ class ArchiveFormat(StrEnum):
     frames = "frames"
 
 
+class DefectLook(StrEnum):
+    twin = "twin"
+    severstal = "severstal"
+
+
 class OutputFormat(StrEnum):
     table = "table"
     csv = "csv"
@@ -452,6 +457,14 @@ def simulate(
             "their chance, 0 (the default: the twin as before) .. 1.",
         ),
     ] = None,
+    defect_look: Annotated[
+        DefectLook | None,
+        typer.Option(
+            help="How defects are drawn and labelled: twin (the default: hard masks, "
+            "labelled exactly) or severstal (outlined by hand with a margin, scratches as "
+            "bands of fine streaks, as in Severstal's real data).",
+        ),
+    ] = None,
     fault: Annotated[
         list[Fault] | None, typer.Option(help="Recorder fault to write (repeatable).")
     ] = None,
@@ -475,6 +488,7 @@ def simulate(
         "archive_format": archive_format.value if archive_format else None,
         "distortion": distortion,
         "surface_effects": surface_effects,
+        "defect_look": defect_look.value if defect_look else None,
         "faults": tuple(fault) if fault else None,
     }
     values.update({k: v for k, v in overrides.items() if v is not None})

@@ -97,6 +97,15 @@ class TwinConfig(BaseModel):
         "frame length of sheet, and of light far less even than the camera's usual in a "
         "frame. 0 renders the twin as before; the models' hidden holdouts use 0.",
     )
+    defect_look: str = Field(
+        "twin",
+        pattern="^(twin|severstal)$",
+        description="How defects are drawn and labelled. twin (the default; the models' "
+        "hidden holdouts use it): each defect a hard mask, labelled exactly where the picture "
+        "changes, scratches single lines. severstal: as Severstal's real defects look and "
+        "are labelled (twin.surface): outlines drawn around them with a margin, scratches "
+        "as bands of fine streaks, sizes from real labels.",
+    )
     station_width: int = Field(640, ge=64, description="Marking station picture width, px.")
     station_height: int = Field(320, ge=64, description="Marking station picture height, px.")
     station_mm_per_px: float = Field(

@@ -75,7 +75,7 @@ def render_sheet(config: TwinConfig, plan: SheetPlan, seed: int) -> Sheet:
     rng = rng_for(seed, SHEET, plan.index)
     shape = (plan.length_px, plan.width_px)
     surface = steel_surface(rng, shape)
-    defects = place_defects(rng, shape, config.class_rates, config.frame_height)
+    defects = place_defects(rng, shape, config.class_rates, config.frame_height, config.defect_look)
     masks = paint_defects(surface, defects)
     if config.surface_effects:
         _surface_effects(config, surface, masks, rng_for(seed, EFFECTS, plan.index))

@@ -16,6 +16,7 @@ from core.images import ImageError, image_info
 from core.rle import rle_decode
 from twin.config import Fault, TwinConfig
 from twin.recorder import simulate
+from twin.surface import LOOKS
 
 SMALL = {"sheet_length_mm": {"low": 900, "high": 1200}, "gap_mm": {"low": 200, "high": 300}}
 
@@ -233,3 +234,55 @@ def test_surface_effects_change_the_pictures_and_not_the_truth(tmp_path: Path) -
     assert len(changed) > len(a) // 2
     spread = [(float(np.std(a[k])), float(np.std(b[k]))) for k in changed]
     assert np.median([s for _, s in spread]) > np.median([s for s, _ in spread])
+
+
+@pytest.mark.parametrize("class_id", [1, 2, 3, 4])
+def test_the_severstal_look_outlines_each_defect_with_a_margin(class_id: int) -> None:
+    """Severstal's labels are outlines drawn by hand around a defect: the picture
+    changes only inside the label, not on its outline, and over less than all of it;
+    its scratches are bands (10-80 px wide in real labels), not the twin's lines."""
+    shapes, _ = LOOKS["severstal"]
+    twin_shapes, _ = LOOKS["twin"]
+    widths, twin_widths = [], []
+    for seed in range(12):
+        label, delta = shapes[class_id](np.random.default_rng(seed))
+        assert label.any() and label.shape == delta.shape
+        assert not delta[~label].any()  # nothing drawn outside the outline
+        outline = label & ~cv2.erode(label.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+        assert np.abs(delta[outline]).max() < 2, "the outline leaves a margin of steel"
+        changed = np.abs(delta) >= 2
+        assert 0.02 < changed.sum() / label.sum() < 0.97
+        assert np.percentile(np.abs(delta[changed]), 97) >= 15, "a defect one can see"
+        widths.append(_widest_run(label))
+        twin_widths.append(_widest_run(twin_shapes[class_id](np.random.default_rng(seed))[0]))
+    if class_id == 3:
+        assert np.median(widths) >= 10 and np.median(widths) > 2 * np.median(twin_widths)
+
+
+def _widest_run(label: np.ndarray) -> float:
+    """The median over a label's rows of the widest run of labelled pixels across it."""
+    widest = []
+    for row in label[label.any(1)]:
+        edges = np.flatnonzero(np.diff(np.r_[0, row.astype(np.int8), 0]))
+        widest.append(np.diff(edges.reshape(-1, 2), axis=1).max())
+    return float(np.median(widest))
+
+
+def test_the_severstal_look_is_a_setting_and_the_twin_stays_as_it_was(tmp_path: Path) -> None:
+    """The default renders the twin's own look, the same frames and labels; "severstal"
+    draws and labels every class its own way; anything else is refused."""
+    plain = simulate(TwinConfig(**SMALL), 2, seed=5, out=tmp_path / "plain")
+    twin = simulate(TwinConfig(**SMALL, defect_look="twin"), 2, seed=5, out=tmp_path / "twin")
+    look = TwinConfig(
+        **SMALL, defect_look="severstal", class_rates={1: 0.5, 2: 0.4, 3: 0.6, 4: 0.4}
+    )
+    severstal = simulate(look, 2, seed=5, out=tmp_path / "severstal")
+    assert digest(plain.inspection / "ground_truth") == digest(twin.inspection / "ground_truth")
+    a, b = read_frames(plain.inspection), read_frames(twin.inspection)
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    rows = ground_truth(severstal.inspection, "defects.csv")
+    assert {int(r["ClassId"]) for r in rows} == {1, 2, 3, 4}
+    outlined = ground_truth(plain.inspection, "defects.csv")
+    assert {r["EncodedPixels"] for r in rows}.isdisjoint(r["EncodedPixels"] for r in outlined)
+    with pytest.raises(ValidationError, match="defect_look"):
+        TwinConfig(defect_look="kaggle")

@@ -7,7 +7,8 @@ from models.identity.detector import SIZES as DETECTOR_SIZES
 from models.identity.imprint import IMPRINT_SIZES
 from models.kinds import KINDS
 from models.segmentation.train import SIZES as SEGMENTATION_SIZES
-from steelsight.cli import Kind, Size
+from steelsight.cli import DefectLook, Kind, Size
+from twin.surface import LOOKS
 
 
 def test_kinds_are_the_registrys() -> None:
@@ -29,3 +30,7 @@ def test_sizes_are_ordered_as_named() -> None:
     assert seen == sorted(seen) and seen[0] < seen[1], seen
     steps = [IMPRINT_SIZES[s.value].epochs * IMPRINT_SIZES[s.value].steps_per_epoch for s in Size]
     assert steps == sorted(steps) and steps[0] < steps[1], steps
+
+
+def test_defect_looks_are_the_twins() -> None:
+    assert [look.value for look in DefectLook] == list(LOOKS)
