@@ -63,6 +63,10 @@ class SegmentationRecipe:
     # how calibration chooses each class's gate threshold: "f1", the best image-level F1,
     # then the rest given it; "dice", together with the rest by validation mean Dice
     gate_by: str = "f1"
+    # a false-alarm budget: each class's gate at least this quantile of its gate over the
+    # validation frames without the class (0.99: at most about 1 % of them let through);
+    # 0: no floor
+    gate_floor: float = 0.0
     # The most crops the network sees in training, in all: on a larger recording it trains
     # fewer epochs (models.kinds.within_budget); 0: no budget.
     pictures: int = 0
@@ -73,6 +77,8 @@ class SegmentationRecipe:
         if self.speckle and not self.detail_window:
             raise ValueError("speckle draws specks into the fine detail: set detail_window too")
         _check_gate_by(self.gate_by)
+        if not 0 <= self.gate_floor < 1:
+            raise ValueError(f"gate_floor {self.gate_floor}: a quantile, 0 (none) to below 1")
 
     def to_params(self) -> dict:
         return asdict(self)
@@ -406,7 +412,7 @@ def fit(
     segmenter = Segmenter(
         net, spec, pre, dict(train.classes), Thresholds.neutral(spec.n_classes), (h, w), dev
     )
-    thresholds, val_dice = calibrate(segmenter, validation, recipe.gate_by)
+    thresholds, val_dice = calibrate(segmenter, validation, recipe.gate_by, recipe.gate_floor)
     segmenter.thresholds = thresholds
     return TrainingResult(
         segmenter, recipe, history, time.perf_counter() - started, str(dev), val_dice
@@ -422,7 +428,7 @@ def _full_resolution(segmenter: Segmenter, probabilities: np.ndarray) -> np.ndar
 
 
 def calibrate(
-    segmenter: Segmenter, validation: SegmentationData, gate_by: str = "f1"
+    segmenter: Segmenter, validation: SegmentationData, gate_by: str = "f1", gate_floor: float = 0.0
 ) -> tuple[Thresholds, float]:
     """Per class: the gate threshold, the pixel threshold, the frame's contrast
     (``CONTRAST_GRID``) and the minimum area, measured at the frames' full resolution as
@@ -432,13 +438,18 @@ def calibrate(
     away a frame is right only when the frame has no such defect, and F1 does not count
     those). At the model's quarter scale a fine scratch one or two pixels wide covers at
     most half of any pixel: the truth there was empty, and calibration chose whatever
-    kept such masks empty."""
+    kept such masks empty. ``gate_floor``: no gate below that quantile of the class's
+    gate over the validation frames without it (``gate_floors``)."""
     _check_gate_by(gate_by)
     gate, pixels = segmenter.probabilities(validation.images)
     presence = validation.presence()
     n, n_classes = presence.shape
+    floors = gate_floors(gate, presence, gate_floor)
     if gate_by == "f1":
-        gates = [best_f1_threshold(gate[:, j], presence[:, j])[0] for j in range(n_classes)]
+        gates = [
+            max(best_f1_threshold(gate[:, j], presence[:, j])[0], floors[j])
+            for j in range(n_classes)
+        ]
     else:  # every frame is scored; the gate is chosen with the rest below
         gates = [0.0] * n_classes
     dice = _dice_grid(segmenter, validation, pixels, gate >= np.array(gates)[None, :])
@@ -448,7 +459,7 @@ def calibrate(
         if gate_by == "f1":
             means = dice[j].mean(axis=-1)  # (contrasts, pixel thresholds, areas)
         else:
-            gates[j], means = _gate_by_dice(gate[:, j], dice[j], empty[j])
+            gates[j], means = _gate_by_dice(gate[:, j], dice[j], empty[j], floors[j])
         # the first best in grid order: no contrast, the lowest pixel threshold, then the
         # smallest area
         c, k, a = np.unravel_index(int(np.argmax(means)), means.shape)
@@ -502,15 +513,28 @@ def _dice_grid(
     return dice
 
 
+def gate_floors(gate: np.ndarray, presence: np.ndarray, quantile: float) -> list[float]:
+    """Per class, the ``quantile`` of the gate over the frames without the class: a gate
+    at or above it lets through at most about 1 - ``quantile`` of such frames. 0 where
+    ``quantile`` is 0 or no frame lacks the class."""
+    floors = []
+    for j in range(presence.shape[1]):
+        clean = gate[~presence[:, j], j]
+        quantiled = np.quantile(clean, quantile, method="higher") if clean.size else 0.0
+        floors.append(float(quantiled) if quantile else 0.0)
+    return floors
+
+
 def _gate_by_dice(
-    gate: np.ndarray, dice: np.ndarray, empty: np.ndarray
+    gate: np.ndarray, dice: np.ndarray, empty: np.ndarray, floor: float = 0.0
 ) -> tuple[float, np.ndarray]:
     """The gate threshold of one class at which its best mean Dice over the frames is
     highest, and the means (contrasts, pixel thresholds, areas) there. ``gate``: (n,) the
     frames' gate probabilities; ``dice``: (..., n) each frame's Dice when let through;
     ``empty``: (n,) 1 where the frame has no such defect. Each candidate lets through the
     frames gated at or above one of their own values, or none; on a tie the higher
-    threshold (fewer frames let through)."""
+    threshold (fewer frames let through). No threshold under ``floor``: only frames
+    gated at or above it may pass."""
     order = np.argsort(-gate, kind="stable")
     ranked = gate[order]
     n = len(ranked)
@@ -523,7 +547,7 @@ def _gate_by_dice(
     through = passed_dice + (empty.sum() - passed_empty)
     # m frames can pass alone only where the m-th and the next are gated differently
     ends = np.flatnonzero(np.append(ranked[:-1] > ranked[1:], True)) + 1
-    candidates = np.concatenate([[0], ends])
+    candidates = np.concatenate([[0], ends[ranked[ends - 1] >= floor]])
     best = through[..., candidates].reshape(-1, len(candidates)).max(axis=0)
     m = int(candidates[int(np.argmax(best))])
     threshold = float(np.nextafter(ranked[0], np.inf)) if m == 0 else float(ranked[m - 1])

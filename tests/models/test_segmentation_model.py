@@ -387,6 +387,11 @@ def test_a_gate_chosen_by_dice_lets_through_frames_whose_masks_are_right() -> No
     assert by_f1.gate[0] == pytest.approx(0.9)
     assert by_dice.gate[0] == pytest.approx(0.1)
     assert score > 0.99  # the block's edges, upsampled from a quarter of the scale
+    # a false-alarm budget: the clean frames are gated 0.3-0.6, so no gate under 0.597
+    floored, _ = calibrate(Sure(), data, gate_by="dice", gate_floor=0.99)
+    assert floored.gate[0] == pytest.approx(0.9)
+    with pytest.raises(ValueError, match=r"gate_floor 1\.0"):
+        recipe_for("tiny", gate_floor=1.0)
     with pytest.raises(ValueError, match="gate_by 'best'"):
         calibrate(Sure(), data, gate_by="best")
     with pytest.raises(ValueError, match="gate_by 'best'"):  # before any training
@@ -394,7 +399,8 @@ def test_a_gate_chosen_by_dice_lets_through_frames_whose_masks_are_right() -> No
 
 
 def test_the_gate_chosen_by_dice_is_the_best_of_every_threshold() -> None:
-    """``_gate_by_dice`` against trying each threshold in turn, with tied gates."""
+    """``_gate_by_dice`` against trying each threshold in turn, with tied gates and
+    floors."""
     from models.segmentation.train import _gate_by_dice
 
     rng = np.random.default_rng(3)
@@ -403,13 +409,31 @@ def test_the_gate_chosen_by_dice_is_the_best_of_every_threshold() -> None:
         gate = rng.choice([0.1, 0.2, 0.5, 0.7, 0.9, 1.0], n).astype(np.float32)
         empty = (rng.random(n) < 0.6).astype(float)
         dice = rng.random((2, 3, n))
-        threshold, means = _gate_by_dice(gate, dice, empty)
+        floor = float(rng.choice([0.0, 0.5]))
+        threshold, means = _gate_by_dice(gate, dice, empty, floor)
         best = max(
             np.where(gate >= t, dice, empty).mean(-1).max()
-            for t in [*np.unique(gate), np.nextafter(gate.max(), np.inf)]
+            for t in [*np.unique(gate[gate >= floor]), np.nextafter(gate.max(), np.inf)]
         )
+        assert threshold >= floor
         assert means.max() == pytest.approx(best)
         assert np.allclose(means, np.where(gate >= threshold, dice, empty).mean(-1))
+
+
+def test_gate_floors_let_through_at_most_their_share_of_clean_frames() -> None:
+    from models.segmentation.train import gate_floors
+
+    rng = np.random.default_rng(5)
+    gate = rng.random((400, 3)).astype(np.float32)
+    presence = rng.random((400, 3)) < 0.3
+    presence[:, 2] = True  # no frame without class 3
+    floors = gate_floors(gate, presence, 0.99)
+    for j in range(2):
+        clean = gate[~presence[:, j], j]
+        assert (clean > floors[j]).mean() <= 0.01 + 1e-9
+        assert (clean >= floors[j]).sum() >= 2
+    assert floors[2] == 0.0
+    assert gate_floors(gate, presence, 0.0) == [0.0, 0.0, 0.0]
 
 
 def test_predict_rejects_colour_or_float_frames() -> None:
