@@ -174,7 +174,8 @@ def pits_outlined(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     label = _outline(rng, h, w)
     fade = _fade(label, min(h, w) * rng.uniform(0.05, 0.15))
     count = max(2, h * w // int(rng.integers(80, 250)))
-    specks = _specks(rng, fade > 0.5, count, (1, 4))
+    inner = fade > 0.5
+    specks = _specks(rng, inner if inner.any() else label, count, (1, 4))
     sign = 1.0 if rng.random() < 0.4 else -1.0
     tone = rng.uniform(5, 20) * (1 + 0.5 * smooth_noise(rng, label.shape, (8, 8)))
     delta = sign * fade * (tone + rng.uniform(20, 55) * specks)
