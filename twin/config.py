@@ -104,7 +104,7 @@ class TwinConfig(BaseModel):
         "hidden holdouts use it): each defect a hard mask, labelled exactly where the picture "
         "changes, scratches single lines. severstal: as Severstal's real defects look and "
         "are labelled (twin.surface): outlines drawn around them with a margin, scratches "
-        "as bands of fine streaks, sizes from real labels.",
+        "as bands of fine streaks, sized after real Severstal masks.",
     )
     station_width: int = Field(640, ge=64, description="Marking station picture width, px.")
     station_height: int = Field(320, ge=64, description="Marking station picture height, px.")
