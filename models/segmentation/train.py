@@ -517,12 +517,10 @@ def gate_floors(gate: np.ndarray, presence: np.ndarray, quantile: float) -> list
     """Per class, the ``quantile`` of the gate over the frames without the class: a gate
     at or above it lets through at most about 1 - ``quantile`` of such frames. 0 where
     ``quantile`` is 0 or no frame lacks the class."""
-    floors = []
-    for j in range(presence.shape[1]):
-        clean = gate[~presence[:, j], j]
-        quantiled = np.quantile(clean, quantile, method="higher") if clean.size else 0.0
-        floors.append(float(quantiled) if quantile else 0.0)
-    return floors
+    if not quantile:
+        return [0.0] * presence.shape[1]
+    cleans = (gate[~presence[:, j], j] for j in range(presence.shape[1]))
+    return [float(np.quantile(c, quantile, method="higher")) if c.size else 0.0 for c in cleans]
 
 
 def _gate_by_dice(

@@ -282,7 +282,7 @@ def test_the_severstal_look_is_a_setting_and_the_twin_stays_as_it_was(tmp_path: 
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
     rows = ground_truth(severstal.inspection, "defects.csv")
     assert {int(r["ClassId"]) for r in rows} == {1, 2, 3, 4}
-    outlined = ground_truth(plain.inspection, "defects.csv")
-    assert {r["EncodedPixels"] for r in rows}.isdisjoint(r["EncodedPixels"] for r in outlined)
+    exact = ground_truth(plain.inspection, "defects.csv")
+    assert {r["EncodedPixels"] for r in rows}.isdisjoint(r["EncodedPixels"] for r in exact)
     with pytest.raises(ValidationError, match="defect_look"):
         TwinConfig(defect_look="kaggle")
