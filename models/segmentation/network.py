@@ -23,6 +23,8 @@ class UNetSpec:
     n_classes: int = 4
     decoder_channels: tuple[int, ...] = (256, 128, 64, 32)
     in_channels: int = 1  # the grey frame, and with fine detail (models.preprocess) 3
+    # the gate also reads each class's strongest mask logit (UNetResNet.forward)
+    mask_evidence: bool = False
 
 
 def _conv(cin: int, cout: int) -> nn.Sequential:
@@ -59,6 +61,9 @@ class UNetResNet(nn.Module):
         self.gate_head = nn.Sequential(
             nn.Dropout(0.2), nn.Linear(2 * STAGE_CHANNELS[4], spec.n_classes)
         )
+        # per class, how much the mask's strongest logit adds to the gate's logit; 0 at
+        # first, learnt with the gate
+        self.evidence = nn.Parameter(torch.zeros(spec.n_classes)) if spec.mask_evidence else None
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         r = self.encoder
@@ -74,4 +79,10 @@ class UNetResNet(nn.Module):
             y = block(y, skip)
         # The decoder stops at half resolution; logits are upsampled, not features (4x cheaper).
         masks = F.interpolate(self.mask_head(y), size=x.shape[-2:], mode="bilinear")
+        if self.evidence is not None:
+            # The gate pools the encoder's last stage, 1/32 of the input: a line a pixel
+            # wide is lost there, but not in the mask, which the decoder brings back to
+            # half the input. Its strongest logit per class tells the gate what the mask
+            # saw; detached, so the mask learns from its own loss alone.
+            gate = gate + self.evidence * masks.detach().amax(dim=(2, 3))
         return masks, gate

@@ -29,13 +29,21 @@ from tasks.datasets import load_segmentation
 from tasks.labels import SourceError
 
 
-def small_segmenter(seed: int = 0, detail_window: int = 0) -> Segmenter:
+def small_segmenter(
+    seed: int = 0, detail_window: int = 0, mask_evidence: bool = False
+) -> Segmenter:
     torch.manual_seed(seed)
     pre = Preprocess(64, 128, 0.4, 0.2, detail_window)
-    spec = UNetSpec(encoder="resnet10", n_classes=4, in_channels=pre.channels)
+    spec = UNetSpec(
+        encoder="resnet10", n_classes=4, in_channels=pre.channels, mask_evidence=mask_evidence
+    )
     thresholds = Thresholds((0.3,) * 4, (0.5,) * 4, (0, 16, 0, 64))
+    net = UNetResNet(spec)
+    if mask_evidence:  # as a trained one: each class's gate leans on its mask
+        with torch.no_grad():
+            net.evidence.copy_(torch.tensor([0.5, 1.0, 0.0, 2.0]))
     return Segmenter(
-        UNetResNet(spec),
+        net,
         spec,
         pre,
         {1: "a", 2: "b", 3: "c", 4: "d"},
@@ -48,6 +56,27 @@ def test_network_gives_full_size_masks_and_one_gate_per_class() -> None:
     net = UNetResNet(UNetSpec(encoder="resnet10", n_classes=3)).eval()
     masks, gate = net(torch.zeros(2, 1, 64, 96))
     assert masks.shape == (2, 3, 64, 96) and gate.shape == (2, 3)
+
+
+def test_the_gate_with_mask_evidence_adds_each_class_strongest_mask_logit() -> None:
+    """The gate reads the mask where the encoder's last stage (1/32) has lost a thin line:
+    per class, its learnt weight times the mask's strongest logit, on top of the pooled
+    gate; a network without it keeps the pooled gate alone."""
+    torch.manual_seed(0)
+    plain = UNetResNet(UNetSpec(encoder="resnet10", n_classes=3)).eval()
+    seeing = UNetResNet(UNetSpec(encoder="resnet10", n_classes=3, mask_evidence=True)).eval()
+    missing, unexpected = seeing.load_state_dict(plain.state_dict(), strict=False)
+    assert missing == ["evidence"] and not unexpected
+    x = torch.randn(2, 1, 64, 96)
+    masks, gate = plain(x)
+    assert torch.equal(seeing(x)[1], gate), "the evidence starts at zero: the gate as before"
+    with torch.no_grad():
+        seeing.evidence.copy_(torch.tensor([0.0, 1.0, -2.0]))
+    seen_masks, seen_gate = seeing(x)
+    assert torch.equal(seen_masks, masks)
+    expected = gate + torch.tensor([0.0, 1.0, -2.0]) * masks.amax(dim=(2, 3))
+    assert torch.allclose(seen_gate, expected, atol=1e-6)
+    assert not torch.allclose(seen_gate, gate)
 
 
 def test_unknown_encoder_is_named() -> None:
@@ -72,11 +101,11 @@ def test_local_rgb_weights_are_folded_into_the_grey_channel(tmp_path: Path) -> N
         load_encoder_weights(build_resnet("resnet34"), path)
 
 
-@pytest.mark.parametrize("detail_window", [0, 15])
+@pytest.mark.parametrize(("detail_window", "mask_evidence"), [(0, False), (15, False), (0, True)])
 def test_saved_segmenter_predicts_identically_after_loading(
-    tmp_path: Path, detail_window: int
+    tmp_path: Path, detail_window: int, mask_evidence: bool
 ) -> None:
-    segmenter = small_segmenter(detail_window=detail_window)
+    segmenter = small_segmenter(detail_window=detail_window, mask_evidence=mask_evidence)
     frames = np.random.default_rng(1).integers(0, 256, (3, 128, 256), dtype=np.uint8)
     before = segmenter.predict(frames)
     loaded = Segmenter.load(segmenter.save(tmp_path / "bundle"))
@@ -88,10 +117,11 @@ def test_saved_segmenter_predicts_identically_after_loading(
     assert loaded.preprocess == segmenter.preprocess and loaded.spec == segmenter.spec
 
 
+@pytest.mark.parametrize("mask_evidence", [False, True])
 def test_a_segmenter_with_fine_detail_runs_as_onnx_with_the_same_probabilities(
-    tmp_path: Path,
+    tmp_path: Path, mask_evidence: bool
 ) -> None:
-    segmenter = small_segmenter(detail_window=15)
+    segmenter = small_segmenter(detail_window=15, mask_evidence=mask_evidence)
     frames = np.random.default_rng(2).integers(0, 256, (3, 128, 256), dtype=np.uint8)
     gate, pixels = segmenter.probabilities(frames)
     segmenter.run_onnx(segmenter.export_onnx(tmp_path / "segmenter.onnx"))
