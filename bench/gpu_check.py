@@ -138,12 +138,13 @@ def _segmenter(bundle: Path | None, size: str, device):
         return Segmenter.load(bundle, device)
     recipe = recipe_for(size)
     height, width = round(256 * recipe.scale), round(1600 * recipe.scale)
-    spec = UNetSpec(recipe.encoder, 4)
+    # the recipe's network: its fine detail (two more input channels) and gate
+    pre = Preprocess(height, width, 0.3, 0.2, recipe.detail_window)
+    spec = UNetSpec(recipe.encoder, 4, in_channels=pre.channels, mask_evidence=recipe.mask_evidence)
     closed = Thresholds((1.01,) * 4, (0.5,) * 4, (0,) * 4)  # no frame passes the gate
     return Segmenter(
-        UNetResNet(spec), spec, Preprocess(height, width, 0.3, 0.2), dict(enumerate("1234")),
-        closed, (256, 1600), device,
-    )  # fmt: skip
+        UNetResNet(spec), spec, pre, dict(enumerate("1234")), closed, (256, 1600), device
+    )
 
 
 def _recording(folder: Path, sheets: int):
