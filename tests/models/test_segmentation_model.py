@@ -101,7 +101,9 @@ def test_local_rgb_weights_are_folded_into_the_grey_channel(tmp_path: Path) -> N
         load_encoder_weights(build_resnet("resnet34"), path)
 
 
-@pytest.mark.parametrize(("detail_window", "mask_evidence"), [(0, False), (15, False), (0, True)])
+@pytest.mark.parametrize(
+    ("detail_window", "mask_evidence"), [(0, False), (15, False), (0, True), (15, True)]
+)
 def test_saved_segmenter_predicts_identically_after_loading(
     tmp_path: Path, detail_window: int, mask_evidence: bool
 ) -> None:
@@ -136,7 +138,7 @@ def test_a_segmenter_in_bfloat16_on_the_cpu_gives_the_float32_probabilities_clos
     """``cpu_precision=bfloat16``: the network on torch in bfloat16, channels-last, its
     ONNX graph left; probabilities within what bfloat16's 8 bits of mantissa allow, and
     the same frames' masks (emulated where the CPU has no AMX: slower, the same sums)."""
-    segmenter = small_segmenter(detail_window=15)
+    segmenter = small_segmenter(detail_window=15, mask_evidence=True)  # as the recipes
     frames = np.random.default_rng(2).integers(0, 256, (3, 128, 256), dtype=np.uint8)
     gate, pixels = segmenter.probabilities(frames)
     segmenter.run_onnx(segmenter.export_onnx(tmp_path / "segmenter.onnx"))
