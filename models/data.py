@@ -110,6 +110,19 @@ class SegmentationData:
             [self.groups[i] for i in index],
         )
 
+    def joined(self, other: SegmentationData) -> SegmentationData:
+        """This data's images, then ``other``'s (the same classes and frame size)."""
+        if dict(other.classes) != dict(self.classes):
+            raise ValueError(f"{other.source} has other classes than {self.source}")
+        return SegmentationData(
+            self.source,
+            self.ids + other.ids,
+            np.concatenate([self.images, other.images]),
+            self.rles + other.rles,
+            self.classes,
+            self.groups + other.groups,
+        )
+
     def splits(self) -> dict[str, np.ndarray]:
         return split_by_group(self.groups)
 

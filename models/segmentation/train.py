@@ -1,4 +1,5 @@
-"""Training the segmentation model and choosing its thresholds on validation data.
+"""Training the segmentation model and choosing its thresholds on validation data (and,
+with ``calibrate_on_training``, on the training data too).
 
 Sizes are named, frozen recipes: ``tiny`` trains in seconds on CPU (tests), ``default``
 in at most 20 minutes on 2 CPU cores, ``gpu`` is for a data-centre GPU (mixed precision).
@@ -68,6 +69,10 @@ class SegmentationRecipe:
     # validation frames without the class (0.99: at most about 1 % of them let through);
     # 0: no floor
     gate_floor: float = 0.0
+    # Thresholds chosen on the training frames as well as the validation frames: more
+    # frames of each rare class to choose on (a 100-sheet recording's validation split
+    # holds one frame of fine scratches), at the price of frames the network has seen
+    calibrate_on_training: bool = False
     # The most crops the network sees in training, in all: on a larger recording it trains
     # fewer epochs (models.kinds.within_budget); 0: no budget.
     pictures: int = 0
@@ -100,8 +105,19 @@ SIZES = MappingProxyType(
         "demo": SegmentationRecipe("resnet10", 0.25, 12, 12, 3e-3, crop_width=64, **FINE),
         # Its budget is the 100-sheet recording's 745 training frames 24 times (about 7
         # minutes on 2 cores); a 300-sheet recording trains 7 epochs.
+        # Its thresholds are chosen on the training frames too: on two twin holdouts that
+        # scored better than validation alone for each of three seeds (docs/benchmarks.md,
+        # "Thresholds chosen on more frames").
         "default": SegmentationRecipe(
-            "resnet18", 0.25, 16, 24, 2e-3, crop_width=128, pictures=18_000, **FINE
+            "resnet18",
+            0.25,
+            16,
+            24,
+            2e-3,
+            crop_width=128,
+            pictures=18_000,
+            calibrate_on_training=True,
+            **FINE,
         ),
         "gpu": SegmentationRecipe("resnet34", 1.0, 32, 40, 1e-3, crop_width=512),
     }
@@ -124,7 +140,7 @@ class TrainingResult:
     history: list[dict]  # per epoch: loss, validation loss, seconds
     seconds: float
     device: str
-    validation_dice: float
+    validation_dice: float  # the mean Dice of the frames the thresholds were chosen on
 
 
 def _targets(data: SegmentationData, pre: Preprocess, cells: bool = False) -> np.ndarray:
@@ -363,7 +379,8 @@ def fit(
     encoder_weights: str | None = None,
     progress: Callable[[int, int, dict], None] | None = None,
 ) -> TrainingResult:
-    """Train on ``train``, choose thresholds on ``validation``; nothing touches the holdout."""
+    """Train on ``train``, choose thresholds on ``validation`` (with the recipe's
+    ``calibrate_on_training``, on both); nothing touches the holdout."""
     started = time.perf_counter()
     recipe = within_budget(recipe, len(train))
     torch.manual_seed(seed)
@@ -425,7 +442,8 @@ def fit(
     segmenter = Segmenter(
         net, spec, pre, dict(train.classes), Thresholds.neutral(spec.n_classes), (h, w), dev
     )
-    thresholds, val_dice = calibrate(segmenter, validation, recipe.gate_by, recipe.gate_floor)
+    chosen_on = validation.joined(train) if recipe.calibrate_on_training else validation
+    thresholds, val_dice = calibrate(segmenter, chosen_on, recipe.gate_by, recipe.gate_floor)
     segmenter.thresholds = thresholds
     return TrainingResult(
         segmenter, recipe, history, time.perf_counter() - started, str(dev), val_dice

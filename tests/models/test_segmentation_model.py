@@ -430,6 +430,38 @@ def test_a_gate_chosen_by_dice_lets_through_frames_whose_masks_are_right() -> No
         fit(None, None, recipe_for("tiny", gate_by="best"))
 
 
+def test_a_recipe_may_choose_its_thresholds_on_the_training_frames_too() -> None:
+    """A class that the validation frames never show is never reported when thresholds
+    are chosen on them alone; with ``calibrate_on_training`` (the ``default`` recipe) they
+    are chosen on the validation and the training frames together, and it is."""
+    from models.segmentation.train import calibrate, fit
+
+    rng = np.random.default_rng(0)
+    frames = np.full((12, 64, 128), 100, np.uint8) + rng.integers(0, 4, (12, 64, 128), np.uint8)
+    block = np.zeros((64, 128), bool)
+    block[16:48, 40:72] = True
+    line = np.zeros((64, 128), bool)
+    line[8:56, 100:102] = True
+    frames[:, block] = 40
+    frames[:3, line] = 180  # the second class is on three frames, all of them in training
+    rles = [{1: rle_encode(block), 2: rle_encode(line)}] * 3 + [{1: rle_encode(block)}] * 9
+    data = SegmentationData("lined", [f"f{i}" for i in range(12)], frames, rles, {1: "a", 2: "b"})
+    train, validation = data.subset(range(8)), data.subset(range(8, 12))
+    assert validation.joined(train).ids == validation.ids + train.ids
+    with pytest.raises(ValueError, match="other classes"):
+        validation.joined(SegmentationData("x", ["y"], frames[:1], [{}], {1: "a"}))
+
+    assert recipe_for("default").calibrate_on_training
+    recipe = recipe_for("tiny", epochs=2, calibrate_on_training=True)
+    segmenter = fit(train, validation, recipe, "cpu").segmenter
+    on_both, _ = calibrate(segmenter, validation.joined(train))
+    on_validation, _ = calibrate(segmenter, validation)
+    assert segmenter.thresholds == on_both != on_validation
+    gate, _ = segmenter.probabilities(data.images)
+    assert on_validation.gate[1] > gate[8:, 1].max()  # above every frame it was chosen on
+    assert on_both.gate[1] <= gate[:3, 1].max()  # lets through a frame that shows it
+
+
 def test_the_gate_chosen_by_dice_is_the_best_of_every_threshold() -> None:
     """``_gate_by_dice`` against trying each threshold in turn, with tied gates and
     floors."""
