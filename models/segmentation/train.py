@@ -103,20 +103,20 @@ SIZES = MappingProxyType(
         "tiny": SegmentationRecipe("resnet10", 0.25, 12, 4, 3e-3, crop_width=64),
         # `make demo`: about two minutes on 2 CPU cores for a 30-40 sheet twin line
         "demo": SegmentationRecipe("resnet10", 0.25, 12, 12, 3e-3, crop_width=64, **FINE),
-        # Its budget is the 100-sheet recording's 745 training frames 48 times (about 11
-        # minutes on 2 cores; 24 scored lower on two twin holdouts in each of three seeds,
-        # docs/benchmarks.md, "Twice the epochs"); a 300-sheet recording trains 15. Its
-        # thresholds are chosen on the training frames too: on the same holdouts that
-        # scored better than validation alone for each of three seeds (docs/benchmarks.md,
-        # "Thresholds chosen on the training frames too").
+        # Its budget is the 100-sheet recording's 745 training frames 72 times (about 15
+        # minutes on 2 cores; 24 and 48 scored lower on two twin holdouts, docs/
+        # benchmarks.md, "More epochs"); a 300-sheet recording trains 23. Its thresholds
+        # are chosen on the training frames too: on the same holdouts that scored better
+        # than validation alone for each of three seeds (docs/benchmarks.md, "Thresholds
+        # chosen on the training frames too").
         "default": SegmentationRecipe(
             "resnet18",
             0.25,
             16,
-            48,
+            72,
             2e-3,
             crop_width=128,
-            pictures=36_000,
+            pictures=54_000,
             calibrate_on_training=True,
             **FINE,
         ),
