@@ -21,11 +21,17 @@ def test_sizes_are_every_recipes() -> None:
 
 
 def test_sizes_are_ordered_as_named() -> None:
-    """tiny < demo < default < gpu in training work (epochs; pictures seen for the
-    detector, whose demo trains more epochs on fewer pictures; steps for the imprint)."""
-    for sizes in (SEGMENTATION_SIZES, CLASSIFIER_SIZES):
-        epochs = [sizes[s.value].epochs for s in Size]
-        assert epochs == sorted(epochs) and epochs[0] < epochs[1], epochs
+    """tiny < demo < default < gpu in training work (epochs for the classifier; for
+    segmentation epochs times a crop's input pixels, since `gpu` trains fewer epochs on
+    crops 16 times the `default`'s; pictures seen for the detector, whose demo trains
+    more epochs on fewer pictures; steps for the imprint)."""
+    epochs = [CLASSIFIER_SIZES[s.value].epochs for s in Size]
+    assert epochs == sorted(epochs) and epochs[0] < epochs[1], epochs
+    recipes = [SEGMENTATION_SIZES[s.value] for s in Size]
+    # input pixels of one crop of a 1600 x 256 frame (the whole frame without crops)
+    pixels = [r.scale * 256 * (r.crop_width or r.scale * 1600) for r in recipes]
+    work = [r.epochs * p for r, p in zip(recipes, pixels, strict=True)]
+    assert work == sorted(work) and work[0] < work[1], work
     seen = [DETECTOR_SIZES[s.value].epochs * DETECTOR_SIZES[s.value].max_images for s in Size]
     assert seen == sorted(seen) and seen[0] < seen[1], seen
     steps = [IMPRINT_SIZES[s.value].epochs * IMPRINT_SIZES[s.value].steps_per_epoch for s in Size]
