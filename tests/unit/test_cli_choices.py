@@ -28,9 +28,9 @@ def test_sizes_are_ordered_as_named() -> None:
     epochs = [CLASSIFIER_SIZES[s.value].epochs for s in Size]
     assert epochs == sorted(epochs) and epochs[0] < epochs[1], epochs
     recipes = [SEGMENTATION_SIZES[s.value] for s in Size]
-    # input pixels of one crop of a 1600 x 256 frame (the whole frame without crops)
-    pixels = [r.scale * 256 * (r.crop_width or r.scale * 1600) for r in recipes]
-    work = [r.epochs * p for r, p in zip(recipes, pixels, strict=True)]
+    # epochs times the input pixels of one crop of a 1600 x 256 frame (the whole frame
+    # without crops)
+    work = [r.epochs * r.scale * 256 * (r.crop_width or r.scale * 1600) for r in recipes]
     assert work == sorted(work) and work[0] < work[1], work
     seen = [DETECTOR_SIZES[s.value].epochs * DETECTOR_SIZES[s.value].max_images for s in Size]
     assert seen == sorted(seen) and seen[0] < seen[1], seen
