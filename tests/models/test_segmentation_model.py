@@ -645,4 +645,4 @@ def test_a_longer_recording_trains_fewer_epochs_within_the_recipes_budget() -> N
     epochs): a 300-sheet one (2,336) trains 23, and `demo` has no budget."""
     assert within_budget(recipe_for("default"), 745).epochs == 72
     assert within_budget(recipe_for("default"), 2336).epochs == 23
-    assert within_budget(recipe_for("demo"), 10**5).epochs == 12
+    assert within_budget(recipe_for("demo"), 10**5).epochs == 36
