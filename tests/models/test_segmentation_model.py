@@ -21,6 +21,7 @@ from models.segmentation.train import (
     CropSampler,
     _distracted,
     _randomised,
+    _shifted,
     _speckled,
     _targets,
     recipe_for,
@@ -638,6 +639,47 @@ def test_specks_are_isolated_unlabelled_cells_of_the_fine_detail() -> None:
     assert not bool((raised[:, 0] & raised[:, 1]).any()), "bright or dark, not both"
     grey = specked[:, 0].abs() * 255 * pre.std
     assert float(grey.max()) <= 0.25 * 80 + 1e-3
+
+
+def test_shifted_crops_lose_rows_past_their_edge_with_their_labels() -> None:
+    """Rows numbered 0-15: a crop moved up starts at a later row and ends in its own
+    last rows mirrored; its labels move with it, so a defect on the rows that left is
+    gone from both."""
+    x = torch.arange(16.0).view(1, 1, 16, 1).repeat(64, 3, 1, 4)
+    y = (x[:, :2] < 3).float()  # a defect on the first three rows
+    g = torch.Generator().manual_seed(0)
+    assert torch.equal(_shifted(x, y, 0.0, g)[0], x)
+    xs, ys = _shifted(x, y, 1.0, g)
+    assert torch.equal(ys, (xs[:, :2] < 3).float()), "labels move with their rows"
+    assert bool((xs != x).flatten(1).any(dim=1).all()), "every crop moved"
+    first = xs[:, 0, 0, 0]
+    assert float(first.max()) <= 8 and bool((first >= 3).any()), "the defect left some"
+    rows = xs[:, 0, :, 0]
+    steps = (rows[:, 1:] - rows[:, :-1]).abs()
+    assert bool((steps <= 1).all()), "mirrored at the edge, no seam"
+
+
+def test_a_recipe_with_shifted_crops_trains() -> None:
+    """The `default` recipe moves half its crops; one that moves every crop, a
+    defect near the top among them, trains through `fit`."""
+    from models.segmentation.train import fit
+
+    assert recipe_for("default").shift == 0.5
+    block = np.zeros((64, 128), bool)
+    block[2:10, 20:60] = True  # near the top: a move up takes it out of the crop
+    frames = np.random.default_rng(0).integers(90, 110, (6, 64, 128), np.uint8)
+    frames[:, block] = 200
+    data = SegmentationData(
+        "top", [f"f{i}" for i in range(6)], frames, [{1: rle_encode(block)}] * 6, {1: "a"}
+    )
+    result = fit(
+        data.subset(range(4)),
+        data.subset(range(4, 6)),
+        recipe_for("tiny", epochs=2, shift=1.0),
+        "cpu",
+    )
+    assert len(result.history) == 2
+    assert all(np.isfinite(row["loss"]) for row in result.history)
 
 
 def test_a_longer_recording_trains_fewer_epochs_within_the_recipes_budget() -> None:
