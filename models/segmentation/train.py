@@ -111,9 +111,9 @@ SIZES = MappingProxyType(
         # benchmarks.md, "More epochs"); a 300-sheet recording trains 23. Its thresholds
         # are chosen on the training frames too: on the same holdouts that scored better
         # than validation alone for each of three seeds (docs/benchmarks.md, "Thresholds
-        # chosen on the training frames too"). Half its crops are moved up or down: pits
-        # and fine scratches were found on more of their frames on two twin holdouts
-        # in each seed measured (docs/benchmarks.md, "Crops moved past the frame's edge").
+        # chosen on the training frames too"). Half its crops are moved up or down: fine
+        # scratches were found on more of their frames on two twin holdouts in each of
+        # three seeds (docs/benchmarks.md, "Crops moved past the frame's edge").
         "default": SegmentationRecipe(
             "resnet18",
             0.25,
