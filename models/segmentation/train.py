@@ -362,9 +362,9 @@ def _train_epoch(net, sampler, recipe, pre, device, optimizer, scheduler, g, rng
     for xb, yb, pb in sampler.batches():
         if recipe.distractors:
             xb, yb = _distracted(xb, yb, pre, recipe.distractors, recipe.scale, rng)
-            pb = (yb.amax(dim=(2, 3)) > 0).float()
         if recipe.shift:
             xb, yb = _shifted(xb, yb, recipe.shift, g)
+        if recipe.distractors or recipe.shift:  # labels lost: the gate's targets follow
             pb = (yb.amax(dim=(2, 3)) > 0).float()
         if recipe.randomise:
             xb = _randomised(xb, pre, recipe.randomise, g)
