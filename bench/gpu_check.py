@@ -1,7 +1,7 @@
 """The GPU check: what the data path of one inspection worker reaches on this machine.
 
     bash bench/gpu_check.sh OUT [--device auto|cpu|cuda] [--size gpu] [--sheets 40]
-        [--segmenter BUNDLE] [--rounds 3] [--batch 64] [--threads N]
+        [--segmenter BUNDLE] [--rounds 3] [--batch 64] [--threads N] [--compile]
 
 Needs only numpy, OpenCV, torch, torchvision and pydantic (what the H200 machine has,
 `bench/gpu_check.sh` installs the rest from wheels it brings): no MLflow, Dask, DuckDB or
@@ -17,7 +17,10 @@ writes into OUT (``gpu_check.md``, ``gpu_check.json``):
   the gates of both inputs compared), and end to end, the video decoded ``--threads``
   ways a batch ahead, or JPEG frames decoded as a worker decodes a frame folder (on a
   GPU by nvJPEG, on a stream of its own, copied back for the host's work); their ratio
-  to model-only; on CPU also the network as an ONNX graph on ONNX Runtime;
+  to model-only; on CPU also the network as an ONNX graph on ONNX Runtime; with
+  ``--compile`` also the network compiled as a worker with ``compile_networks`` on
+  compiles it (``Segmenter.compiled``: fixed batches, a shorter last one padded), with
+  the seconds it took to compile;
 * the serving core's latency: single frames from 1 and 8 concurrent callers through
   the API's micro-batcher (``serving.batching``) into the segmenter, without HTTP and
   JPEG (FastAPI and MLflow are not on the H200 machine; `bench/serve_load.py` measures
@@ -38,6 +41,7 @@ trained model's regions add their cost).
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -50,7 +54,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -71,7 +75,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=min(8, os.cpu_count() or 1))
     parser.add_argument("--requests", type=int, default=400, help="per serving row")
     parser.add_argument(
-        "--compile", action="store_true", help="also the network compiled (torch.compile)"
+        "--compile",
+        action="store_true",
+        help="also the network compiled, as a worker with compile_networks on compiles it",
     )
     parser.add_argument(
         "--cudnn-benchmark", action="store_true", help="cuDNN times its kernels per shape"
@@ -302,20 +308,18 @@ def _segmenter_rates(segmenter, video: Path, frames, jpegs: list[bytes], args) -
 
         return call
 
-    def model_only() -> None:
+    def model_only(seg=segmenter) -> None:
         for start in range(0, n, args.batch):
-            segmenter.predict(frames[start : start + args.batch], args.batch, regions=True)
+            seg.predict(frames[start : start + args.batch], args.batch, regions=True)
 
     def end_to_end() -> None:
         for batch in _decoded_ahead(video, n, args.threads, args.batch):
             segmenter.predict(batch, args.batch, regions=True)
 
-    def end_to_end_jpeg(ahead: bool = True, stream=None, count: int = n) -> None:
+    def end_to_end_jpeg(ahead: bool = True, stream=None, seg=segmenter) -> None:
         with torch.cuda.stream(stream) if stream is not None else nullcontext():
-            for _host, on_device in _jpeg_batches_ahead(
-                jpegs[:count], args.batch, segmenter.device, ahead
-            ):
-                segmenter.predict(on_device, args.batch, regions=True)
+            for _host, on_device in _jpeg_batches_ahead(jpegs, args.batch, seg.device, ahead):
+                seg.predict(on_device, args.batch, regions=True)
 
     rows = []
     synced(model_only)()  # first calls allocate and pick kernels
@@ -360,21 +364,34 @@ def _segmenter_rates(segmenter, video: Path, frames, jpegs: list[bytes], args) -
             return row
 
         rows.append(_guarded(what, measured))
-    if on_gpu and args.compile:
-        what = "model-only, frames already on the GPU, network compiled (torch.compile)"
-        rows.append(_guarded(what, lambda: _compiled(segmenter, frames, args, what)))
-        what = "end to end, JPEG frames by nvJPEG, network compiled (whole batches)"
-        whole = n - n % args.batch
+    if args.compile:  # as a worker with `compile_networks` on: a shorter last batch padded
+        compiled: dict = {}
 
-        def compiled_end_to_end() -> dict:
-            with _compiled_network(segmenter):
-                synced(lambda: end_to_end_jpeg(count=whole))()  # compiles, if not yet
-                seconds = _median(synced(lambda: end_to_end_jpeg(count=whole)), args.rounds)
-            row = _rate(what, whole, seconds, None)
-            row["of model-only"] = row["frames/s"] / rows[0]["frames/s"]
+        def compiled_model_only(what: str) -> dict:
+            started = time.perf_counter()
+            compiled["seg"] = copy.copy(segmenter).compiled(args.batch)
+            compile_s = time.perf_counter() - started
+            run = synced(lambda: model_only(compiled["seg"]))
+            row = _rate(what, n, _median(run, args.rounds), None)
+            row["seconds to compile"] = round(compile_s, 1)
             return row
 
-        rows.append(_guarded(what, compiled_end_to_end))
+        what = f"model-only, torch on {segmenter.device}, network compiled"
+        rows.append(_guarded(what, lambda: compiled_model_only(what)))
+        if on_gpu and compiled:
+            what = "model-only, frames already on the GPU, network compiled"
+            rows.append(
+                _guarded(what, lambda: {**_resident(compiled["seg"], frames, args), "path": what})
+            )
+
+            def compiled_end_to_end(what: str) -> dict:
+                run = synced(lambda: end_to_end_jpeg(seg=compiled["seg"]))
+                row = _rate(what, n, _median(run, args.rounds), None)
+                row["of model-only"] = row["frames/s"] / rows[0]["frames/s"]
+                return row
+
+            what = "end to end, JPEG frames by nvJPEG, network compiled"
+            rows.append(_guarded(what, lambda: compiled_end_to_end(what)))
     if segmenter.device.type == "cpu" and _has("onnxruntime"):
         with tempfile.TemporaryDirectory() as tmp:
             segmenter.run_onnx(segmenter.export_onnx(Path(tmp) / "segmenter.onnx"))
@@ -407,32 +424,6 @@ def _resident(segmenter, frames, args) -> dict:
     from_host = segmenter.predict(frames[first], args.batch).gate
     from_device = segmenter.predict(resident[first], args.batch).gate
     row["gate max diff, host vs device frames"] = float(abs(from_host - from_device).max())
-    return row
-
-
-@contextmanager
-def _compiled_network(segmenter) -> Iterator[None]:
-    """The segmenter's network compiled by torch.compile (inductor's default mode) for
-    fixed shapes while the block runs; its own network put back afterwards."""
-    import torch
-
-    plain = segmenter.net
-    segmenter.net = torch.compile(plain, dynamic=False)
-    try:
-        yield
-    finally:
-        segmenter.net = plain
-
-
-def _compiled(segmenter, frames, args, what: str) -> dict:
-    """``_resident`` with the network compiled, on whole batches only (fixed shapes);
-    the seconds of the whole row, compiling included, beside it."""
-    started = time.perf_counter()
-    with _compiled_network(segmenter):
-        whole = len(frames) - len(frames) % args.batch
-        row = _resident(segmenter, frames[:whole], args)
-    row["path"] = what
-    row["seconds, compiling included"] = round(time.perf_counter() - started, 1)
     return row
 
 

@@ -13,9 +13,11 @@ A twin recording is simulated into a temporary folder. Per round (median reporte
   and ``assemble`` (tracking, identification, placing and grading): the inspect
   flow's work on one Dask worker, without the cluster around it.
 
-Both paths run once per engine of ``--engines`` (torch, and ONNX Runtime for the models
-`steelsight export` registered an ONNX graph for: ``settings.inference_engine=onnx``), in
-the same run, torch first as the baseline.
+Both paths run once per engine of ``--engines`` (torch; ONNX Runtime for the models
+`steelsight export` registered an ONNX graph for: ``settings.inference_engine=onnx``;
+either with ``+compiled``: the segmenter's network compiled where it runs on torch,
+``settings.compile_networks=on``, its compile time outside the rounds), in the same run,
+the first as the baseline.
 
 The ratio end-to-end / model-only is what the data path costs; the target on an H200
 is >= 0.8 at >= 3,200 frames/s of 1600x256.
@@ -43,7 +45,11 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--chunk", type=int, default=64)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--engines", default="torch,onnx", help="comma-separated")
+    parser.add_argument(
+        "--engines",
+        default="torch,onnx",
+        help="comma-separated: torch, onnx, auto, each maybe +compiled (torch+compiled)",
+    )
     args = parser.parse_args()
 
     os.environ["STEELSIGHT_HOME"] = str(args.home.resolve())
@@ -106,11 +112,14 @@ def main() -> None:
 
         rows = []
         for engine in args.engines.split(","):
-            # the engine as a worker started with STEELSIGHT_INFERENCE_ENGINE takes it
-            os.environ["STEELSIGHT_INFERENCE_ENGINE"] = engine
+            # the engine as a worker started with STEELSIGHT_INFERENCE_ENGINE (and
+            # STEELSIGHT_COMPILE_NETWORKS) takes it
+            inference, _, compiled = engine.partition("+")
+            os.environ["STEELSIGHT_INFERENCE_ENGINE"] = inference
+            os.environ["STEELSIGHT_COMPILE_NETWORKS"] = "on" if compiled else "off"
             get_settings.cache_clear()
             tasks.inspection._MODELS.clear()
-            models = worker_models(refs, args.device)
+            models = worker_models(refs, args.device, args.batch)
             engines = ", ".join(f"{k} {m.engine}" for k, m in models.items())
             model_only()  # warm-up: first calls allocate and pick kernels
             for name, run in (("model-only", model_only), ("end-to-end", end_to_end)):
@@ -129,9 +138,9 @@ def main() -> None:
         f"device {device}; torch threads {torch.get_num_threads()}; batch {args.batch}; "
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
     )
-    print(f"{'engine':<7} {'path':<12} {'seconds':>9} {'frames/s':>10}  networks on")
+    print(f"{'engine':<14} {'path':<12} {'seconds':>9} {'frames/s':>10}  networks on")
     for engine, engines, name, seconds, rate in rows:
-        print(f"{engine:<7} {name:<12} {seconds:>9.2f} {rate:>10.1f}  {engines}")
+        print(f"{engine:<14} {name:<12} {seconds:>9.2f} {rate:>10.1f}  {engines}")
     for i in range(0, len(rows), 2):
         print(f"{rows[i][0]}: end-to-end / model-only {rows[i + 1][4] / rows[i][4]:.2f}")
     if len(rows) == 4:

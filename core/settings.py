@@ -44,6 +44,17 @@ class Settings(BaseSettings):
         "default segmenter ran 2.9 times as fast as on ONNX Runtime with the same holdout "
         "Dice within 0.013 (docs/benchmarks.md); elsewhere bfloat16 is emulated, slowly.",
     )
+    compile_networks: Literal["auto", "on", "off"] = Field(
+        default="auto",
+        description="Whether an inspect worker compiles the defect segmenter's network "
+        "(torch.compile, for its batch of frames; a range's last, shorter batch is padded): "
+        "auto on a GPU only, on also on the CPU where the network runs on torch (not on "
+        "ONNX Runtime), off never. On one H200 the `default` segmenter ran 6,488 frames/s "
+        "end to end from JPEG frames compiled, against 2,879; on 2 CPU cores about as fast "
+        "as on ONNX Runtime (docs/benchmarks.md). Compiling takes 15-30 s once per worker "
+        "and needs a C++ compiler on the CPU. The API does not compile: its batches take "
+        "every size from 1 to 16.",
+    )
 
     ingest_timeout_s: float = Field(
         default=900.0,

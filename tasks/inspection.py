@@ -218,9 +218,11 @@ def _worker_environment() -> None:
     blas_on_one_thread()
 
 
-def worker_models(refs: ModelRefs, device: str) -> dict:
-    """The models of ``refs``, loaded once per worker process and kept for later chunks."""
-    key = (refs, device)
+def worker_models(refs: ModelRefs, device: str, batch: int) -> dict:
+    """The models of ``refs``, loaded once per worker process and kept for later chunks;
+    the segmenter's network compiled for ``batch`` frames where ``compile_networks``
+    says so."""
+    key = (refs, device, batch)
     with _LOCK:
         if key not in _MODELS:
             _worker_environment()
@@ -235,10 +237,36 @@ def worker_models(refs: ModelRefs, device: str) -> dict:
                 kind: registry.load_model(settings, kind, version)
                 for kind, version in refs.versions().items()
             }
+            log.info("loaded models %s in %.1f s", refs.key(), time.perf_counter() - started)
+            _compile(loaded["segmentation"], settings.compile_networks, batch)
             _MODELS.clear()  # one set of models per worker: a new champion replaces the old
             _MODELS[key] = loaded
-            log.info("loaded models %s in %.1f s", refs.key(), time.perf_counter() - started)
         return _MODELS[key]
+
+
+def _compile(segmenter, setting: str, batch: int) -> None:
+    """The segmenter's network compiled for ``batch`` frames, as ``compile_networks``
+    says: auto on a GPU, on wherever it runs on torch (on the CPU, ONNX Runtime's graph
+    is kept: as fast there, and already built). Where it cannot be compiled, auto runs
+    it as it is and says why; on stops the worker's chunks with what to do."""
+    on_gpu = segmenter.device.type == "cuda"
+    if setting == "off" or (setting == "auto" and not on_gpu):
+        return
+    if segmenter.onnx is not None:
+        log.info("segmenter on ONNX Runtime: not compiled (compile_networks %s)", setting)
+        return
+    started = time.perf_counter()
+    try:
+        segmenter.compiled(batch)
+    except Exception as error:  # no C++ compiler on the CPU, a backend torch lacks
+        problem = f"the segmenter's network cannot be compiled: {type(error).__name__}: {error}"
+        if setting == "on":
+            raise RuntimeError(
+                f"{problem}; set STEELSIGHT_COMPILE_NETWORKS=auto or off for this worker"
+            ) from None
+        log.warning("%s; it runs uncompiled", problem)
+        return
+    log.info("segmenter compiled for %d frames in %.1f s", batch, time.perf_counter() - started)
 
 
 def decode_range(chunk: Chunk) -> Iterator[np.ndarray]:
@@ -290,7 +318,7 @@ def inspect_chunk(chunk: Chunk, registry: Registry | None = None) -> ChunkResult
         line_detections,
     )
 
-    models = worker_models(chunk.models, chunk.device)
+    models = worker_models(chunk.models, chunk.device, chunk.batch)
     segmenter = models["segmentation"]
     classes = [segmenter.classes[k] for k in sorted(segmenter.classes)]
     contrast, edges, gates, defects, boxes, levels = [], [], [], [], [], []

@@ -379,6 +379,20 @@ def _close(before: list[dict], after: list[dict]) -> None:
                 assert b[column] == value, column
 
 
+def _inspected_again_alike(world: World, home: Path) -> None:
+    """The demo's line inspected again (``--force``) into the copy ``home`` of the
+    world's home, as the environment now sets the workers up: the same frames, defects
+    and sheets as the world's, floats within ``_close``."""
+    archive_id = world.archive_id("line-1-inspection-s2")
+    tables = ("frames", "defects", "sheets")
+    before = {t: _table(world, t, archive_id) for t in tables}
+    (again,) = inspect(archives=[archive_id], force=True)
+    assert again["status"] == "ok"
+    copy = World(world.root, home, world.line, [], [], {})
+    for t in tables:
+        _close(before[t], _table(copy, t, archive_id))
+
+
 def test_exported_models_inspect_on_onnx_runtime_with_the_same_tables(
     world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture
 ) -> None:
@@ -408,7 +422,7 @@ def test_exported_models_inspect_on_onnx_runtime_with_the_same_tables(
         _, check = registry.onnx_check(client, kind, version)
         assert check["registered"] and check["agrees"], (kind, check)
         assert check["differences"] and check["torch_ms"] > 0 and check["onnx_ms"] > 0
-    models = worker_models(refs, "cpu")
+    models = worker_models(refs, "cpu", 16)
     assert {kind: model.engine for kind, model in models.items()} == dict.fromkeys(
         refs.versions(), "onnx"
     )
@@ -419,14 +433,7 @@ def test_exported_models_inspect_on_onnx_runtime_with_the_same_tables(
     models["marking"].detect(list(frame))
     assert capfd.readouterr().out == ""
 
-    archive_id = world.archive_id("line-1-inspection-s2")
-    tables = ("frames", "defects", "sheets")
-    before = {t: _table(world, t, archive_id) for t in tables}
-    (again,) = inspect(archives=[archive_id], force=True)
-    assert again["status"] == "ok"
-    copy = World(world.root, home, world.line, [], [], {})
-    for t in tables:
-        _close(before[t], _table(copy, t, archive_id))
+    _inspected_again_alike(world, home)
 
     # cpu_precision=bfloat16: the segmenter runs on torch in bfloat16 whatever the
     # engine, and an export still compares the engines in float32
@@ -454,6 +461,31 @@ def test_exported_models_inspect_on_onnx_runtime_with_the_same_tables(
     assert registry.load_model(auto, "segmentation", version).engine == "torch"
     with pytest.raises(registry.RegistryError, match="steelsight export --kind segmentation"):
         registry.load_model(settings, "segmentation", version)
+
+
+def test_workers_with_a_compiled_segmenter_give_the_same_tables(
+    world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``compile_networks`` on (auto compiles on a GPU only): each worker compiles the
+    segmenter's network for its batch once, with a range's last, shorter batch padded,
+    and the tables are the uncompiled network's."""
+    import tasks.inspection
+    from tasks.inspection import worker_models
+
+    home = tmp_path / "home"
+    shutil.copytree(world.home, home)
+    monkeypatch.setenv("STEELSIGHT_HOME", str(home))
+    monkeypatch.setenv("STEELSIGHT_INFERENCE_ENGINE", "torch")
+    get_settings.cache_clear()
+    refs = champion_refs(get_settings())
+    assert worker_models(refs, "cpu", 16)["segmentation"].engine == "torch"  # auto, CPU
+    monkeypatch.setenv("STEELSIGHT_COMPILE_NETWORKS", "on")
+    get_settings.cache_clear()
+    tasks.inspection._MODELS.clear()
+    segmenter = worker_models(refs, "cpu", 16)["segmentation"]
+    assert segmenter.engine == "torch-compiled" and segmenter.compiled_batch == 16
+
+    _inspected_again_alike(world, home)
 
 
 def test_a_model_below_its_promotion_floor_is_registered_without_the_alias(world: World) -> None:

@@ -151,6 +151,59 @@ def test_a_segmenter_in_bfloat16_on_the_cpu_gives_the_float32_probabilities_clos
     assert np.abs(half_gate - gate).max() < 0.03
 
 
+def test_a_compiled_segmenter_gives_the_same_masks_for_whole_short_and_long_batches() -> None:
+    """``compile_networks``: the network compiled for batches of 4 frames (weights frozen
+    in), at once; 4 frames run the compiled graph, 3 are padded to its 4 and give only
+    their own outputs, 6 run the network as it was. The same probabilities and masks
+    within float32's rounding either way, and the same frames whatever their batch."""
+    segmenter = small_segmenter(detail_window=15, mask_evidence=True)  # as the recipes
+    frames = np.random.default_rng(2).integers(0, 256, (6, 128, 256), dtype=np.uint8)
+    gate, pixels = segmenter.probabilities(frames, batch_size=6)
+    masks = segmenter.predict(frames, batch_size=6).masks
+    assert segmenter.compiled(4) is segmenter and segmenter.engine == "torch-compiled"
+    calls = []
+    compiled = segmenter._compiled
+    segmenter._compiled = lambda x: calls.append(len(x)) or compiled(x)
+    for batch_size in (4, 3, 6):
+        compiled_gate, compiled_pixels = segmenter.probabilities(frames, batch_size)
+        assert np.abs(compiled_gate - gate).max() < 1e-4, batch_size
+        assert np.abs(compiled_pixels - pixels).max() < 1e-4, batch_size
+    assert calls == [4, 4, 4, 4]  # 4 + 2 padded to 4; 3 + 3 padded; 6: not compiled
+    again = segmenter.predict(frames, batch_size=3).masks
+    assert (again == masks).all()
+    with pytest.raises(ValueError, match="at least one frame"):
+        segmenter.compiled(0)
+
+
+def test_a_segmenter_that_cannot_be_compiled_runs_as_it_was(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A compile that fails (no C++ compiler on a CPU box, a backend torch lacks) leaves
+    the network as it was. A worker with ``compile_networks`` on stops with what to set;
+    on the CPU auto does not compile."""
+    from tasks.inspection import _compile
+
+    segmenter = small_segmenter()
+    frames = np.random.default_rng(2).integers(0, 256, (3, 128, 256), dtype=np.uint8)
+    gate, _ = segmenter.probabilities(frames)
+
+    def no_compiler(net, **options):
+        def run(x):
+            raise OSError("no such compiler: c++")
+
+        return run
+
+    monkeypatch.setattr(torch, "compile", no_compiler)
+    with pytest.raises(OSError, match="no such compiler"):
+        segmenter.compiled(4)
+    assert segmenter.engine == "torch" and segmenter.compiled_batch == 0
+    assert (segmenter.probabilities(frames)[0] == gate).all()
+    with pytest.raises(RuntimeError, match="STEELSIGHT_COMPILE_NETWORKS=auto or off"):
+        _compile(segmenter, "on", 4)
+    _compile(segmenter, "auto", 4)  # on the CPU: not compiled, nothing tried
+    assert segmenter.engine == "torch"
+
+
 def test_fine_detail_keeps_a_thin_line_that_a_downscale_averages_away() -> None:
     """A bright line one pixel wide, 40 grey levels over a noisy frame: averaged to a
     quarter scale it stands about 10 levels out, in the fine detail the full 40."""
