@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[2]
 def test_the_gpu_check_runs_on_the_cpu_and_writes_its_tables(tmp_path: Path) -> None:
     out = tmp_path / "check"
     small = ["--size", "tiny", "--sheets", "2", "--rounds", "1", "--batch", "8", "--requests", "16"]
-    small += ["--threads", "2"]
+    small += ["--threads", "2", "--compile"]
     done = subprocess.run(
         ["bash", str(REPO / "bench" / "gpu_check.sh"), str(out), "--device", "cpu", *small],
         capture_output=True,
@@ -30,10 +30,13 @@ def test_the_gpu_check_runs_on_the_cpu_and_writes_its_tables(tmp_path: Path) -> 
         "model-only, torch on cpu",
         "end to end, torch on cpu (video decoded 2 ways)",
         "end to end, torch on cpu (JPEG frames by libjpeg)",
+        "model-only, torch on cpu, network compiled",
         "model-only, ONNX Runtime on cpu",
         "end to end, ONNX Runtime on cpu",
     ]
     assert all(row["frames/s"] > 0 for row in tables["segmenter"] + tables["decode"])
+    (compiled,) = [row for row in tables["segmenter"] if "compiled" in row["path"]]
+    assert compiled["seconds to compile"] > 0  # as a worker compiles it
     assert any(row["path"].startswith("FFV1 video") for row in tables["decode"])
     assert [row["concurrency"] for row in tables["serving"]] == [8, 1, 8]
     assert all(0 < row["p50 ms"] <= row["p99 ms"] for row in tables["serving"])
