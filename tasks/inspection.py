@@ -190,6 +190,8 @@ class ChunkResult:
     model_s: float = 0.0
     worker: str = ""
     level: np.ndarray | None = None  # (n,) float32: mean grey level of each frame
+    # what ran each network on the worker, e.g. "segmentation torch-compiled, marking onnx"
+    engines: str = ""
 
 
 # -- on the worker ---------------------------------------------------------------------------
@@ -422,6 +424,7 @@ def inspect_chunk(chunk: Chunk, registry: Registry | None = None) -> ChunkResult
         decode_s=decode_s,
         model_s=model_s,
         worker=os.environ.get("DASK_WORKER_NAME", str(os.getpid())),
+        engines=", ".join(f"{kind} {model.engine}" for kind, model in models.items()),
     )
 
 
@@ -523,6 +526,7 @@ class Inspected:
     decode_s: float
     model_s: float
     workers: set[str] = field(default_factory=set)
+    engines: set[str] = field(default_factory=set)  # ``ChunkResult.engines`` of its ranges
 
 
 def assemble(
@@ -556,6 +560,7 @@ def assemble(
         decode_s=sum(r.decode_s for r in results),
         model_s=sum(r.model_s for r in results),
         workers={r.worker for r in results},
+        engines={r.engines for r in results},
     )
 
 
@@ -970,11 +975,12 @@ def report(
         "decode_s": round(inspected.decode_s, 2),
         "model_s": round(inspected.model_s, 2),
         "workers": len(inspected.workers),
+        "engines": sorted(inspected.engines),
         "reason": "; ".join(p.reason for p in problems),
     }
     logger.info(
         "archive %s: %d frames in %.1f s (%.1f frames/s), %d sheets (%d identified), "
-        "%d defects, status %s",
+        "%d defects, status %s; networks on %s",
         rec.archive_id,
         summary["frames"],
         seconds,
@@ -983,6 +989,7 @@ def report(
         summary["identified"],
         summary["defects"],
         status,
+        " / ".join(summary["engines"]) or "-",
     )
     return summary
 

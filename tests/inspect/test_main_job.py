@@ -379,15 +379,19 @@ def _close(before: list[dict], after: list[dict]) -> None:
                 assert b[column] == value, column
 
 
-def _inspected_again_alike(world: World, home: Path) -> None:
+def _inspected_again_alike(world: World, home: Path, segmenter_on: str) -> None:
     """The demo's line inspected again (``--force``) into the copy ``home`` of the
-    world's home, as the environment now sets the workers up: the same frames, defects
-    and sheets as the world's, floats within ``_close``."""
+    world's home, as the environment now sets the workers up (their segmenter on
+    ``segmenter_on``): the same frames, defects and sheets as the world's, floats within
+    ``_close``."""
     archive_id = world.archive_id("line-1-inspection-s2")
     tables = ("frames", "defects", "sheets")
     before = {t: _table(world, t, archive_id) for t in tables}
     (again,) = inspect(archives=[archive_id], force=True)
     assert again["status"] == "ok"
+    assert again["engines"] and all(
+        engines.startswith(f"segmentation {segmenter_on},") for engines in again["engines"]
+    ), again["engines"]
     copy = World(world.root, home, world.line, [], [], {})
     for t in tables:
         _close(before[t], _table(copy, t, archive_id))
@@ -433,7 +437,7 @@ def test_exported_models_inspect_on_onnx_runtime_with_the_same_tables(
     models["marking"].detect(list(frame))
     assert capfd.readouterr().out == ""
 
-    _inspected_again_alike(world, home)
+    _inspected_again_alike(world, home, "onnx")
 
     # cpu_precision=bfloat16: the segmenter runs on torch in bfloat16 whatever the
     # engine, and an export still compares the engines in float32
@@ -485,7 +489,7 @@ def test_workers_with_a_compiled_segmenter_give_the_same_tables(
     segmenter = worker_models(refs, "cpu", 16)["segmentation"]
     assert segmenter.engine == "torch-compiled" and segmenter.compiled_batch == 16
 
-    _inspected_again_alike(world, home)
+    _inspected_again_alike(world, home, "torch-compiled")
 
 
 def test_a_model_below_its_promotion_floor_is_registered_without_the_alias(world: World) -> None:
