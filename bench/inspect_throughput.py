@@ -71,6 +71,7 @@ def main() -> None:
         assemble,
         decode_range,
         inspect_chunk,
+        networks_on,
         recording,
         worker_models,
     )
@@ -120,7 +121,7 @@ def main() -> None:
             get_settings.cache_clear()
             tasks.inspection._MODELS.clear()
             models = worker_models(refs, args.device, args.batch)
-            engines = ", ".join(f"{k} {m.engine}" for k, m in models.items())
+            engines = networks_on(models)
             model_only()  # warm-up: first calls allocate and pick kernels
             for name, run in (("model-only", model_only), ("end-to-end", end_to_end)):
                 times = []

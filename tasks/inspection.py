@@ -246,6 +246,12 @@ def worker_models(refs: ModelRefs, device: str, batch: int) -> dict:
         return _MODELS[key]
 
 
+def networks_on(models: dict) -> str:
+    """What runs each of a worker's networks, e.g. "segmentation torch-compiled, marking
+    onnx, imprint onnx"."""
+    return ", ".join(f"{kind} {model.engine}" for kind, model in models.items())
+
+
 def _compile(segmenter, setting: str, batch: int) -> None:
     """The segmenter's network compiled for ``batch`` frames, as ``compile_networks``
     says: auto on a GPU, on wherever it runs on torch (on the CPU, ONNX Runtime's graph
@@ -424,7 +430,7 @@ def inspect_chunk(chunk: Chunk, registry: Registry | None = None) -> ChunkResult
         decode_s=decode_s,
         model_s=model_s,
         worker=os.environ.get("DASK_WORKER_NAME", str(os.getpid())),
-        engines=", ".join(f"{kind} {model.engine}" for kind, model in models.items()),
+        engines=networks_on(models),
     )
 
 
