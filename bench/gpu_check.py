@@ -20,7 +20,9 @@ writes into OUT (``gpu_check.md``, ``gpu_check.json``):
   to model-only; on CPU also the network as an ONNX graph on ONNX Runtime; with
   ``--compile`` also the network compiled as a worker with ``compile_networks`` on
   compiles it (``Segmenter.compiled``: fixed batches, a shorter last one padded), with
-  the seconds it took to compile;
+  the seconds it took to compile; each frame run between rows of the frames beside it
+  as a worker runs them, where the segmenter has ``context_rows`` (the `default`
+  recipe's 64; ``--context-rows`` sets them);
 * the serving core's latency: single frames from 1 and 8 concurrent callers through
   the API's micro-batcher (``serving.batching``) into the segmenter, without HTTP and
   JPEG (FastAPI and MLflow are not on the H200 machine; `bench/serve_load.py` measures
@@ -82,6 +84,11 @@ def main() -> None:
     parser.add_argument(
         "--cudnn-benchmark", action="store_true", help="cuDNN times its kernels per shape"
     )
+    parser.add_argument(
+        "--context-rows",
+        type=int,
+        help="rows of each neighbour a frame is run between (default: the recipe's)",
+    )
     args = parser.parse_args()
 
     import cv2
@@ -93,7 +100,7 @@ def main() -> None:
     device = resolve_device(args.device)
     torch.backends.cudnn.benchmark = args.cudnn_benchmark
     args.out.mkdir(parents=True, exist_ok=True)
-    segmenter = _segmenter(args.segmenter, args.size, device)
+    segmenter = _segmenter(args.segmenter, args.size, device, args.context_rows)
     tables: dict[str, list[dict]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         line = _recording(Path(tmp), args.sheets)
@@ -123,6 +130,11 @@ def main() -> None:
         f"{segmenter.preprocess.height}x{segmenter.preprocess.width} "
         f"({'trained: ' + str(args.segmenter) if args.segmenter else 'random weights'}); "
         f"batch {args.batch}; median of {args.rounds} rounds"
+        + (
+            f"; each frame run between {segmenter.context_rows} rows of its neighbours"
+            if segmenter.context_rows
+            else ""
+        )
         + ("; cuDNN benchmark mode" if args.cudnn_benchmark else "")
     )
     text = "\n\n".join([header, *(_markdown(name, rows) for name, rows in tables.items())])
@@ -133,7 +145,7 @@ def main() -> None:
     )
 
 
-def _segmenter(bundle: Path | None, size: str, device):
+def _segmenter(bundle: Path | None, size: str, device, context_rows: int | None):
     from core.postprocess import Thresholds
     from models.preprocess import Preprocess
     from models.segmentation.network import UNetResNet, UNetSpec
@@ -143,14 +155,39 @@ def _segmenter(bundle: Path | None, size: str, device):
     if bundle is not None:
         return Segmenter.load(bundle, device)
     recipe = recipe_for(size)
+    context_rows = recipe.context_rows if context_rows is None else context_rows
     height, width = round(256 * recipe.scale), round(1600 * recipe.scale)
     # the recipe's network: its fine detail (two more input channels) and gate
     pre = Preprocess(height, width, 0.3, 0.2, recipe.detail_window)
     spec = UNetSpec(recipe.encoder, 4, in_channels=pre.channels, mask_evidence=recipe.mask_evidence)
     closed = Thresholds((1.01,) * 4, (0.5,) * 4, (0,) * 4)  # no frame passes the gate
     return Segmenter(
-        UNetResNet(spec), spec, pre, dict(enumerate("1234")), closed, (256, 1600), device
+        UNetResNet(spec),
+        spec,
+        pre,
+        dict(enumerate("1234")),
+        closed,
+        (256, 1600),
+        device,
+        context_rows,
     )
+
+
+def _along(batches: Iterator) -> Iterator[tuple[object, dict]]:
+    """Each batch of a recording's frames with what a worker gives the segmenter beside
+    it (``Segmenter.predict``'s ``follows``, ``before``, ``after``): the last frame of the
+    batch before and the first of the next, taken before the batch is run."""
+    batches = iter(batches)
+    before, following = None, next(batches, None)
+    while following is not None:
+        batch, following = following, next(batches, None)
+        lined = {
+            "follows": [before is not None] + [True] * (len(batch) - 1),
+            "before": before,
+            "after": None if following is None else following[0],
+        }
+        yield batch, lined
+        before = batch[-1]
 
 
 def _recording(folder: Path, sheets: int):
@@ -309,17 +346,19 @@ def _segmenter_rates(segmenter, video: Path, frames, jpegs: list[bytes], args) -
         return call
 
     def model_only(seg=segmenter) -> None:
-        for start in range(0, n, args.batch):
-            seg.predict(frames[start : start + args.batch], args.batch, regions=True)
+        batches = (frames[start : start + args.batch] for start in range(0, n, args.batch))
+        for batch, lined in _along(batches):
+            seg.predict(batch, args.batch, regions=True, **lined)
 
     def end_to_end() -> None:
-        for batch in _decoded_ahead(video, n, args.threads, args.batch):
-            segmenter.predict(batch, args.batch, regions=True)
+        for batch, lined in _along(_decoded_ahead(video, n, args.threads, args.batch)):
+            segmenter.predict(batch, args.batch, regions=True, **lined)
 
     def end_to_end_jpeg(ahead: bool = True, stream=None, seg=segmenter) -> None:
         with torch.cuda.stream(stream) if stream is not None else nullcontext():
-            for _host, on_device in _jpeg_batches_ahead(jpegs, args.batch, seg.device, ahead):
-                seg.predict(on_device, args.batch, regions=True)
+            batches = _jpeg_batches_ahead(jpegs, args.batch, seg.device, ahead)
+            for on_device, lined in _along(on_device for _host, on_device in batches):
+                seg.predict(on_device, args.batch, regions=True, **lined)
 
     rows = []
     synced(model_only)()  # first calls allocate and pick kernels
@@ -414,8 +453,9 @@ def _resident(segmenter, frames, args) -> dict:
     resident = torch.from_numpy(frames).to(segmenter.device)
 
     def run() -> None:
-        for start in range(0, n, args.batch):
-            segmenter.predict(resident[start : start + args.batch], args.batch, regions=True)
+        batches = (resident[start : start + args.batch] for start in range(0, n, args.batch))
+        for batch, lined in _along(batches):
+            segmenter.predict(batch, args.batch, regions=True, **lined)
         torch.cuda.synchronize(segmenter.device)
 
     run()

@@ -60,7 +60,9 @@ def digest_ids(ids: Sequence[str]) -> str:
 
 @dataclass
 class SegmentationData:
-    """Grey images (N, H, W) uint8 with RLE masks per class, and each image's split group."""
+    """Grey images (N, H, W) uint8 with RLE masks per class, each image's split group,
+    and, where they are frames that tile a line, per image whether it directly follows
+    the image before it (a recording's frames in order; all False for single images)."""
 
     source: str
     ids: list[str]
@@ -68,12 +70,16 @@ class SegmentationData:
     rles: list[dict[int, str]]
     classes: Mapping[int, str]
     groups: list[str] = field(default_factory=list)
+    follows: list[bool] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.groups:
             self.groups = list(self.ids)
-        if not len(self.ids) == len(self.images) == len(self.rles) == len(self.groups):
-            raise ValueError("ids, images, rles and groups must have one entry per image")
+        if not self.follows:
+            self.follows = [False] * len(self.ids)
+        n = len(self.ids)
+        if not n == len(self.images) == len(self.rles) == len(self.groups) == len(self.follows):
+            raise ValueError("ids, images, rles, groups and follows need one entry per image")
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -100,6 +106,8 @@ class SegmentationData:
         ).reshape(len(self), len(self.classes))
 
     def subset(self, index: Sequence[int] | np.ndarray) -> SegmentationData:
+        """The images at ``index``, in that order: an image still follows the one before
+        it where both were next to each other here."""
         index = list(map(int, index))
         return SegmentationData(
             self.source,
@@ -108,6 +116,7 @@ class SegmentationData:
             [self.rles[i] for i in index],
             self.classes,
             [self.groups[i] for i in index],
+            [k > 0 and i == index[k - 1] + 1 and self.follows[i] for k, i in enumerate(index)],
         )
 
     def joined(self, other: SegmentationData) -> SegmentationData:
@@ -121,6 +130,7 @@ class SegmentationData:
             self.rles + other.rles,
             self.classes,
             self.groups + other.groups,
+            self.follows + [k > 0 and f for k, f in enumerate(other.follows)],
         )
 
     def splits(self) -> dict[str, np.ndarray]:

@@ -67,21 +67,26 @@ def quiet(*loggers: str) -> Iterator[None]:
             logger.setLevel(level)
 
 
-def export_torch(network, example, path: Path, outputs: list[str]) -> Path:
+def export_torch(
+    network, example, path: Path, outputs: list[str], row_step: int | None = None
+) -> Path:
     """A torch module as an ONNX graph (torch's exporter from ``torch.export``), its
-    batch axis free: ``example`` is a float32 tensor of two or more items."""
+    batch axis free: ``example`` is a float32 tensor of two or more items. With
+    ``row_step``, its rows are free too, in multiples of it."""
     import torch
     from torch.export import Dim
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    batch = Dim("batch", min=1, max=4096)
+    shapes = {0: Dim("batch", min=1, max=4096)}
+    if row_step:
+        shapes[2] = row_step * Dim("row_steps", min=1, max=4096 // row_step)
     with torch.inference_mode(False), quiet("onnxscript", "onnx_ir"):
         program = torch.onnx.export(
             network.eval(),
             (example,),
             input_names=[INPUT],
             output_names=outputs,
-            dynamic_shapes=({0: batch},),
+            dynamic_shapes=(shapes,),
             dynamo=True,
             optimize=True,
             verbose=False,

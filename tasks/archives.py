@@ -28,7 +28,7 @@ import logging
 import os
 import re
 import stat
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib.metadata import version
@@ -633,6 +633,29 @@ def read_frames(archive: Path) -> Iterator[tuple[str, np.ndarray]]:
     ArchiveError when the manifest or index cannot be read, FrameError at a bad frame."""
     ids, video, frames_dir = frame_sources(archive)
     yield from zip(ids, decode_frames(video, frames_dir, 0, ids), strict=False)
+
+
+def follow_on(numbers: Sequence[int], step_lines: float, height: int) -> list[bool]:
+    """Per frame, whether it directly follows the frame before it on the line: the frames
+    tile the line (the line moves a frame's height between two) and none was dropped
+    between them."""
+    tiles = abs(step_lines - height) < 0.5
+    return [False] + [tiles and b - a == 1 for a, b in itertools.pairwise(numbers)]
+
+
+def frames_following(archive: Path) -> dict[str, bool]:
+    """``follow_on`` for a recording's frames by id, as its manifest and frame index say
+    (empty where the index has no frame numbers or cannot be read)."""
+    try:
+        manifest = read_manifest(archive)
+        if not manifest.files.frame_index:
+            return {}
+        rows = _csv(archive / manifest.files.frame_index, ("frame_id", "frame_number"))
+        numbers = [int(row["frame_number"]) for row in rows]
+    except (ArchiveError, OSError, csv.Error, UnicodeDecodeError, ValueError):
+        return {}
+    follows = follow_on(numbers, manifest.frame_step_lines, manifest.frame_height)
+    return {row["frame_id"]: f for row, f in zip(rows, follows, strict=True)}
 
 
 def frame_sources(archive: Path) -> tuple[list[str], str | None, str | None]:

@@ -30,7 +30,7 @@ from core.labels import (
 )
 from models.data import ClassificationData, SegmentationData, digest_ids
 from models.preprocess import colourful, with_channels
-from tasks.archives import ArchiveError, read_frames, read_manifest
+from tasks.archives import ArchiveError, frames_following, read_frames, read_manifest
 from tasks.identity import find_pairs, load_observations, write_yolo_dataset
 from tasks.labels import READERS as LABEL_READERS
 from tasks.labels import SourceError
@@ -115,8 +115,15 @@ def _twin(path: Path) -> SegmentationData:
     rles = _rles_by_image(parsed.labels)
     name = read_manifest(path).camera_id
     groups = [f"{name}:{int(i.rsplit('_', 1)[1]) // TWIN_SPLIT_BLOCK}" for i in ids]
+    following = frames_following(path)  # frames that tile the line, for the rows around each
     return SegmentationData(
-        str(path), ids, pixels, [rles.get(i, {}) for i in ids], SEVERSTAL_CLASSES, groups
+        str(path),
+        ids,
+        pixels,
+        [rles.get(i, {}) for i in ids],
+        SEVERSTAL_CLASSES,
+        groups,
+        [following.get(i, False) for i in ids],
     )
 
 

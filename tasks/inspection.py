@@ -18,6 +18,7 @@ identifies each marking it finds, seen with its frame's neighbours on the line.
 from __future__ import annotations
 
 import bisect
+import functools
 import itertools
 import json
 import logging
@@ -47,6 +48,7 @@ from tasks.archives import (
     decode_frames,
     decode_frames_on,
     error_rows,
+    follow_on,
     origin,
 )
 from warehouse.schema import TABLES
@@ -334,11 +336,15 @@ def inspect_chunk(chunk: Chunk, registry: Registry | None = None) -> ChunkResult
     done = 0
     follows = list(chunk.follows) or [True] * len(chunk.frame_ids)
 
+    @functools.cache
+    def frame_outside(frame_id: str | None) -> np.ndarray | None:
+        return chunk.neighbour(frame_id)  # decoded once, for the segmenter and identification
+
     def outside(frame_id: str | None) -> Callable[[], tuple]:
         """A neighbour of the range and its markings (detected here: no range has them)."""
 
         def neighbour() -> tuple:
-            frame = chunk.neighbour(frame_id)
+            frame = frame_outside(frame_id)
             if frame is None:
                 return None, None
             return frame, line_detections(models["marking"], [frame], weak=True)[0]
@@ -366,8 +372,15 @@ def inspect_chunk(chunk: Chunk, registry: Registry | None = None) -> ChunkResult
     # Identification (describing and verifying each marking: OpenCV) runs on its own
     # thread, batch after batch in order, while this thread runs the models on the next
     # batch (docs/benchmarks.md, "Inspection throughput").
+    # The segmenter runs each frame between the frames beside it where it has
+    # ``context_rows``: the batch after is decoded before a batch is inspected.
+    lined = bool(segmenter.context_rows)
+    before = frame_outside(chunk.before_id) if lined and follows[0] else None
+    batches = _ahead(_batches(chunk, segmenter.device))
+    following = next(batches, None)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="identify") as identifying:
-        for batch, on_device in _ahead(_batches(chunk, segmenter.device)):
+        while following is not None:
+            (batch, on_device), following = following, next(batches, None)
             now = time.perf_counter()
             decode_s += now - clock
             for frame in batch:
@@ -375,9 +388,20 @@ def inspect_chunk(chunk: Chunk, registry: Registry | None = None) -> ChunkResult
                 contrast.append(c)
                 edges.append(e)
                 levels.append(cv2.mean(frame)[0])
+            after = None
+            if lined and following is not None:
+                after = following[0][0] if follows[done + len(batch)] else None
+            elif lined:
+                after = frame_outside(chunk.after_id)
             prediction = segmenter.predict(
-                batch if on_device is None else on_device, batch_size=chunk.batch, regions=True
+                batch if on_device is None else on_device,
+                batch_size=chunk.batch,
+                regions=True,
+                follows=follows[done : done + len(batch)] if lined else None,
+                before=before,
+                after=after,
             )
+            before = batch[-1]
             gates.append(prediction.gate)
             defects += [_shift(d, done) for d in prediction.defects]
             if "marking" in models:
@@ -460,9 +484,7 @@ class Recording:
     def follows(self) -> list[bool]:
         """Per frame, whether it directly follows the frame before it on the line (the
         frames tile the line and none was dropped between them)."""
-        tiles = abs(self.frame_step_lines - self.frame_height) < 0.5
-        numbers = self.frame_numbers
-        return [False] + [tiles and b - a == 1 for a, b in itertools.pairwise(numbers)]
+        return follow_on(self.frame_numbers, self.frame_step_lines, self.frame_height)
 
     def chunks(self, size: int, refs: ModelRefs, batch: int, device: str) -> list[Chunk]:
         follows, ids = self.follows(), self.frame_ids

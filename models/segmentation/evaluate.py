@@ -32,8 +32,16 @@ def evaluate_segmenter(
         )
     counts, gates, found = [], [], []
     for start in range(0, len(data), batch_size):
-        index = np.arange(start, min(start + batch_size, len(data)))
-        prediction = segmenter.predict(data.images[index], batch_size)
+        end = min(start + batch_size, len(data))
+        index = np.arange(start, end)
+        # frames that tile the line, each with the frames beside it (``context_rows``)
+        prediction = segmenter.predict(
+            data.images[index],
+            batch_size,
+            follows=data.follows[start:end],
+            before=data.images[start - 1] if start else None,
+            after=data.images[end] if end < len(data) and data.follows[end] else None,
+        )
         counts.append(PairCounts.of(prediction.masks, data.masks(index)))
         gates.append(prediction.gate)
         found.append(prediction.masks.any(axis=(2, 3)))

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import cached_property
 from pathlib import Path
 
@@ -78,6 +79,7 @@ class Segmenter:
         thresholds: Thresholds,
         frame_shape: tuple[int, int],
         device: torch.device | str = "cpu",
+        context_rows: int = 0,
     ) -> None:
         self.device = resolve_device(str(device))
         self.net = net.to(self.device).eval()
@@ -86,6 +88,11 @@ class Segmenter:
         self.classes = dict(classes)
         self.thresholds = thresholds
         self.frame_shape = tuple(frame_shape)
+        # A frame whose neighbours on the line are known (``predict``'s ``follows``) is
+        # run between this many rows of each, and its masks cut back to its own rows: a
+        # defect that crosses into the next frame is seen whole (0: each frame alone).
+        self.context_rows = int(context_rows)
+        self.window_preprocess = _window_preprocess(preprocess, self.frame_shape, self.context_rows)
         self.onnx: OnnxNetwork | None = None  # the network as an ONNX graph (``run_onnx``)
         self.bfloat16 = False  # on the CPU too (``in_bfloat16``); always on a GPU
         self._staging: _Staging | None = None  # a GPU's pinned buffer for frames on the host
@@ -122,7 +129,11 @@ class Segmenter:
         # graph is compiled, which the first call does. Not measured on a GPU: left off.
         try:
             with inductor.patch(freezing=self.device.type == "cpu"), torch.inference_mode():
-                self._forward(np.zeros((batch_size, *self.frame_shape), np.uint8))
+                h, w = self.frame_shape
+                self._forward(np.zeros((batch_size, h, w), np.uint8))
+                if self.context_rows:  # the frames run between their neighbours: taller
+                    rows = h + 2 * self.context_rows
+                    self._forward(np.zeros((batch_size, rows, w), np.uint8), self.window_preprocess)
         except Exception:
             self._compiled, self.compiled_batch = None, 0
             raise
@@ -143,17 +154,21 @@ class Segmenter:
         h, w = self.frame_shape
         return (h * w) / (self.preprocess.height * self.preprocess.width)
 
-    def _forward(self, batch: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _forward(
+        self, batch: np.ndarray | torch.Tensor, preprocess: Preprocess | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Mask and gate logits for a batch of uint8 frames: on a GPU prepared there from
-        the frames (``Preprocess.on_device``), on the CPU by ``Preprocess`` (OpenCV)."""
+        the frames (``Preprocess.on_device``), on the CPU by ``Preprocess`` (OpenCV);
+        ``preprocess``: another than the frames' own (the windows of ``_logits``)."""
+        preprocess = preprocess or self.preprocess
         if self.device.type == "cuda":
             if isinstance(batch, np.ndarray):
                 if self._staging is None:
                     self._staging = _Staging(self.device)
                 batch = self._staging.upload(batch)
-            x = self.preprocess.on_device(batch.to(self.device))
+            x = preprocess.on_device(batch.to(self.device))
         else:
-            x = self.preprocess(_on_host(batch))
+            x = preprocess(_on_host(batch))
             if self.onnx is not None:
                 masks, gates = self.onnx(x)
                 return torch.from_numpy(masks), torch.from_numpy(gates)
@@ -169,6 +184,73 @@ class Segmenter:
             masks, gates = self._compiled(x)
             return masks[:n], gates[:n]
 
+    def _logits(
+        self, batch: np.ndarray | torch.Tensor, neighbours: list[tuple | None]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``_forward``'s logits, each frame with ``neighbours`` (the frames above and
+        below it on the line) run between ``context_rows`` rows of each: its masks cut
+        back to its own rows, and the gate's evidence (the mask's strongest logit) taken
+        from those rows alone. The others run alone."""
+        between = [k for k, pair in enumerate(neighbours) if pair is not None]
+        if not between:
+            return self._forward(batch)
+        r, on_device = self.context_rows, isinstance(batch, torch.Tensor)
+
+        def rows(frame, part: slice):
+            if on_device:
+                return torch.as_tensor(frame, device=batch.device)[part]
+            return _on_host(frame)[part]
+
+        windows = [
+            (rows(above, slice(-r, None)), batch[k], rows(below, slice(None, r)))
+            for k, (above, below) in ((k, neighbours[k]) for k in between)
+        ]
+        if on_device:
+            stacked = torch.stack([torch.cat(w) for w in windows])
+        else:
+            stacked = np.stack([np.concatenate(w) for w in windows])
+        masks, gates = self._forward(stacked, self.window_preprocess)
+        top = r * self.preprocess.height // self.frame_shape[0]
+        own = masks[:, :, top : top + self.preprocess.height]
+        evidence = self.net.evidence
+        if evidence is not None:
+            evidence = evidence.detach().to(gates.device, torch.float32)
+            whole, part = masks.float().amax(dim=(2, 3)), own.float().amax(dim=(2, 3))
+            gates = (gates.float() + evidence * (part - whole)).to(gates.dtype)
+        if len(between) == len(neighbours):
+            return own, gates
+        alone = [k for k, pair in enumerate(neighbours) if pair is None]
+        masks_alone, gates_alone = self._forward(batch[alone])
+        mask_logits = own.new_empty((len(neighbours), *own.shape[1:]))
+        gate_logits = gates.new_empty((len(neighbours), gates.shape[1]))
+        mask_logits[between], gate_logits[between] = own, gates
+        mask_logits[alone] = masks_alone.to(own.dtype)
+        gate_logits[alone] = gates_alone.to(gates.dtype)
+        return mask_logits, gate_logits
+
+    def _neighbours(
+        self,
+        images: np.ndarray | torch.Tensor,
+        start: int,
+        n: int,
+        follows: Sequence[bool] | None,
+        before: np.ndarray | torch.Tensor | None,
+        after: np.ndarray | torch.Tensor | None,
+    ) -> list[tuple | None]:
+        """Per frame of ``images[start : start + n]``, the frames directly above and below
+        it on the line, or None where either is unknown (or ``context_rows`` is 0)."""
+        if not self.context_rows or follows is None:
+            return [None] * n
+        if len(follows) != len(images):
+            raise ValueError(f"follows has {len(follows)} entries for {len(images)} frames")
+        out: list[tuple | None] = []
+        last = len(images) - 1
+        for i in range(start, start + n):
+            above = (images[i - 1] if i else before) if follows[i] else None
+            below = after if i == last else (images[i + 1] if follows[i + 1] else None)
+            out.append(None if above is None or below is None else (above, below))
+        return out
+
     @torch.inference_mode()
     def probabilities(
         self, images: np.ndarray, batch_size: int = 16
@@ -183,12 +265,23 @@ class Segmenter:
 
     @torch.inference_mode()
     def predict(
-        self, images: np.ndarray | torch.Tensor, batch_size: int = 16, regions: bool = False
+        self,
+        images: np.ndarray | torch.Tensor,
+        batch_size: int = 16,
+        regions: bool = False,
+        follows: Sequence[bool] | None = None,
+        before: np.ndarray | torch.Tensor | None = None,
+        after: np.ndarray | torch.Tensor | None = None,
     ) -> Prediction:
         """Defect masks at the frames' full resolution, for (N, H, W) uint8 frames, on the
         host or (a GPU worker's, e.g. decoded there) a torch tensor on the model's device;
         ``regions`` also splits them into connected regions with their RLE and score.
-        Only the frames of masks the gate lets through come back to the host."""
+        Only the frames of masks the gate lets through come back to the host.
+
+        Where the frames tile the line, ``follows`` says per frame whether it directly
+        follows the one before it (the first: ``before``, the frame just before them),
+        and ``after`` is the frame just after them (None: not known). With
+        ``context_rows``, each frame with both neighbours is run between rows of them."""
         uint8 = images.dtype in (np.uint8, torch.uint8)
         if images.ndim != 3 or not uint8:
             raise ValueError(
@@ -201,7 +294,8 @@ class Segmenter:
         found: list[Defect] = []
         for start in range(0, len(images), batch_size):
             batch = images[start : start + batch_size]
-            mask_logits, gate_logits = self._forward(batch)
+            neighbours = self._neighbours(images, start, len(batch), follows, before, after)
+            mask_logits, gate_logits = self._logits(batch, neighbours)
             gate = torch.sigmoid(gate_logits.float())
             # Only masks the gate lets through, and that can reach their pixel threshold,
             # are brought to full resolution: the others are empty anyway, and most
@@ -240,11 +334,14 @@ class Segmenter:
 
     def export_onnx(self, path: Path) -> Path:
         """The network as an ONNX graph at ``path``: preprocessed frames (N, channels, h,
-        w) float32 → mask logits (N, C, h, w) and gate logits (N, C)."""
+        w) float32 → mask logits (N, C, h, w) and gate logits (N, C); with
+        ``context_rows``, h free (the frames between their neighbours are taller)."""
         pre = self.preprocess
         example = torch.zeros(2, pre.channels, pre.height, pre.width)
         network = copy.deepcopy(self.net).float().cpu()
-        return export_torch(network, example, path, ["mask_logits", "gate_logits"])
+        # a frame between its neighbours has more rows: in steps of the encoder's stride
+        rows = math.gcd(pre.height, self.window_preprocess.height) if self.context_rows else None
+        return export_torch(network, example, path, ["mask_logits", "gate_logits"], rows)
 
     def run_onnx(self, path: Path) -> Segmenter:
         """From now on the network runs as the ONNX graph at ``path`` on ONNX Runtime
@@ -262,6 +359,7 @@ class Segmenter:
             "classes": {str(k): v for k, v in self.classes.items()},
             "thresholds": self.thresholds.to_dict(),
             "frame_shape": list(self.frame_shape),
+            "context_rows": self.context_rows,
         }
 
     def save(self, folder: Path) -> Path:
@@ -290,7 +388,25 @@ class Segmenter:
             Thresholds.from_dict(config["thresholds"]),
             tuple(config["frame_shape"]),
             device,
+            config.get("context_rows", 0),  # none before 2026-12-05
         )
+
+
+def _window_preprocess(
+    preprocess: Preprocess, frame_shape: tuple[int, ...], context_rows: int
+) -> Preprocess | None:
+    """The preprocessing of a frame between ``context_rows`` rows of each neighbour:
+    the same scale, so many more rows."""
+    if not context_rows:
+        return None
+    height = frame_shape[0]
+    rows = (height + 2 * context_rows) * preprocess.height
+    if context_rows < 0 or rows % height:
+        raise ValueError(
+            f"context_rows {context_rows}: a positive whole number of the model's rows "
+            f"({height / preprocess.height:g} of the frame's rows each)"
+        )
+    return replace(preprocess, height=rows // height)
 
 
 def _on_host(frames: np.ndarray | torch.Tensor) -> np.ndarray:

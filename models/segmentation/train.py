@@ -77,6 +77,10 @@ class SegmentationRecipe:
     # The most crops the network sees in training, in all: on a larger recording it trains
     # fewer epochs (models.kinds.within_budget); 0: no budget.
     pictures: int = 0
+    # Rows of each neighbour a frame that tiles the line is run between when inspected
+    # or scored (``Segmenter.context_rows``; thresholds are chosen on frames alone); 0:
+    # each frame alone
+    context_rows: int = 0
 
     def __post_init__(self) -> None:
         """Options that do not go together are refused when the recipe is made, before
@@ -113,7 +117,10 @@ SIZES = MappingProxyType(
         # than validation alone for each of three seeds (docs/benchmarks.md, "Thresholds
         # chosen on the training frames too"). Half its crops are moved up or down: fine
         # scratches were found on more of their frames on two twin holdouts in each of
-        # three seeds (docs/benchmarks.md, "Crops moved past the frame's edge").
+        # three seeds (docs/benchmarks.md, "Crops moved past the frame's edge"). Frames
+        # that tile the line are run between 64 rows of their neighbours: mean Dice rose
+        # on three twin holdouts for each of three seeds (docs/benchmarks.md, "The rows
+        # around each frame").
         "default": SegmentationRecipe(
             "resnet18",
             0.25,
@@ -124,6 +131,7 @@ SIZES = MappingProxyType(
             pictures=54_000,
             calibrate_on_training=True,
             shift=0.5,
+            context_rows=64,
             **FINE,
         ),
         "gpu": SegmentationRecipe("resnet34", 1.0, 32, 40, 1e-3, crop_width=512),
@@ -470,14 +478,32 @@ def fit(
         if progress:
             progress(epoch + 1, recipe.epochs, row)
     segmenter = Segmenter(
-        net, spec, pre, dict(train.classes), Thresholds.neutral(spec.n_classes), (h, w), dev
+        net,
+        spec,
+        pre,
+        dict(train.classes),
+        Thresholds.neutral(spec.n_classes),
+        (h, w),
+        dev,
+        _context_rows(recipe.context_rows, h, pre.height),
     )
+    # Thresholds are chosen on frames alone (``probabilities``): chosen on frames between
+    # their neighbours, they scored lower (docs/benchmarks.md, "The rows around each frame")
     chosen_on = validation.joined(train) if recipe.calibrate_on_training else validation
     thresholds, val_dice = calibrate(segmenter, chosen_on, recipe.gate_by, recipe.gate_floor)
     segmenter.thresholds = thresholds
     return TrainingResult(
         segmenter, recipe, history, time.perf_counter() - started, str(dev), val_dice
     )
+
+
+def _context_rows(rows: int, height: int, model_rows: int) -> int:
+    """The recipe's ``context_rows`` where they are a whole number of the model's rows
+    for frames ``height`` high (64 for 256 at 1/4 scale), else none."""
+    if rows and (height + 2 * rows) * model_rows % height:
+        log.warning("frames %d rows high: each frame runs alone (context_rows %d)", height, rows)
+        return 0
+    return rows
 
 
 def _full_resolution(segmenter: Segmenter, probabilities: np.ndarray) -> np.ndarray:

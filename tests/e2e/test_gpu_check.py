@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[2]
 def test_the_gpu_check_runs_on_the_cpu_and_writes_its_tables(tmp_path: Path) -> None:
     out = tmp_path / "check"
     small = ["--size", "tiny", "--sheets", "2", "--rounds", "1", "--batch", "8", "--requests", "16"]
-    small += ["--threads", "2", "--compile"]
+    small += ["--threads", "2", "--compile", "--context-rows", "64"]  # as `default` runs
     done = subprocess.run(
         ["bash", str(REPO / "bench" / "gpu_check.sh"), str(out), "--device", "cpu", *small],
         capture_output=True,
@@ -38,6 +38,7 @@ def test_the_gpu_check_runs_on_the_cpu_and_writes_its_tables(tmp_path: Path) -> 
     (compiled,) = [row for row in tables["segmenter"] if "compiled" in row["path"]]
     assert compiled["seconds to compile"] > 0  # as a worker compiles it
     assert any(row["path"].startswith("FFV1 video") for row in tables["decode"])
+    assert "each frame run between 64 rows of its neighbours" in tables["header"]
     assert [row["concurrency"] for row in tables["serving"]] == [8, 1, 8]
     assert all(0 < row["p50 ms"] <= row["p99 ms"] for row in tables["serving"])
     identification = tables["identification"]

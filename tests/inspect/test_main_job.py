@@ -492,6 +492,42 @@ def test_workers_with_a_compiled_segmenter_give_the_same_tables(
     _inspected_again_alike(world, home, "torch-compiled")
 
 
+def test_frames_run_between_their_neighbours_give_the_same_tables_in_any_ranges(
+    world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A segmenter with ``context_rows`` (the `default` recipe's) runs each frame
+    between rows of the frames beside it on the line, across batches and ranges: a
+    range decodes the frames just outside it, and each batch waits for the first frame
+    of the next. Inspected in ranges of 5 frames and batches of 3, the tables are those
+    of ranges of 64 in batches of 16; and not those of each frame run alone."""
+    from models import registry
+
+    home = tmp_path / "home"
+    shutil.copytree(world.home, home)
+    monkeypatch.setenv("STEELSIGHT_HOME", str(home))
+    monkeypatch.setenv("STEELSIGHT_INFERENCE_ENGINE", "torch")
+    for bundle in (home / "mlflow" / "artifacts").rglob("segmenter.json"):
+        config = json.loads(bundle.read_text())
+        bundle.write_text(json.dumps({**config, "context_rows": 64}))
+    get_settings.cache_clear()
+    assert registry.load_model(get_settings(), "segmentation").context_rows == 64
+    archive_id = world.archive_id("line-1-inspection-s2")
+    copy = World(world.root, home, world.line, [], [], {})
+    alone = _table(world, "frames", archive_id)
+    tables = {}
+    for chunk, batch in ((64, 16), (5, 3)):
+        monkeypatch.setenv("STEELSIGHT_CHUNK_FRAMES", str(chunk))
+        monkeypatch.setenv("STEELSIGHT_BATCH_FRAMES", str(batch))
+        get_settings.cache_clear()
+        (done,) = inspect(archives=[archive_id], force=True)
+        assert done["status"] == "ok"
+        tables[chunk] = {t: _table(copy, t, archive_id) for t in ("frames", "defects", "sheets")}
+    for t in ("frames", "defects", "sheets"):
+        _close(tables[64][t], tables[5][t])
+    with pytest.raises(AssertionError):  # the frames' gates moved with what they saw
+        _close(alone, tables[64]["frames"])
+
+
 def test_a_model_below_its_promotion_floor_is_registered_without_the_alias(world: World) -> None:
     """Each demo-size model of the fixture was registered; it took the alias (there was
     no champion) only if it scored above what a model that learnt nothing scores."""

@@ -31,7 +31,7 @@ from tasks.labels import SourceError
 
 
 def small_segmenter(
-    seed: int = 0, detail_window: int = 0, mask_evidence: bool = False
+    seed: int = 0, detail_window: int = 0, mask_evidence: bool = False, context_rows: int = 0
 ) -> Segmenter:
     torch.manual_seed(seed)
     pre = Preprocess(64, 128, 0.4, 0.2, detail_window)
@@ -50,6 +50,7 @@ def small_segmenter(
         {1: "a", 2: "b", 3: "c", 4: "d"},
         thresholds,
         (128, 256),
+        context_rows=context_rows,
     )
 
 
@@ -251,6 +252,88 @@ def test_preprocessing_on_the_device_equals_opencvs(frame, size, window) -> None
     on_device = pre.on_device(torch.from_numpy(frames))
     assert on_device.dtype == torch.float32 and on_device.shape == on_host.shape
     assert np.array_equal(on_device.numpy(), on_host)
+
+
+def _strip(n: int, seed: int = 4) -> np.ndarray:
+    """``n`` frames of one strip: a bright line crossing every seam between them."""
+    strip = np.random.default_rng(seed).integers(60, 120, (n * 128, 256), dtype=np.uint8)
+    for row in range(n * 128):
+        strip[row, 40 + row // 8 : 43 + row // 8] = 230
+    return strip.reshape(n, 128, 256)
+
+
+def test_frames_that_tile_the_line_are_run_between_their_neighbours() -> None:
+    """``context_rows``: a frame whose neighbours above and below are known is run
+    between that many rows of each, its masks cut back to its own rows and its gate's
+    evidence taken from them; a frame missing either neighbour, or frames given without
+    ``follows``, run alone as before. A frame gets the same masks and gate whatever its
+    batch, and given alone with its two neighbours."""
+    plain = small_segmenter(seed=1, detail_window=15, mask_evidence=True)
+    lined = small_segmenter(seed=1, detail_window=15, mask_evidence=True, context_rows=32)
+    for s in (plain, lined):
+        s.thresholds = Thresholds((0.0,) * 4, (0.5,) * 4, (0,) * 4)
+    frames = _strip(5)
+    follows = [False, True, True, True, True]
+    alone = plain.predict(frames)
+    no_follows = lined.predict(frames)
+    assert np.array_equal(no_follows.gate, alone.gate)
+    assert np.array_equal(no_follows.masks, alone.masks)
+    between = lined.predict(frames, follows=follows)
+    for edge in (0, 4):  # a neighbour missing: run alone
+        assert np.array_equal(between.gate[edge], alone.gate[edge])
+        assert np.array_equal(between.masks[edge], alone.masks[edge])
+    assert not np.allclose(between.gate[1:4], alone.gate[1:4], atol=1e-4)
+    # the same whatever the batch: a frame alone with the frames beside it
+    in_twos = lined.predict(frames, batch_size=2, follows=follows)
+    one = lined.predict(frames[2:3], follows=[True], before=frames[1], after=frames[3])
+    assert np.allclose(in_twos.gate, between.gate, atol=1e-5)
+    assert np.allclose(one.gate[0], between.gate[2], atol=1e-5)
+    assert np.array_equal(one.masks[0], between.masks[2])
+    without_after = lined.predict(frames[2:3], follows=[True], before=frames[1])
+    assert np.allclose(without_after.gate, alone.gate[2:3], atol=1e-5), "alone without the after"
+    # the masks are the window's own rows: 32 rows of each neighbour, at half scale 16
+    window = np.concatenate([frames[1][-32:], frames[2], frames[3][:32]])
+    with torch.inference_mode():
+        x = torch.from_numpy(lined.window_preprocess(window[None]))
+        masks, gate = lined.net(x)
+        own = masks[:, :, 16 : 16 + 64]
+        evidence = lined.net.evidence * (own.amax(dim=(2, 3)) - masks.amax(dim=(2, 3)))
+        logits, gate_logits = lined._logits(frames[2:3], [(frames[1], frames[3])])
+    assert torch.allclose(logits, own, atol=1e-5)
+    assert torch.allclose(gate_logits, gate + evidence, atol=1e-5)
+
+
+def test_frames_between_their_neighbours_run_as_onnx_and_are_saved_so(tmp_path: Path) -> None:
+    """A segmenter with ``context_rows`` keeps them through saving, and its ONNX graph
+    takes frames of either height: the same probabilities as torch's."""
+    segmenter = small_segmenter(detail_window=15, mask_evidence=True, context_rows=32)
+    segmenter.thresholds = Thresholds((0.0,) * 4, (0.5,) * 4, (0,) * 4)
+    loaded = Segmenter.load(segmenter.save(tmp_path / "bundle"))
+    assert loaded.context_rows == 32 and loaded.window_preprocess.height == 96
+    frames, follows = _strip(4), [False, True, True, True]
+    on_torch = segmenter.predict(frames, follows=follows)
+    segmenter.run_onnx(segmenter.export_onnx(tmp_path / "segmenter.onnx"))
+    on_onnx = segmenter.predict(frames, follows=follows)
+    assert np.abs(on_onnx.gate - on_torch.gate).max() < 1e-3
+    assert (on_onnx.masks != on_torch.masks).mean() < 1e-3
+    with pytest.raises(ValueError, match="context_rows -1"):
+        small_segmenter(context_rows=-1)
+
+
+def test_a_recordings_frames_keep_which_follow_which_when_split_and_joined() -> None:
+    frames = np.zeros((6, 8, 8), np.uint8)
+    data = SegmentationData(
+        "line",
+        [f"f{i}" for i in range(6)],
+        frames,
+        [{}] * 6,
+        {1: "a"},
+        follows=[False] + [True] * 5,
+    )
+    assert data.subset([1, 2, 4, 5]).follows == [False, True, False, True]
+    assert data.subset([2, 1]).follows == [False, False]
+    assert data.subset([0, 1]).joined(data.subset([2, 3])).follows == [False, True, False, True]
+    assert SegmentationData("pictures", ["a"], frames[:1], [{}], {1: "a"}).follows == [False]
 
 
 def test_a_segmenter_predicts_the_same_from_frames_held_as_a_tensor() -> None:
