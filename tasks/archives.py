@@ -652,9 +652,9 @@ def frames_following(archive: Path) -> dict[str, bool]:
             return {}
         rows = _csv(archive / manifest.files.frame_index, ("frame_id", "frame_number"))
         numbers = [int(row["frame_number"]) for row in rows]
-    except (ArchiveError, OSError, csv.Error, UnicodeDecodeError, ValueError):
+        follows = follow_on(numbers, manifest.frame_step_lines, manifest.frame_height)
+    except (ArchiveError, OSError, csv.Error, UnicodeDecodeError, ValueError, TypeError):
         return {}
-    follows = follow_on(numbers, manifest.frame_step_lines, manifest.frame_height)
     return {row["frame_id"]: f for row, f in zip(rows, follows, strict=True)}
 
 

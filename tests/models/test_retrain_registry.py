@@ -224,6 +224,8 @@ def test_twin_archive_loads_with_its_masks(world) -> None:
     data = load_segmentation(archive)
     assert data.images.shape[1:] == (256, 1600)
     assert data.presence().any(axis=0).all()  # the busy line shows every class
+    # its frames tile the line, none dropped: each but the first follows the one before
+    assert data.follows == [False] + [True] * (len(data) - 1)
 
 
 @pytest.mark.e2e

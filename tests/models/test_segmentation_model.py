@@ -657,6 +657,7 @@ def test_loads_the_real_severstal_sample(shared_data: Path) -> None:
     data = load_segmentation(shared_data / "severstal-sample")
     assert data.images.shape == (20, 256, 1600)
     assert data.presence().sum(axis=0).tolist() == [5, 3, 9, 2]
+    assert not any(data.follows)  # single pictures: none beside another on a line
     # masks decode to the labelled area: the sum over classes equals the RLE run lengths
     runs = sum(sum(map(int, rle.split()[1::2])) for r in data.rles for rle in r.values())
     assert int(data.masks(range(20)).sum()) == runs
