@@ -201,10 +201,10 @@ class Segmenter:
                 return torch.as_tensor(frame, device=batch.device)[part]
             return _on_host(frame)[part]
 
-        windows = [
-            (rows(above, slice(-r, None)), batch[k], rows(below, slice(None, r)))
-            for k, (above, below) in ((k, neighbours[k]) for k in between)
-        ]
+        windows = []
+        for k in between:
+            above, below = neighbours[k]
+            windows.append((rows(above, slice(-r, None)), batch[k], rows(below, slice(None, r))))
         if on_device:
             stacked = torch.stack([torch.cat(w) for w in windows])
         else:
@@ -392,6 +392,12 @@ class Segmenter:
         )
 
 
+def context_fits(context_rows: int, height: int, model_rows: int) -> bool:
+    """Whether a frame ``height`` rows high, run at ``model_rows``, and ``context_rows``
+    of each neighbour make a whole number of the model's rows."""
+    return context_rows >= 0 and (height + 2 * context_rows) * model_rows % height == 0
+
+
 def _window_preprocess(
     preprocess: Preprocess, frame_shape: tuple[int, ...], context_rows: int
 ) -> Preprocess | None:
@@ -400,13 +406,12 @@ def _window_preprocess(
     if not context_rows:
         return None
     height = frame_shape[0]
-    rows = (height + 2 * context_rows) * preprocess.height
-    if context_rows < 0 or rows % height:
+    if not context_fits(context_rows, height, preprocess.height):
         raise ValueError(
             f"context_rows {context_rows}: a positive whole number of the model's rows "
             f"({height / preprocess.height:g} of the frame's rows each)"
         )
-    return replace(preprocess, height=rows // height)
+    return replace(preprocess, height=(height + 2 * context_rows) * preprocess.height // height)
 
 
 def _on_host(frames: np.ndarray | torch.Tensor) -> np.ndarray:

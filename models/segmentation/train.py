@@ -30,7 +30,7 @@ from models.kinds import within_budget
 from models.losses import bce_dice_loss, focal_loss
 from models.preprocess import Preprocess
 from models.segmentation.network import UNetResNet, UNetSpec
-from models.segmentation.segmenter import Segmenter, upsampled
+from models.segmentation.segmenter import Segmenter, context_fits, upsampled
 
 log = logging.getLogger(__name__)
 
@@ -500,7 +500,7 @@ def fit(
 def _context_rows(rows: int, height: int, model_rows: int) -> int:
     """The recipe's ``context_rows`` where they are a whole number of the model's rows
     for frames ``height`` high (64 for 256 at 1/4 scale), else none."""
-    if rows and (height + 2 * rows) * model_rows % height:
+    if rows and not context_fits(rows, height, model_rows):
         log.warning("frames %d rows high: each frame runs alone (context_rows %d)", height, rows)
         return 0
     return rows
