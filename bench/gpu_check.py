@@ -29,8 +29,9 @@ writes into OUT (``gpu_check.md``, ``gpu_check.json``):
   the whole API where they are);
 * identification, which is CPU work on any machine (OpenCV and numpy): the station's
   sheets registered, then the line's whole markings identified at the twin's own boxes
-  (the H200 machine has no ultralytics to detect them), on 1 and ``--threads`` threads:
-  how many cores a GPU worker's markings need;
+  (the H200 machine has no ultralytics to detect them), on 1 and ``--threads`` threads
+  and in ``--threads`` processes (a GPU worker's way, ``identify_in``): how many cores
+  a GPU worker's markings need;
 * GPU utilisation during the end-to-end runs (``nvidia-smi``), and the network's FLOPs
   per frame against the H200's bf16 peak.
 
@@ -635,6 +636,48 @@ def _identification_rates(line, frames, args) -> list[dict]:
                 "right": right[threads],
             }
         )
+    # the same markings in ``--threads`` processes, as a GPU worker identifies them
+    # (``identify_in``: ``pipeline.IdentifyingProcesses``), each marking its own picture
+    none = np.zeros(1, bool)
+    pictures = [
+        pipeline.PictureMarkings(
+            frames[i],
+            frames[i - 1] if i > 0 else None,
+            None,
+            frames[i + 1] if i + 1 < len(frames) else None,
+            None,
+            np.array([[*where, 1.0]], np.float32),
+            none,
+            none,
+            none,
+            None,
+        )
+        for i, where, _ in marks
+    ]
+    started = time.perf_counter()
+    processes = pipeline.IdentifyingProcesses(index, args.threads)
+    try:
+        processes.verdicts(pictures[: args.threads], index, surface.VERIFY_THRESHOLD)  # started
+        start_s = time.perf_counter() - started
+        named: list[str] = []
+
+        def apart() -> None:
+            found = processes.verdicts(pictures, index, surface.VERIFY_THRESHOLD)
+            named[:] = [v.sheet_id for (v,) in found]
+
+        seconds = _median(apart, args.rounds)
+    finally:
+        processes.close()
+    rows.append(
+        {
+            "path": f"identify whole markings, {args.threads} processes "
+            f"(started in {start_s:.1f} s)",
+            "items": len(marks),
+            "seconds": round(seconds, 3),
+            "items/s": len(marks) / seconds,
+            "right": sum(n == sheet for n, (*_, sheet) in zip(named, marks, strict=True)),
+        }
+    )
     return rows
 
 

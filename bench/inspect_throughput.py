@@ -16,8 +16,10 @@ A twin recording is simulated into a temporary folder. Per round (median reporte
 Both paths run once per engine of ``--engines`` (torch; ONNX Runtime for the models
 `steelsight export` registered an ONNX graph for: ``settings.inference_engine=onnx``;
 either with ``+compiled``: the segmenter's network compiled where it runs on torch,
-``settings.compile_networks=on``, its compile time outside the rounds), in the same run,
-the first as the baseline.
+``settings.compile_networks=on``, its compile time outside the rounds; with
+``+processes``: markings identified in processes, ``settings.identify_in=processes``,
+their start in the first round; otherwise on threads), in the same run, the first as the
+baseline.
 
 The ratio end-to-end / model-only is what the data path costs; the target on an H200
 is >= 0.8 at >= 3,200 frames/s of 1600x256.
@@ -48,7 +50,8 @@ def main() -> None:
     parser.add_argument(
         "--engines",
         default="torch,onnx",
-        help="comma-separated: torch, onnx, auto, each maybe +compiled (torch+compiled)",
+        help="comma-separated: torch, onnx, auto, each maybe +compiled (the segmenter "
+        "compiled) and +processes (identification in processes), e.g. onnx+processes",
     )
     args = parser.parse_args()
 
@@ -107,17 +110,26 @@ def main() -> None:
                     if crops:
                         imprint.embed(np.stack(crops))
 
+        ran: set[str] = set()  # what the ranges ran on, identification's threads or processes
+
         def end_to_end() -> None:
             results = [inspect_chunk(c, registry) for c in chunks]
+            ran.update(r.engines for r in results)
             assemble(rec, results, refs, settings.grades, "bench")
 
         rows = []
         for engine in args.engines.split(","):
             # the engine as a worker started with STEELSIGHT_INFERENCE_ENGINE (and
-            # STEELSIGHT_COMPILE_NETWORKS) takes it
-            inference, _, compiled = engine.partition("+")
+            # STEELSIGHT_COMPILE_NETWORKS, STEELSIGHT_IDENTIFY_IN) takes it
+            inference, *flags = engine.split("+")
+            unknown = set(flags) - {"compiled", "processes"}
+            if unknown:
+                parser.error(f"--engines {engine}: unknown {', '.join(sorted(unknown))}")
             os.environ["STEELSIGHT_INFERENCE_ENGINE"] = inference
-            os.environ["STEELSIGHT_COMPILE_NETWORKS"] = "on" if compiled else "off"
+            os.environ["STEELSIGHT_COMPILE_NETWORKS"] = "on" if "compiled" in flags else "off"
+            os.environ["STEELSIGHT_IDENTIFY_IN"] = (
+                "processes" if "processes" in flags else "threads"
+            )
             get_settings.cache_clear()
             tasks.inspection._MODELS.clear()
             models = worker_models(refs, args.device, args.batch)
@@ -130,6 +142,9 @@ def main() -> None:
                     run()
                     times.append(time.perf_counter() - started)
                 median = statistics.median(times)
+                if name == "end-to-end":
+                    engines = " / ".join(sorted(ran))
+                    ran.clear()
                 rows.append((engine, engines, name, median, n / median))
 
     device = str(models["segmentation"].device)

@@ -7,8 +7,11 @@ nothing phones home. Values the user has set in the environment win.
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
-from core.settings import Settings
+if TYPE_CHECKING:  # not imported: identifying processes on the GPU check's machine, which
+    # has no pydantic-settings, call ``blas_on_one_thread``
+    from core.settings import Settings
 
 # For processes that run the models beside other work (inspection workers, the API, the
 # benches): torch's OpenMP threads (libgomp) sleep when a parallel region ends instead

@@ -55,6 +55,16 @@ class Settings(BaseSettings):
         "and needs a C++ compiler on the CPU. The API does not compile: its batches take "
         "every size from 1 to 16.",
     )
+    identify_in: Literal["auto", "threads", "processes"] = Field(
+        default="auto",
+        description="Where an inspect worker identifies a batch's markings: on threads, "
+        "one per core, or in processes, as many as its cores, each holding the registered "
+        "sheets it searches (started once per set of sheets). Identification is Python "
+        "between OpenCV's calls: on 16 cores threads identified about 45 markings a second, "
+        "16 processes 175 (docs/benchmarks.md). auto: processes on a GPU worker, threads on "
+        "the CPU. A worker that may not start processes (Dask's default for `dask worker`: "
+        "set DASK_DISTRIBUTED__WORKER__DAEMON=False) uses threads and says so.",
+    )
 
     ingest_timeout_s: float = Field(
         default=900.0,

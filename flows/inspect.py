@@ -76,8 +76,14 @@ def local_cluster(gpus: int, cores: int):
     """A Dask cluster on this machine, sized to it: one worker process per GPU, which
     sees only its own GPU (``CUDA_VISIBLE_DEVICES``, so its ``cuda`` is that one) and
     holds the resource ``GPU=1``; without GPUs, one worker per two CPU cores. The cores
-    are shared among the workers (torch's and OpenCV's threads)."""
+    are shared among the workers (torch's and OpenCV's threads). The workers may start
+    processes of their own (identification's, ``identify_in``): Dask starts them as
+    daemons otherwise, which may not."""
+    import dask
     from distributed import LocalCluster, Nanny, Scheduler, SpecCluster
+
+    # read by the nannies whenever they start a worker, restarts too: set for good
+    dask.config.set({"distributed.worker.daemon": False})
 
     workers = gpus or max(1, cores // 2)
     threads = str(max(1, cores // workers))

@@ -192,7 +192,8 @@ class ChunkResult:
     model_s: float = 0.0
     worker: str = ""
     level: np.ndarray | None = None  # (n,) float32: mean grey level of each frame
-    # what ran each network on the worker, e.g. "segmentation torch-compiled, marking onnx"
+    # what ran each network on the worker, and where it identified markings, e.g.
+    # "segmentation torch-compiled, marking onnx, imprint onnx, identification on 2 threads"
     engines: str = ""
 
 
@@ -279,6 +280,51 @@ def _compile(segmenter, setting: str, batch: int) -> None:
     log.info("segmenter compiled for %d frames in %.1f s", batch, time.perf_counter() - started)
 
 
+# the worker's identifying processes (one set, for one index), and whether it was told
+# it may not start them
+_IDENTIFYING: dict[str, object] = {"processes": None, "daemonic": False}
+
+
+def identifying_processes(index, setting: str, on_gpu: bool):
+    """The worker's processes that identify markings against ``index``
+    (``pipeline.IdentifyingProcesses``), where ``identify_in`` says so (auto: on a GPU
+    worker), started once per index: a new set of registered sheets replaces them.
+    None: the markings are identified on threads, also where this worker may not start
+    processes (a daemonic Dask worker), which is logged once."""
+    if setting == "threads" or (setting == "auto" and not on_gpu):
+        return None
+    import multiprocessing
+
+    from models.devices import cpu_threads
+    from models.identity.pipeline import IdentifyingProcesses
+
+    with _LOCK:
+        held = _IDENTIFYING["processes"]
+        if held is not None and held.index is index:
+            return held
+        if multiprocessing.current_process().daemon:
+            if not _IDENTIFYING["daemonic"]:
+                log.warning(
+                    "this worker is a daemonic process and cannot start identifying "
+                    "processes: markings are identified on threads (start `dask worker` "
+                    "with DASK_DISTRIBUTED__WORKER__DAEMON=False, or set "
+                    "STEELSIGHT_IDENTIFY_IN=threads)"
+                )
+                _IDENTIFYING["daemonic"] = True
+            return None
+        if held is not None:
+            held.close()
+        started = time.perf_counter()
+        held = _IDENTIFYING["processes"] = IdentifyingProcesses(index, cpu_threads())
+        log.info(
+            "identifying in %d processes, %d sheets each, started in %.1f s",
+            held.processes,
+            index.sheets,
+            time.perf_counter() - started,
+        )
+        return held
+
+
 def decode_range(chunk: Chunk) -> Iterator[np.ndarray]:
     """The chunk's grey frames in order; FrameError names the frame that fails."""
     return decode_frames(chunk.video, chunk.frames_dir, chunk.start, chunk.frame_ids)
@@ -351,6 +397,7 @@ def inspect_chunk(chunk: Chunk, registry: Registry | None = None) -> ChunkResult
 
         return neighbour
 
+    engines = networks_on(models)
     identifier = None
     # The frame before the range and its markings, found here (the detector stays on
     # this thread) when markings are identified; ``above``: the last frame of the batch
@@ -358,14 +405,25 @@ def inspect_chunk(chunk: Chunk, registry: Registry | None = None) -> ChunkResult
     edge: dict[str, tuple] = {"before": NO_NEIGHBOUR}
     above: tuple = NO_NEIGHBOUR
     if registry is not None and "marking" in models:
-        # a batch's pictures identified on as many threads as the worker has cores: the
-        # last batch of the range is identified while nothing else runs
+        # a batch's pictures identified on as many threads as the worker has cores, or in
+        # as many processes (``identify_in``): the last batch of the range is identified
+        # while nothing else runs
+        from core.settings import get_settings
+
+        on_gpu = segmenter.device.type == "cuda"
+        processes = identifying_processes(registry.index, get_settings().identify_in, on_gpu)
         identifier = PassIdentifier(
             models["imprint"],
             registry.index,
             registry.threshold,
             lambda: edge["before"],
             workers=cpu_threads(),
+            processes=processes,
+        )
+        engines += (
+            f", identification in {processes.processes} processes"
+            if processes is not None
+            else f", identification on {cpu_threads()} threads"
         )
     pending: list[Future] = []  # each batch's verdicts, identified on their own thread
     clock = time.perf_counter()
@@ -454,7 +512,7 @@ def inspect_chunk(chunk: Chunk, registry: Registry | None = None) -> ChunkResult
         decode_s=decode_s,
         model_s=model_s,
         worker=os.environ.get("DASK_WORKER_NAME", str(os.getpid())),
-        engines=networks_on(models),
+        engines=engines,
     )
 
 
@@ -1008,7 +1066,7 @@ def report(
     }
     logger.info(
         "archive %s: %d frames in %.1f s (%.1f frames/s), %d sheets (%d identified), "
-        "%d defects, status %s; networks on %s",
+        "%d defects, status %s; engines: %s",
         rec.archive_id,
         summary["frames"],
         seconds,

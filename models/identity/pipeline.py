@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from itertools import repeat
 
 import numpy as np
 
@@ -544,6 +545,58 @@ def across_seams(
     return out
 
 
+@dataclass(frozen=True)
+class PictureMarkings:
+    """One picture's markings and what identifying them needs: the picture, the frames
+    beside it and their detections (None where not known or not joined), and per
+    marking its box (k, 5), whether it is a second guess, weak or faint
+    (``identify_markings``) and its paint embedding. What a thread or a process takes
+    (``picture_verdicts``)."""
+
+    frame: np.ndarray
+    above: np.ndarray | None
+    above_rows: np.ndarray | None
+    below: np.ndarray | None
+    below_rows: np.ndarray | None
+    boxes: np.ndarray
+    second: np.ndarray
+    weak: np.ndarray
+    faint: np.ndarray
+    paint: np.ndarray | None
+
+
+def picture_verdicts(
+    picture: PictureMarkings, index: SurfaceIndex, threshold: float
+) -> list[Verdict]:
+    """A verdict per marking of one picture, in order (``identify_markings``): a second
+    guess waits for the boxes before it."""
+    frame, above, below = picture.frame, picture.above, picture.below
+    view = stitched(frame, above, below) if len(index) else None
+    out: list[Verdict] = []
+    for k, box in enumerate(picture.boxes):
+        if picture.second[k] and _guessed_right(picture.boxes[:k], out, box):
+            out.append(NOTHING)
+            continue
+        whole = across_seams(box, frame.shape[0], picture.above_rows, picture.below_rows)
+        embedded = None if picture.paint is None else picture.paint[k]
+        needed = max(threshold, WEAK_THRESHOLD) if picture.weak[k] else threshold  # stronger
+        # evidence, and none looked for, for the faintest, where the steel matches no sheet
+        least = WEAK_MATCH if picture.faint[k] else -1.0
+        verdict = identify(
+            frame, whole, index, needed, above, below, embedded, least_match=least, view=view
+        )
+        if verdict.sheet_id == UNKNOWN and not np.array_equal(whole[:4], box[:4]):
+            # the box joined to it across the seam may be no part of its marking (a weak
+            # box over a scale patch or beside the text, under a marking that merely
+            # reaches the frame's edge): the box alone is identified then
+            alone = identify(
+                frame, box, index, needed, above, below, embedded, least_match=least, view=view
+            )
+            verdict = alone if alone.sheet_id != UNKNOWN else verdict
+        out.append(verdict)
+    return out
+
+
 def identify_markings(
     marks: Markings,
     frames: list[np.ndarray],
@@ -555,6 +608,7 @@ def identify_markings(
     follows: list[bool] | None = None,
     edge_markings: tuple[np.ndarray | None, np.ndarray | None] = (None, None),
     workers: int = 1,
+    processes: IdentifyingProcesses | None = None,
 ) -> list[Verdict]:
     """A verdict per marking of ``marks`` (found in ``frames``, consecutive frames of the
     line), each seen with its frame's neighbours: ``before`` the frame preceding the
@@ -567,15 +621,18 @@ def identify_markings(
     names a sheet at ``WEAK_THRESHOLD``, if that is above ``threshold``, and a faint one
     (``Markings.faint``) is verified only where a registered sheet's steel descriptor
     matches at ``WEAK_MATCH``. A box joined across a seam (``across_seams``) that names
-    no sheet is identified alone as well. ``workers``: threads the pictures' markings are
-    identified on, each picture's in turn (a second guess waits for the box before it);
-    the verdicts are the same whatever their number."""
+    no sheet is identified alone as well. Each picture's markings are identified in
+    turn (``picture_verdicts``); the pictures on ``workers`` threads, or in
+    ``processes`` (which hold ``index``). The verdicts are the same either way."""
     last = len(frames) - 1
     joined = [True] * len(frames) if follows is None else list(follows)
     found = marks.per_picture
+    second = np.zeros(len(marks), bool) if marks.second is None else marks.second
+    weak = np.zeros(len(marks), bool) if marks.weak is None else marks.weak
+    faint = weak if marks.faint is None else marks.faint
+    has_paint = paint is not None and len(paint)
 
-    def neighbours(i: int) -> tuple:
-        """(frame above, its detections, frame below, its detections)."""
+    def picture(i: int, mine: np.ndarray) -> PictureMarkings:
         if i > 0:
             above = (frames[i - 1], found[i - 1]) if joined[i] else (None, None)
         else:
@@ -584,63 +641,95 @@ def identify_markings(
             below = (frames[i + 1], found[i + 1]) if joined[i + 1] else (None, None)
         else:
             below = (after, edge_markings[1]) if after is not None else (None, None)
-        return (*above, *below)
-
-    second = np.zeros(len(marks), bool) if marks.second is None else marks.second
-    weak = np.zeros(len(marks), bool) if marks.weak is None else marks.weak
-    faint = weak if marks.faint is None else marks.faint
-    out: dict[int, Verdict] = {}
-
-    def verdict_on(n: int, view: Stitched | None) -> Verdict:
-        i, box = int(marks.owners[n]), marks.boxes[n]
-        if second[n] and _guessed_right(marks, out, n):
-            return NOTHING
-        above, above_rows, below, below_rows = neighbours(i)
-        whole = across_seams(box, frames[i].shape[0], above_rows, below_rows)
-        embedded = None if paint is None or not len(paint) else paint[n]
-        needed = max(threshold, WEAK_THRESHOLD) if weak[n] else threshold  # stronger evidence
-        # and none looked for, for the faintest, where the steel matches no sheet
-        least = WEAK_MATCH if faint[n] else -1.0
-        verdict = identify(
-            frames[i], whole, index, needed, above, below, embedded, least_match=least, view=view
+        return PictureMarkings(
+            frames[i],
+            *above,
+            *below,
+            marks.boxes[mine],
+            second[mine],
+            weak[mine],
+            faint[mine],
+            paint[mine] if has_paint else None,
         )
-        if verdict.sheet_id == UNKNOWN and not np.array_equal(whole[:4], box[:4]):
-            # the box joined to it across the seam may be no part of its marking (a weak
-            # box over a scale patch or beside the text, under a marking that merely
-            # reaches the frame's edge): the box alone is identified then
-            alone = identify(
-                frames[i], box, index, needed, above, below, embedded, least_match=least, view=view
-            )
-            verdict = alone if alone.sheet_id != UNKNOWN else verdict
-        return verdict
 
-    def on_picture(i: int) -> None:
-        above, _, below, _ = neighbours(i)
-        view = stitched(frames[i], above, below) if len(index) else None
-        for n in np.flatnonzero(marks.owners == i).tolist():
-            out[n] = verdict_on(n, view)
-
-    pictures = sorted(set(marks.owners.tolist()))
-    if workers > 1 and len(pictures) > 1:
+    owned = [(i, np.flatnonzero(marks.owners == i)) for i in sorted(set(marks.owners.tolist()))]
+    pictures = [picture(i, mine) for i, mine in owned]
+    if processes is not None and pictures:  # one picture too: the caller's GIL stays free
+        verdicts = processes.verdicts(pictures, index, threshold)
+    elif workers > 1 and len(pictures) > 1:
         with ThreadPoolExecutor(min(workers, len(pictures)), "identify-picture") as pool:
-            list(pool.map(on_picture, pictures))
+            verdicts = list(pool.map(picture_verdicts, pictures, repeat(index), repeat(threshold)))
     else:
-        for i in pictures:
-            on_picture(i)
-    return [out[n] for n in range(len(marks))]
+        verdicts = [picture_verdicts(p, index, threshold) for p in pictures]
+    out: list[Verdict | None] = [None] * len(marks)
+    for (_, mine), theirs in zip(owned, verdicts, strict=True):
+        for n, verdict in zip(mine.tolist(), theirs, strict=True):
+            out[n] = verdict
+    return out
 
 
 def _guessed_right(
-    marks: Markings, verdicts: dict[int, Verdict], n: int, overlap: float = 0.3
+    before: np.ndarray, verdicts: list[Verdict], box: np.ndarray, overlap: float = 0.3
 ) -> bool:
-    """Whether a box before marking ``n`` on its picture that it overlaps (the weak box
-    it is a second guess of) named a sheet (``verdicts``: by marking, those of its
-    picture's markings before it)."""
-    before = np.flatnonzero(marks.owners[:n] == marks.owners[n])
-    named = [k for k in before.tolist() if verdicts[k].sheet_id != UNKNOWN]
+    """Whether a box before ``box`` on its picture that it overlaps (the weak box it is a
+    second guess of) named a sheet (``before``: the picture's boxes before it,
+    ``verdicts``: theirs)."""
+    named = [k for k, v in enumerate(verdicts) if v.sheet_id != UNKNOWN]
     if not named:
         return False
-    return bool(box_iou(marks.boxes[n, None, :4], marks.boxes[named, :4]).max() >= overlap)
+    return bool(box_iou(box[None, :4], before[named, :4]).max() >= overlap)
+
+
+# The pictures' markings a process identifies, against the index it was started with
+# (``IdentifyingProcesses``)
+_HELD: dict[str, SurfaceIndex] = {}
+
+
+def _hold(index: SurfaceIndex) -> None:
+    """In a new identifying process: the index kept, and numpy's BLAS and OpenCV on one
+    thread (the processes are the parallelism)."""
+    import cv2
+
+    from core.runtime import blas_on_one_thread
+
+    blas_on_one_thread()
+    cv2.setNumThreads(1)
+    _HELD["index"] = index
+
+
+def _held_verdicts(picture: PictureMarkings, threshold: float) -> list[Verdict]:
+    return picture_verdicts(picture, _HELD["index"], threshold)
+
+
+class IdentifyingProcesses:
+    """Processes that identify pictures' markings against one ``index``, sent to each
+    once when it starts. Identification is Python between OpenCV's and numpy's calls:
+    on threads it holds the GIL, and 16 cores identified about 45 markings a second on
+    threads against 175 in 16 processes (docs/benchmarks.md, "The GPU check on one
+    H200"). Started by spawning (the caller may hold torch's and Dask's threads, which a
+    fork would copy mid-work); each process holds its own copy of the index."""
+
+    def __init__(self, index: SurfaceIndex, processes: int) -> None:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        self.index, self.processes = index, processes
+        self._pool = ProcessPoolExecutor(
+            processes,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_hold,
+            initargs=(index,),
+        )
+
+    def verdicts(
+        self, pictures: list[PictureMarkings], index: SurfaceIndex, threshold: float
+    ) -> list[list[Verdict]]:
+        if index is not self.index:
+            raise ValueError("these identifying processes hold another index: start new ones")
+        return list(self._pool.map(_held_verdicts, pictures, repeat(threshold)))
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 class PassIdentifier:
@@ -652,7 +741,8 @@ class PassIdentifier:
     ``before``: the frame before the first batch and its detections, asked for only when
     a marking sits on the first frame. ``follows`` (per batch, per frame): whether the
     frame directly follows the one before it on the line; all do when None.
-    ``workers``: threads a batch's markings are identified on (``identify_markings``)."""
+    ``workers``: threads a batch's markings are identified on, or ``processes``
+    (``identify_markings``)."""
 
     def __init__(
         self,
@@ -661,9 +751,10 @@ class PassIdentifier:
         threshold: float,
         before: Callable[[], Neighbour] = lambda: NO_NEIGHBOUR,
         workers: int = 1,
+        processes: IdentifyingProcesses | None = None,
     ) -> None:
         self.imprint, self.index, self.threshold = imprint, index, threshold
-        self.workers = workers
+        self.workers, self.processes = workers, processes
         self._before = before
         self._previous: Neighbour | None = None  # the last frame identified, its detections
         self._pending: tuple | None = None  # (frames, markings, follows)
@@ -711,6 +802,7 @@ class PassIdentifier:
                 [True, *joined[1:]],
                 (before[1], after[1]),
                 self.workers,
+                self.processes,
             )
         self._previous = (frames[-1], marks.per_picture[-1])
         return out

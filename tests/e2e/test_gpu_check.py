@@ -44,8 +44,14 @@ def test_the_gpu_check_runs_on_the_cpu_and_writes_its_tables(tmp_path: Path) -> 
     identification = tables["identification"]
     assert identification[0]["path"] == "register 2 station pictures, 1 thread"
     # the twin's own boxes: every whole marking named as its sheet, on one thread or more
+    # and in processes (a GPU worker's way)
     identified = identification[1:]
-    assert identified and all(0 < row["right"] == row["items"] for row in identified)
+    assert [row["path"].split(" (")[0] for row in identified] == [
+        "identify whole markings, 1 thread(s)",
+        "identify whole markings, 2 thread(s)",
+        "identify whole markings, 2 processes",
+    ]
+    assert all(0 < row["right"] == row["items"] for row in identified)
     limits = tables["limits"]
     assert limits[0]["GFLOP per frame"] > 0 and limits[0]["MB moved per frame"] > 0
     assert 0 < limits[0]["of that limit"] < 1

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -379,11 +380,11 @@ def _close(before: list[dict], after: list[dict]) -> None:
                 assert b[column] == value, column
 
 
-def _inspected_again_alike(world: World, home: Path, segmenter_on: str) -> None:
+def _inspected_again_alike(world: World, home: Path, segmenter_on: str) -> dict:
     """The demo's line inspected again (``--force``) into the copy ``home`` of the
     world's home, as the environment now sets the workers up (their segmenter on
     ``segmenter_on``): the same frames, defects and sheets as the world's, floats within
-    ``_close``."""
+    ``_close``. Its summary."""
     archive_id = world.archive_id("line-1-inspection-s2")
     tables = ("frames", "defects", "sheets")
     before = {t: _table(world, t, archive_id) for t in tables}
@@ -395,6 +396,7 @@ def _inspected_again_alike(world: World, home: Path, segmenter_on: str) -> None:
     copy = World(world.root, home, world.line, [], [], {})
     for t in tables:
         _close(before[t], _table(copy, t, archive_id))
+    return again
 
 
 def test_exported_models_inspect_on_onnx_runtime_with_the_same_tables(
@@ -490,6 +492,51 @@ def test_workers_with_a_compiled_segmenter_give_the_same_tables(
     assert segmenter.engine == "torch-compiled" and segmenter.compiled_batch == 16
 
     _inspected_again_alike(world, home, "torch-compiled")
+
+
+def test_workers_identifying_in_processes_give_the_same_tables(
+    world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``identify_in`` processes (auto takes them on a GPU worker only): each worker of
+    the flow's LocalCluster, started so that it may, identifies its markings in
+    processes of its own holding the registered sheets, and the tables, sheets'
+    identities included, are those identified on threads. The station is registered at
+    the recorder's boxes first: the demo-size detector finds too few to register. It
+    finds no marking on this line either, so that the verdicts themselves are compared
+    where markings are identified: at ``identify_markings`` (tests/unit/test_surface.py)
+    and by the GPU check's processes row (tests/e2e/test_gpu_check.py)."""
+    from tasks.identify import load_models, register_station
+
+    home = tmp_path / "home"
+    shutil.copytree(world.home, home)
+    monkeypatch.setenv("STEELSIGHT_HOME", str(home))
+    monkeypatch.setenv("STEELSIGHT_INFERENCE_ENGINE", "torch")
+    get_settings.cache_clear()
+    settings = get_settings()
+    warehouse = Warehouse(settings.warehouse_dir)
+    station = world.archive_id("line-1-station-s2")
+    (row,) = warehouse.query("SELECT * FROM archives WHERE archive_id = ?", [station]).to_pylist()
+    registered = register_station(
+        Path(row["path"]), load_models(settings), warehouse, ground_truth=True, archive=row
+    )
+    assert registered.registered == LINE_SHEETS
+    archive_id = world.archive_id("line-1-inspection-s2")
+    copy = World(world.root, home, world.line, [], [], {})
+    tables, summaries = {}, {}
+    for where in ("threads", "processes"):
+        monkeypatch.setenv("STEELSIGHT_IDENTIFY_IN", where)
+        get_settings.cache_clear()
+        (summaries[where],) = inspect(archives=[archive_id], force=True)
+        assert summaries[where]["status"] == "ok", summaries[where]
+        tables[where] = {t: _table(copy, t, archive_id) for t in ("frames", "defects", "sheets")}
+    for where, ran in (
+        ("threads", r"on [1-9]\d* threads"),
+        ("processes", r"in [1-9]\d* processes"),
+    ):
+        engines = summaries[where]["engines"]
+        assert all(re.search(f", identification {ran}$", e) for e in engines), engines
+    for t in ("frames", "defects", "sheets"):
+        _close(tables["threads"][t], tables["processes"][t])
 
 
 def test_frames_run_between_their_neighbours_give_the_same_tables_in_any_ranges(

@@ -40,3 +40,34 @@ def test_without_gpus_one_worker_per_two_cores() -> None:
         threads = client.run(_env, "OMP_NUM_THREADS")
     assert len(workers) == 2 and all(not w["resources"] for w in workers)
     assert set(threads.values()) == {"2"}
+
+
+def _identifying_processes(setting: str, on_gpu: bool) -> int:
+    """On a worker: how many processes it identifies markings in (0: threads)."""
+    from models.identity.pipeline import SurfaceIndex
+    from tasks.inspection import identifying_processes
+
+    held = identifying_processes(SurfaceIndex.empty(), setting, on_gpu)
+    return 0 if held is None else held.processes
+
+
+def test_the_workers_may_identify_in_processes_and_daemonic_ones_use_threads() -> None:
+    """``identify_in``: the flow's workers are started so that they may start processes
+    of their own (auto: on a GPU worker); a daemonic worker (`dask worker`'s default)
+    may not, and identifies on threads."""
+    import dask
+    from distributed import LocalCluster
+
+    with local_cluster(0, 2) as cluster, Client(cluster) as client:
+        client.wait_for_workers(1, timeout=60)
+        assert set(client.run(_identifying_processes, "processes", False).values()) == {
+            len(os.sched_getaffinity(0))
+        }
+        assert set(client.run(_identifying_processes, "auto", False).values()) == {0}
+        assert set(client.run(_identifying_processes, "threads", True).values()) == {0}
+    with (
+        dask.config.set({"distributed.worker.daemon": True}),
+        LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=None) as cluster,
+        Client(cluster) as client,
+    ):
+        assert set(client.run(_identifying_processes, "auto", True).values()) == {0}

@@ -82,3 +82,27 @@ def test_the_inspection_workers_start_with_torch_s_threads_passive() -> None:
     with local_cluster(0, 2) as cluster, Client(cluster) as client:
         found = client.run(lambda: os.environ.get("OMP_WAIT_POLICY"))
     assert found and set(found.values()) == {"PASSIVE"}
+
+
+def test_identifying_processes_start_without_the_settings_library() -> None:
+    """An identifying process (``pipeline.IdentifyingProcesses``) sets BLAS through
+    ``blas_on_one_thread``: that must not need pydantic-settings, which the GPU check's
+    machine lacks (bench/gpu_check.sh brings pydantic only)."""
+    script = (
+        "import sys\n"
+        "sys.modules['pydantic_settings'] = None  # as on the H200 machine\n"
+        "from models.identity import pipeline\n"
+        "pipeline._hold(pipeline.SurfaceIndex.empty())\n"
+        "print('core.settings' in sys.modules)\n"
+    )
+    environment = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}  # as the check starts it
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"

@@ -586,12 +586,13 @@ def test_a_second_guess_is_identified_only_when_the_first_names_no_sheet() -> No
             assert named == ["H1", "unknown"] and verdicts[1] is pipeline.NOTHING
 
 
-def test_pictures_identified_on_several_threads_give_the_same_verdicts() -> None:
-    """``identify_markings`` on several threads (an inspection worker's cores) gives each
-    marking the verdict it gets on one, in the markings' order: a second guess still waits
-    for the box before it on its own picture. Three pictures: the first sheet with its
-    best box off the text and a second guess on it, then the second sheet and the first
-    again, each with its best box on the text (its second guess then not identified)."""
+def test_pictures_identified_on_threads_or_in_processes_give_the_same_verdicts() -> None:
+    """``identify_markings`` on several threads (an inspection worker's cores), or in
+    processes, gives each marking the verdict it gets on one, in the markings' order: a
+    second guess still waits for the box before it on its own picture. Three pictures:
+    the first sheet with its best box off the text and a second guess on it, then the
+    second sheet and the first again, each with its best box on the text (its second
+    guess then not identified)."""
     from models.identity import pipeline
 
     sheets = [_sheet(1), _sheet(7)]
@@ -636,6 +637,22 @@ def test_pictures_identified_on_several_threads_give_the_same_verdicts() -> None
             marks, frames, index, surface.VERIFY_THRESHOLD, workers=workers
         )
         assert threaded == alone
+    # in processes (a GPU worker's way), each holding the index it was started with
+    processes = pipeline.IdentifyingProcesses(index, 2)
+    try:
+        apart = pipeline.identify_markings(
+            marks, frames, index, surface.VERIFY_THRESHOLD, processes=processes
+        )
+        assert apart == alone
+        other = pipeline.SurfaceIndex(
+            index.sheet_ids[:1], index.descriptors[:1], index.templates[:1]
+        )
+        with pytest.raises(ValueError, match="another index"):
+            pipeline.identify_markings(
+                marks, frames, other, surface.VERIFY_THRESHOLD, processes=processes
+            )
+    finally:
+        processes.close()
 
 
 def test_verification_by_spectra_scores_as_matchtemplate_did() -> None:
