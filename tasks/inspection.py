@@ -288,9 +288,10 @@ _IDENTIFYING: dict[str, object] = {"processes": None, "daemonic": False}
 def identifying_processes(index, setting: str, on_gpu: bool):
     """The worker's processes that identify markings against ``index``
     (``pipeline.IdentifyingProcesses``), where ``identify_in`` says so (auto: on a GPU
-    worker), started once per index: a new set of registered sheets replaces them.
-    None: the markings are identified on threads, also where this worker may not start
-    processes (a daemonic Dask worker), which is logged once."""
+    worker), started once per index: a new set of registered sheets replaces them, and
+    so do new ones where one of them died. None: the markings are identified on
+    threads, also where this worker may not start processes (a daemonic Dask worker),
+    which is logged once."""
     if setting == "threads" or (setting == "auto" and not on_gpu):
         return None
     import multiprocessing
@@ -300,7 +301,7 @@ def identifying_processes(index, setting: str, on_gpu: bool):
 
     with _LOCK:
         held = _IDENTIFYING["processes"]
-        if held is not None and held.index is index:
+        if held is not None and held.index is index and not held.broken:
             return held
         if multiprocessing.current_process().daemon:
             if not _IDENTIFYING["daemonic"]:
@@ -314,14 +315,8 @@ def identifying_processes(index, setting: str, on_gpu: bool):
             return None
         if held is not None:
             held.close()
-        started = time.perf_counter()
         held = _IDENTIFYING["processes"] = IdentifyingProcesses(index, cpu_threads())
-        log.info(
-            "identifying in %d processes, %d sheets each, started in %.1f s",
-            held.processes,
-            index.sheets,
-            time.perf_counter() - started,
-        )
+        log.info("identifying in %d processes, %d sheets each", held.processes, index.sheets)
         return held
 
 

@@ -714,6 +714,7 @@ class IdentifyingProcesses:
         from concurrent.futures import ProcessPoolExecutor
 
         self.index, self.processes = index, processes
+        self.broken = False  # a process died (killed, out of memory): start new ones
         self._pool = ProcessPoolExecutor(
             processes,
             mp_context=multiprocessing.get_context("spawn"),
@@ -724,9 +725,19 @@ class IdentifyingProcesses:
     def verdicts(
         self, pictures: list[PictureMarkings], index: SurfaceIndex, threshold: float
     ) -> list[list[Verdict]]:
+        from concurrent.futures.process import BrokenProcessPool
+
         if index is not self.index:
             raise ValueError("these identifying processes hold another index: start new ones")
-        return list(self._pool.map(_held_verdicts, pictures, repeat(threshold)))
+        try:
+            return list(self._pool.map(_held_verdicts, pictures, repeat(threshold)))
+        except BrokenProcessPool as error:
+            self.broken = True
+            raise RuntimeError(
+                f"an identifying process died ({error}): out of memory, or killed? This "
+                "range is redone with new processes; STEELSIGHT_IDENTIFY_IN=threads "
+                "identifies without them"
+            ) from error
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)

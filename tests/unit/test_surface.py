@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
+import psutil
 import pytest
 
 from models.identity import surface
@@ -651,6 +652,16 @@ def test_pictures_identified_on_threads_or_in_processes_give_the_same_verdicts()
             pipeline.identify_markings(
                 marks, frames, other, surface.VERIFY_THRESHOLD, processes=processes
             )
+        # a process that dies (killed, out of memory) fails the call with what happened,
+        # and the pool says to start new ones
+        for child in psutil.Process().children():
+            if "spawn_main" in " ".join(child.cmdline()):  # not the resource tracker
+                child.kill()
+        with pytest.raises(RuntimeError, match="an identifying process died"):
+            pipeline.identify_markings(
+                marks, frames, index, surface.VERIFY_THRESHOLD, processes=processes
+            )
+        assert processes.broken
     finally:
         processes.close()
 
