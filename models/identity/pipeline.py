@@ -734,9 +734,9 @@ class IdentifyingProcesses:
         except BrokenProcessPool as error:
             self.broken = True
             raise RuntimeError(
-                f"an identifying process died ({error}): out of memory, or killed? This "
-                "range is redone with new processes; STEELSIGHT_IDENTIFY_IN=threads "
-                "identifies without them"
+                f"an identifying process died ({error}): out of memory, or killed? The "
+                "worker starts new ones for its next range, and the next inspect run "
+                "redoes this archive; STEELSIGHT_IDENTIFY_IN=threads identifies without them"
             ) from error
 
     def close(self) -> None:
