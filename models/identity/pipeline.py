@@ -685,9 +685,16 @@ def _guessed_right(
 _HELD: dict[str, SurfaceIndex] = {}
 
 
-def _hold(index: SurfaceIndex) -> None:
+def _hold(index: SurfaceIndex, parent: int) -> None:
     """In a new identifying process: the index kept, and numpy's BLAS and OpenCV on one
-    thread (the processes are the parallelism)."""
+    thread (the processes are the parallelism). The process ends when the one that
+    started it does, however that ends: a worker killed (by its nanny, or out of memory)
+    leaves no process holding a copy of the index behind. ``parent``: its process id,
+    given, since it may be gone by the time this runs."""
+    import os
+    import threading
+    import time
+
     import cv2
 
     from core.runtime import blas_on_one_thread
@@ -695,6 +702,13 @@ def _hold(index: SurfaceIndex) -> None:
     blas_on_one_thread()
     cv2.setNumThreads(1)
     _HELD["index"] = index
+
+    def orphaned() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=orphaned, name="parent-watch", daemon=True).start()
 
 
 def _held_verdicts(picture: PictureMarkings, threshold: float) -> list[Verdict]:
@@ -711,6 +725,7 @@ class IdentifyingProcesses:
 
     def __init__(self, index: SurfaceIndex, processes: int) -> None:
         import multiprocessing
+        import os
         from concurrent.futures import ProcessPoolExecutor
 
         self.index, self.processes = index, processes
@@ -719,7 +734,7 @@ class IdentifyingProcesses:
             processes,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_hold,
-            initargs=(index,),
+            initargs=(index, os.getpid()),
         )
 
     def verdicts(

@@ -92,7 +92,8 @@ def test_identifying_processes_start_without_the_settings_library() -> None:
         "import sys\n"
         "sys.modules['pydantic_settings'] = None  # as on the H200 machine\n"
         "from models.identity import pipeline\n"
-        "pipeline._hold(pipeline.SurfaceIndex.empty())\n"
+        "import os\n"
+        "pipeline._hold(pipeline.SurfaceIndex.empty(), os.getppid())\n"
         "print('core.settings' in sys.modules)\n"
     )
     environment = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}  # as the check starts it

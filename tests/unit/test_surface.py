@@ -882,3 +882,48 @@ def test_the_descriptor_band_passed_at_half_resolution_is_the_full_resolution_on
         assert np.all(np.sum(a * b, axis=1) > 0.99), np.sum(a * b, axis=1)
     with pytest.raises(ValueError, match="scale"):
         surface._block(half._replace(scale=0.3))
+
+
+def test_identifying_processes_end_when_the_process_that_started_them_is_killed() -> None:
+    """A worker killed mid-work (its nanny's kill, out of memory) leaves none of its
+    identifying processes behind, each holding a copy of the registered sheets."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    script = (
+        "import time, numpy as np, psutil\n"
+        "from models.identity import pipeline\n"
+        "processes = pipeline.IdentifyingProcesses(pipeline.SurfaceIndex.empty(), 2)\n"
+        "none = np.zeros(0, bool)\n"
+        "picture = pipeline.PictureMarkings(np.zeros((8, 8), np.uint8), None, None, None, "
+        "None, np.zeros((0, 5), np.float32), none, none, none, None)\n"
+        "index = processes.index\n"
+        "assert processes.verdicts([picture] * 4, index, 0.5) == [[]] * 4\n"
+        "print(*[c.pid for c in psutil.Process().children() "
+        "if 'spawn_main' in ' '.join(c.cmdline())], flush=True)\n"
+        "time.sleep(120)\n"
+    )
+    started = subprocess.Popen(
+        [sys.executable, "-c", script],
+        cwd=Path(__file__).resolve().parents[2],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        children = [int(pid) for pid in started.stdout.readline().split()]
+        assert children and all(psutil.pid_exists(pid) for pid in children)
+    finally:
+        started.send_signal(signal.SIGKILL)
+        started.wait(timeout=30)
+    deadline = time.monotonic() + 20
+    while any(psutil.pid_exists(pid) for pid in children) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    alive = [
+        pid
+        for pid in children
+        if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    ]
+    assert not alive, f"identifying processes left behind: {alive}"
