@@ -1,7 +1,8 @@
 """The GPU check: what the data path of one inspection worker reaches on this machine.
 
     bash bench/gpu_check.sh OUT [--device auto|cpu|cuda] [--size gpu] [--sheets 40]
-        [--segmenter BUNDLE] [--rounds 3] [--batch 64] [--threads N] [--compile]
+        [--segmenter BUNDLE] [--rounds 3] [--batch 64] [--threads N] [--processes N]
+        [--compile]
 
 Needs only numpy, OpenCV, torch, torchvision and pydantic (what the H200 machine has,
 `bench/gpu_check.sh` installs the rest from wheels it brings): no MLflow, Dask, DuckDB or
@@ -30,8 +31,8 @@ writes into OUT (``gpu_check.md``, ``gpu_check.json``):
 * identification, which is CPU work on any machine (OpenCV and numpy): the station's
   sheets registered, then the line's whole markings identified at the twin's own boxes
   (the H200 machine has no ultralytics to detect them), on 1 and ``--threads`` threads
-  and in ``--threads`` processes (a GPU worker's way, ``identify_in``): how many cores
-  a GPU worker's markings need;
+  and in ``--processes`` processes (by default as many as the machine's cores, as a GPU
+  worker starts them, ``identify_in``): how many cores a GPU worker's markings need;
 * GPU utilisation during the end-to-end runs (``nvidia-smi``), and the network's FLOPs
   per frame against the H200's bf16 peak.
 
@@ -76,6 +77,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--threads", type=int, default=min(8, os.cpu_count() or 1))
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=len(os.sched_getaffinity(0)),
+        help="identifying processes (default: this machine's cores, as a GPU worker starts)",
+    )
     parser.add_argument("--requests", type=int, default=400, help="per serving row")
     parser.add_argument(
         "--compile",
@@ -636,7 +643,7 @@ def _identification_rates(line, frames, args) -> list[dict]:
                 "right": right[threads],
             }
         )
-    # the same markings in ``--threads`` processes, as a GPU worker identifies them
+    # the same markings in ``--processes`` processes, as a GPU worker identifies them
     # (``identify_in``: ``pipeline.IdentifyingProcesses``), each marking its own picture
     none = np.zeros(1, bool)
     pictures = [
@@ -655,9 +662,9 @@ def _identification_rates(line, frames, args) -> list[dict]:
         for i, where, _ in marks
     ]
     started = time.perf_counter()
-    processes = pipeline.IdentifyingProcesses(index, args.threads)
+    processes = pipeline.IdentifyingProcesses(index, args.processes)
     try:
-        processes.verdicts(pictures[: args.threads], index, surface.VERIFY_THRESHOLD)  # started
+        processes.verdicts(pictures[: args.processes], index, surface.VERIFY_THRESHOLD)  # started
         start_s = time.perf_counter() - started
         named: list[str] = []
 
@@ -670,7 +677,7 @@ def _identification_rates(line, frames, args) -> list[dict]:
         processes.close()
     rows.append(
         {
-            "path": f"identify whole markings, {args.threads} processes "
+            "path": f"identify whole markings, {args.processes} processes "
             f"(started in {start_s:.1f} s)",
             "items": len(marks),
             "seconds": round(seconds, 3),

@@ -16,7 +16,8 @@ REPO = Path(__file__).resolve().parents[2]
 def test_the_gpu_check_runs_on_the_cpu_and_writes_its_tables(tmp_path: Path) -> None:
     out = tmp_path / "check"
     small = ["--size", "tiny", "--sheets", "2", "--rounds", "1", "--batch", "8", "--requests", "16"]
-    small += ["--threads", "2", "--compile", "--context-rows", "64"]  # as `default` runs
+    # 64 context rows as `default` runs; 2 processes whatever the machine's cores
+    small += ["--threads", "2", "--processes", "2", "--compile", "--context-rows", "64"]
     done = subprocess.run(
         ["bash", str(REPO / "bench" / "gpu_check.sh"), str(out), "--device", "cpu", *small],
         capture_output=True,
