@@ -18,8 +18,10 @@ Both paths run once per engine of ``--engines`` (torch; ONNX Runtime for the mod
 either with ``+compiled``: the segmenter's network compiled where it runs on torch,
 ``settings.compile_networks=on``, its compile time outside the rounds; with
 ``+processes``: markings identified in processes, ``settings.identify_in=processes``,
-their start in the first round; otherwise on threads), in the same run, the first as the
-baseline.
+their start in the first round, otherwise on threads; with ``+unidentified``: no sheets
+registered, so the markings are found and none identified, what identification costs),
+in the same run, the first as the baseline. The end-to-end rows say how many markings
+were identified: what the home's detector finds on the line decides much of that cost.
 
 The ratio end-to-end / model-only is what the data path costs; the target on an H200
 is >= 0.8 at >= 3,200 frames/s of 1600x256.
@@ -51,7 +53,8 @@ def main() -> None:
         "--engines",
         default="torch,onnx",
         help="comma-separated: torch, onnx, auto, each maybe +compiled (the segmenter "
-        "compiled) and +processes (identification in processes), e.g. onnx+processes",
+        "compiled), +processes (identification in processes) and +unidentified (no "
+        "registered sheets: the markings found, none identified), e.g. onnx+processes",
     )
     args = parser.parse_args()
 
@@ -111,10 +114,12 @@ def main() -> None:
                         imprint.embed(np.stack(crops))
 
         ran: set[str] = set()  # what the ranges ran on, identification's threads or processes
+        verdicts: list[int] = []  # markings identified per pass (boxes the detector kept)
 
-        def end_to_end() -> None:
-            results = [inspect_chunk(c, registry) for c in chunks]
+        def end_to_end(identifying: bool = True) -> None:
+            results = [inspect_chunk(c, registry if identifying else None) for c in chunks]
             ran.update(r.engines for r in results)
+            verdicts.append(sum(len(r.verdicts) for r in results))
             assemble(rec, results, refs, settings.grades, "bench")
 
         rows = []
@@ -122,7 +127,7 @@ def main() -> None:
             # the engine as a worker started with STEELSIGHT_INFERENCE_ENGINE (and
             # STEELSIGHT_COMPILE_NETWORKS, STEELSIGHT_IDENTIFY_IN) takes it
             inference, *flags = engine.split("+")
-            unknown = set(flags) - {"compiled", "processes"}
+            unknown = set(flags) - {"compiled", "processes", "unidentified"}
             if unknown:
                 parser.error(f"--engines {engine}: unknown {', '.join(sorted(unknown))}")
             os.environ["STEELSIGHT_INFERENCE_ENGINE"] = inference
@@ -135,7 +140,11 @@ def main() -> None:
             models = worker_models(refs, args.device, args.batch)
             engines = networks_on(models)
             model_only()  # warm-up: first calls allocate and pick kernels
-            for name, run in (("model-only", model_only), ("end-to-end", end_to_end)):
+            identifying = "unidentified" not in flags
+            for name, run in (
+                ("model-only", model_only),
+                ("end-to-end", lambda identifying=identifying: end_to_end(identifying)),
+            ):
                 times = []
                 for _ in range(args.rounds):
                     started = time.perf_counter()
@@ -143,7 +152,7 @@ def main() -> None:
                     times.append(time.perf_counter() - started)
                 median = statistics.median(times)
                 if name == "end-to-end":
-                    engines = " / ".join(sorted(ran))
+                    engines = " / ".join(sorted(ran)) + f"; {verdicts[-1]} markings identified"
                     ran.clear()
                 rows.append((engine, engines, name, median, n / median))
 

@@ -639,6 +639,7 @@ def test_pictures_identified_on_threads_or_in_processes_give_the_same_verdicts()
         )
         assert threaded == alone
     # in processes (a GPU worker's way), each holding the index it was started with
+    others = {child.pid for child in psutil.Process().children()}
     processes = pipeline.IdentifyingProcesses(index, 2)
     try:
         apart = pipeline.identify_markings(
@@ -655,7 +656,8 @@ def test_pictures_identified_on_threads_or_in_processes_give_the_same_verdicts()
         # a process that dies (killed, out of memory) fails the call with what happened,
         # and the pool says to start new ones
         for child in psutil.Process().children():
-            if "spawn_main" in " ".join(child.cmdline()):  # not the resource tracker
+            # the pool's: not the resource tracker, nor what other tests started
+            if child.pid not in others and "spawn_main" in " ".join(child.cmdline()):
                 child.kill()
         with pytest.raises(RuntimeError, match="an identifying process died"):
             pipeline.identify_markings(
