@@ -21,7 +21,8 @@ either with ``+compiled``: the segmenter's network compiled where it runs on tor
 their start in the first round, otherwise on threads; with ``+unidentified``: no sheets
 registered, so the markings are found and none identified, what identification costs),
 in the same run, the first as the baseline. The end-to-end rows say how many markings
-were identified: what the home's detector finds on the line decides much of that cost.
+were kept: what the home's detector finds on the line decides much of identification's
+cost.
 
 The ratio end-to-end / model-only is what the data path costs; the target on an H200
 is >= 0.8 at >= 3,200 frames/s of 1600x256.
@@ -114,7 +115,9 @@ def main() -> None:
                         imprint.embed(np.stack(crops))
 
         ran: set[str] = set()  # what the ranges ran on, identification's threads or processes
-        verdicts: list[int] = []  # markings identified per pass (boxes the detector kept)
+        # markings kept per pass: the boxes identification kept (weak ones only where they
+        # named a sheet), each with its verdict
+        verdicts: list[int] = []
 
         def end_to_end(identifying: bool = True) -> None:
             results = [inspect_chunk(c, registry if identifying else None) for c in chunks]
@@ -152,7 +155,7 @@ def main() -> None:
                     times.append(time.perf_counter() - started)
                 median = statistics.median(times)
                 if name == "end-to-end":
-                    engines = " / ".join(sorted(ran)) + f"; {verdicts[-1]} markings identified"
+                    engines = " / ".join(sorted(ran)) + f"; {verdicts[-1]} markings kept"
                     ran.clear()
                 rows.append((engine, engines, name, median, n / median))
 
