@@ -920,12 +920,15 @@ def test_identifying_processes_end_when_the_process_that_started_them_is_killed(
     finally:
         started.send_signal(signal.SIGKILL)
         started.wait(timeout=30)
+
+    def running(pid: int) -> bool:
+        try:
+            return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+
     deadline = time.monotonic() + 20
-    while any(psutil.pid_exists(pid) for pid in children) and time.monotonic() < deadline:
+    while any(running(pid) for pid in children) and time.monotonic() < deadline:
         time.sleep(0.2)
-    alive = [
-        pid
-        for pid in children
-        if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    ]
+    alive = [pid for pid in children if running(pid)]
     assert not alive, f"identifying processes left behind: {alive}"
