@@ -161,3 +161,65 @@ def stop_server(server: Server) -> None:
         except subprocess.TimeoutExpired:
             os.killpg(server.process.pid, signal.SIGKILL)
             server.process.wait(timeout=30)
+
+
+def start_logged(args: list[str], log: Path, **kwargs) -> subprocess.Popen:
+    """A command in a session of its own (``stop_group`` ends it and its children), its
+    output in ``log``."""
+    return subprocess.Popen(
+        args, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True, **kwargs
+    )
+
+
+def stop_group(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait(timeout=30)
+
+
+def start_dask_scheduler(folder: Path) -> tuple[subprocess.Popen, Path]:
+    """`dask scheduler` on loopback, its log in ``folder``: the process and its
+    scheduler file, once written (within a minute)."""
+    scheduler_file = folder / "scheduler.json"
+    process = start_logged(
+        [
+            str(BIN / "dask"),
+            "scheduler",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--no-dashboard",
+            "--scheduler-file",
+            str(scheduler_file),
+        ],
+        folder / "scheduler.log",
+    )
+    deadline = time.monotonic() + 60
+    while not scheduler_file.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return process, scheduler_file
+
+
+def start_dask_worker(
+    scheduler_file: Path, name: str, env: dict[str, str] | None = None
+) -> subprocess.Popen:
+    """`dask worker` ``name`` (one process under its nanny, one thread) for the scheduler
+    of ``scheduler_file``, its log beside that file."""
+    return start_logged(
+        [
+            str(BIN / "dask"),
+            "worker",
+            "--scheduler-file",
+            str(scheduler_file),
+            "--nthreads",
+            "1",
+            "--nworkers",
+            "1",
+            "--no-dashboard",
+            "--name",
+            name,
+        ],
+        scheduler_file.parent / f"{name}.log",
+        env=env,
+    )

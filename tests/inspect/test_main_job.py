@@ -24,7 +24,15 @@ from core.settings import Settings, get_settings
 from flows.ingest import ingest
 from flows.inspect import champion_refs, inspect
 from tasks.inspection_report import against_twin
-from tests.helpers import LINE_SHEETS, MainJob, deliver
+from tests.helpers import (
+    LINE_SHEETS,
+    MainJob,
+    deliver,
+    start_dask_scheduler,
+    start_dask_worker,
+    start_logged,
+    stop_group,
+)
 from twin.config import TwinConfig
 from twin.recorder import simulate
 from warehouse.checks import run_checks
@@ -206,18 +214,6 @@ def test_a_station_registered_in_an_older_surface_layout_is_registered_again(
     _assert_clean(world)
 
 
-def _start(args: list[str], log: Path, **kwargs) -> subprocess.Popen:
-    return subprocess.Popen(
-        args, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True, **kwargs
-    )
-
-
-def _stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGKILL)
-    process.wait(timeout=30)
-
-
 def test_distributed_run_gives_the_same_tables_with_a_worker_killed(world: World) -> None:
     from distributed import Client
 
@@ -225,47 +221,12 @@ def test_distributed_run_gives_the_same_tables_with_a_worker_killed(world: World
     before = {t: _table(world, t, archive_id) for t in ("frames", "defects", "sheets")}
     logs = world.root / "dask"
     logs.mkdir(exist_ok=True)
-    scheduler_file = logs / "scheduler.json"
-    processes = [
-        _start(
-            [
-                str(BIN / "dask"),
-                "scheduler",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                "0",
-                "--no-dashboard",
-                "--scheduler-file",
-                str(scheduler_file),
-            ],
-            logs / "scheduler.log",
-        )
-    ]
+    scheduler, scheduler_file = start_dask_scheduler(logs)
+    processes = [scheduler]
     try:
-        deadline = time.monotonic() + 60
-        while not scheduler_file.exists() and time.monotonic() < deadline:
-            time.sleep(0.2)
         for name in ("w1", "w2"):
-            processes.append(
-                _start(
-                    [
-                        str(BIN / "dask"),
-                        "worker",
-                        "--scheduler-file",
-                        str(scheduler_file),
-                        "--nthreads",
-                        "1",
-                        "--nworkers",
-                        "1",
-                        "--no-dashboard",
-                        "--name",
-                        name,
-                    ],
-                    logs / f"{name}.log",
-                    env={**os.environ, "OMP_NUM_THREADS": "1"},
-                )
-            )
+            env = {**os.environ, "OMP_NUM_THREADS": "1"}
+            processes.append(start_dask_worker(scheduler_file, name, env))
         with Client(scheduler_file=str(scheduler_file), timeout="60s") as client:
             client.wait_for_workers(2, timeout=120)
             address = client.scheduler.address
@@ -297,7 +258,7 @@ def test_distributed_run_gives_the_same_tables_with_a_worker_killed(world: World
         _assert_clean(world)
     finally:
         for process in reversed(processes):
-            _stop(process)
+            stop_group(process)
 
 
 def test_a_killed_inspect_command_resumes_without_duplicates(world: World) -> None:
@@ -308,7 +269,7 @@ def test_a_killed_inspect_command_resumes_without_duplicates(world: World) -> No
     archive_id = world.archive_id("line-1-inspection-s4")
     env = {**os.environ, "STEELSIGHT_HOME": str(world.home)}
     log = world.root / "killed-inspect.log"
-    run = _start([str(BIN / "steelsight"), "inspect"], log, env=env)
+    run = start_logged([str(BIN / "steelsight"), "inspect"], log, env=env)
     try:
         deadline = time.monotonic() + 300
         while "ranges of" not in log.read_text() and time.monotonic() < deadline:
@@ -317,7 +278,7 @@ def test_a_killed_inspect_command_resumes_without_duplicates(world: World) -> No
         time.sleep(1.0)  # the workers are loading models or inside a range
         assert run.poll() is None, "the inspect command ended before it could be killed"
     finally:
-        _stop(run)
+        stop_group(run)
     assert not _table(world, "sheets", archive_id)  # nothing of a half-done run is visible
     assert not list((world.home / "warehouse").rglob("*.tmp"))
     # the next run (the flow itself, as the command runs it) takes the recording up again

@@ -5,11 +5,14 @@ machine the GPU layout is asked for by count; the workers never touch CUDA here)
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
 
 import pytest
 from distributed import Client
 
 from flows.inspect import local_cluster
+from tests.helpers import start_dask_scheduler, start_dask_worker, stop_group
 
 pytestmark = pytest.mark.slow
 
@@ -73,82 +76,35 @@ def test_the_workers_may_identify_in_processes_and_daemonic_ones_use_threads() -
         assert set(client.run(_identifying_processes, "auto", True).values()) == {0}
 
 
-def test_a_dask_worker_started_by_hand_may_identify_in_processes_when_told() -> None:
+def test_a_dask_worker_started_by_hand_may_identify_in_processes_when_told(
+    tmp_path: Path,
+) -> None:
     """The distributed path as the README starts it: a `dask worker` is daemonic unless
     started with DASK_DISTRIBUTED__WORKER__DAEMON=False, and only then may it identify
     in processes of its own (the other identifies on threads)."""
-    import signal
-    import subprocess
-    import sys
-    import tempfile
-    import time
-    from pathlib import Path
-
     import cloudpickle
 
     # sent by value: a worker started by hand cannot import this test's module
     module = sys.modules[_identifying_processes.__module__]
     cloudpickle.register_pickle_by_value(module)
-    dask = str(Path(sys.executable).parent / "dask")
-    with tempfile.TemporaryDirectory() as tmp:
-        scheduler_file = str(Path(tmp) / "scheduler.json")
-        started = [
-            subprocess.Popen(
-                [
-                    dask,
-                    "scheduler",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    "0",
-                    "--no-dashboard",
-                    "--scheduler-file",
-                    scheduler_file,
-                ],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        ]
-        try:
-            deadline = time.monotonic() + 60
-            while not Path(scheduler_file).exists() and time.monotonic() < deadline:
-                time.sleep(0.2)
-            for name, daemon in (("told", "False"), ("untold", None)):
-                env = {k: v for k, v in os.environ.items() if "WORKER__DAEMON" not in k}
-                if daemon:
-                    env["DASK_DISTRIBUTED__WORKER__DAEMON"] = daemon
-                started.append(
-                    subprocess.Popen(
-                        [
-                            dask,
-                            "worker",
-                            "--scheduler-file",
-                            scheduler_file,
-                            "--nthreads",
-                            "1",
-                            "--no-dashboard",
-                            "--name",
-                            name,
-                        ],
-                        env=env,
-                        stdout=subprocess.DEVNULL,
-                        stderr=subprocess.DEVNULL,
-                        start_new_session=True,
-                    )
-                )
-            with Client(scheduler_file=scheduler_file, timeout="60s") as client:
-                client.wait_for_workers(2, timeout=120)
-                names = {
-                    address: worker["name"]
-                    for address, worker in client.scheduler_info(n_workers=-1)["workers"].items()
-                }
-                found = client.run(_identifying_processes, "processes", True)
-        finally:
-            cloudpickle.unregister_pickle_by_value(module)
-            for process in reversed(started):
-                if process.poll() is None:
-                    os.killpg(process.pid, signal.SIGKILL)
-                process.wait(timeout=30)
+    scheduler, scheduler_file = start_dask_scheduler(tmp_path)
+    started = [scheduler]
+    try:
+        for name, daemon in (("told", "False"), ("untold", None)):
+            env = {k: v for k, v in os.environ.items() if "WORKER__DAEMON" not in k}
+            if daemon:
+                env["DASK_DISTRIBUTED__WORKER__DAEMON"] = daemon
+            started.append(start_dask_worker(scheduler_file, name, env))
+        with Client(scheduler_file=str(scheduler_file), timeout="60s") as client:
+            client.wait_for_workers(2, timeout=120)
+            names = {
+                address: worker["name"]
+                for address, worker in client.scheduler_info(n_workers=-1)["workers"].items()
+            }
+            found = client.run(_identifying_processes, "processes", True)
+    finally:
+        cloudpickle.unregister_pickle_by_value(module)
+        for process in reversed(started):
+            stop_group(process)
     by_name = {names[address]: n for address, n in found.items()}
     assert by_name == {"told": len(os.sched_getaffinity(0)), "untold": 0}
