@@ -463,9 +463,10 @@ def test_workers_identifying_in_processes_give_the_same_tables(
     processes of its own holding the registered sheets, and the tables, sheets'
     identities included, are those identified on threads. The station is registered at
     the recorder's boxes first: the fixture's detector (one epoch) finds too few to
-    register. It finds no marking on this line either, so that the verdicts themselves are compared
-    where markings are identified: at ``identify_markings`` (tests/unit/test_surface.py)
-    and by the GPU check's processes row (tests/e2e/test_gpu_check.py)."""
+    register. It finds no marking on this line either, so that the verdicts themselves
+    are compared where markings are identified: at ``identify_markings``
+    (tests/unit/test_surface.py) and by the GPU check's processes row
+    (tests/e2e/test_gpu_check.py)."""
     from tasks.identify import load_models, register_station
 
     home = tmp_path / "home"
