@@ -28,6 +28,9 @@ writes into OUT (``gpu_check.md``, ``gpu_check.json``):
   the API's micro-batcher (``serving.batching``) into the segmenter, without HTTP and
   JPEG (FastAPI and MLflow are not on the H200 machine; `bench/serve_load.py` measures
   the whole API where they are);
+* defect regions cut from masks (the twin's defects, blurred) on the host, as a CPU
+  worker cuts them, and on the device, as a GPU worker does (``regions.cut``): what each
+  mask the gate lets through costs after the network;
 * identification, which is CPU work on any machine (OpenCV and numpy): the station's
   sheets registered, then the line's whole markings identified at the twin's own boxes
   (the H200 machine has no ultralytics to detect them), on 1 and ``--threads`` threads
@@ -126,6 +129,7 @@ def main() -> None:
             _serving_latency(segmenter, frames, concurrency, args.requests, how)
             for concurrency, how in ((8, warm[0]), (1, warm[1]), (8, warm[1]))
         ]
+        tables["regions"] = _region_rates(segmenter, line, frames, args)
         tables["identification"] = _identification_rates(line, frames, args)
     tables["limits"] = _limits(segmenter, tables["segmenter"])
 
@@ -560,6 +564,74 @@ class _gpu_utilisation:
         self.stop.set()
         if self.on:
             self.thread.join(timeout=10)
+
+
+def _region_rates(segmenter, line, frames, args) -> list[dict]:
+    """Defect regions cut from full-resolution masks, what ``Segmenter.predict`` does
+    after the network for each mask the gate lets through: on the host (the masks
+    brought there, OpenCV: a CPU worker's path) and where the masks are (torch,
+    ``models.segmentation.regions``: a GPU worker's path, only the regions brought
+    back), with the frames there as nvJPEG leaves them. The masks are the twin's own
+    defects blurred into probabilities (random weights draw none); the thresholds stand
+    in for a trained model's, with the `default` recipe's contrast cut on scratches. The
+    device's regions are checked against the host's."""
+    import csv
+
+    import cv2
+    import numpy as np
+    import torch
+
+    from core.postprocess import Thresholds
+    from core.rle import rle_decode
+
+    shape = frames.shape[1:]
+    masks = {}
+    with (line.inspection / "ground_truth" / "defects.csv").open(newline="") as f:
+        for row in csv.DictReader(f):
+            at = (int(row["ImageId"].rsplit("_", 1)[1]), int(row["ClassId"]) - 1)
+            truth = rle_decode(row["EncodedPixels"], shape).astype(np.float32)
+            masks[at] = cv2.GaussianBlur(truth, (0, 0), 2.0)
+    cutting = copy.copy(segmenter)
+    cutting.thresholds = Thresholds(
+        (0.0,) * 4, (0.5,) * 4, (16, 16, 128, 512), (0, 0, 20, 0), (0, 0, 6, 0)
+    )
+    device = segmenter.device
+    held = torch.from_numpy(frames).to(device)
+    batches = []
+    for start in range(0, len(frames), args.batch):
+        kept = [[i - start, j] for i, j in sorted(masks) if start <= i < start + args.batch]
+        if kept:
+            full = torch.from_numpy(np.stack([masks[start + i, j] for i, j in kept])).to(device)
+            batches.append((start, kept, full))
+
+    def cut(on_device: bool) -> list:
+        found: list = []
+        for start, kept, full in batches:
+            score = np.zeros((args.batch, 4), np.float32)
+            if on_device:
+                batch = held[start : start + args.batch]
+                cutting._cut_on_device(batch, start, kept, full, found, {}, score)
+            else:
+                batch = frames[start : start + args.batch]
+                cutting._cut_on_host(batch, start, kept, full, True, found, {}, score)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return found
+
+    n, count = len(frames), sum(len(kept) for _, kept, _ in batches)
+    on_host = cut(False)
+    rows = []
+    for what, on_device in (("on the host (OpenCV)", False), (f"on {device} (torch)", True)):
+        found = cut(on_device)  # warm, and the regions to compare
+        row = _rate(
+            f"regions cut {what}", n, _median(lambda d=on_device: cut(d), args.rounds), None
+        )
+        row["masks"], row["regions"] = count, len(found)
+        row["same regions as the host's"] = [(d.frame, d.class_index, d.rle) for d in found] == [
+            (d.frame, d.class_index, d.rle) for d in on_host
+        ]
+        rows.append(row)
+    return rows
 
 
 def _identification_rates(line, frames, args) -> list[dict]:

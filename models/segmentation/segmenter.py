@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from functools import cached_property
 from pathlib import Path
@@ -26,6 +26,8 @@ from models.devices import autocast, resolve_device
 from models.onnx import OnnxNetwork, export_torch
 from models.preprocess import Preprocess
 from models.segmentation.network import UNetResNet, UNetSpec
+from models.segmentation.regions import RunMasks
+from models.segmentation.regions import cut as regions_cut
 
 FORMAT = "steelsight-segmenter/1"
 
@@ -48,8 +50,9 @@ class Prediction:
     scores: np.ndarray  # (N, C) float32 mean pixel probability inside each kept mask (0 if none)
     shape: tuple[int, int, int, int]  # (N, C, H, W) of the masks
     # the masks with pixels, after gate, thresholds and minimum areas: (frame, class) →
-    # (H, W) bool; most frames have none, and a worker needs only the regions
-    shown: dict[tuple[int, int], np.ndarray]
+    # (H, W) bool; most frames have none, and a worker needs only the regions (cut on a
+    # GPU: built from their runs when asked for, ``regions.RunMasks``)
+    shown: Mapping[tuple[int, int], np.ndarray]
     defects: list[Defect] | None = None  # with ``predict(..., regions=True)``
 
     @cached_property
@@ -96,6 +99,9 @@ class Segmenter:
         self.onnx: OnnxNetwork | None = None  # the network as an ONNX graph (``run_onnx``)
         self.bfloat16 = False  # on the CPU too (``in_bfloat16``); always on a GPU
         self._staging: _Staging | None = None  # a GPU's pinned buffer for frames on the host
+        # ``predict``'s regions cut where the network ran (``regions.cut``), so that only
+        # they come to the host: on a GPU; on the CPU OpenCV's host path is faster
+        self.regions_on_device = self.device.type == "cuda"
         # the network compiled for batches of ``compiled_batch`` frames (``compiled``)
         self._compiled: Callable | None = None
         self.compiled_batch = 0
@@ -291,6 +297,7 @@ class Segmenter:
         gate_thresholds = torch.tensor(t.gate, device=self.device)
         gates, scores = [], []
         shown: dict[tuple[int, int], np.ndarray] = {}  # the masks with pixels
+        runs: dict[tuple[int, int], tuple] = {}  # or their runs, cut on the device
         found: list[Defect] = []
         for start in range(0, len(images), batch_size):
             batch = images[start : start + batch_size]
@@ -306,21 +313,10 @@ class Segmenter:
                 rows = torch.tensor([i for i, _ in kept], device=self.device)
                 cols = torch.tensor([j for _, j in kept], device=self.device)
                 full = upsampled(mask_logits[rows, cols], batch.shape[1:])
-                full_np = full.cpu().numpy()  # one transfer serves masks, scores and regions
-                on_host = {i: _on_host(batch[i]) for i in dict.fromkeys(i for i, _ in kept)}
-                for n, (i, j) in enumerate(kept):
-                    p = full_np[n]
-                    above = by_contrast(on_host[i], p >= t.pixel[j], t.contrast[j], t.reach[j])
-                    if regions:  # one labelling serves the minimum area and the regions
-                        components = _components(above, t.min_area[j])
-                        mask = _kept(above, components)
-                        found += _described(start + i, j, components, p)
-                    else:
-                        mask = remove_small_components(above, t.min_area[j])
-                    area = int(mask.sum())
-                    if area:
-                        shown[start + i, j] = mask
-                        score[i, j] = float(p[mask].sum(dtype=np.float64)) / area
+                if regions and self.regions_on_device:
+                    self._cut_on_device(batch, start, kept, full, found, runs, score)
+                else:
+                    self._cut_on_host(batch, start, kept, full, regions, found, shown, score)
             scores.append(score)
             gates.append(gate.cpu().numpy())
         n_classes = len(t.gate)
@@ -328,9 +324,73 @@ class Segmenter:
             np.concatenate(gates) if gates else np.zeros((0, n_classes), np.float32),
             np.concatenate(scores) if scores else np.zeros((0, n_classes), np.float32),
             (len(images), n_classes, *images.shape[1:]),
-            shown,
+            RunMasks(tuple(images.shape[1:]), runs) if runs else shown,
             found if regions else None,
         )
+
+    def _cut_on_host(
+        self,
+        batch: np.ndarray | torch.Tensor,
+        start: int,
+        kept: list[list[int]],
+        full: torch.Tensor,
+        regions: bool,
+        found: list[Defect],
+        shown: dict,
+        score: np.ndarray,
+    ) -> None:
+        """The ``kept`` masks' pixel probabilities ``full`` (k, H, W) cut on the host
+        (OpenCV): ``shown`` and ``score`` filled in, and with ``regions`` each mask's
+        regions added to ``found``."""
+        t = self.thresholds
+        full_np = full.cpu().numpy()  # one transfer serves masks, scores and regions
+        on_host = {i: _on_host(batch[i]) for i in dict.fromkeys(i for i, _ in kept)}
+        for n, (i, j) in enumerate(kept):
+            p = full_np[n]
+            above = by_contrast(on_host[i], p >= t.pixel[j], t.contrast[j], t.reach[j])
+            if regions:  # one labelling serves the minimum area and the regions
+                components = _components(above, t.min_area[j])
+                mask = _kept(above, components)
+                found += _described(start + i, j, components, p)
+            else:
+                mask = remove_small_components(above, t.min_area[j])
+            area = int(mask.sum())
+            if area:
+                shown[start + i, j] = mask
+                score[i, j] = float(p[mask].sum(dtype=np.float64)) / area
+
+    def _cut_on_device(
+        self,
+        batch: np.ndarray | torch.Tensor,
+        start: int,
+        kept: list[list[int]],
+        full: torch.Tensor,
+        found: list[Defect],
+        runs: dict,
+        score: np.ndarray,
+    ) -> None:
+        """``_cut_on_host``'s regions cut where ``full`` is (``regions.cut``): only the
+        regions and each mask's runs come to the host."""
+        t = self.thresholds
+
+        def frame(i: int) -> torch.Tensor:
+            if isinstance(batch, torch.Tensor):
+                return batch[i].to(full.device)
+            return torch.from_numpy(np.ascontiguousarray(batch[i])).to(full.device)
+
+        frames: dict[int, torch.Tensor] = {}
+        for i, j in kept:
+            if t.contrast[j] > 0 and i not in frames:
+                frames[i] = frame(i)
+        cut = regions_cut(full, [j for _, j in kept], t, [frames.get(i) for i, _ in kept])
+        for region in cut.regions:
+            i, j = kept[region.mask]
+            score_ = region.total / region.area
+            found.append(Defect(start + i, j, region.rle, region.area, region.bbox, score_))
+        for n, mine in cut.runs.items():
+            i, j = kept[n]
+            runs[start + i, j] = mine
+            score[i, j] = cut.totals[n] / cut.areas[n]
 
     def export_onnx(self, path: Path) -> Path:
         """The network as an ONNX graph at ``path``: preprocessed frames (N, channels, h,

@@ -42,6 +42,13 @@ def test_the_gpu_check_runs_on_the_cpu_and_writes_its_tables(tmp_path: Path) -> 
     assert "each frame run between 64 rows of its neighbours" in tables["header"]
     assert [row["concurrency"] for row in tables["serving"]] == [8, 1, 8]
     assert all(0 < row["p50 ms"] <= row["p99 ms"] for row in tables["serving"])
+    # the twin's defects cut into regions on the host and in torch, a GPU worker's way
+    regions = tables["regions"]
+    assert [row["path"] for row in regions] == [
+        "regions cut on the host (OpenCV)",
+        "regions cut on cpu (torch)",
+    ]
+    assert all(row["regions"] > 0 and row["same regions as the host's"] for row in regions)
     identification = tables["identification"]
     assert identification[0]["path"] == "register 2 station pictures, 1 thread"
     # the twin's own boxes: every whole marking named as its sheet, on one thread or more
@@ -57,5 +64,7 @@ def test_the_gpu_check_runs_on_the_cpu_and_writes_its_tables(tmp_path: Path) -> 
     assert limits[0]["GFLOP per frame"] > 0 and limits[0]["MB moved per frame"] > 0
     assert 0 < limits[0]["of that limit"] < 1
     written = (out / "gpu_check.md").read_text()
-    assert all(f"### {name}" in written for name in ("segmenter", "identification", "limits"))
+    assert all(
+        f"### {name}" in written for name in ("segmenter", "regions", "identification", "limits")
+    )
     assert written.splitlines()[0] in done.stdout
