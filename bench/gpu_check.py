@@ -41,8 +41,8 @@ writes into OUT (``gpu_check.md``, ``gpu_check.json``):
 
 The segmenter is ``--segmenter`` (a folder ``Segmenter.save`` wrote, e.g. a registered
 bundle) or, by default, the ``--size`` recipe's network with random weights and a gate
-no frame passes: then the rows time the network and the gate, not the regions (a
-trained model's regions add their cost).
+no frame passes: then the segmenter's rows time the network and the gate, not the
+regions (the ``regions`` table times those).
 """
 
 from __future__ import annotations
