@@ -10,7 +10,9 @@ Prefect. It renders a twin recording (FFV1 video of 1600x256 frames) and prints,
 writes into OUT (``gpu_check.md``, ``gpu_check.json``):
 
 * decode rates: the FFV1 video by 1 and by ``--threads`` readers (each a thread with
-  its own range of the video; FFmpeg's decoder adds threads of its own), JPEG frames
+  its own range of the video; FFmpeg's decoder adds threads of its own), then by 1,
+  ``--threads`` and as many readers as the machine has cores with one FFmpeg thread
+  each, JPEG frames
   with OpenCV on one CPU thread and, on CUDA, with nvJPEG
   (``torchvision.io.decode_jpeg(..., device="cuda")``) in batches;
 * the segmenter (the worker's ``Segmenter.predict`` with regions and RLE): model-only
@@ -209,14 +211,15 @@ def _recording(folder: Path, sheets: int):
     return simulate(TwinConfig(), sheets, seed=7, out=folder)
 
 
-def _decode(video: Path, start: int, stop: int) -> Iterator:
-    """Grey frames ``start`` to ``stop`` of the video. Not ``tasks.archives.decode_frames``:
-    that module brings DuckDB (warehouse.schema), which the H200 machine lacks."""
+def _decode(video: Path, start: int, stop: int, threads: int | None = None) -> Iterator:
+    """Grey frames ``start`` to ``stop`` of the video, FFmpeg on ``threads`` threads (None:
+    its choice). Not ``tasks.archives.decode_frames``: that module brings DuckDB
+    (warehouse.schema), which the H200 machine lacks."""
     import cv2
 
     from core.images import open_video
 
-    capture = open_video(video)
+    capture = open_video(video, threads)
     capture.set(cv2.CAP_PROP_POS_FRAMES, start)
     try:
         for _ in range(start, stop):
@@ -228,16 +231,19 @@ def _decode(video: Path, start: int, stop: int) -> Iterator:
         capture.release()
 
 
-def _decoded_ahead(video: Path, n: int, threads: int, batch: int) -> Iterator:
+def _decoded_ahead(
+    video: Path, n: int, threads: int, batch: int, each: int | None = None
+) -> Iterator:
     """Batches of the video in order, decoded by ``threads`` threads (each its own range,
-    FFV1 frames are independent) into a queue ahead of the caller."""
+    FFV1 frames are independent; FFmpeg on ``each`` threads within each, None: its
+    choice) into a queue ahead of the caller."""
     import numpy as np
 
     bounds = np.linspace(0, n, threads + 1).astype(int)
     parts: list[queue.Queue] = [queue.Queue(maxsize=2 * batch) for _ in range(threads)]
 
     def work(i: int) -> None:
-        for frame in _decode(video, int(bounds[i]), int(bounds[i + 1])):
+        for frame in _decode(video, int(bounds[i]), int(bounds[i + 1]), each):
             parts[i].put(frame)
         parts[i].put(None)
 
@@ -273,6 +279,14 @@ def _decode_rates(video: Path, frames, jpegs: list[bytes], device, args) -> list
     for threads in sorted({1, args.threads}):
         seconds = _median(lambda t=threads: sum(1 for _ in _decoded_ahead(video, n, t, 64)), 2)
         rows.append(_rate(f"FFV1 video, {threads} reader(s)", n, seconds, threads))
+    # FFmpeg's own threads stopped near 500 frames/s on 16 cores, more readers too (each
+    # with FFmpeg's threads): readers of one thread each, as many as the cores
+    for threads in sorted({1, args.threads, os.cpu_count() or 1}):
+        seconds = _median(
+            lambda t=threads: sum(1 for _ in _decoded_ahead(video, n, t, 64, each=1)), 2
+        )
+        what = f"FFV1 video, {threads} reader(s), one FFmpeg thread each"
+        rows.append(_rate(what, n, seconds, threads))
     buffers = [np.frombuffer(j, np.uint8) for j in jpegs]
     seconds = _median(lambda: [cv2.imdecode(b, cv2.IMREAD_GRAYSCALE) for b in buffers], 2)
     rows.append(_rate("JPEG q95, OpenCV, 1 CPU thread", n, seconds, 1))

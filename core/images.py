@@ -49,13 +49,14 @@ def image_info(data: bytes) -> ImageInfo:
 GREY_STREAMS = (b"Y800", b"GREY")  # FFmpeg's 8-bit grey pixel formats, as OpenCV names them
 
 
-def open_video(path: str | Path) -> cv2.VideoCapture:
+def open_video(path: str | Path, threads: int | None = None) -> cv2.VideoCapture:
     """OpenCV's capture of a video file. A grey stream's frames come as they are stored,
     (H, W) uint8, without OpenCV's conversion to BGR (three equal channels, of which
     the readers kept one): the twin's FFV1 then decodes about 9 % faster on one core
     (docs/benchmarks.md, "Grey video read as grey"). Other streams come as BGR, as
-    before."""
-    capture = cv2.VideoCapture(str(path))
+    before. ``threads``: the decoder's threads (None: FFmpeg's choice, by the cores)."""
+    params = [] if threads is None else [cv2.CAP_PROP_N_THREADS, threads]
+    capture = cv2.VideoCapture(str(path), cv2.CAP_ANY, params)
     pixels = int(capture.get(cv2.CAP_PROP_CODEC_PIXEL_FORMAT)) & 0xFFFFFFFF
     if pixels.to_bytes(4, "little") in GREY_STREAMS:
         capture.set(cv2.CAP_PROP_CONVERT_RGB, 0)

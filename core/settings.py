@@ -66,6 +66,16 @@ class Settings(BaseSettings):
         "set DASK_DISTRIBUTED__WORKER__DAEMON=False) uses threads and says so.",
     )
 
+    video_readers: int = Field(
+        default=0,
+        ge=0,
+        description="Readers an inspect worker decodes a video's frame range with at once, "
+        "each on its own part with one FFmpeg thread. FFmpeg's own threads decode one "
+        "stream at about 500 frames/s however many cores (docs/benchmarks.md). 0 (auto): "
+        "as many as the worker's cores on a GPU worker; one on the CPU, where FFmpeg's "
+        "threads decode as fast and the models take the cores.",
+    )
+
     ingest_timeout_s: float = Field(
         default=900.0,
         gt=0,

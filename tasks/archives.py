@@ -567,14 +567,19 @@ def _read_image(path: Path) -> np.ndarray | None:
 
 
 def decode_frames(
-    video: str | None, frames_dir: str | None, start: int, frame_ids: list[str] | tuple[str, ...]
+    video: str | None,
+    frames_dir: str | None,
+    start: int,
+    frame_ids: list[str] | tuple[str, ...],
+    threads: int | None = None,
 ) -> Iterator[np.ndarray]:
     """Grey frames (H, W) uint8 of a recording, in order: from the video (starting at
-    position ``start``) or from ``<frames_dir>/<frame_id>.jpg``. FrameError names the
-    frame that cannot be read. The one frame reader: ingest's validation, training data,
-    identification and the inspection workers all read through it."""
+    position ``start``; FFmpeg on ``threads`` threads, None: its choice) or from
+    ``<frames_dir>/<frame_id>.jpg``. FrameError names the frame that cannot be read. The
+    one frame reader: ingest's validation, training data, identification and the
+    inspection workers all read through it."""
     if video:
-        capture = open_video(video)
+        capture = open_video(video, threads)
         try:
             if start:
                 capture.set(cv2.CAP_PROP_POS_FRAMES, start)
@@ -599,6 +604,60 @@ def decode_frames(
         if frame is None:
             raise FrameError(f"{path} cannot be read as an image", start + n, frame_id)
         yield frame
+
+
+_READ = object()  # a reader's part is read to its end
+
+
+def decode_frames_apart(
+    video: str, start: int, frame_ids: list[str] | tuple[str, ...], readers: int
+) -> Iterator[np.ndarray]:
+    """``decode_frames`` of a video's range by ``readers`` threads at once, each reading
+    its own part of the range with a capture of its own on one FFmpeg thread, the frames
+    given in order (FFV1 frames decode each alone). FFmpeg's own threads decode one
+    stream no faster than about 500 frames/s, on 16 cores as on 4 (docs/benchmarks.md,
+    "Video read by several readers"). A FrameError comes where its frame is, after every
+    frame before it; the readers stop when the frames are no longer wanted."""
+    import queue
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    bounds = np.linspace(0, len(frame_ids), max(1, min(readers, len(frame_ids))) + 1)
+    parts = [(int(a), int(b)) for a, b in itertools.pairwise(bounds.astype(int)) if b > a]
+    queues: list[queue.Queue] = [queue.Queue(maxsize=16) for _ in parts]
+    stop = threading.Event()
+
+    def put(k: int, item: object) -> bool:
+        while not stop.is_set():
+            try:
+                queues[k].put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def read(k: int) -> None:
+        first, end = parts[k]
+        try:
+            for frame in decode_frames(video, None, start + first, frame_ids[first:end], 1):
+                if not put(k, frame):
+                    return
+        except Exception as error:  # raised where its frame is, by the caller
+            put(k, error)
+            return
+        put(k, _READ)
+
+    with ThreadPoolExecutor(len(parts), thread_name_prefix="read") as pool:
+        try:
+            for k in range(len(parts)):
+                pool.submit(read, k)
+            for part in queues:
+                while (item := part.get()) is not _READ:
+                    if isinstance(item, Exception):
+                        raise item
+                    yield item
+        finally:
+            stop.set()
 
 
 def decode_frames_on(

@@ -46,6 +46,7 @@ from tasks.archives import (
     changed_since_ingest,
     check_archive,
     decode_frames,
+    decode_frames_apart,
     decode_frames_on,
     error_rows,
     follow_on,
@@ -320,9 +321,25 @@ def identifying_processes(index, setting: str, on_gpu: bool):
         return held
 
 
-def decode_range(chunk: Chunk) -> Iterator[np.ndarray]:
-    """The chunk's grey frames in order; FrameError names the frame that fails."""
+def decode_range(chunk: Chunk, readers: int = 1) -> Iterator[np.ndarray]:
+    """The chunk's grey frames in order; FrameError names the frame that fails. A video's
+    frames by ``readers`` readers at once, each on one FFmpeg thread (1: one reader,
+    FFmpeg's threads)."""
+    if chunk.video and readers > 1:
+        return decode_frames_apart(chunk.video, chunk.start, chunk.frame_ids, readers)
     return decode_frames(chunk.video, chunk.frames_dir, chunk.start, chunk.frame_ids)
+
+
+def video_readers(setting: int, device) -> int:
+    """How many readers decode a video's range (``video_readers``): the setting, or for
+    0 (auto) as many as the worker's cores on a GPU worker, one on the CPU, where the
+    models already take the cores (and there one reader's FFmpeg threads decode as fast,
+    docs/benchmarks.md, "Video read by several readers")."""
+    from models.devices import cpu_threads
+
+    if setting:
+        return setting
+    return cpu_threads() if device.type == "cuda" else 1
 
 
 def _batches(chunk: Chunk, device) -> Iterator[tuple[np.ndarray, torch.Tensor | None]]:
@@ -332,7 +349,9 @@ def _batches(chunk: Chunk, device) -> Iterator[tuple[np.ndarray, torch.Tensor | 
     host (profiles, the detector's input, identification); the segmenter takes the
     frames already there. Anything else is decoded on the host."""
     if device.type != "cuda" or chunk.video or not chunk.frames_dir:
-        frames = decode_range(chunk)
+        from core.settings import get_settings
+
+        frames = decode_range(chunk, video_readers(get_settings().video_readers, device))
         while batch := list(itertools.islice(frames, chunk.batch)):
             yield np.stack(batch), None
         return

@@ -38,7 +38,9 @@ def test_the_gpu_check_runs_on_the_cpu_and_writes_its_tables(tmp_path: Path) -> 
     assert all(row["frames/s"] > 0 for row in tables["segmenter"] + tables["decode"])
     (compiled,) = [row for row in tables["segmenter"] if "compiled" in row["path"]]
     assert compiled["seconds to compile"] > 0  # as a worker compiles it
-    assert any(row["path"].startswith("FFV1 video") for row in tables["decode"])
+    decoded = [row["path"] for row in tables["decode"] if row["path"].startswith("FFV1 video")]
+    assert decoded[:2] == ["FFV1 video, 1 reader(s)", "FFV1 video, 2 reader(s)"]
+    assert "FFV1 video, 1 reader(s), one FFmpeg thread each" in decoded[2:]
     assert "each frame run between 64 rows of its neighbours" in tables["header"]
     assert [row["concurrency"] for row in tables["serving"]] == [8, 1, 8]
     assert all(0 < row["p50 ms"] <= row["p99 ms"] for row in tables["serving"])

@@ -10,7 +10,7 @@ import torch
 
 from core.postprocess import Thresholds, by_contrast, contrast_offsets
 from models.segmentation import regions
-from tests.models.test_segmentation_model import small_segmenter
+from tests.models.test_segmentation_model import lined_frames, small_segmenter
 
 
 def _masks(rng: np.random.Generator, n: int, shape: tuple[int, int]) -> np.ndarray:
@@ -94,14 +94,7 @@ def test_a_segmenter_cuts_the_same_regions_on_the_device_as_on_the_host(held: st
     same masks and scores within float rounding: pixel thresholds, a class with a
     contrast cut, minimum areas, frames from the host or held as a tensor."""
     segmenter = small_segmenter(seed=3)
-    rng = np.random.default_rng(2)
-    frames = (100 + rng.normal(0, 3, (5, 128, 256))).astype(np.uint8)
-    frames[:, 20:90, 40:43] = 50  # dark lines for the cut to find
-    frames[:, 30:100, 150:152] = 160
-    with torch.inference_mode():
-        logits, _ = segmenter._forward(frames)
-    probabilities = torch.sigmoid(logits.float()).transpose(0, 1).flatten(1)
-    pixel = tuple(float(v) for v in torch.quantile(probabilities, 0.8, dim=1))
+    frames, pixel = lined_frames(segmenter, 5)
     segmenter.thresholds = Thresholds((0.0,) * 4, pixel, (0, 16, 0, 8), (0, 15, 0, 0), (0, 3, 0, 0))
     given = frames if held == "host" else torch.from_numpy(frames)
     on_host = segmenter.predict(given, batch_size=2, regions=True)

@@ -336,6 +336,19 @@ def test_a_recordings_frames_keep_which_follow_which_when_split_and_joined() -> 
     assert SegmentationData("pictures", ["a"], frames[:1], [{}], {1: "a"}).follows == [False]
 
 
+def lined_frames(segmenter: Segmenter, n: int) -> tuple[np.ndarray, tuple[float, ...]]:
+    """``n`` flat frames with a dark and a bright line for a contrast cut to find, and
+    per class the pixel threshold a fifth of the segmenter's pixels reach on them."""
+    rng = np.random.default_rng(2)
+    frames = (100 + rng.normal(0, 3, (n, 128, 256))).astype(np.uint8)
+    frames[:, 20:90, 40:43] = 50
+    frames[:, 30:100, 150:152] = 160
+    with torch.inference_mode():
+        logits, _ = segmenter._forward(frames)
+    probabilities = torch.sigmoid(logits.float()).transpose(0, 1).flatten(1)
+    return frames, tuple(float(v) for v in torch.quantile(probabilities, 0.8, dim=1))
+
+
 def test_a_segmenter_predicts_the_same_from_frames_held_as_a_tensor() -> None:
     """Frames a worker decoded into a tensor (nvJPEG on a GPU) give the masks, gates,
     scores and regions the same frames give from the host; float frames are refused
@@ -466,15 +479,7 @@ def test_masks_are_cut_to_the_frames_contrast_where_the_class_has_one() -> None:
     from core.postprocess import by_contrast, remove_small_components
 
     segmenter = small_segmenter(seed=3)
-    rng = np.random.default_rng(2)
-    frames = (100 + rng.normal(0, 3, (4, 128, 256))).astype(np.uint8)
-    frames[:, 20:90, 40:43] = 50  # dark lines for the cut to find
-    frames[:, 30:100, 150:152] = 160
-    with torch.inference_mode():
-        logits, _ = segmenter._forward(frames)
-    # thresholds that a fifth of each class's pixels reach
-    probabilities = torch.sigmoid(logits.float()).transpose(0, 1).flatten(1)
-    pixel = tuple(float(v) for v in torch.quantile(probabilities, 0.8, dim=1))
+    frames, pixel = lined_frames(segmenter, 4)
     segmenter.thresholds = Thresholds((0.0,) * 4, pixel, (0,) * 4)
     uncut = segmenter.predict(frames).masks
     contrast, reach, least = (0, 15, 0, 10), (0, 3, 0, 6), (0, 16, 0, 8)
