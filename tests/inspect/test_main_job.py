@@ -455,13 +455,14 @@ def test_workers_with_a_compiled_segmenter_give_the_same_tables(
     _inspected_again_alike(world, home, "torch-compiled")
 
 
-def test_workers_identifying_in_processes_give_the_same_tables(
+def test_workers_identifying_in_processes_and_reading_apart_give_the_same_tables(
     world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """``identify_in`` processes (auto takes them on a GPU worker only): each worker of
-    the flow's LocalCluster, started so that it may, identifies its markings in
-    processes of its own holding the registered sheets, and the tables, sheets'
-    identities included, are those identified on threads. The station is registered at
+    """``identify_in`` processes and three ``video_readers`` (auto takes both on a GPU
+    worker only): each worker of the flow's LocalCluster, started so that it may,
+    identifies its markings in processes of its own holding the registered sheets, and
+    reads its video range with three readers on one FFmpeg thread each; the tables,
+    sheets' identities included, are those of threads and one reader. The station is registered at
     the recorder's boxes first: the fixture's detector (one epoch) finds too few to
     register. It finds no marking on this line either, so that the verdicts themselves
     are compared where markings are identified: at ``identify_markings``
@@ -485,8 +486,10 @@ def test_workers_identifying_in_processes_give_the_same_tables(
     archive_id = world.archive_id("line-1-inspection-s2")
     copy = World(world.root, home, world.line, [], [], {})
     tables, summaries = {}, {}
-    for where in ("threads", "processes"):
+    assert (settings.library_dir / "line-1-inspection-s2" / "video.mkv").is_file()  # a video
+    for where, readers in (("threads", "1"), ("processes", "3")):
         monkeypatch.setenv("STEELSIGHT_IDENTIFY_IN", where)
+        monkeypatch.setenv("STEELSIGHT_VIDEO_READERS", readers)
         get_settings.cache_clear()
         (summaries[where],) = inspect(archives=[archive_id], force=True)
         assert summaries[where]["status"] == "ok", summaries[where]
