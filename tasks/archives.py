@@ -614,10 +614,11 @@ def decode_frames_apart(
 ) -> Iterator[np.ndarray]:
     """``decode_frames`` of a video's range by ``readers`` threads at once, each reading
     its own part of the range with a capture of its own on one FFmpeg thread, the frames
-    given in order (FFV1 frames decode each alone). FFmpeg's own threads decode one
-    stream no faster than about 500 frames/s, on 16 cores as on 4 (docs/benchmarks.md,
-    "Video read by several readers"). A FrameError comes where its frame is, after every
-    frame before it; the readers stop when the frames are no longer wanted."""
+    given in order (FFV1 frames decode each alone). FFmpeg's own threads decoded one
+    stream at about 500 frames/s on 16 cores, twice what 2 cores give
+    (docs/benchmarks.md, "Video read by several readers"). A FrameError comes where its
+    frame is, after every frame before it; the readers stop when the frames are no
+    longer wanted."""
     import queue
     import threading
     from concurrent.futures import ThreadPoolExecutor

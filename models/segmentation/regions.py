@@ -3,7 +3,7 @@ pixel thresholds, the contrast cut (``core.postprocess.by_contrast``), the conne
 components and each region's area, box, score and RLE runs are taken on the device, so
 that only the regions cross to the host, not a 1.6 MB float mask per frame and class
 the gate lets through. On the demo's line that host work took 1.3 ms of a core per
-frame (docs/benchmarks.md, "Defect regions on the device"): one worker thread could not
+frame (docs/benchmarks.md, "Defect regions on the GPU"): one worker thread could not
 keep up with 3,200 frames a second.
 
 The same regions as the host's OpenCV path (``segmenter._components``), in the same
