@@ -342,16 +342,17 @@ def video_readers(setting: int, device) -> int:
     return cpu_threads() if device.type == "cuda" else 1
 
 
-def _batches(chunk: Chunk, device) -> Iterator[tuple[np.ndarray, torch.Tensor | None]]:
+def _batches(
+    chunk: Chunk, device, readers: int = 1
+) -> Iterator[tuple[np.ndarray, torch.Tensor | None]]:
     """The chunk's frames in batches: the frames on the host, and the same frames on the
     segmenter's GPU or None. A JPEG frame folder inspected on a GPU is decoded there
     (nvJPEG), on a CUDA stream of its own, and copied back for the work done on the
     host (profiles, the detector's input, identification); the segmenter takes the
-    frames already there. Anything else is decoded on the host."""
+    frames already there. Anything else is decoded on the host, a video by ``readers``
+    readers at once."""
     if device.type != "cuda" or chunk.video or not chunk.frames_dir:
-        from core.settings import get_settings
-
-        frames = decode_range(chunk, video_readers(get_settings().video_readers, device))
+        frames = decode_range(chunk, readers)
         while batch := list(itertools.islice(frames, chunk.batch)):
             yield np.stack(batch), None
         return
@@ -411,7 +412,12 @@ def inspect_chunk(chunk: Chunk, registry: Registry | None = None) -> ChunkResult
 
         return neighbour
 
+    from core.settings import get_settings
+
     engines = networks_on(models)
+    readers = video_readers(get_settings().video_readers, segmenter.device) if chunk.video else 1
+    if readers > 1:
+        engines += f", video read by {readers} readers"
     identifier = None
     # The frame before the range and its markings, found here (the detector stays on
     # this thread) when markings are identified; ``above``: the last frame of the batch
@@ -422,8 +428,6 @@ def inspect_chunk(chunk: Chunk, registry: Registry | None = None) -> ChunkResult
         # a batch's pictures identified on as many threads as the worker has cores, or in
         # as many processes (``identify_in``): the last batch of the range is identified
         # while nothing else runs
-        from core.settings import get_settings
-
         on_gpu = segmenter.device.type == "cuda"
         processes = identifying_processes(registry.index, get_settings().identify_in, on_gpu)
         identifier = PassIdentifier(
@@ -448,7 +452,7 @@ def inspect_chunk(chunk: Chunk, registry: Registry | None = None) -> ChunkResult
     # ``context_rows``: the batch after is decoded before a batch is inspected.
     lined = bool(segmenter.context_rows)
     before = frame_outside(chunk.before_id) if lined and follows[0] else None
-    batches = _ahead(_batches(chunk, segmenter.device))
+    batches = _ahead(_batches(chunk, segmenter.device, readers))
     following = next(batches, None)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="identify") as identifying:
         while following is not None:

@@ -500,6 +500,8 @@ def test_workers_identifying_in_processes_and_reading_apart_give_the_same_tables
     ):
         engines = summaries[where]["engines"]
         assert all(re.search(f", identification {ran}$", e) for e in engines), engines
+    assert not any("video read by" in e for e in summaries["threads"]["engines"])
+    assert all(", video read by 3 readers," in e for e in summaries["processes"]["engines"])
     for t in ("frames", "defects", "sheets"):
         _close(tables["threads"][t], tables["processes"][t])
 
