@@ -624,7 +624,9 @@ def _region_rates(segmenter, line, frames, args) -> list[dict]:
             score = np.zeros((args.batch, 4), np.float32)
             if on_device:
                 batch = held[start : start + args.batch]
-                cutting._cut_on_device(batch, start, kept, full, found, {}, score)
+                cutting.regions_on_device = True
+                if not cutting._cut_on_device(batch, start, kept, full, found, {}, score):
+                    return found
             else:
                 batch = frames[start : start + args.batch]
                 cutting._cut_on_host(batch, start, kept, full, True, found, {}, score)
@@ -633,18 +635,23 @@ def _region_rates(segmenter, line, frames, args) -> list[dict]:
         return found
 
     n, count = len(frames), sum(len(kept) for _, kept, _ in batches)
-    on_host = cut(False)
-    rows = []
-    for what, on_device in (("on the host (OpenCV)", False), (f"on {device} (torch)", True)):
+    host: list = []
+
+    def measured(what: str, on_device: bool) -> dict:
         found = cut(on_device)  # warm, and the regions to compare
-        row = _rate(
-            f"regions cut {what}", n, _median(lambda d=on_device: cut(d), args.rounds), None
-        )
+        if not on_device:
+            host[:] = [(d.frame, d.class_index, d.rle) for d in found]
+        if on_device and not cutting.regions_on_device:
+            raise RuntimeError("the cut on the device failed: its warning above says why")
+        row = _rate(what, n, _median(lambda: cut(on_device), args.rounds), None)
         row["masks"], row["regions"] = count, len(found)
-        row["same regions as the host's"] = [(d.frame, d.class_index, d.rle) for d in found] == [
-            (d.frame, d.class_index, d.rle) for d in on_host
-        ]
-        rows.append(row)
+        row["same regions as the host's"] = [(d.frame, d.class_index, d.rle) for d in found] == host
+        return row
+
+    rows = []
+    for where, on_device in (("on the host (OpenCV)", False), (f"on {device} (torch)", True)):
+        what = f"regions cut {where}"
+        rows.append(_guarded(what, lambda w=what, d=on_device: measured(w, d)))
     return rows
 
 

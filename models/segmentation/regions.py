@@ -126,12 +126,14 @@ class Region:
 
 class RunMasks(Mapping):
     """Masks (H, W) bool rebuilt on the host from their column-major runs, each when first
-    asked for: a worker reads only the regions, the API's overlay one frame's masks."""
+    asked for: a worker reads only the regions, the API's overlay one frame's masks.
+    ``built``: masks there already (those cut on the host)."""
 
-    def __init__(self, shape: tuple[int, int], runs: dict) -> None:
+    def __init__(self, shape: tuple[int, int], runs: dict, built: dict | None = None) -> None:
         self.shape = shape
         self._runs = runs  # key -> (starts, lengths), 0-based, column-major
-        self._built: dict = {}
+        self._built: dict = dict(built or {})
+        self._keys = list(dict.fromkeys([*self._runs, *self._built]))
 
     def __getitem__(self, key) -> np.ndarray:
         if key not in self._built:
@@ -148,13 +150,13 @@ class RunMasks(Mapping):
         return self._built[key]
 
     def __contains__(self, key) -> bool:
-        return key in self._runs
+        return key in self._runs or key in self._built
 
     def __iter__(self) -> Iterator:
-        return iter(self._runs)
+        return iter(self._keys)
 
     def __len__(self) -> int:
-        return len(self._runs)
+        return len(self._keys)
 
 
 @dataclass(frozen=True)

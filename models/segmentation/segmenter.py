@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
@@ -30,6 +31,7 @@ from models.segmentation.regions import RunMasks
 from models.segmentation.regions import cut as regions_cut
 
 FORMAT = "steelsight-segmenter/1"
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -313,9 +315,10 @@ class Segmenter:
                 rows = torch.tensor([i for i, _ in kept], device=self.device)
                 cols = torch.tensor([j for _, j in kept], device=self.device)
                 full = upsampled(mask_logits[rows, cols], batch.shape[1:])
-                if regions and self.regions_on_device:
-                    self._cut_on_device(batch, start, kept, full, found, runs, score)
-                else:
+                on_device = regions and self.regions_on_device
+                if not (
+                    on_device and self._cut_on_device(batch, start, kept, full, found, runs, score)
+                ):
                     self._cut_on_host(batch, start, kept, full, regions, found, shown, score)
             scores.append(score)
             gates.append(gate.cpu().numpy())
@@ -324,7 +327,7 @@ class Segmenter:
             np.concatenate(gates) if gates else np.zeros((0, n_classes), np.float32),
             np.concatenate(scores) if scores else np.zeros((0, n_classes), np.float32),
             (len(images), n_classes, *images.shape[1:]),
-            RunMasks(tuple(images.shape[1:]), runs) if runs else shown,
+            RunMasks(tuple(images.shape[1:]), runs, shown) if runs else shown,
             found if regions else None,
         )
 
@@ -368,9 +371,11 @@ class Segmenter:
         found: list[Defect],
         runs: dict,
         score: np.ndarray,
-    ) -> None:
+    ) -> bool:
         """``_cut_on_host``'s regions cut where ``full`` is (``regions.cut``): only the
-        regions and each mask's runs come to the host."""
+        regions and each mask's runs come to the host. Where that fails (an operation
+        the device lacks: it has not run on every GPU), nothing is added, the regions are
+        cut on the host from now on, said once in the log, and False comes back."""
         t = self.thresholds
 
         def frame(i: int) -> torch.Tensor:
@@ -382,7 +387,16 @@ class Segmenter:
         for i, j in kept:
             if t.contrast[j] > 0 and i not in frames:
                 frames[i] = frame(i)
-        cut = regions_cut(full, [j for _, j in kept], t, [frames.get(i) for i, _ in kept])
+        try:
+            cut = regions_cut(full, [j for _, j in kept], t, [frames.get(i) for i, _ in kept])
+        except RuntimeError as error:
+            self.regions_on_device = False
+            log.warning(
+                "defect regions cut on the host from now on: cutting them on %s failed (%s)",
+                self.device,
+                error,
+            )
+            return False
         for region in cut.regions:
             i, j = kept[region.mask]
             score_ = region.total / region.area
@@ -391,6 +405,7 @@ class Segmenter:
             i, j = kept[n]
             runs[start + i, j] = mine
             score[i, j] = cut.totals[n] / cut.areas[n]
+        return True
 
     def export_onnx(self, path: Path) -> Path:
         """The network as an ONNX graph at ``path``: preprocessed frames (N, channels, h,

@@ -127,3 +127,39 @@ def test_nothing_above_the_thresholds_cuts_no_region() -> None:
     cut = regions.cut(p, [0, 0, 1], t, [None] * 3)
     assert cut.regions == [] and cut.runs == {} and not cut.areas.any()
     assert regions.cut(p[:0], [], t, []).regions == []
+
+
+def test_a_device_that_cannot_cut_the_regions_leaves_them_to_the_host(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The cut on the device has not run on every GPU: where it fails, from that batch on
+    the regions are cut on the host, said once in the log, and the call's regions and
+    masks (some from the device's runs, some from the host) are the host's."""
+    from models.segmentation import segmenter as module
+
+    segmenter = small_segmenter(seed=3)
+    frames, pixel = lined_frames(segmenter, 5)
+    segmenter.thresholds = Thresholds((0.0,) * 4, pixel, (0, 16, 0, 8), (0, 15, 0, 0), (0, 3, 0, 0))
+    on_host = segmenter.predict(frames, batch_size=2, regions=True)
+    calls = []
+
+    def failing_second(*args):
+        calls.append(len(calls))
+        if len(calls) == 2:
+            raise RuntimeError("no kernel for this dtype on this device")
+        return regions.cut(*args)
+
+    monkeypatch.setattr(module, "regions_cut", failing_second)
+    segmenter.regions_on_device = True
+    with caplog.at_level("WARNING", logger=module.__name__):
+        mixed = segmenter.predict(frames, batch_size=2, regions=True)
+    assert calls == [0, 1] and not segmenter.regions_on_device
+    assert [r.message for r in caplog.records].count(
+        "defect regions cut on the host from now on: cutting them on cpu failed "
+        "(no kernel for this dtype on this device)"
+    ) == 1
+    assert [(d.frame, d.class_index, d.rle) for d in mixed.defects] == [
+        (d.frame, d.class_index, d.rle) for d in on_host.defects
+    ]
+    assert sorted(mixed.shown) == sorted(on_host.shown)
+    assert np.array_equal(mixed.masks, on_host.masks)
