@@ -462,10 +462,10 @@ def test_workers_identifying_in_processes_and_reading_apart_give_the_same_tables
     worker only): each worker of the flow's LocalCluster, started so that it may,
     identifies its markings in processes of its own holding the registered sheets, and
     reads its video range with three readers on one FFmpeg thread each; the tables,
-    sheets' identities included, are those of threads and one reader. The station is registered at
-    the recorder's boxes first: the fixture's detector (one epoch) finds too few to
-    register. It finds no marking on this line either, so that the verdicts themselves
-    are compared where markings are identified: at ``identify_markings``
+    sheets' identities included, are those of threads and one reader. The station is
+    registered at the recorder's boxes first: the fixture's detector (one epoch) finds
+    too few to register. It finds no marking on this line either, so that the verdicts
+    themselves are compared where markings are identified: at ``identify_markings``
     (tests/unit/test_surface.py) and by the GPU check's processes row
     (tests/e2e/test_gpu_check.py)."""
     from tasks.identify import load_models, register_station
