@@ -157,6 +157,13 @@ def _paint(starts0: np.ndarray, lengths: np.ndarray, n_pixels: int) -> np.ndarra
     return np.repeat(pattern, counts)
 
 
+def runs_mask(starts0: np.ndarray, lengths: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    """The (height, width) bool mask of valid, ascending column-major runs (0-based
+    starts), as ``rle_decode`` paints them."""
+    height, width = shape
+    return _paint(starts0, lengths, height * width).view(bool).reshape(width, height).T
+
+
 def rle_decode(rle: str, shape: Sequence[int] = DEFAULT_SHAPE) -> np.ndarray:
     """Decode one RLE string into a (height, width) uint8 mask of 0 and 1.
 
@@ -298,6 +305,14 @@ def _format_runs(changes: np.ndarray) -> str:
     runs[1::2] = changes[1::2] - changes[0::2]
     # str() of a list of ints is one C call, faster than joining per-number strings.
     return str(runs.tolist())[1:-1].replace(",", "")
+
+
+def runs_encode(starts0: np.ndarray, lengths: np.ndarray) -> str:
+    """The RLE string of ascending column-major runs (0-based starts), as ``rle_encode``
+    writes it."""
+    changes = np.empty(2 * len(starts0), np.int64)
+    changes[0::2], changes[1::2] = starts0, starts0 + lengths
+    return _format_runs(changes)
 
 
 def rle_encode(mask: np.ndarray) -> str:

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from core.postprocess import CONTRAST_WINDOW, Thresholds
+from core.rle import runs_encode, runs_mask
 
 # pixels whose 31x31 squares are gathered at once for their medians (31 MB of int16)
 _MEDIAN_CHUNK = 16_384
@@ -137,16 +138,7 @@ class RunMasks(Mapping):
 
     def __getitem__(self, key) -> np.ndarray:
         if key not in self._built:
-            starts, lengths = self._runs[key]
-            h, w = self.shape
-            flat = np.zeros(h * w, bool)
-            ends = starts + lengths
-            # +1 where a run opens, -1 where it closes: the running sum is the mask
-            steps = np.zeros(h * w + 1, np.int32)
-            np.add.at(steps, starts, 1)
-            np.add.at(steps, ends, -1)
-            flat[:] = np.cumsum(steps[:-1]) > 0
-            self._built[key] = flat.reshape(w, h).T
+            self._built[key] = runs_mask(*self._runs[key], self.shape)
         return self._built[key]
 
     def __contains__(self, key) -> bool:
@@ -247,7 +239,7 @@ def cut(
                 int(area_[i]),
                 tuple(int(v) for v in box_[:, i]),
                 float(total_[i]),
-                _formatted(run_start_[mine], run_length[mine]),
+                runs_encode(run_start_[mine], run_length[mine]),
             )
         )
     runs = {}
@@ -255,10 +247,3 @@ def cut(
         mine = run_mask_ == n
         runs[int(n)] = (run_start_[mine], run_length[mine])
     return Cut(regions, areas, totals, runs)
-
-
-def _formatted(starts: np.ndarray, lengths: np.ndarray) -> str:
-    """Severstal's RLE of runs (0-based starts): "start length ..." counted from 1."""
-    runs = np.empty(2 * len(starts), np.int64)
-    runs[0::2], runs[1::2] = starts + 1, lengths
-    return str(runs.tolist())[1:-1].replace(",", "")

@@ -315,10 +315,8 @@ class Segmenter:
                 rows = torch.tensor([i for i, _ in kept], device=self.device)
                 cols = torch.tensor([j for _, j in kept], device=self.device)
                 full = upsampled(mask_logits[rows, cols], batch.shape[1:])
-                on_device = regions and self.regions_on_device
-                if not (
-                    on_device and self._cut_on_device(batch, start, kept, full, found, runs, score)
-                ):
+                cut = regions and self.regions_on_device
+                if not (cut and self._cut_on_device(batch, start, kept, full, found, runs, score)):
                     self._cut_on_host(batch, start, kept, full, regions, found, shown, score)
             scores.append(score)
             gates.append(gate.cpu().numpy())
