@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from core.fine_lines import fine_scratches
 from core.steel_look import smooth_noise
 
 CLASS_IDS = (1, 2, 3, 4)
@@ -65,20 +66,6 @@ def pits(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     bright = rng.random() < 0.5  # rolled-in scale shines, pits are dark
     amplitude = rng.uniform(45, 90) if bright else -rng.uniform(35, 60)
     return mask.astype(bool), np.full(mask.shape, amplitude, np.float32)
-
-
-def fine_scratches(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Class 2: one to three fine, short scratches at any angle."""
-    size = int(rng.integers(60, 180))
-    mask = _window((size, size))
-    for _ in range(int(rng.integers(2, 9))):
-        p0 = rng.integers(2, size - 2, 2)
-        angle, length = rng.uniform(0, np.pi), rng.uniform(15, size * 0.8)
-        p1 = (p0 + length * np.array([np.cos(angle), np.sin(angle)])).clip(1, size - 2)
-        cv2.line(
-            mask, tuple(int(v) for v in p0), tuple(int(v) for v in p1), 1, int(rng.integers(1, 3))
-        )
-    return mask.astype(bool), np.full(mask.shape, rng.uniform(30, 60), np.float32)
 
 
 def scratches(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

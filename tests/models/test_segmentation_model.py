@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -830,3 +831,69 @@ def test_a_longer_recording_trains_fewer_epochs_within_the_recipes_budget() -> N
     assert within_budget(recipe_for("default"), 745).epochs == 72
     assert within_budget(recipe_for("default"), 2336).epochs == 23
     assert within_budget(recipe_for("demo"), 10**5).epochs == 36
+
+
+def _strip_with_a_gap(n: int, shape: tuple[int, int], gap: int) -> np.ndarray:
+    """Frames of steel (95-104 grey levels) with the dark gap beside the strip on their
+    first ``gap`` columns."""
+    frames = np.random.default_rng(0).integers(95, 105, (n, *shape), np.uint8)
+    frames[:, :, :gap] = 20
+    return frames
+
+
+def test_drawn_lines_are_fine_scratches_labelled_where_the_steel_changed() -> None:
+    """``drawn_lines`` adds copies of training frames with the twin's fine scratches drawn
+    in: labelled as class 2 exactly where the picture brightened (a blur's pixel or two
+    beside), never on the gap beside the strip, some running past the frame's edge;
+    the frames and labels they were copied from are kept as they were."""
+    from models.segmentation.train import _with_drawn_lines
+
+    frames = _strip_with_a_gap(4, (256, 800), 200)
+    before = frames.copy()
+    block = np.zeros((256, 800), bool)
+    block[100:140, 400:460] = True
+    data = SegmentationData(
+        "strip",
+        [f"f{i}" for i in range(4)],
+        frames,
+        [{1: rle_encode(block)}] * 4,
+        {1: "pits", 2: "fine_scratches"},
+    )
+    out = _with_drawn_lines(data, 30, np.random.default_rng(1))
+    assert len(out) == 34 and out.ids[:4] == data.ids
+    assert np.array_equal(out.images[:4], before) and np.array_equal(data.images, before)
+    masks = out.masks(range(4, 34)).astype(bool)
+    lines = masks[:, 1]
+    assert int(lines.any(axis=(1, 2)).sum()) == 30
+    assert not lines[:, :, :200].any(), "drawn on the gap"
+    assert (masks[:, 0] == block).all(), "the frame's other labels kept"
+    assert any(lines[k, 0].any() or lines[k, -1].any() for k in range(30)), "none at an edge"
+    for k in range(30):
+        source = before[data.ids.index(out.ids[4 + k].split("+")[0])]
+        change = out.images[4 + k].astype(int) - source
+        beside = cv2.dilate(lines[k].astype(np.uint8), np.ones((9, 9), np.uint8)) > 0
+        assert not change[~beside].any(), f"frame {k} changed away from its label"
+        assert np.median(change[lines[k]]) >= 10, f"frame {k}: its label is not brighter"
+
+
+def test_drawn_lines_train_through_fit_and_skip_data_without_fine_scratches(caplog) -> None:
+    """A recipe with ``drawn_lines`` trains through ``fit`` on frames smaller than the
+    twin's shapes; data whose classes have no fine scratches (a plant's own) is trained
+    on as it is, and the log says why."""
+    from models.segmentation.train import _with_drawn_lines, fit
+
+    with pytest.raises(ValueError, match="drawn_lines"):
+        recipe_for("tiny", drawn_lines=-1)
+    assert recipe_for("default").drawn_lines == 200 and not recipe_for("demo").drawn_lines
+    frames = _strip_with_a_gap(6, (64, 128), 16)
+    ids = [f"f{i}" for i in range(6)]
+    own = SegmentationData("plant classes", ids, frames, [{}] * 6, {1: "rust", 2: "dent"})
+    with caplog.at_level("WARNING"):
+        assert _with_drawn_lines(own, 3, np.random.default_rng(0)) is own
+    assert "plant classes has no class named fine_scratches" in caplog.text
+    data = SegmentationData("small", ids, frames, [{}] * 6, {1: "pits", 2: "fine_scratches"})
+    assert len(_with_drawn_lines(data, 8, np.random.default_rng(0))) == 14
+    result = fit(
+        data.subset(range(4)), data.subset(range(4, 6)), recipe_for("tiny", epochs=1, drawn_lines=8)
+    )
+    assert len(result.history) == 1 and np.isfinite(result.history[0]["loss"])
