@@ -118,7 +118,7 @@ SIZES = MappingProxyType(
         # epochs found more patches than 12 in three seeds of three (docs/benchmarks.md,
         # "The demo's recipe, 36 epochs")
         "demo": SegmentationRecipe("resnet10", 0.25, 12, 36, 3e-3, crop_width=64, **FINE),
-        # Its budget is the 100-sheet recording's 745 training frames 72 times (about 15
+        # Its budget is the 100-sheet recording's 745 training frames 72 times (15-23
         # minutes on 2 cores; 24 and 48 scored lower on two twin holdouts, docs/
         # benchmarks.md, "More epochs"); a 300-sheet recording trains 23. Its thresholds
         # are chosen on the training frames too: on the same holdouts that scored better
