@@ -299,6 +299,26 @@ FINE_SCRATCHES = SEVERSTAL_CLASSES[2]  # the class ``drawn_lines`` draws, by its
 STEEL = 60  # grey levels: a frame's 31 x 31 median at or above it is steel, not the gap
 
 
+def _placed(
+    mask: np.ndarray, steel: np.ndarray, rng: np.random.Generator, tries: int = 20
+) -> tuple[tuple[slice, slice], tuple[slice, slice]] | None:
+    """Where a group of lines ``mask`` goes on a frame whose ``steel`` is known: (the
+    frame's rows and columns, the part of the mask inside them), its top drawn so that up
+    to a quarter of it may lie past the frame's top or bottom edge, every pixel of it on
+    steel; None where ``tries`` places all miss (a frame of the gap between sheets)."""
+    h, w = steel.shape
+    mh, mw = mask.shape
+    for _ in range(tries):
+        top = int(rng.integers(-mh // 4, h - 3 * mh // 4))
+        left = int(rng.integers(0, w - mw + 1))
+        rows = slice(max(top, 0), min(top + mh, h))
+        part = (slice(rows.start - top, rows.stop - top), slice(None))
+        here = (rows, slice(left, left + mw))
+        if mask[part].any() and steel[here][mask[part]].all():
+            return here, part
+    return None
+
+
 def _with_drawn_lines(
     data: SegmentationData, count: int, rng: np.random.Generator
 ) -> SegmentationData:
@@ -322,27 +342,20 @@ def _with_drawn_lines(
         return data
     class_id = named[0]
     h, w = data.images.shape[1:]
-    picks = rng.integers(0, len(data), count)
-    images = data.images[picks].copy()
+    picks = rng.integers(0, len(data), count).tolist()
+    images = data.images[picks]  # a copy: indexed by a list
     rles = []
-    for k, i in enumerate(picks.tolist()):
+    for k, i in enumerate(picks):
         steel = cv2.medianBlur(images[k], 31) >= STEEL
         label = rle_decode(data.rles[i].get(class_id, ""), (h, w)).astype(bool)
         change = np.zeros((h, w), np.float32)
         for _ in range(int(rng.integers(1, 3))):
             mask, delta = fine_scratches(rng)
             mask, delta = mask[:h, :w], delta[:h, :w]  # frames smaller than the shape
-            mh, mw = mask.shape
-            for _try in range(20):
-                top = int(rng.integers(-mh // 4, h - 3 * mh // 4))
-                left = int(rng.integers(0, w - mw + 1))
-                rows = slice(max(top, 0), min(top + mh, h))
-                part = (slice(rows.start - top, rows.stop - top), slice(None))
-                here = (rows, slice(left, left + mw))
-                if mask[part].any() and steel[here][mask[part]].all():
-                    change[here] += np.where(mask[part], delta[part], 0) * rng.uniform(0.75, 1.0)
-                    label[here] |= mask[part]
-                    break
+            if placed := _placed(mask, steel, rng):
+                here, part = placed
+                change[here] += np.where(mask[part], delta[part], 0) * rng.uniform(0.75, 1.0)
+                label[here] |= mask[part]
         sigma = rng.uniform(0, 0.9) if rng.random() < 0.5 else 0.0
         if sigma > 0.3:
             change = cv2.GaussianBlur(change, (0, 0), sigmaX=0.5, sigmaY=sigma)
@@ -350,11 +363,11 @@ def _with_drawn_lines(
         rles.append({**data.rles[i], class_id: rle_encode(label)})
     drawn = SegmentationData(
         data.source,
-        [f"{data.ids[i]}+lines{k}" for k, i in enumerate(picks.tolist())],
+        [f"{data.ids[i]}+lines{k}" for k, i in enumerate(picks)],
         images,
         rles,
         data.classes,
-        [data.groups[i] for i in picks.tolist()],
+        [data.groups[i] for i in picks],
     )
     return data.joined(drawn)
 
