@@ -21,7 +21,6 @@ import torch
 import torch.nn.functional as F
 
 from core.fine_lines import fine_scratches
-from core.labels import SEVERSTAL_CLASSES
 from core.metrics import best_f1_threshold
 from core.postprocess import Thresholds, by_contrast, contrast_offsets
 from core.rle import rle_decode, rle_encode
@@ -295,7 +294,6 @@ def _shifted(
     return xs, ys
 
 
-FINE_SCRATCHES = SEVERSTAL_CLASSES[2]  # the class ``drawn_lines`` draws, by its name
 STEEL = 60  # grey levels: a frame's 31 x 31 median at or above it is steel, not the gap
 
 
@@ -332,12 +330,17 @@ def _with_drawn_lines(
     it: the light (0.75-1.0 of it) and, on half the frames, a blur along the line of up
     to 0.9 pixels. Data without such a class (a plant's own classes) is returned as it
     is, and the log says so."""
-    named = [c for c, name in data.classes.items() if name == FINE_SCRATCHES]
+    # here, not at the top: core.labels brings defusedxml, which the GPU check's machine
+    # lacks, and the check imports this module for its recipes
+    from core.labels import SEVERSTAL_CLASSES
+
+    fine = SEVERSTAL_CLASSES[2]  # the class drawn, by its name
+    named = [c for c, name in data.classes.items() if name == fine]
     if not named:
         log.warning(
             "drawn_lines: %s has no class named %s; trained on its own frames only",
             data.source,
-            FINE_SCRATCHES,
+            fine,
         )
         return data
     class_id = named[0]

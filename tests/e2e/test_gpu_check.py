@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -70,3 +71,18 @@ def test_the_gpu_check_runs_on_the_cpu_and_writes_its_tables(tmp_path: Path) -> 
         f"### {name}" in written for name in ("segmenter", "regions", "identification", "limits")
     )
     assert written.splitlines()[0] in done.stdout
+
+
+def test_the_checks_recipes_import_without_what_the_gpu_machine_lacks() -> None:
+    """The H200 machine has torch, torchvision, numpy and OpenCV, and the check brings
+    pydantic: the segmentation recipes it imports must not need DuckDB or defusedxml
+    (core.labels), which a lazy import of the latter keeps true."""
+    blocked = "import sys; sys.modules.update(duckdb=None, defusedxml=None); "
+    done = subprocess.run(
+        [sys.executable, "-c", blocked + "import models.segmentation.train"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
